@@ -1,0 +1,313 @@
+//! `bind` and `unbind`: making and revoking family links, with the rules.
+
+use firmware_protocol::{Date, Ssn};
+use rusqlite::{params, ErrorCode, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use super::audit::{append, Entry};
+use super::{iso, now_rfc3339, Registry, RegistryError};
+
+/// Where a link was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// Social-security service window.
+    Window,
+    /// Designated hospital's medical-insurance office.
+    Hospital,
+    /// Self-service kiosk.
+    Kiosk,
+    /// Bulk import.
+    Import,
+}
+
+impl Channel {
+    /// Lower-case name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Window => "window",
+            Channel::Hospital => "hospital",
+            Channel::Kiosk => "kiosk",
+            Channel::Import => "import",
+        }
+    }
+}
+
+/// Configurable parts of the binding rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindPolicy {
+    /// Relations a member may have to the holder.
+    pub relations: Vec<String>,
+}
+
+impl Default for BindPolicy {
+    fn default() -> Self {
+        BindPolicy {
+            relations: vec!["spouse".into(), "parent".into(), "child".into()],
+        }
+    }
+}
+
+/// Why a bind or unbind was refused. Each refusal has its own [`code`](BindError::code).
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The holder's SSN is not in the registry.
+    #[error("account holder {0} is not in the registry")]
+    HolderUnknown(Ssn),
+    /// The member's SSN is not in the registry.
+    #[error("family member {0} is not in the registry")]
+    MemberUnknown(Ssn),
+    /// Holder and member are the same person.
+    #[error("holder and member are the same person")]
+    SamePerson,
+    /// The holder has no active employee basic medical insurance.
+    #[error("account holder has no active employee medical insurance")]
+    HolderNotEmployee,
+    /// The holder has no active, unexpired card.
+    #[error("account holder has no active card")]
+    HolderNoActiveCard,
+    /// The member has no active basic medical insurance.
+    #[error("family member has no active basic medical insurance")]
+    MemberNotInsured,
+    /// The member has no active, unexpired card.
+    #[error("family member has no active card")]
+    MemberNoActiveCard,
+    /// The relation is not in the allowed list.
+    #[error("relation '{0}' is not allowed")]
+    RelationNotAllowed(String),
+    /// This exact link is already active.
+    #[error("this family link already exists")]
+    AlreadyLinked,
+    /// The member already has another active payer.
+    #[error("family member is already covered by another account")]
+    MemberHasPayer,
+    /// Unbind: no active link between these two.
+    #[error("no active family link between these persons")]
+    NotLinked,
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl BindError {
+    /// Stable machine-readable code for clients and the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BindError::HolderUnknown(_) => "holder_unknown",
+            BindError::MemberUnknown(_) => "member_unknown",
+            BindError::SamePerson => "same_person",
+            BindError::HolderNotEmployee => "holder_not_employee",
+            BindError::HolderNoActiveCard => "holder_no_active_card",
+            BindError::MemberNotInsured => "member_not_insured",
+            BindError::MemberNoActiveCard => "member_no_active_card",
+            BindError::RelationNotAllowed(_) => "relation_not_allowed",
+            BindError::AlreadyLinked => "already_linked",
+            BindError::MemberHasPayer => "member_has_payer",
+            BindError::NotLinked => "not_linked",
+            BindError::Registry(RegistryError::Busy(_)) => "database_busy",
+            BindError::Registry(_) => "database_error",
+        }
+    }
+}
+
+/// The parties and circumstances of a bind.
+#[derive(Debug, Clone)]
+pub struct BindRequest<'a> {
+    /// Account holder.
+    pub holder: Ssn,
+    /// Family member.
+    pub member: Ssn,
+    /// Relation of the member to the holder.
+    pub relation: &'a str,
+    /// Channel.
+    pub channel: Channel,
+    /// Operator (clerk id, kiosk id).
+    pub operator: &'a str,
+    /// Who asked (reader name or socket client), for the audit log.
+    pub actor: &'a str,
+}
+
+fn insurance(
+    tx: &rusqlite::Transaction<'_>,
+    ssn: &Ssn,
+) -> rusqlite::Result<Option<(String, String)>> {
+    tx.prepare_cached("SELECT insurance_type, insurance_status FROM persons WHERE ssn = ?1")?
+        .query_row([ssn.expose()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+fn has_active_card(tx: &rusqlite::Transaction<'_>, ssn: &Ssn, today: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM cards WHERE ssn = ?1 AND status = 'active' AND expires >= ?2)",
+    )?
+    .query_row(params![ssn.expose(), today], |r| r.get(0))
+}
+
+impl Registry {
+    /// Binds `member` to `holder`'s account, enforcing every rule, judging
+    /// card expiry against `today`. The link and its audit row are one
+    /// transaction; refusals are audited too.
+    pub fn bind_on(
+        &mut self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+        today: Date,
+    ) -> Result<(), BindError> {
+        let result = self.try_bind(req, policy, today);
+        match &result {
+            Ok(()) => {}
+            Err(e @ BindError::Registry(_)) => {
+                tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
+            }
+            Err(e) => {
+                self.record(&Entry {
+                    actor: req.actor,
+                    action: "bind",
+                    ssn: Some(&req.member),
+                    outcome: &format!("refused:{}", e.code()),
+                })?;
+            }
+        }
+        result
+    }
+
+    /// [`Registry::bind_on`] with today's date.
+    pub fn bind(&mut self, req: &BindRequest<'_>, policy: &BindPolicy) -> Result<(), BindError> {
+        self.bind_on(req, policy, Date::today_cst())
+    }
+
+    fn try_bind(
+        &mut self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+        today: Date,
+    ) -> Result<(), BindError> {
+        if req.holder == req.member {
+            return Err(BindError::SamePerson);
+        }
+        if !policy.relations.iter().any(|r| r == req.relation) {
+            return Err(BindError::RelationNotAllowed(req.relation.to_string()));
+        }
+        let t = self.busy_timeout;
+        let sql = |e| BindError::Registry(RegistryError::from_sql(e, t));
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let today_s = iso(today);
+        match insurance(&tx, &req.holder).map_err(sql)? {
+            None => return Err(BindError::HolderUnknown(req.holder)),
+            Some((ty, st)) if ty != "employee" || st != "active" => {
+                return Err(BindError::HolderNotEmployee)
+            }
+            Some(_) => {}
+        }
+        match insurance(&tx, &req.member).map_err(sql)? {
+            None => return Err(BindError::MemberUnknown(req.member)),
+            Some((ty, st)) if ty == "none" || st != "active" => {
+                return Err(BindError::MemberNotInsured)
+            }
+            Some(_) => {}
+        }
+        if !has_active_card(&tx, &req.holder, &today_s).map_err(sql)? {
+            return Err(BindError::HolderNoActiveCard);
+        }
+        if !has_active_card(&tx, &req.member, &today_s).map_err(sql)? {
+            return Err(BindError::MemberNoActiveCard);
+        }
+        let current: Option<String> = tx
+            .prepare_cached(
+                "SELECT holder_ssn FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
+            )
+            .map_err(sql)?
+            .query_row([req.member.expose()], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
+        match current {
+            Some(h) if h == req.holder.expose() => return Err(BindError::AlreadyLinked),
+            Some(_) => return Err(BindError::MemberHasPayer),
+            None => {}
+        }
+        let inserted = tx.execute(
+            "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \
+             VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
+            params![
+                req.holder.expose(),
+                req.member.expose(),
+                req.relation,
+                req.channel.as_str(),
+                req.operator,
+                now_rfc3339()
+            ],
+        );
+        if let Err(e) = inserted {
+            // The partial unique index is the last line of defence.
+            if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+                return Err(BindError::MemberHasPayer);
+            }
+            return Err(sql(e));
+        }
+        append(
+            &tx,
+            &Entry {
+                actor: req.actor,
+                action: "bind",
+                ssn: Some(&req.member),
+                outcome: &format!(
+                    "ok holder={} relation={} channel={} operator={}",
+                    req.holder.expose(),
+                    req.relation,
+                    req.channel.as_str(),
+                    req.operator
+                ),
+            },
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(())
+    }
+
+    /// Revokes the active link between `holder` and `member`.
+    pub fn unbind(
+        &mut self,
+        holder: &Ssn,
+        member: &Ssn,
+        operator: &str,
+        actor: &str,
+    ) -> Result<(), BindError> {
+        let t = self.busy_timeout;
+        let sql = |e| BindError::Registry(RegistryError::from_sql(e, t));
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let n = tx
+            .execute(
+                "UPDATE family_links SET status = 'revoked', revoked_at = ?3 \
+                 WHERE holder_ssn = ?1 AND member_ssn = ?2 AND status = 'active'",
+                params![holder.expose(), member.expose(), now_rfc3339()],
+            )
+            .map_err(sql)?;
+        let outcome = if n == 0 {
+            "refused:not_linked".to_string()
+        } else {
+            format!("ok holder={} operator={operator}", holder.expose())
+        };
+        append(
+            &tx,
+            &Entry {
+                actor,
+                action: "unbind",
+                ssn: Some(member),
+                outcome: &outcome,
+            },
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        if n == 0 {
+            Err(BindError::NotLinked)
+        } else {
+            Ok(())
+        }
+    }
+}

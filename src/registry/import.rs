@@ -1,0 +1,507 @@
+//! Bulk CSV import (all-or-nothing) and the row types shared with `gen-demo`.
+//!
+//! Files are recognised by name: `persons.csv`, `cards.csv`, `links.csv`,
+//! `accounts.csv`, `contributions.csv`, each with a header row naming the
+//! columns of the matching record type below. They are loaded in dependency
+//! order in one transaction; every row is validated (SSNs included) and
+//! every bad row is reported as `file:line: reason`. If any row is bad,
+//! nothing is imported.
+
+use std::path::{Path, PathBuf};
+
+use firmware_protocol::{Date, Ssn};
+use rusqlite::{params, Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use super::audit::{append, Entry};
+use super::{parse_iso, Registry, RegistryError};
+
+/// A row of `persons.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PersonRec {
+    /// SSN.
+    pub ssn: String,
+    /// Name.
+    pub name: String,
+    /// `M` or `F`.
+    pub sex: String,
+    /// `YYYY-MM-DD`.
+    pub birth_date: String,
+    /// `employee`, `resident` or `none`.
+    pub insurance_type: String,
+    /// `active`, `suspended` or `ended`.
+    pub insurance_status: String,
+}
+
+/// A row of `cards.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CardRec {
+    /// Card number (9 characters).
+    pub card_no: String,
+    /// Bank PAN, may be empty.
+    pub pan: Option<String>,
+    /// Owner SSN.
+    pub ssn: String,
+    /// Card generation (1, 2, 3).
+    pub generation: u8,
+    /// `YYYY-MM-DD`.
+    pub issued: String,
+    /// `YYYY-MM-DD`.
+    pub expires: String,
+    /// `active`, `lost`, `frozen` or `cancelled`.
+    pub status: String,
+}
+
+/// A row of `links.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkRec {
+    /// Account holder SSN.
+    pub holder_ssn: String,
+    /// Member SSN.
+    pub member_ssn: String,
+    /// Relation.
+    pub relation: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// `window`, `hospital`, `kiosk` or `import`.
+    pub channel: String,
+    /// Operator.
+    pub operator: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, may be empty.
+    pub revoked_at: Option<String>,
+}
+
+/// A row of `accounts.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountRec {
+    /// Holder SSN.
+    pub holder_ssn: String,
+    /// Balance, fen.
+    pub balance_fen: i64,
+}
+
+/// A row of `contributions.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContributionRec {
+    /// SSN.
+    pub ssn: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Employer.
+    pub employer: String,
+    /// Base, fen.
+    pub base_fen: i64,
+    /// Employee part, fen.
+    pub employee_fen: i64,
+    /// Employer part, fen.
+    pub employer_fen: i64,
+    /// Credited to the personal account, fen.
+    pub account_fen: i64,
+}
+
+
+fn ssn_ok(field: &str, s: &str, today: Date) -> Result<(), String> {
+    Ssn::parse_on(s.as_bytes(), today)
+        .map(|_| ())
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+fn one_of(field: &str, v: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{field}: '{v}' is not one of {}", allowed.join(", ")))
+    }
+}
+
+fn date_ok(field: &str, v: &str) -> Result<Date, String> {
+    parse_iso(v).ok_or_else(|| format!("{field}: '{v}' is not a YYYY-MM-DD date"))
+}
+
+fn text_ok(field: &str, v: &str, max: usize) -> Result<(), String> {
+    if v.trim().is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        Err(format!("{field}: empty, longer than {max} or has control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+fn fen_ok(field: &str, v: i64) -> Result<(), String> {
+    if v < 0 {
+        Err(format!("{field}: negative amount"))
+    } else {
+        Ok(())
+    }
+}
+
+impl PersonRec {
+    /// Checks every field.
+    pub fn validate(&self, today: Date) -> Result<(), String> {
+        ssn_ok("ssn", &self.ssn, today)?;
+        text_ok("name", &self.name, 64)?;
+        one_of("sex", &self.sex, &["M", "F"])?;
+        date_ok("birth_date", &self.birth_date)?;
+        one_of("insurance_type", &self.insurance_type, &["employee", "resident", "none"])?;
+        one_of("insurance_status", &self.insurance_status, &["active", "suspended", "ended"])
+    }
+}
+
+impl CardRec {
+    /// Checks every field.
+    pub fn validate(&self, today: Date) -> Result<(), String> {
+        let c = self.card_no.as_bytes();
+        if c.len() != 9 || !c.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+            return Err(format!("card_no: '{}' is not 9 upper-case letters or digits", self.card_no));
+        }
+        if let Some(pan) = self.pan.as_deref().filter(|p| !p.is_empty()) {
+            if !(12..=19).contains(&pan.len())
+                || !firmware_protocol::magstripe::luhn_ok(pan.as_bytes())
+            {
+                return Err("pan: not a 12 to 19 digit number passing the Luhn check".into());
+            }
+        }
+        ssn_ok("ssn", &self.ssn, today)?;
+        if !(1..=9).contains(&self.generation) {
+            return Err("generation: must be 1 to 9".into());
+        }
+        let issued = date_ok("issued", &self.issued)?;
+        let expires = date_ok("expires", &self.expires)?;
+        if expires < issued {
+            return Err("expires: before issued".into());
+        }
+        one_of("status", &self.status, &["active", "lost", "frozen", "cancelled"])
+    }
+}
+
+impl LinkRec {
+    /// Checks every field.
+    pub fn validate(&self, today: Date) -> Result<(), String> {
+        ssn_ok("holder_ssn", &self.holder_ssn, today)?;
+        ssn_ok("member_ssn", &self.member_ssn, today)?;
+        if self.holder_ssn.eq_ignore_ascii_case(&self.member_ssn) {
+            return Err("holder and member are the same person".into());
+        }
+        text_ok("relation", &self.relation, 32)?;
+        one_of("status", &self.status, &["active", "revoked"])?;
+        one_of("channel", &self.channel, &["window", "hospital", "kiosk", "import"])?;
+        text_ok("operator", &self.operator, 64)?;
+        text_ok("created_at", &self.created_at, 40)
+    }
+}
+
+impl AccountRec {
+    /// Checks every field.
+    pub fn validate(&self, today: Date) -> Result<(), String> {
+        ssn_ok("holder_ssn", &self.holder_ssn, today)?;
+        fen_ok("balance_fen", self.balance_fen)
+    }
+}
+
+impl ContributionRec {
+    /// Checks every field.
+    pub fn validate(&self, today: Date) -> Result<(), String> {
+        ssn_ok("ssn", &self.ssn, today)?;
+        let m = self.month.as_bytes();
+        let month_ok = m.len() == 7
+            && m[4] == b'-'
+            && parse_iso(&format!("{}-01", self.month)).is_some();
+        if !month_ok {
+            return Err(format!("month: '{}' is not YYYY-MM", self.month));
+        }
+        text_ok("employer", &self.employer, 128)?;
+        fen_ok("base_fen", self.base_fen)?;
+        fen_ok("employee_fen", self.employee_fen)?;
+        fen_ok("employer_fen", self.employer_fen)?;
+        fen_ok("account_fen", self.account_fen)
+    }
+}
+
+fn upper(s: &str) -> String {
+    s.to_ascii_uppercase()
+}
+
+/// Writes validated records with prepared statements on one connection,
+/// inside a transaction the caller owns. Used by import and `gen-demo`.
+pub(crate) struct Inserter<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> Inserter<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Self {
+        Inserter { conn }
+    }
+    pub(crate) fn person(&self, r: &PersonRec) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO persons VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+            .execute(params![upper(&r.ssn), r.name, r.sex, r.birth_date, r.insurance_type, r.insurance_status])
+            .map(drop)
+    }
+    pub(crate) fn card(&self, r: &CardRec) -> rusqlite::Result<()> {
+        let pan = r.pan.as_deref().filter(|p| !p.is_empty());
+        self.conn
+            .prepare_cached("INSERT INTO cards VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+            .execute(params![r.card_no, pan, upper(&r.ssn), r.generation, r.issued, r.expires, r.status])
+            .map(drop)
+    }
+    pub(crate) fn link(&self, r: &LinkRec) -> rusqlite::Result<()> {
+        let revoked = r.revoked_at.as_deref().filter(|p| !p.is_empty());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                upper(&r.holder_ssn),
+                upper(&r.member_ssn),
+                r.relation,
+                r.status,
+                r.channel,
+                r.operator,
+                r.created_at,
+                revoked
+            ])
+            .map(drop)
+    }
+    pub(crate) fn account(&self, r: &AccountRec) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO accounts VALUES (?1, ?2)")?
+            .execute(params![upper(&r.holder_ssn), r.balance_fen])
+            .map(drop)
+    }
+    pub(crate) fn contribution(&self, r: &ContributionRec) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO contributions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+            .execute(params![
+                upper(&r.ssn),
+                r.month,
+                r.employer,
+                r.base_fen,
+                r.employee_fen,
+                r.employer_fen,
+                r.account_fen
+            ])
+            .map(drop)
+    }
+}
+
+/// One rejected row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// File path as given.
+    pub file: String,
+    /// 1-based line number (the header is line 1).
+    pub line: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+    }
+}
+
+/// Why an import did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Some rows are invalid; nothing was imported.
+    #[error("{} bad row(s), nothing imported", .0.len())]
+    BadRows(Vec<BadRow>),
+    /// A file name is not one of the known tables.
+    #[error("{0}: unknown file; expected persons.csv, cards.csv, links.csv, accounts.csv or contributions.csv")]
+    UnknownFile(String),
+    /// A file could not be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The cause.
+        source: csv::Error,
+    },
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Rows imported per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ImportCounts {
+    /// Persons.
+    pub persons: u64,
+    /// Cards.
+    pub cards: u64,
+    /// Links.
+    pub links: u64,
+    /// Accounts.
+    pub accounts: u64,
+    /// Contributions.
+    pub contributions: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Table {
+    Persons,
+    Cards,
+    Accounts,
+    Links,
+    Contributions,
+}
+
+fn table_of(path: &Path) -> Option<Table> {
+    match path.file_stem()?.to_str()? {
+        "persons" => Some(Table::Persons),
+        "cards" => Some(Table::Cards),
+        "links" => Some(Table::Links),
+        "accounts" => Some(Table::Accounts),
+        "contributions" => Some(Table::Contributions),
+        _ => None,
+    }
+}
+
+/// Most bad rows listed; beyond that only the count grows.
+const MAX_REPORTED: usize = 1000;
+
+fn load<T, V, I>(
+    path: &Path,
+    today: Date,
+    bad: &mut Vec<BadRow>,
+    validate: V,
+    insert: I,
+) -> Result<u64, ImportError>
+where
+    T: for<'de> Deserialize<'de>,
+    V: Fn(&T, Date) -> Result<(), String>,
+    I: Fn(&T) -> rusqlite::Result<()>,
+{
+    let file = path.display().to_string();
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|source| ImportError::Io {
+            file: file.clone(),
+            source,
+        })?;
+    let mut n = 0;
+    let mut raw = csv::StringRecord::new();
+    let headers = rdr
+        .headers()
+        .map_err(|source| ImportError::Io {
+            file: file.clone(),
+            source,
+        })?
+        .clone();
+    let mut line = 1u64;
+    loop {
+        line += 1;
+        let more = match rdr.read_record(&mut raw) {
+            Ok(m) => m,
+            Err(e) => {
+                push(bad, &file, line, format!("unreadable row: {e}"));
+                // A UTF-8 or structural error: keep going with the next row.
+                continue;
+            }
+        };
+        if !more {
+            break;
+        }
+        if let Some(pos) = raw.position() {
+            line = pos.line();
+        }
+        let rec: T = match raw.deserialize(Some(&headers)) {
+            Ok(r) => r,
+            Err(e) => {
+                push(bad, &file, line, format!("{e}"));
+                continue;
+            }
+        };
+        if let Err(reason) = validate(&rec, today) {
+            push(bad, &file, line, reason);
+            continue;
+        }
+        if let Err(e) = insert(&rec) {
+            push(bad, &file, line, db_reason(&e));
+            continue;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn push(bad: &mut Vec<BadRow>, file: &str, line: u64, reason: String) {
+    if bad.len() < MAX_REPORTED {
+        bad.push(BadRow {
+            file: file.to_string(),
+            line,
+            reason,
+        });
+    }
+}
+
+fn db_reason(e: &rusqlite::Error) -> String {
+    let msg = e.to_string();
+    if msg.contains("FOREIGN KEY") {
+        "refers to a person that is not in the registry or in persons.csv".into()
+    } else if msg.contains("UNIQUE") && msg.contains("member_ssn") {
+        "member already has another active payer".into()
+    } else if msg.contains("UNIQUE") || msg.contains("PRIMARY KEY") {
+        format!("duplicate key ({msg})")
+    } else {
+        msg
+    }
+}
+
+impl Registry {
+    /// Imports CSV files all-or-nothing; see the module docs.
+    pub fn import(&mut self, files: &[PathBuf], actor: &str) -> Result<ImportCounts, ImportError> {
+        let mut sorted = Vec::new();
+        for f in files {
+            let t = table_of(f).ok_or_else(|| ImportError::UnknownFile(f.display().to_string()))?;
+            sorted.push((t, f));
+        }
+        sorted.sort_by_key(|(t, _)| *t);
+        let today = Date::today_cst();
+        let timeout = self.busy_timeout;
+        let sql = |e| ImportError::Registry(RegistryError::from_sql(e, timeout));
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let ins = Inserter::new(&tx);
+        let mut counts = ImportCounts::default();
+        let mut bad = Vec::new();
+        for (t, f) in sorted {
+            match t {
+                Table::Persons => counts.persons += load(f, today, &mut bad, PersonRec::validate, |r| ins.person(r))?,
+                Table::Cards => counts.cards += load(f, today, &mut bad, CardRec::validate, |r| ins.card(r))?,
+                Table::Accounts => counts.accounts += load(f, today, &mut bad, AccountRec::validate, |r| ins.account(r))?,
+                Table::Links => counts.links += load(f, today, &mut bad, LinkRec::validate, |r| ins.link(r))?,
+                Table::Contributions => {
+                    counts.contributions += load(f, today, &mut bad, ContributionRec::validate, |r| ins.contribution(r))?
+                }
+            }
+        }
+        if !bad.is_empty() {
+            drop(ins);
+            tx.rollback().map_err(sql)?;
+            return Err(ImportError::BadRows(bad));
+        }
+        append(
+            &tx,
+            &Entry {
+                actor,
+                action: "import",
+                ssn: None,
+                outcome: &format!(
+                    "ok persons={} cards={} links={} accounts={} contributions={}",
+                    counts.persons, counts.cards, counts.links, counts.accounts, counts.contributions
+                ),
+            },
+        )
+        .map_err(sql)?;
+        drop(ins);
+        tx.commit().map_err(sql)?;
+        Ok(counts)
+    }
+}

@@ -1,0 +1,466 @@
+//! `resolve`: from a card identifier to the family-link picture.
+
+use firmware_protocol::{Date, Ssn};
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{parse_iso, Registry, RegistryError};
+
+/// What to look up. At least one field must be set. When a card identifier
+/// (card number or PAN) and an SSN are both given, the card is looked up and
+/// its owner must be that SSN, otherwise the outcome is [`Outcome::Mismatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// The SSN, if known.
+    pub ssn: Option<Ssn>,
+    /// Social security card number.
+    pub card_no: Option<String>,
+    /// Bank PAN of the card.
+    pub pan: Option<String>,
+}
+
+impl Lookup {
+    /// Lookup by SSN only.
+    pub fn ssn(ssn: Ssn) -> Self {
+        Lookup {
+            ssn: Some(ssn),
+            ..Lookup::default()
+        }
+    }
+    /// Lookup by card number only.
+    pub fn card_no(card_no: impl Into<String>) -> Self {
+        Lookup {
+            card_no: Some(card_no.into()),
+            ..Lookup::default()
+        }
+    }
+    /// Lookup by PAN only.
+    pub fn pan(pan: impl Into<String>) -> Self {
+        Lookup {
+            pan: Some(pan.into()),
+            ..Lookup::default()
+        }
+    }
+}
+
+/// The result class of a resolution. Everything but `Ok` is a refusal the
+/// display explains; none of them is an error of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Known person with a usable card.
+    Ok,
+    /// No such card or person in the registry.
+    Unknown,
+    /// The card is reported lost.
+    Lost,
+    /// The card is frozen.
+    Frozen,
+    /// The card is cancelled.
+    Cancelled,
+    /// The card's expiry date has passed.
+    Expired,
+    /// The SSN read from the card differs from the registry's owner of that card.
+    Mismatch,
+    /// The person is known but has no card.
+    NoCard,
+}
+
+impl Outcome {
+    /// snake_case name, as in JSON and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Unknown => "unknown",
+            Outcome::Lost => "lost",
+            Outcome::Frozen => "frozen",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Expired => "expired",
+            Outcome::Mismatch => "mismatch",
+            Outcome::NoCard => "no_card",
+        }
+    }
+}
+
+/// The person's role in family mutual aid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Their personal account covers at least one family member.
+    Holder,
+    /// Someone else's account pays for them.
+    Member,
+    /// Neither.
+    None,
+}
+
+/// Who the person is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonInfo {
+    /// SSN.
+    pub ssn: Ssn,
+    /// Name.
+    pub name: String,
+    /// `M` or `F`.
+    pub sex: String,
+    /// `employee`, `resident` or `none`.
+    pub insurance_type: String,
+    /// `active`, `suspended` or `ended`.
+    pub insurance_status: String,
+}
+
+/// Whose account pays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payer {
+    /// The account holder's SSN.
+    pub ssn: Ssn,
+    /// The account holder's name.
+    pub name: String,
+    /// Relation of the member to the holder; `None` when the person pays for themself.
+    pub relation: Option<String>,
+    /// Personal-account balance in fen, when the holder has an account.
+    pub balance_fen: Option<i64>,
+}
+
+/// A family member covered by a holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Member SSN.
+    pub ssn: Ssn,
+    /// Member name.
+    pub name: String,
+    /// Relation to the holder.
+    pub relation: String,
+    /// When the link was made (RFC 3339).
+    pub since: String,
+}
+
+/// The answer to [`Registry::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// Result class.
+    pub outcome: Outcome,
+    /// The person, when known.
+    pub person: Option<PersonInfo>,
+    /// The card number involved, when known.
+    pub card_no: Option<String>,
+    /// The card's status in the registry, when a card was found.
+    pub card_status: Option<String>,
+    /// Role (only meaningful when `outcome` is `Ok`).
+    pub role: Role,
+    /// Who pays: the holder for a member, the person themself otherwise (only for `Ok`).
+    pub payer: Option<Payer>,
+    /// Members covered, for a holder (only for `Ok`).
+    pub members: Vec<Member>,
+}
+
+impl Resolution {
+    fn refused(outcome: Outcome, person: Option<PersonInfo>, card: Option<CardRow>) -> Self {
+        Resolution {
+            outcome,
+            person,
+            card_no: card.as_ref().map(|c| c.card_no.clone()),
+            card_status: card.map(|c| c.status),
+            role: Role::None,
+            payer: None,
+            members: Vec::new(),
+        }
+    }
+}
+
+/// One month's payment record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Contribution {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Employer name.
+    pub employer: String,
+    /// Contribution base, fen.
+    pub base_fen: i64,
+    /// Employee's part, fen.
+    pub employee_fen: i64,
+    /// Employer's part, fen.
+    pub employer_fen: i64,
+    /// Amount credited to the personal account, fen.
+    pub account_fen: i64,
+}
+
+#[derive(Debug, Clone)]
+struct CardRow {
+    card_no: String,
+    status: String,
+    expires: String,
+}
+
+/// Far-future bound used when re-validating SSNs already in the database.
+const STORED: Date = match Date::new(9999, 12, 31) {
+    Some(d) => d,
+    None => Date::EPOCH,
+};
+
+pub(crate) fn stored_ssn(s: &str) -> Result<Ssn, RegistryError> {
+    Ssn::parse_on(s.as_bytes(), STORED)
+        .map_err(|e| RegistryError::Corrupt(format!("invalid SSN in database: {e}")))
+}
+
+const PERSON_COLS: &str = "p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status";
+
+fn person_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(String, PersonRaw)> {
+    Ok((
+        r.get(at)?,
+        PersonRaw {
+            name: r.get(at + 1)?,
+            sex: r.get(at + 2)?,
+            insurance_type: r.get(at + 3)?,
+            insurance_status: r.get(at + 4)?,
+        },
+    ))
+}
+
+struct PersonRaw {
+    name: String,
+    sex: String,
+    insurance_type: String,
+    insurance_status: String,
+}
+
+impl PersonRaw {
+    fn into_info(self, ssn: &str) -> Result<PersonInfo, RegistryError> {
+        Ok(PersonInfo {
+            ssn: stored_ssn(ssn)?,
+            name: self.name,
+            sex: self.sex,
+            insurance_type: self.insurance_type,
+            insurance_status: self.insurance_status,
+        })
+    }
+}
+
+impl Registry {
+    /// Resolves a card read or a typed identifier, judging expiry against `today`.
+    pub fn resolve_on(&self, lookup: &Lookup, today: Date) -> Result<Resolution, RegistryError> {
+        type Found = Option<(String, PersonRaw, Option<CardRow>)>;
+        let card_query = |col: &str, key: &str| -> Result<Found, RegistryError> {
+            let sql = format!(
+                "SELECT {PERSON_COLS}, c.card_no, c.status, c.expires \
+                 FROM cards c JOIN persons p ON p.ssn = c.ssn WHERE c.{col} = ?1"
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.sql(e))?;
+            st.query_row([key], |r| {
+                let (ssn, p) = person_from_row(r, 0)?;
+                Ok((
+                    ssn,
+                    p,
+                    Some(CardRow {
+                        card_no: r.get(5)?,
+                        status: r.get(6)?,
+                        expires: r.get(7)?,
+                    }),
+                ))
+            })
+            .optional()
+            .map_err(|e| self.sql(e))
+        };
+        let found: Found = if let Some(card_no) = &lookup.card_no {
+            card_query("card_no", card_no)?
+        } else if let Some(pan) = &lookup.pan {
+            card_query("pan", pan)?
+        } else if let Some(ssn) = &lookup.ssn {
+            // Typed SSN: use the person's best card (active first, newest generation).
+            let mut st = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {PERSON_COLS}, c.card_no, c.status, c.expires FROM persons p \
+                     LEFT JOIN cards c ON c.ssn = p.ssn WHERE p.ssn = ?1 \
+                     ORDER BY c.status = 'active' DESC, c.generation DESC, c.issued DESC LIMIT 1"
+                ))
+                .map_err(|e| self.sql(e))?;
+            st.query_row([ssn.expose()], |r| {
+                let (s, p) = person_from_row(r, 0)?;
+                let card_no: Option<String> = r.get(5)?;
+                let card = match card_no {
+                    Some(card_no) => Some(CardRow {
+                        card_no,
+                        status: r.get(6)?,
+                        expires: r.get(7)?,
+                    }),
+                    None => None,
+                };
+                Ok((s, p, card))
+            })
+            .optional()
+            .map_err(|e| self.sql(e))?
+        } else {
+            None
+        };
+
+        let Some((ssn_text, raw, card)) = found else {
+            return Ok(Resolution::refused(Outcome::Unknown, None, None));
+        };
+        let person = raw.into_info(&ssn_text)?;
+        if let Some(read) = &lookup.ssn {
+            if *read != person.ssn {
+                return Ok(Resolution::refused(Outcome::Mismatch, None, card));
+            }
+        }
+        let Some(card_row) = card else {
+            return Ok(Resolution::refused(Outcome::NoCard, Some(person), None));
+        };
+        let outcome = match card_row.status.as_str() {
+            "active" => match parse_iso(&card_row.expires) {
+                Some(exp) if exp < today => Outcome::Expired,
+                Some(_) => Outcome::Ok,
+                None => {
+                    return Err(RegistryError::Corrupt(format!(
+                        "card expiry '{}' is not a date",
+                        card_row.expires
+                    )))
+                }
+            },
+            "lost" => Outcome::Lost,
+            "frozen" => Outcome::Frozen,
+            "cancelled" => Outcome::Cancelled,
+            other => return Err(RegistryError::Corrupt(format!("card status '{other}'"))),
+        };
+        if outcome != Outcome::Ok {
+            return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
+        }
+
+        let members = self.members_of(&ssn_text)?;
+        let payer = self.payer_of(&ssn_text)?;
+        let (role, payer) = match (members.is_empty(), payer) {
+            (false, _) => (Role::Holder, Some(self.self_payer(&person)?)),
+            (true, Some(p)) => (Role::Member, Some(p)),
+            (true, None) => (Role::None, Some(self.self_payer(&person)?)),
+        };
+        Ok(Resolution {
+            outcome,
+            person: Some(person),
+            card_no: Some(card_row.card_no),
+            card_status: Some(card_row.status),
+            role,
+            payer,
+            members,
+        })
+    }
+
+    /// [`Registry::resolve_on`] with today's date (China Standard Time).
+    pub fn resolve(&self, lookup: &Lookup) -> Result<Resolution, RegistryError> {
+        self.resolve_on(lookup, Date::today_cst())
+    }
+
+    fn self_payer(&self, p: &PersonInfo) -> Result<Payer, RegistryError> {
+        Ok(Payer {
+            ssn: p.ssn,
+            name: p.name.clone(),
+            relation: None,
+            balance_fen: self.balance(p.ssn.expose())?,
+        })
+    }
+
+    fn balance(&self, ssn: &str) -> Result<Option<i64>, RegistryError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT balance_fen FROM accounts WHERE holder_ssn = ?1")
+            .map_err(|e| self.sql(e))?;
+        st.query_row([ssn], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    fn payer_of(&self, member: &str) -> Result<Option<Payer>, RegistryError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT l.holder_ssn, h.name, l.relation, a.balance_fen FROM family_links l \
+                 JOIN persons h ON h.ssn = l.holder_ssn \
+                 LEFT JOIN accounts a ON a.holder_ssn = l.holder_ssn \
+                 WHERE l.member_ssn = ?1 AND l.status = 'active'",
+            )
+            .map_err(|e| self.sql(e))?;
+        let row = st
+            .query_row([member], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        row.map(|(ssn, name, relation, balance_fen)| {
+            Ok(Payer {
+                ssn: stored_ssn(&ssn)?,
+                name,
+                relation: Some(relation),
+                balance_fen,
+            })
+        })
+        .transpose()
+    }
+
+    fn members_of(&self, holder: &str) -> Result<Vec<Member>, RegistryError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT l.member_ssn, m.name, l.relation, l.created_at FROM family_links l \
+                 JOIN persons m ON m.ssn = l.member_ssn \
+                 WHERE l.holder_ssn = ?1 AND l.status = 'active' ORDER BY l.id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([holder], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ssn, name, relation, since) = row.map_err(|e| self.sql(e))?;
+            out.push(Member {
+                ssn: stored_ssn(&ssn)?,
+                name,
+                relation,
+                since,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Members currently covered by `holder`'s account.
+    pub fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
+        self.members_of(holder.expose())
+    }
+
+    /// The person's payment records of the last `months` months that have
+    /// records, newest first.
+    pub fn contributions(&self, ssn: &Ssn, months: u32) -> Result<Vec<Contribution>, RegistryError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT month, employer, base_fen, employee_fen, employer_fen, account_fen \
+                 FROM contributions WHERE ssn = ?1 AND month IN \
+                 (SELECT DISTINCT month FROM contributions WHERE ssn = ?1 ORDER BY month DESC LIMIT ?2) \
+                 ORDER BY month DESC, employer",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map(params![ssn.expose(), months], |r| {
+                Ok(Contribution {
+                    month: r.get(0)?,
+                    employer: r.get(1)?,
+                    base_fen: r.get(2)?,
+                    employee_fen: r.get(3)?,
+                    employer_fen: r.get(4)?,
+                    account_fen: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+}

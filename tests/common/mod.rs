@@ -1,0 +1,119 @@
+//! Shared fixtures for the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use cardlink::registry::demo::{demo_card_no, demo_pan, demo_ssn};
+use cardlink::registry::{OpenOptions, Registry};
+use cardlink::Ssn;
+
+/// Index of each fixture person (also the argument of `demo_ssn`).
+pub const HOLDER: u64 = 0;
+pub const SPOUSE: u64 = 1;
+pub const CHILD: u64 = 2;
+pub const PARENT: u64 = 3;
+pub const UNINSURED: u64 = 4;
+pub const LOST: u64 = 5;
+pub const EXPIRED: u64 = 6;
+pub const FROZEN: u64 = 7;
+pub const CANCELLED: u64 = 8;
+pub const SUSPENDED: u64 = 9;
+pub const HOLDER2: u64 = 10;
+pub const MEMBER2: u64 = 11;
+pub const NO_CARD: u64 = 12;
+pub const HOLDER_SUSPENDED: u64 = 13;
+pub const HOLDER_EXPIRED: u64 = 14;
+
+pub fn ssn(i: u64) -> Ssn {
+    Ssn::parse(&demo_ssn(i)).unwrap()
+}
+pub fn card(i: u64) -> String {
+    demo_card_no(i)
+}
+pub fn pan(i: u64) -> String {
+    demo_pan(i)
+}
+
+/// Writes the fixture CSV files into `dir` and returns their paths.
+pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
+    let mut persons = String::from("ssn,name,sex,birth_date,insurance_type,insurance_status\n");
+    let mut cards = String::from("card_no,pan,ssn,generation,issued,expires,status\n");
+    let people: [(u64, &str, &str, &str, &str, &str); 15] = [
+        (HOLDER, "张伟", "employee", "active", "active", "2034-01-01"),
+        (SPOUSE, "李娜", "resident", "active", "active", "2034-01-01"),
+        (CHILD, "张小明", "resident", "active", "active", "2034-01-01"),
+        (PARENT, "张建华", "employee", "active", "active", "2034-01-01"),
+        (UNINSURED, "王芳", "none", "ended", "active", "2034-01-01"),
+        (LOST, "刘强", "resident", "active", "lost", "2034-01-01"),
+        (EXPIRED, "陈静", "resident", "active", "active", "2020-01-01"),
+        (FROZEN, "杨磊", "resident", "active", "frozen", "2034-01-01"),
+        (CANCELLED, "黄丽", "resident", "active", "cancelled", "2034-01-01"),
+        (SUSPENDED, "赵军", "resident", "suspended", "active", "2034-01-01"),
+        (HOLDER2, "吴洋", "employee", "active", "active", "2034-01-01"),
+        (MEMBER2, "周勇", "resident", "active", "active", "2034-01-01"),
+        (NO_CARD, "徐艳", "resident", "active", "", ""),
+        (HOLDER_SUSPENDED, "孙杰", "employee", "suspended", "active", "2034-01-01"),
+        (HOLDER_EXPIRED, "马娟", "employee", "active", "active", "2019-06-01"),
+    ];
+    for (i, name, ty, st, card_status, expires) in people {
+        let s = demo_ssn(i);
+        let sex = if (s.as_bytes()[16] - b'0') % 2 == 1 { "M" } else { "F" };
+        let born = format!("{}-{}-{}", &s[6..10], &s[10..12], &s[12..14]);
+        persons.push_str(&format!("{s},{name},{sex},{born},{ty},{st}\n"));
+        if !card_status.is_empty() {
+            cards.push_str(&format!(
+                "{},{},{s},3,2010-01-01,{expires},{card_status}\n",
+                demo_card_no(i),
+                demo_pan(i)
+            ));
+        }
+    }
+    let links = format!(
+        "holder_ssn,member_ssn,relation,status,channel,operator,created_at,revoked_at\n\
+         {},{},spouse,active,window,clerk7,2025-03-01T09:00:00Z,\n\
+         {},{},child,active,hospital,clerk9,2025-04-01T09:00:00Z,\n",
+        demo_ssn(HOLDER),
+        demo_ssn(SPOUSE),
+        demo_ssn(HOLDER2),
+        demo_ssn(MEMBER2)
+    );
+    let accounts = format!(
+        "holder_ssn,balance_fen\n{},123456\n{},5000\n{},777\n",
+        demo_ssn(HOLDER),
+        demo_ssn(HOLDER2),
+        demo_ssn(PARENT)
+    );
+    let mut contributions =
+        String::from("ssn,month,employer,base_fen,employee_fen,employer_fen,account_fen\n");
+    for m in 1..=6 {
+        contributions.push_str(&format!(
+            "{},2026-{m:02},杭州西湖科技有限公司,800000,16000,64000,35200\n",
+            demo_ssn(HOLDER)
+        ));
+    }
+    let files = [
+        ("persons.csv", persons),
+        ("cards.csv", cards),
+        ("links.csv", links),
+        ("accounts.csv", accounts),
+        ("contributions.csv", contributions),
+    ];
+    files
+        .iter()
+        .map(|(n, body)| {
+            let p = dir.join(n);
+            std::fs::write(&p, body).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// A registry file with the fixture imported.
+pub fn fixture_db(dir: &Path) -> PathBuf {
+    let db = dir.join("registry.db");
+    let mut reg = Registry::open(&db, &OpenOptions::default()).unwrap();
+    let csv_dir = dir.join("csv");
+    std::fs::create_dir_all(&csv_dir).unwrap();
+    reg.import(&fixture_csv(&csv_dir), "test").unwrap();
+    db
+}

@@ -1,0 +1,330 @@
+//! Registry behaviour: every resolution outcome, every binding rule,
+//! concurrency, locking, import and audit tampering.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use cardlink::registry::audit::Entry;
+use cardlink::registry::import::ImportError;
+use cardlink::registry::{
+    BindError, BindPolicy, Channel, Lookup, OpenOptions, Outcome, Registry, RegistryError, Role,
+};
+use common::*;
+
+fn open(path: &std::path::Path) -> Registry {
+    Registry::open(path, &OpenOptions::default()).unwrap()
+}
+
+fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest<'a> {
+    cardlink::registry::BindRequest {
+        holder: ssn(h),
+        member: ssn(m),
+        relation: rel,
+        channel: Channel::Window,
+        operator: "clerk1",
+        actor: "test",
+    }
+}
+
+#[test]
+fn holder_swipe_lists_members_and_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&fixture_db(dir.path()));
+    for lookup in [Lookup::card_no(card(HOLDER)), Lookup::ssn(ssn(HOLDER)), Lookup::pan(pan(HOLDER))] {
+        let r = reg.resolve(&lookup).unwrap();
+        assert_eq!(r.outcome, Outcome::Ok);
+        assert_eq!(r.role, Role::Holder);
+        assert_eq!(r.person.as_ref().unwrap().name, "张伟");
+        let payer = r.payer.unwrap();
+        assert_eq!(payer.ssn, ssn(HOLDER));
+        assert_eq!(payer.relation, None);
+        assert_eq!(payer.balance_fen, Some(123_456));
+        assert_eq!(r.members.len(), 1);
+        assert_eq!(r.members[0].ssn, ssn(SPOUSE));
+        assert_eq!(r.members[0].relation, "spouse");
+    }
+}
+
+#[test]
+fn member_swipe_names_the_payer() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&fixture_db(dir.path()));
+    let r = reg.resolve(&Lookup::card_no(card(SPOUSE))).unwrap();
+    assert_eq!(r.outcome, Outcome::Ok);
+    assert_eq!(r.role, Role::Member);
+    let payer = r.payer.unwrap();
+    assert_eq!(payer.ssn, ssn(HOLDER));
+    assert_eq!(payer.name, "张伟");
+    assert_eq!(payer.relation.as_deref(), Some("spouse"));
+    assert_eq!(payer.balance_fen, Some(123_456));
+    assert!(r.members.is_empty());
+}
+
+#[test]
+fn explicit_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&fixture_db(dir.path()));
+    let outcome = |l: Lookup| reg.resolve(&l).unwrap();
+    assert_eq!(outcome(Lookup::card_no("Z99999999")).outcome, Outcome::Unknown);
+    assert_eq!(outcome(Lookup::pan("6222029999999999990")).outcome, Outcome::Unknown);
+    assert_eq!(outcome(Lookup::ssn(ssn(9999))).outcome, Outcome::Unknown);
+    let lost = outcome(Lookup::card_no(card(LOST)));
+    assert_eq!(lost.outcome, Outcome::Lost);
+    assert!(lost.payer.is_none() && lost.members.is_empty());
+    assert_eq!(outcome(Lookup::card_no(card(FROZEN))).outcome, Outcome::Frozen);
+    assert_eq!(outcome(Lookup::card_no(card(CANCELLED))).outcome, Outcome::Cancelled);
+    assert_eq!(outcome(Lookup::card_no(card(EXPIRED))).outcome, Outcome::Expired);
+    assert_eq!(outcome(Lookup::ssn(ssn(NO_CARD))).outcome, Outcome::NoCard);
+    // A stripe whose SSN does not belong to the card's owner.
+    let mismatch = Lookup {
+        ssn: Some(ssn(SPOUSE)),
+        pan: Some(pan(HOLDER)),
+        card_no: None,
+    };
+    let r = outcome(mismatch);
+    assert_eq!(r.outcome, Outcome::Mismatch);
+    assert!(r.person.is_none());
+    let none = outcome(Lookup::card_no(card(CHILD)));
+    assert_eq!((none.outcome, none.role), (Outcome::Ok, Role::None));
+}
+
+#[test]
+fn every_bind_rule_has_its_own_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = open(&fixture_db(dir.path()));
+    let policy = BindPolicy::default();
+    let cases: Vec<(u64, u64, &str, &str)> = vec![
+        (HOLDER, HOLDER, "spouse", "same_person"),
+        (HOLDER, CHILD, "cousin", "relation_not_allowed"),
+        (9999, CHILD, "child", "holder_unknown"),
+        (HOLDER, 9999, "child", "member_unknown"),
+        (SPOUSE, CHILD, "child", "holder_not_employee"),
+        (HOLDER_SUSPENDED, CHILD, "child", "holder_not_employee"),
+        (HOLDER_EXPIRED, CHILD, "child", "holder_no_active_card"),
+        (HOLDER, UNINSURED, "parent", "member_not_insured"),
+        (HOLDER, SUSPENDED, "parent", "member_not_insured"),
+        (HOLDER, LOST, "parent", "member_no_active_card"),
+        (HOLDER, EXPIRED, "parent", "member_no_active_card"),
+        (HOLDER, NO_CARD, "parent", "member_no_active_card"),
+        (HOLDER, SPOUSE, "spouse", "already_linked"),
+        (HOLDER2, SPOUSE, "spouse", "member_has_payer"),
+    ];
+    for (h, m, rel, code) in cases {
+        let err = reg.bind(&bind_req(h, m, rel), &policy).unwrap_err();
+        assert_eq!(err.code(), code, "bind {h} -> {m} as {rel}: {err}");
+    }
+    // The refusals are audited.
+    let refusals: i64 = reg
+        .connection()
+        .query_row("SELECT count(*) FROM audit WHERE outcome LIKE 'refused:%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(refusals, 14);
+    // Messages never carry a full SSN.
+    let msg = BindError::HolderUnknown(ssn(HOLDER)).to_string();
+    assert!(!msg.contains(ssn(HOLDER).expose()));
+    // A configurable relation list.
+    let wide = BindPolicy {
+        relations: vec!["grandparent".into()],
+    };
+    assert_eq!(reg.bind(&bind_req(HOLDER, CHILD, "child"), &wide).unwrap_err().code(), "relation_not_allowed");
+}
+
+#[test]
+fn bind_then_unbind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = open(&fixture_db(dir.path()));
+    let policy = BindPolicy::default();
+    reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy).unwrap();
+    // A holder may also cover an employee parent.
+    reg.bind(&bind_req(HOLDER, PARENT, "parent"), &policy).unwrap();
+    let members: Vec<_> = reg.members(&ssn(HOLDER)).unwrap().into_iter().map(|m| m.ssn).collect();
+    assert_eq!(members, vec![ssn(SPOUSE), ssn(CHILD), ssn(PARENT)]);
+    let r = reg.resolve(&Lookup::card_no(card(CHILD))).unwrap();
+    assert_eq!(r.role, Role::Member);
+    assert_eq!(r.payer.unwrap().relation.as_deref(), Some("child"));
+
+    reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test").unwrap();
+    assert_eq!(reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test").unwrap_err().code(), "not_linked");
+    assert_eq!(reg.resolve(&Lookup::card_no(card(CHILD))).unwrap().role, Role::None);
+    // Revoked links stay in the table with their revocation time.
+    let revoked: i64 = reg
+        .connection()
+        .query_row("SELECT count(*) FROM family_links WHERE status='revoked' AND revoked_at IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(revoked, 1);
+    // Now another holder may take the child.
+    reg.bind(&bind_req(HOLDER2, CHILD, "child"), &policy).unwrap();
+    assert!(reg.verify_audit().unwrap().broken.is_none());
+}
+
+#[test]
+fn concurrent_binds_for_one_member_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    for round in 0..10 {
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [HOLDER, HOLDER2]
+            .into_iter()
+            .map(|holder| {
+                let db = db.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut reg = open(&db);
+                    barrier.wait();
+                    reg.bind(&bind_req(holder, CHILD, "child"), &BindPolicy::default())
+                        .map_err(|e| e.code())
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        let loser = results.iter().find_map(|r| r.err()).unwrap();
+        assert_eq!(loser, "member_has_payer");
+        let mut reg = open(&db);
+        let active: i64 = reg
+            .connection()
+            .query_row("SELECT count(*) FROM family_links WHERE member_ssn = ?1 AND status='active'", [ssn(CHILD).expose()], |r| r.get(0))
+            .unwrap();
+        assert_eq!(active, 1);
+        // Reset for the next round.
+        let payer = reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap().payer.unwrap().ssn;
+        reg.unbind(&payer, &ssn(CHILD), "t", "t").unwrap();
+    }
+}
+
+#[test]
+fn locked_database_waits_then_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    let opts = OpenOptions {
+        busy_timeout: Duration::from_millis(200),
+        ..OpenOptions::default()
+    };
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut reg = Registry::open(&db, &opts).unwrap();
+    // Reads still work under WAL while another connection writes.
+    assert_eq!(reg.resolve(&Lookup::card_no(card(HOLDER))).unwrap().outcome, Outcome::Ok);
+    let err = reg.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default()).unwrap_err();
+    assert_eq!(err.code(), "database_busy");
+    assert!(err.to_string().contains("locked by another writer"), "{err}");
+    let err = reg.record(&Entry { actor: "t", action: "resolve", ssn: None, outcome: "ok" }).unwrap_err();
+    assert!(matches!(err, RegistryError::Busy(_)));
+
+    // A writer that releases the lock within the timeout is waited for.
+    let opts = OpenOptions {
+        busy_timeout: Duration::from_secs(10),
+        ..OpenOptions::default()
+    };
+    let mut patient = Registry::open(&db, &opts).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        blocker.execute_batch("COMMIT").unwrap();
+    });
+    patient.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default()).unwrap();
+    release.join().unwrap();
+}
+
+#[test]
+fn import_with_bad_rows_imports_nothing_and_names_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let mut reg = open(&db);
+    let files = fixture_csv(dir.path());
+    // Corrupt persons.csv: a bad check digit (line 3), a bad sex (line 5),
+    // and cards.csv: a card for an unknown person (appended line 17).
+    let persons = std::fs::read_to_string(&files[0]).unwrap();
+    let mut lines: Vec<String> = persons.lines().map(String::from).collect();
+    let bad_ssn = {
+        let s = demo_ssn_str(SPOUSE);
+        let last = if s.ends_with('0') { '1' } else { '0' };
+        format!("{}{}", &s[..17], last)
+    };
+    lines[2] = lines[2].replacen(&demo_ssn_str(SPOUSE), &bad_ssn, 1);
+    lines[4] = lines[4].replacen(",M,", ",Q,", 1).replacen(",F,", ",Q,", 1);
+    std::fs::write(&files[0], lines.join("\n") + "\n").unwrap();
+    let mut cards = std::fs::read_to_string(&files[1]).unwrap();
+    cards.push_str(&format!("Z00000001,,{},3,2020-01-01,2030-01-01,active\n", demo_ssn_str(5000)));
+    std::fs::write(&files[1], cards).unwrap();
+
+    let err = reg.import(&files, "test").unwrap_err();
+    let ImportError::BadRows(rows) = err else { panic!("{err}") };
+    let names: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    let persons_file = files[0].display().to_string();
+    let cards_file = files[1].display().to_string();
+    assert!(names.iter().any(|n| n.starts_with(&format!("{persons_file}:3: ssn: check character"))), "{names:#?}");
+    assert!(names.iter().any(|n| n.starts_with(&format!("{persons_file}:5: sex:"))), "{names:#?}");
+    assert!(names.iter().any(|n| n.starts_with(&format!("{cards_file}:16:")) && n.contains("not in the registry")), "{names:#?}");
+    // Rows that referred to the rejected person fail too and are named.
+    assert!(names.iter().any(|n| n.contains("links.csv:2:")), "{names:#?}");
+    let stats = reg.stats().unwrap();
+    assert_eq!((stats.persons, stats.cards, stats.active_links, stats.accounts), (0, 0, 0, 0));
+}
+
+fn demo_ssn_str(i: u64) -> String {
+    cardlink::registry::demo::demo_ssn(i)
+}
+
+#[test]
+fn audit_tampering_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    let mut reg = open(&db);
+    for i in 0..5 {
+        reg.record(&Entry { actor: "reader0", action: "resolve", ssn: Some(&ssn(i)), outcome: "ok" }).unwrap();
+    }
+    let v = reg.verify_audit().unwrap();
+    assert_eq!((v.rows, v.broken.clone()), (6, None));
+    // The triggers refuse edits...
+    let c = reg.connection();
+    assert!(c.execute("UPDATE audit SET outcome = 'lost' WHERE id = 3", []).is_err());
+    assert!(c.execute("DELETE FROM audit WHERE id = 3", []).is_err());
+    // ...and an edit made around them is caught by the chain.
+    c.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'unknown' WHERE id = 3;").unwrap();
+    let v = reg.verify_audit().unwrap();
+    assert_eq!(v.broken.as_ref().map(|b| b.0), Some(3));
+    // Deleting a middle row is caught as well.
+    let dir2 = tempfile::tempdir().unwrap();
+    let db2 = fixture_db(dir2.path());
+    let mut reg2 = open(&db2);
+    for i in 0..3 {
+        reg2.record(&Entry { actor: "r", action: "resolve", ssn: Some(&ssn(i)), outcome: "ok" }).unwrap();
+    }
+    reg2.connection().execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id = 2;").unwrap();
+    assert_eq!(reg2.verify_audit().unwrap().broken.map(|b| b.0), Some(3));
+}
+
+#[test]
+fn contributions_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&fixture_db(dir.path()));
+    let c = reg.contributions(&ssn(HOLDER), 3).unwrap();
+    let months: Vec<_> = c.iter().map(|c| c.month.as_str()).collect();
+    assert_eq!(months, vec!["2026-06", "2026-05", "2026-04"]);
+    assert_eq!(c[0].account_fen, 35_200);
+    assert!(reg.contributions(&ssn(CHILD), 12).unwrap().is_empty());
+}
+
+#[test]
+fn gen_demo_is_deterministic_and_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = cardlink::registry::demo::DemoOptions { persons: 3000, months: 2, seed: 7 };
+    let mut counts = Vec::new();
+    for n in 0..2 {
+        let mut reg = open(&dir.path().join(format!("d{n}.db")));
+        reg.gen_demo(&opts).unwrap();
+        counts.push(reg.stats().unwrap());
+        // Every active link satisfies the binding rules' data invariants.
+        let holders_ok: i64 = reg.connection().query_row(
+            "SELECT count(*) FROM family_links l JOIN persons p ON p.ssn = l.holder_ssn \
+             WHERE l.status='active' AND NOT (p.insurance_type='employee' AND p.insurance_status='active')",
+            [], |r| r.get(0)).unwrap();
+        assert_eq!(holders_ok, 0);
+    }
+    assert_eq!(counts[0], counts[1]);
+    assert_eq!(counts[0].persons, 3000);
+    assert!(counts[0].active_links > 500, "{:?}", counts[0]);
+}
