@@ -23,6 +23,7 @@ pub enum TextEncoding {
     #[default]
     Gbk,
     /// UTF-8.
+    #[serde(rename = "utf-8", alias = "utf8")]
     Utf8,
 }
 
@@ -32,7 +33,9 @@ impl std::str::FromStr for TextEncoding {
         match s.to_ascii_lowercase().as_str() {
             "gbk" => Ok(TextEncoding::Gbk),
             "utf-8" | "utf8" => Ok(TextEncoding::Utf8),
-            other => Err(format!("unknown encoding '{other}' (expected gbk or utf-8)")),
+            other => Err(format!(
+                "unknown encoding '{other}' (expected gbk or utf-8)"
+            )),
         }
     }
 }
@@ -182,7 +185,9 @@ pub fn decode(item: &ReaderItem, enc: TextEncoding, today: Date) -> Result<Reade
         ReaderItem::Swipe(line) => from_swipe(line, today, None).map(ReaderEvent::Card),
         ReaderItem::Oversized(n) => Err(CardError::Oversized(*n)),
         ReaderItem::Frame { seq, cmd, payload } => match Cmd::from_u8(*cmd) {
-            Some(Cmd::CardIc) => from_record(payload, enc, today, Some(*seq)).map(ReaderEvent::Card),
+            Some(Cmd::CardIc) => {
+                from_record(payload, enc, today, Some(*seq)).map(ReaderEvent::Card)
+            }
             Some(Cmd::CardMag) => {
                 // The payload may carry a trailing CR LF like a text line.
                 let line = payload.strip_suffix(b"\r\n").unwrap_or(payload);
@@ -190,7 +195,9 @@ pub fn decode(item: &ReaderItem, enc: TextEncoding, today: Date) -> Result<Reade
             }
             Some(Cmd::CardRemoved) => Ok(ReaderEvent::Removed),
             Some(Cmd::ReadError) => {
-                let (&code, text) = payload.split_first().ok_or(CardError::Payload("READ_ERROR"))?;
+                let (&code, text) = payload
+                    .split_first()
+                    .ok_or(CardError::Payload("READ_ERROR"))?;
                 Ok(ReaderEvent::ReadError {
                     code,
                     text: String::from_utf8_lossy(text).into_owned(),
@@ -237,7 +244,10 @@ mod tests {
             cmd,
             payload: Bytes::from_static(p),
         };
-        assert_eq!(decode(&f(0x12, b""), TextEncoding::Gbk, today()), Ok(ReaderEvent::Removed));
+        assert_eq!(
+            decode(&f(0x12, b""), TextEncoding::Gbk, today()),
+            Ok(ReaderEvent::Removed)
+        );
         assert_eq!(
             decode(&f(0x13, b"\x05card mute"), TextEncoding::Gbk, today()),
             Ok(ReaderEvent::ReadError {

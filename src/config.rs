@@ -1,1 +1,285 @@
-//! placeholder
+//! `cardlinkd.toml`: the daemon's configuration.
+//!
+//! ```toml
+//! database = "/var/lib/cardlink/registry.db"
+//! role = "window"                       # or "kiosk"
+//! relations = ["spouse", "parent", "child"]
+//! log_level = "info"                    # RUST_LOG overrides
+//!
+//! [socket]
+//! path = "/run/cardlink/display.sock"
+//! mode = "0660"
+//! privileged_uids = [0]                 # clients that may see full SSNs
+//!
+//! [[reader]]
+//! name = "window1"
+//! path = "/dev/cardlink/window1"
+//! baud = 115200
+//! parity = "none"                       # none | even | odd
+//! mode = "frame"                        # frame | ssse-text | magstripe
+//! encoding = "gbk"                      # gbk | utf-8 (names in text records)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::card::TextEncoding;
+use crate::codec::Mode;
+
+/// Default configuration file.
+pub const DEFAULT_PATH: &str = "/etc/cardlink/cardlinkd.toml";
+
+/// What the box is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Service window or hospital office: manual entry and binding by card number allowed.
+    #[default]
+    Window,
+    /// Self-service kiosk: binding only with both cards physically swiped; no manual entry.
+    Kiosk,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// None.
+    #[default]
+    None,
+    /// Even.
+    Even,
+    /// Odd.
+    Odd,
+}
+
+/// One card reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderConfig {
+    /// Name shown in events (unique).
+    pub name: String,
+    /// Serial device path.
+    pub path: PathBuf,
+    /// Baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Parity.
+    #[serde(default)]
+    pub parity: Parity,
+    /// Protocol.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Text encoding of names.
+    #[serde(default)]
+    pub encoding: TextEncoding,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_mode() -> Mode {
+    Mode::Frame
+}
+
+/// The display socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Socket path.
+    #[serde(default = "default_socket")]
+    pub path: PathBuf,
+    /// File mode, octal text.
+    #[serde(default = "default_mode_text")]
+    pub mode: String,
+    /// Peer uids that receive full SSNs.
+    #[serde(default)]
+    pub privileged_uids: Vec<u32>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/cardlink/display.sock")
+}
+fn default_mode_text() -> String {
+    "0660".into()
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            path: default_socket(),
+            mode: default_mode_text(),
+            privileged_uids: Vec::new(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Registry database.
+    #[serde(default = "default_db")]
+    pub database: PathBuf,
+    /// Window or kiosk.
+    #[serde(default)]
+    pub role: Role,
+    /// Allowed relations for binding.
+    #[serde(default = "default_relations")]
+    pub relations: Vec<String>,
+    /// Log level filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub log_level: String,
+    /// Milliseconds a registry statement waits for another writer.
+    #[serde(default = "default_busy")]
+    pub busy_timeout_ms: u64,
+    /// Display socket.
+    #[serde(default)]
+    pub socket: SocketConfig,
+    /// Readers.
+    #[serde(default, rename = "reader")]
+    pub readers: Vec<ReaderConfig>,
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("/var/lib/cardlink/registry.db")
+}
+fn default_relations() -> Vec<String> {
+    vec!["spouse".into(), "parent".into(), "child".into()]
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_busy() -> u64 {
+    5000
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or types.
+    #[error("{path}: {source}")]
+    Parse {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// A semantic problem.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_string(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        for r in &self.readers {
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!(
+                    "reader name '{}' must be letters, digits, '-' or '_'",
+                    r.name
+                ));
+            }
+            if !names.insert(&r.name) {
+                return bad(format!("reader name '{}' is used twice", r.name));
+            }
+            if !(300..=4_000_000).contains(&r.baud) {
+                return bad(format!("reader '{}': baud {} out of range", r.name, r.baud));
+            }
+        }
+        if self.relations.is_empty() {
+            return bad("relations must list at least one relation".into());
+        }
+        for rel in &self.relations {
+            if rel.is_empty() || !rel.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                return bad(format!(
+                    "relation '{rel}' must be lower-case letters or '_'"
+                ));
+            }
+        }
+        self.socket_mode()?;
+        Ok(())
+    }
+
+    /// The socket file mode as a number.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.socket.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "socket mode '{}' is not octal like 0660",
+                    self.socket.mode
+                ))
+            })
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::parse("[[reader]]\nname = \"w1\"\npath = \"/dev/ttyUSB0\"\n", "t").unwrap();
+        assert_eq!(c.readers[0].baud, 115_200);
+        assert_eq!(c.readers[0].mode, Mode::Frame);
+        assert_eq!(c.role, Role::Window);
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+        let e = Config::parse(
+            "[[reader]]\nname = \"w1\"\npath = \"/a\"\n[[reader]]\nname = \"w1\"\npath = \"/b\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("used twice"));
+        let e = Config::parse(
+            "[[reader]]\nname = \"w1\"\npath = \"/a\"\nmode = \"morse\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("morse"), "{e}");
+        assert!(Config::parse("bogus = 1", "t").is_err());
+        let round = Config::parse(&c.to_toml(), "t").unwrap();
+        assert_eq!(round, c);
+    }
+}

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dedup;
 pub mod logging;
 pub mod mask;
+pub mod notify;
 pub mod registry;
 pub mod sim;
 

@@ -29,9 +29,7 @@ pub fn pan(s: &str) -> String {
 pub fn name(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
-        Some(first) => std::iter::once(first)
-            .chain(chars.map(|_| '*'))
-            .collect(),
+        Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
         None => String::new(),
     }
 }

@@ -1,1 +1,377 @@
-//! placeholder
+//! The reader simulator: the reader side of protocol v1 (and the two text
+//! modes) over a pseudo-terminal or a serial device, for tests, demos and
+//! field checks.
+//!
+//! In frame mode it numbers frames, waits for the host's ACK and resends an
+//! unacknowledged frame every 300 ms, up to 5 times, exactly as a reader
+//! must. `noise` corrupts bytes and inserts garbage on the line;
+//! `drop_acks` ignores received ACKs, forcing resends.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use firmware_protocol::frame::{encode_vec, scan, Cmd, Scan};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::card::TextEncoding;
+use crate::codec::Mode;
+
+/// One card the simulator can present.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimCard {
+    /// SSN (18 characters).
+    pub ssn: String,
+    /// Card number.
+    pub card_no: String,
+    /// Bank PAN, if the card has a stripe.
+    #[serde(default)]
+    pub pan: Option<String>,
+    /// Name.
+    pub name: String,
+    /// `YYYYMMDD`.
+    #[serde(default = "default_issued")]
+    pub issued: String,
+    /// `YYYYMMDD`.
+    #[serde(default = "default_expires")]
+    pub expires: String,
+}
+
+fn default_issued() -> String {
+    "20200101".into()
+}
+fn default_expires() -> String {
+    "20300101".into()
+}
+
+impl SimCard {
+    /// The basic-info record (without line ending).
+    pub fn record(&self) -> String {
+        format!(
+            "{}|{}|{}|{}00000000000000000000|{}|3B6D000000815448|3.00|{}|{}|SIM01|D01|",
+            &self.ssn[..6],
+            self.ssn,
+            self.card_no,
+            &self.ssn[..6].repeat(2),
+            self.name,
+            self.issued,
+            self.expires
+        )
+    }
+
+    /// Track 1 and track 2 (needs a PAN), SSN in track 1's discretionary data.
+    pub fn tracks(&self) -> Option<String> {
+        let pan = self.pan.as_ref()?;
+        let yymm = format!("{}{}", &self.expires[2..4], &self.expires[4..6]);
+        Some(format!(
+            "%B{pan}^CARDHOLDER/SIM^{yymm}120{}000?;{pan}={yymm}1201000?",
+            self.ssn
+        ))
+    }
+
+    /// The bytes the reader sends in `mode` for this card, the record's
+    /// name in `encoding`, and the frame command that carries them.
+    pub fn payload(&self, mode: Mode, encoding: TextEncoding) -> (u8, Vec<u8>) {
+        match (mode, self.tracks()) {
+            (Mode::Magstripe, Some(t)) => (Cmd::CardMag as u8, t.into_bytes()),
+            _ => {
+                let record = self.record();
+                let bytes = match encoding {
+                    TextEncoding::Utf8 => record.into_bytes(),
+                    TextEncoding::Gbk => encoding_rs::GBK.encode(&record).0.into_owned(),
+                };
+                (Cmd::CardIc as u8, bytes)
+            }
+        }
+    }
+}
+
+/// Reads a cards file: JSON lines of [`SimCard`].
+pub fn load_cards(path: &Path) -> io::Result<Vec<SimCard>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}:{}: {e}", path.display(), i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Protocol to speak.
+    pub mode: Mode,
+    /// Encoding of names in IC records.
+    pub encoding: TextEncoding,
+    /// Line noise: the probability of a garbage burst before a frame or line;
+    /// each byte is also flipped with probability `noise / 200` (at 0.3,
+    /// about one 150-byte card frame in five arrives corrupted).
+    pub noise: f64,
+    /// Probability of ignoring a received ACK.
+    pub drop_acks: f64,
+    /// Pause between swipes.
+    pub interval: Duration,
+    /// Swipes to make (None: forever, cycling through the cards).
+    pub count: Option<u64>,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+/// What a simulation run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SimReport {
+    /// Swipes made.
+    pub swipes: u64,
+    /// Frames written, resends included.
+    pub frames_sent: u64,
+    /// Swipes acknowledged by the host.
+    pub acked: u64,
+    /// Swipes given up after 5 resends.
+    pub unacked: u64,
+}
+
+/// Resend interval of protocol v1.
+pub const RESEND: Duration = Duration::from_millis(300);
+/// Resends of protocol v1.
+pub const RESENDS: u32 = 5;
+
+/// Runs the simulator on `io` until `count` swipes are made.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    cards: &[SimCard],
+    opts: &SimOptions,
+    mut on_swipe: impl FnMut(u64, &SimCard),
+) -> io::Result<SimReport> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut report = SimReport::default();
+    let mut seq: u8 = 0;
+    let mut inbox: Vec<u8> = Vec::new();
+    if cards.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no cards to swipe",
+        ));
+    }
+    loop {
+        if opts.count.is_some_and(|c| report.swipes >= c) {
+            return Ok(report);
+        }
+        let card = &cards[(report.swipes % cards.len() as u64) as usize];
+        report.swipes += 1;
+        on_swipe(report.swipes, card);
+        let (cmd, payload) = card.payload(opts.mode, opts.encoding);
+        if opts.mode != Mode::Frame {
+            let mut line = payload;
+            line.extend_from_slice(b"\r\n");
+            let wire = noisy(&line, opts.noise, &mut rng);
+            io.write_all(&wire).await?;
+            io.flush().await?;
+        } else {
+            seq = seq.wrapping_add(1);
+            let frame = encode_vec(seq, cmd, &payload)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let mut acked = false;
+            for _ in 0..=RESENDS {
+                let wire = noisy(&frame, opts.noise, &mut rng);
+                io.write_all(&wire).await?;
+                io.flush().await?;
+                report.frames_sent += 1;
+                if wait_ack(&mut io, &mut inbox, seq, opts.drop_acks, &mut rng).await? {
+                    acked = true;
+                    break;
+                }
+            }
+            if acked {
+                report.acked += 1;
+            } else {
+                report.unacked += 1;
+            }
+        }
+        tokio::time::sleep(opts.interval).await;
+    }
+}
+
+fn noisy(bytes: &[u8], rate: f64, rng: &mut impl Rng) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    if rate > 0.0 && rng.random_bool(rate.min(1.0)) {
+        let n = rng.random_range(1..24);
+        out.extend((0..n).map(|_| {
+            if rng.random_bool(0.2) {
+                0x02
+            } else {
+                rng.random::<u8>()
+            }
+        }));
+    }
+    for &b in bytes {
+        if rate > 0.0 && rng.random_bool((rate / 200.0).min(1.0)) {
+            out.push(b ^ (1 << rng.random_range(0..8)));
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+async fn wait_ack<S: AsyncRead + Unpin>(
+    io: &mut S,
+    inbox: &mut Vec<u8>,
+    seq: u8,
+    drop_acks: f64,
+    rng: &mut impl Rng,
+) -> io::Result<bool> {
+    let deadline = tokio::time::Instant::now() + RESEND;
+    let mut buf = [0u8; 256];
+    loop {
+        // Consume host frames already received.
+        loop {
+            match scan(inbox) {
+                Scan::Frame {
+                    frame, consumed, ..
+                } => {
+                    let is_ack = frame.cmd == Cmd::Ack as u8 && frame.seq == seq;
+                    inbox.drain(..consumed);
+                    if is_ack && !(drop_acks > 0.0 && rng.random_bool(drop_acks.min(1.0))) {
+                        return Ok(true);
+                    }
+                }
+                Scan::NeedMore { discard } => {
+                    inbox.drain(..discard);
+                    break;
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Err(_) => return Ok(false),
+            Ok(Ok(0)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "host closed the line",
+                ))
+            }
+            Ok(Ok(n)) => inbox.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// The master side of a pseudo-terminal pair, as async I/O.
+pub struct PtyMaster {
+    fd: AsyncFd<OwnedFd>,
+    // Kept open so the master never sees EIO while the daemon reconnects.
+    _slave: OwnedFd,
+    slave_path: PathBuf,
+    link: Option<PathBuf>,
+}
+
+impl PtyMaster {
+    /// Opens a raw-mode pty pair. If `link` is given, a symlink there points
+    /// at the slave (replacing an older link), like a udev-named device.
+    pub fn open(link: Option<&Path>) -> io::Result<PtyMaster> {
+        use nix::sys::termios;
+        let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+        // openpty(3) does not set close-on-exec; a child process (the daemon
+        // under test, say) must not inherit the master, or it never closes.
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(io::Error::from)?;
+        }
+        let mut t = termios::tcgetattr(&pty.slave).map_err(io::Error::from)?;
+        termios::cfmakeraw(&mut t);
+        termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &t).map_err(io::Error::from)?;
+        let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))?;
+        let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(io::Error::from)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(io::Error::from)?;
+        if let Some(link) = link {
+            let tmp = link.with_extension("new-link");
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&slave_path, &tmp)?;
+            std::fs::rename(&tmp, link)?;
+        }
+        Ok(PtyMaster {
+            // The master fd is owned by the AsyncFd from here on, so I/O safety holds.
+            #[allow(deprecated)]
+            fd: AsyncFd::new(pty.master)?,
+            _slave: pty.slave,
+            slave_path,
+            link: link.map(Path::to_path_buf),
+        })
+    }
+
+    /// Path of the slave device (`/dev/pts/N`).
+    pub fn slave_path(&self) -> &Path {
+        &self.slave_path
+    }
+
+    /// The symlink, if any.
+    pub fn link(&self) -> Option<&Path> {
+        self.link.as_deref()
+    }
+}
+
+impl AsyncRead for PtyMaster {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // EIO: no slave open; report EOF.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PtyMaster {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -32,7 +32,11 @@ fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest
 fn holder_swipe_lists_members_and_balance() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&fixture_db(dir.path()));
-    for lookup in [Lookup::card_no(card(HOLDER)), Lookup::ssn(ssn(HOLDER)), Lookup::pan(pan(HOLDER))] {
+    for lookup in [
+        Lookup::card_no(card(HOLDER)),
+        Lookup::ssn(ssn(HOLDER)),
+        Lookup::pan(pan(HOLDER)),
+    ] {
         let r = reg.resolve(&lookup).unwrap();
         assert_eq!(r.outcome, Outcome::Ok);
         assert_eq!(r.role, Role::Holder);
@@ -67,15 +71,30 @@ fn explicit_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&fixture_db(dir.path()));
     let outcome = |l: Lookup| reg.resolve(&l).unwrap();
-    assert_eq!(outcome(Lookup::card_no("Z99999999")).outcome, Outcome::Unknown);
-    assert_eq!(outcome(Lookup::pan("6222029999999999990")).outcome, Outcome::Unknown);
+    assert_eq!(
+        outcome(Lookup::card_no("Z99999999")).outcome,
+        Outcome::Unknown
+    );
+    assert_eq!(
+        outcome(Lookup::pan("6222029999999999990")).outcome,
+        Outcome::Unknown
+    );
     assert_eq!(outcome(Lookup::ssn(ssn(9999))).outcome, Outcome::Unknown);
     let lost = outcome(Lookup::card_no(card(LOST)));
     assert_eq!(lost.outcome, Outcome::Lost);
     assert!(lost.payer.is_none() && lost.members.is_empty());
-    assert_eq!(outcome(Lookup::card_no(card(FROZEN))).outcome, Outcome::Frozen);
-    assert_eq!(outcome(Lookup::card_no(card(CANCELLED))).outcome, Outcome::Cancelled);
-    assert_eq!(outcome(Lookup::card_no(card(EXPIRED))).outcome, Outcome::Expired);
+    assert_eq!(
+        outcome(Lookup::card_no(card(FROZEN))).outcome,
+        Outcome::Frozen
+    );
+    assert_eq!(
+        outcome(Lookup::card_no(card(CANCELLED))).outcome,
+        Outcome::Cancelled
+    );
+    assert_eq!(
+        outcome(Lookup::card_no(card(EXPIRED))).outcome,
+        Outcome::Expired
+    );
     assert_eq!(outcome(Lookup::ssn(ssn(NO_CARD))).outcome, Outcome::NoCard);
     // A stripe whose SSN does not belong to the card's owner.
     let mismatch = Lookup {
@@ -118,7 +137,11 @@ fn every_bind_rule_has_its_own_refusal() {
     // The refusals are audited.
     let refusals: i64 = reg
         .connection()
-        .query_row("SELECT count(*) FROM audit WHERE outcome LIKE 'refused:%'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM audit WHERE outcome LIKE 'refused:%'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(refusals, 14);
     // Messages never carry a full SSN.
@@ -128,7 +151,12 @@ fn every_bind_rule_has_its_own_refusal() {
     let wide = BindPolicy {
         relations: vec!["grandparent".into()],
     };
-    assert_eq!(reg.bind(&bind_req(HOLDER, CHILD, "child"), &wide).unwrap_err().code(), "relation_not_allowed");
+    assert_eq!(
+        reg.bind(&bind_req(HOLDER, CHILD, "child"), &wide)
+            .unwrap_err()
+            .code(),
+        "relation_not_allowed"
+    );
 }
 
 #[test]
@@ -136,26 +164,47 @@ fn bind_then_unbind() {
     let dir = tempfile::tempdir().unwrap();
     let mut reg = open(&fixture_db(dir.path()));
     let policy = BindPolicy::default();
-    reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy).unwrap();
+    reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy)
+        .unwrap();
     // A holder may also cover an employee parent.
-    reg.bind(&bind_req(HOLDER, PARENT, "parent"), &policy).unwrap();
-    let members: Vec<_> = reg.members(&ssn(HOLDER)).unwrap().into_iter().map(|m| m.ssn).collect();
+    reg.bind(&bind_req(HOLDER, PARENT, "parent"), &policy)
+        .unwrap();
+    let members: Vec<_> = reg
+        .members(&ssn(HOLDER))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.ssn)
+        .collect();
     assert_eq!(members, vec![ssn(SPOUSE), ssn(CHILD), ssn(PARENT)]);
     let r = reg.resolve(&Lookup::card_no(card(CHILD))).unwrap();
     assert_eq!(r.role, Role::Member);
     assert_eq!(r.payer.unwrap().relation.as_deref(), Some("child"));
 
-    reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test").unwrap();
-    assert_eq!(reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test").unwrap_err().code(), "not_linked");
-    assert_eq!(reg.resolve(&Lookup::card_no(card(CHILD))).unwrap().role, Role::None);
+    reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test")
+        .unwrap();
+    assert_eq!(
+        reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test")
+            .unwrap_err()
+            .code(),
+        "not_linked"
+    );
+    assert_eq!(
+        reg.resolve(&Lookup::card_no(card(CHILD))).unwrap().role,
+        Role::None
+    );
     // Revoked links stay in the table with their revocation time.
     let revoked: i64 = reg
         .connection()
-        .query_row("SELECT count(*) FROM family_links WHERE status='revoked' AND revoked_at IS NOT NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM family_links WHERE status='revoked' AND revoked_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(revoked, 1);
     // Now another holder may take the child.
-    reg.bind(&bind_req(HOLDER2, CHILD, "child"), &policy).unwrap();
+    reg.bind(&bind_req(HOLDER2, CHILD, "child"), &policy)
+        .unwrap();
     assert!(reg.verify_audit().unwrap().broken.is_none());
 }
 
@@ -186,11 +235,20 @@ fn concurrent_binds_for_one_member_exactly_one_wins() {
         let mut reg = open(&db);
         let active: i64 = reg
             .connection()
-            .query_row("SELECT count(*) FROM family_links WHERE member_ssn = ?1 AND status='active'", [ssn(CHILD).expose()], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM family_links WHERE member_ssn = ?1 AND status='active'",
+                [ssn(CHILD).expose()],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(active, 1);
         // Reset for the next round.
-        let payer = reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap().payer.unwrap().ssn;
+        let payer = reg
+            .resolve(&Lookup::ssn(ssn(CHILD)))
+            .unwrap()
+            .payer
+            .unwrap()
+            .ssn;
         reg.unbind(&payer, &ssn(CHILD), "t", "t").unwrap();
     }
 }
@@ -207,11 +265,26 @@ fn locked_database_waits_then_fails_clearly() {
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut reg = Registry::open(&db, &opts).unwrap();
     // Reads still work under WAL while another connection writes.
-    assert_eq!(reg.resolve(&Lookup::card_no(card(HOLDER))).unwrap().outcome, Outcome::Ok);
-    let err = reg.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default()).unwrap_err();
+    assert_eq!(
+        reg.resolve(&Lookup::card_no(card(HOLDER))).unwrap().outcome,
+        Outcome::Ok
+    );
+    let err = reg
+        .bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default())
+        .unwrap_err();
     assert_eq!(err.code(), "database_busy");
-    assert!(err.to_string().contains("locked by another writer"), "{err}");
-    let err = reg.record(&Entry { actor: "t", action: "resolve", ssn: None, outcome: "ok" }).unwrap_err();
+    assert!(
+        err.to_string().contains("locked by another writer"),
+        "{err}"
+    );
+    let err = reg
+        .record(&Entry {
+            actor: "t",
+            action: "resolve",
+            ssn: None,
+            outcome: "ok",
+        })
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Busy(_)));
 
     // A writer that releases the lock within the timeout is waited for.
@@ -224,7 +297,9 @@ fn locked_database_waits_then_fails_clearly() {
         std::thread::sleep(Duration::from_millis(300));
         blocker.execute_batch("COMMIT").unwrap();
     });
-    patient.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default()).unwrap();
+    patient
+        .bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default())
+        .unwrap();
     release.join().unwrap();
 }
 
@@ -247,21 +322,53 @@ fn import_with_bad_rows_imports_nothing_and_names_every_row() {
     lines[4] = lines[4].replacen(",M,", ",Q,", 1).replacen(",F,", ",Q,", 1);
     std::fs::write(&files[0], lines.join("\n") + "\n").unwrap();
     let mut cards = std::fs::read_to_string(&files[1]).unwrap();
-    cards.push_str(&format!("Z00000001,,{},3,2020-01-01,2030-01-01,active\n", demo_ssn_str(5000)));
+    cards.push_str(&format!(
+        "Z00000001,,{},3,2020-01-01,2030-01-01,active\n",
+        demo_ssn_str(5000)
+    ));
     std::fs::write(&files[1], cards).unwrap();
 
     let err = reg.import(&files, "test").unwrap_err();
-    let ImportError::BadRows(rows) = err else { panic!("{err}") };
+    let ImportError::BadRows(rows) = err else {
+        panic!("{err}")
+    };
     let names: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
     let persons_file = files[0].display().to_string();
     let cards_file = files[1].display().to_string();
-    assert!(names.iter().any(|n| n.starts_with(&format!("{persons_file}:3: ssn: check character"))), "{names:#?}");
-    assert!(names.iter().any(|n| n.starts_with(&format!("{persons_file}:5: sex:"))), "{names:#?}");
-    assert!(names.iter().any(|n| n.starts_with(&format!("{cards_file}:16:")) && n.contains("not in the registry")), "{names:#?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(&format!("{persons_file}:3: ssn: check character"))),
+        "{names:#?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(&format!("{persons_file}:5: sex:"))),
+        "{names:#?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(&format!("{cards_file}:16:"))
+                && n.contains("not in the registry")),
+        "{names:#?}"
+    );
     // Rows that referred to the rejected person fail too and are named.
-    assert!(names.iter().any(|n| n.contains("links.csv:2:")), "{names:#?}");
+    assert!(
+        names.iter().any(|n| n.contains("links.csv:2:")),
+        "{names:#?}"
+    );
     let stats = reg.stats().unwrap();
-    assert_eq!((stats.persons, stats.cards, stats.active_links, stats.accounts), (0, 0, 0, 0));
+    assert_eq!(
+        (
+            stats.persons,
+            stats.cards,
+            stats.active_links,
+            stats.accounts
+        ),
+        (0, 0, 0, 0)
+    );
 }
 
 fn demo_ssn_str(i: u64) -> String {
@@ -274,16 +381,27 @@ fn audit_tampering_is_detected() {
     let db = fixture_db(dir.path());
     let mut reg = open(&db);
     for i in 0..5 {
-        reg.record(&Entry { actor: "reader0", action: "resolve", ssn: Some(&ssn(i)), outcome: "ok" }).unwrap();
+        reg.record(&Entry {
+            actor: "reader0",
+            action: "resolve",
+            ssn: Some(&ssn(i)),
+            outcome: "ok",
+        })
+        .unwrap();
     }
     let v = reg.verify_audit().unwrap();
     assert_eq!((v.rows, v.broken.clone()), (6, None));
     // The triggers refuse edits...
     let c = reg.connection();
-    assert!(c.execute("UPDATE audit SET outcome = 'lost' WHERE id = 3", []).is_err());
+    assert!(c
+        .execute("UPDATE audit SET outcome = 'lost' WHERE id = 3", [])
+        .is_err());
     assert!(c.execute("DELETE FROM audit WHERE id = 3", []).is_err());
     // ...and an edit made around them is caught by the chain.
-    c.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'unknown' WHERE id = 3;").unwrap();
+    c.execute_batch(
+        "DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'unknown' WHERE id = 3;",
+    )
+    .unwrap();
     let v = reg.verify_audit().unwrap();
     assert_eq!(v.broken.as_ref().map(|b| b.0), Some(3));
     // Deleting a middle row is caught as well.
@@ -291,9 +409,17 @@ fn audit_tampering_is_detected() {
     let db2 = fixture_db(dir2.path());
     let mut reg2 = open(&db2);
     for i in 0..3 {
-        reg2.record(&Entry { actor: "r", action: "resolve", ssn: Some(&ssn(i)), outcome: "ok" }).unwrap();
+        reg2.record(&Entry {
+            actor: "r",
+            action: "resolve",
+            ssn: Some(&ssn(i)),
+            outcome: "ok",
+        })
+        .unwrap();
     }
-    reg2.connection().execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id = 2;").unwrap();
+    reg2.connection()
+        .execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id = 2;")
+        .unwrap();
     assert_eq!(reg2.verify_audit().unwrap().broken.map(|b| b.0), Some(3));
 }
 
@@ -311,7 +437,11 @@ fn contributions_newest_first() {
 #[test]
 fn gen_demo_is_deterministic_and_consistent() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = cardlink::registry::demo::DemoOptions { persons: 3000, months: 2, seed: 7 };
+    let opts = cardlink::registry::demo::DemoOptions {
+        persons: 3000,
+        months: 2,
+        seed: 7,
+    };
     let mut counts = Vec::new();
     for n in 0..2 {
         let mut reg = open(&dir.path().join(format!("d{n}.db")));

@@ -93,7 +93,7 @@ pub fn luhn_ok(digits: &[u8]) -> bool {
         }
         sum += d;
     }
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 struct Track<'a> {
@@ -123,7 +123,10 @@ fn pan_and_rest(track: u8, s: &[u8], sep: u8) -> Result<(&str, &[u8]), MagError>
     Ok((pan, &s[at + 1..]))
 }
 
-fn expiry_and_service(track: u8, s: &[u8]) -> Result<((u8, u8), &str, &[u8]), MagError> {
+/// Expiry (YY, MM), service code and the discretionary data after them.
+type ExpiryService<'a> = ((u8, u8), &'a str, &'a [u8]);
+
+fn expiry_and_service(track: u8, s: &[u8]) -> Result<ExpiryService<'_>, MagError> {
     if s.len() < 7 || !s[..7].iter().all(u8::is_ascii_digit) {
         return Err(err(track, "expiry and service code must be 7 digits"));
     }

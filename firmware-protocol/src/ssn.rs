@@ -317,10 +317,7 @@ mod tests {
             Ssn::parse_on(b"110105203001010021", t),
             Err(SsnError::FutureBirthDate)
         );
-        let msg = format!(
-            "{}",
-            Ssn::parse_on(b"110105194912310021", t).unwrap_err()
-        );
+        let msg = format!("{}", Ssn::parse_on(b"110105194912310021", t).unwrap_err());
         assert_eq!(msg, "check character is '1', expected 'X'");
     }
 

@@ -40,7 +40,10 @@ fn decode_chunked(stream: &[u8], chunk: usize) -> Vec<(u8, u8, Vec<u8>)> {
                 }
             }
         }
-        assert!(buf.len() <= MAX_PAYLOAD + 8 + chunk, "buffer grew unbounded");
+        assert!(
+            buf.len() <= MAX_PAYLOAD + 8 + chunk,
+            "buffer grew unbounded"
+        );
     }
     out
 }

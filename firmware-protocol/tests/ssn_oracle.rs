@@ -61,7 +61,10 @@ fn agrees_with_oracle_on_100k_numbers() {
         let got = Ssn::parse_on(&s, today);
         if chosen == right {
             valid += 1;
-            assert_eq!(got.map(|x| x.expose().to_string()), Ok(String::from_utf8(s).unwrap()));
+            assert_eq!(
+                got.map(|x| x.expose().to_string()),
+                Ok(String::from_utf8(s).unwrap())
+            );
         } else {
             invalid += 1;
             assert_eq!(
@@ -80,7 +83,11 @@ fn agrees_with_oracle_on_100k_numbers() {
 fn published_invalid_examples() {
     let today = Date::new(2026, 11, 25).unwrap();
     // Well-known example numbers with a wrong final character.
-    for s in ["110105194912310021", "440524188001010013", "11010519491231002Y"] {
+    for s in [
+        "110105194912310021",
+        "440524188001010013",
+        "11010519491231002Y",
+    ] {
         assert!(Ssn::parse_on(s.as_bytes(), today).is_err(), "{s}");
     }
 }

@@ -36,7 +36,15 @@ pub struct Entry<'a> {
     pub outcome: &'a str,
 }
 
-fn row_hash(prev: &str, id: i64, at: &str, actor: &str, action: &str, ssn: &str, outcome: &str) -> String {
+fn row_hash(
+    prev: &str,
+    id: i64,
+    at: &str,
+    actor: &str,
+    action: &str,
+    ssn: &str,
+    outcome: &str,
+) -> String {
     let mut h = Sha256::new();
     for (i, part) in [prev, &id.to_string(), at, actor, action, ssn, outcome]
         .iter()
@@ -67,7 +75,16 @@ pub(crate) fn append(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<()> {
         "INSERT INTO audit (id, at, actor, action, ssn, outcome, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![id, at, e.actor, e.action, e.ssn.map(|s| s.expose()), e.outcome, prev, hash])?;
+    .execute(params![
+        id,
+        at,
+        e.actor,
+        e.action,
+        e.ssn.map(|s| s.expose()),
+        e.outcome,
+        prev,
+        hash
+    ])?;
     Ok(())
 }
 
@@ -107,12 +124,22 @@ impl Registry {
             let get = |i| r.get::<_, String>(i);
             let id: i64 = r.get(0).map_err(|e| self.sql(e))?;
             let (at, actor, action, ssn, outcome, prev_hash, hash) = (|| {
-                Ok::<_, rusqlite::Error>((get(1)?, get(2)?, get(3)?, get(4)?, get(5)?, get(6)?, get(7)?))
+                Ok::<_, rusqlite::Error>((
+                    get(1)?,
+                    get(2)?,
+                    get(3)?,
+                    get(4)?,
+                    get(5)?,
+                    get(6)?,
+                    get(7)?,
+                ))
             })()
             .map_err(|e| self.sql(e))?;
             n += 1;
             let broken = if id != expect_id {
-                Some(format!("row id {id} where {expect_id} was expected (rows removed or inserted)"))
+                Some(format!(
+                    "row id {id} where {expect_id} was expected (rows removed or inserted)"
+                ))
             } else if prev_hash != prev {
                 Some("prev_hash does not match the previous row".to_string())
             } else if row_hash(&prev, id, &at, &actor, &action, &ssn, &outcome) != hash {

@@ -136,7 +136,11 @@ fn insurance(
         .optional()
 }
 
-fn has_active_card(tx: &rusqlite::Transaction<'_>, ssn: &Ssn, today: &str) -> rusqlite::Result<bool> {
+fn has_active_card(
+    tx: &rusqlite::Transaction<'_>,
+    ssn: &Ssn,
+    today: &str,
+) -> rusqlite::Result<bool> {
     tx.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM cards WHERE ssn = ?1 AND status = 'active' AND expires >= ?2)",
     )?

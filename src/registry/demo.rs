@@ -166,8 +166,12 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 insurance_status: ins_status.into(),
             })?;
             let issued_year = rng.random_range(2016..=2024u16);
-            let issued = Date::new(issued_year, rng.random_range(1..=12), rng.random_range(1..=28))
-                .unwrap_or(Date::EPOCH);
+            let issued = Date::new(
+                issued_year,
+                rng.random_range(1..=12),
+                rng.random_range(1..=28),
+            )
+            .unwrap_or(Date::EPOCH);
             let roll = rng.random_range(0..1000);
             let (status, expired) = match roll {
                 0..=19 if j > 0 || roll < 5 => ("lost", false),
@@ -182,7 +186,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
             } else {
                 Date::new(issued.year() + 10, issued.month(), issued.day()).unwrap_or(Date::EPOCH)
             };
-            let pan = (idx % 2 == 0).then(|| demo_pan(idx));
+            let pan = idx.is_multiple_of(2).then(|| demo_pan(idx));
             sink.card(&CardRec {
                 card_no: demo_card_no(idx),
                 pan,
@@ -362,7 +366,9 @@ mod tests {
             let s = demo_ssn(i);
             firmware_protocol::Ssn::parse_on(s.as_bytes(), today).unwrap();
             assert!(seen.insert(s));
-            assert!(firmware_protocol::magstripe::luhn_ok(demo_pan(i).as_bytes()));
+            assert!(firmware_protocol::magstripe::luhn_ok(
+                demo_pan(i).as_bytes()
+            ));
         }
         let cards: std::collections::HashSet<_> = (0..50_000).map(demo_card_no).collect();
         assert_eq!(cards.len(), 50_000);

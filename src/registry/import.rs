@@ -101,7 +101,6 @@ pub struct ContributionRec {
     pub account_fen: i64,
 }
 
-
 fn ssn_ok(field: &str, s: &str, today: Date) -> Result<(), String> {
     Ssn::parse_on(s.as_bytes(), today)
         .map(|_| ())
@@ -112,7 +111,10 @@ fn one_of(field: &str, v: &str, allowed: &[&str]) -> Result<(), String> {
     if allowed.contains(&v) {
         Ok(())
     } else {
-        Err(format!("{field}: '{v}' is not one of {}", allowed.join(", ")))
+        Err(format!(
+            "{field}: '{v}' is not one of {}",
+            allowed.join(", ")
+        ))
     }
 }
 
@@ -122,7 +124,9 @@ fn date_ok(field: &str, v: &str) -> Result<Date, String> {
 
 fn text_ok(field: &str, v: &str, max: usize) -> Result<(), String> {
     if v.trim().is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-        Err(format!("{field}: empty, longer than {max} or has control characters"))
+        Err(format!(
+            "{field}: empty, longer than {max} or has control characters"
+        ))
     } else {
         Ok(())
     }
@@ -143,8 +147,16 @@ impl PersonRec {
         text_ok("name", &self.name, 64)?;
         one_of("sex", &self.sex, &["M", "F"])?;
         date_ok("birth_date", &self.birth_date)?;
-        one_of("insurance_type", &self.insurance_type, &["employee", "resident", "none"])?;
-        one_of("insurance_status", &self.insurance_status, &["active", "suspended", "ended"])
+        one_of(
+            "insurance_type",
+            &self.insurance_type,
+            &["employee", "resident", "none"],
+        )?;
+        one_of(
+            "insurance_status",
+            &self.insurance_status,
+            &["active", "suspended", "ended"],
+        )
     }
 }
 
@@ -152,8 +164,15 @@ impl CardRec {
     /// Checks every field.
     pub fn validate(&self, today: Date) -> Result<(), String> {
         let c = self.card_no.as_bytes();
-        if c.len() != 9 || !c.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
-            return Err(format!("card_no: '{}' is not 9 upper-case letters or digits", self.card_no));
+        if c.len() != 9
+            || !c
+                .iter()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        {
+            return Err(format!(
+                "card_no: '{}' is not 9 upper-case letters or digits",
+                self.card_no
+            ));
         }
         if let Some(pan) = self.pan.as_deref().filter(|p| !p.is_empty()) {
             if !(12..=19).contains(&pan.len())
@@ -171,7 +190,11 @@ impl CardRec {
         if expires < issued {
             return Err("expires: before issued".into());
         }
-        one_of("status", &self.status, &["active", "lost", "frozen", "cancelled"])
+        one_of(
+            "status",
+            &self.status,
+            &["active", "lost", "frozen", "cancelled"],
+        )
     }
 }
 
@@ -185,7 +208,11 @@ impl LinkRec {
         }
         text_ok("relation", &self.relation, 32)?;
         one_of("status", &self.status, &["active", "revoked"])?;
-        one_of("channel", &self.channel, &["window", "hospital", "kiosk", "import"])?;
+        one_of(
+            "channel",
+            &self.channel,
+            &["window", "hospital", "kiosk", "import"],
+        )?;
         text_ok("operator", &self.operator, 64)?;
         text_ok("created_at", &self.created_at, 40)
     }
@@ -204,9 +231,8 @@ impl ContributionRec {
     pub fn validate(&self, today: Date) -> Result<(), String> {
         ssn_ok("ssn", &self.ssn, today)?;
         let m = self.month.as_bytes();
-        let month_ok = m.len() == 7
-            && m[4] == b'-'
-            && parse_iso(&format!("{}-01", self.month)).is_some();
+        let month_ok =
+            m.len() == 7 && m[4] == b'-' && parse_iso(&format!("{}-01", self.month)).is_some();
         if !month_ok {
             return Err(format!("month: '{}' is not YYYY-MM", self.month));
         }
@@ -235,14 +261,29 @@ impl<'c> Inserter<'c> {
     pub(crate) fn person(&self, r: &PersonRec) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached("INSERT INTO persons VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![upper(&r.ssn), r.name, r.sex, r.birth_date, r.insurance_type, r.insurance_status])
+            .execute(params![
+                upper(&r.ssn),
+                r.name,
+                r.sex,
+                r.birth_date,
+                r.insurance_type,
+                r.insurance_status
+            ])
             .map(drop)
     }
     pub(crate) fn card(&self, r: &CardRec) -> rusqlite::Result<()> {
         let pan = r.pan.as_deref().filter(|p| !p.is_empty());
         self.conn
             .prepare_cached("INSERT INTO cards VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-            .execute(params![r.card_no, pan, upper(&r.ssn), r.generation, r.issued, r.expires, r.status])
+            .execute(params![
+                r.card_no,
+                pan,
+                upper(&r.ssn),
+                r.generation,
+                r.issued,
+                r.expires,
+                r.status
+            ])
             .map(drop)
     }
     pub(crate) fn link(&self, r: &LinkRec) -> rusqlite::Result<()> {
@@ -473,17 +514,29 @@ impl Registry {
         let mut bad = Vec::new();
         for (t, f) in sorted {
             match t {
-                Table::Persons => counts.persons += load(f, today, &mut bad, PersonRec::validate, |r| ins.person(r))?,
-                Table::Cards => counts.cards += load(f, today, &mut bad, CardRec::validate, |r| ins.card(r))?,
-                Table::Accounts => counts.accounts += load(f, today, &mut bad, AccountRec::validate, |r| ins.account(r))?,
-                Table::Links => counts.links += load(f, today, &mut bad, LinkRec::validate, |r| ins.link(r))?,
+                Table::Persons => {
+                    counts.persons +=
+                        load(f, today, &mut bad, PersonRec::validate, |r| ins.person(r))?
+                }
+                Table::Cards => {
+                    counts.cards += load(f, today, &mut bad, CardRec::validate, |r| ins.card(r))?
+                }
+                Table::Accounts => {
+                    counts.accounts +=
+                        load(f, today, &mut bad, AccountRec::validate, |r| ins.account(r))?
+                }
+                Table::Links => {
+                    counts.links += load(f, today, &mut bad, LinkRec::validate, |r| ins.link(r))?
+                }
                 Table::Contributions => {
-                    counts.contributions += load(f, today, &mut bad, ContributionRec::validate, |r| ins.contribution(r))?
+                    counts.contributions +=
+                        load(f, today, &mut bad, ContributionRec::validate, |r| {
+                            ins.contribution(r)
+                        })?
                 }
             }
         }
         if !bad.is_empty() {
-            drop(ins);
             tx.rollback().map_err(sql)?;
             return Err(ImportError::BadRows(bad));
         }
@@ -495,13 +548,75 @@ impl Registry {
                 ssn: None,
                 outcome: &format!(
                     "ok persons={} cards={} links={} accounts={} contributions={}",
-                    counts.persons, counts.cards, counts.links, counts.accounts, counts.contributions
+                    counts.persons,
+                    counts.cards,
+                    counts.links,
+                    counts.accounts,
+                    counts.contributions
                 ),
             },
         )
         .map_err(sql)?;
-        drop(ins);
         tx.commit().map_err(sql)?;
+        Ok(counts)
+    }
+}
+
+impl Registry {
+    /// Writes every table as CSV files (the import format) into `dir`.
+    pub fn export(&self, dir: &Path) -> Result<ImportCounts, ImportError> {
+        let io = |file: &str| {
+            let file = dir.join(file).display().to_string();
+            move |source: csv::Error| ImportError::Io {
+                file: file.clone(),
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("")(e.into()))?;
+        let mut counts = ImportCounts::default();
+        macro_rules! dump {
+            ($file:literal, $sql:literal, $count:ident, |$r:ident| $rec:expr) => {{
+                let mut w = csv::Writer::from_path(dir.join($file)).map_err(io($file))?;
+                let mut st = self
+                    .conn
+                    .prepare($sql)
+                    .map_err(|e| ImportError::Registry(self.sql(e)))?;
+                let mut rows = st
+                    .query([])
+                    .map_err(|e| ImportError::Registry(self.sql(e)))?;
+                while let Some($r) = rows
+                    .next()
+                    .map_err(|e| ImportError::Registry(self.sql(e)))?
+                {
+                    let rec = (|| -> rusqlite::Result<_> { Ok($rec) })()
+                        .map_err(|e| ImportError::Registry(self.sql(e)))?;
+                    w.serialize(rec).map_err(io($file))?;
+                    counts.$count += 1;
+                }
+                w.flush().map_err(|e| io($file)(e.into()))?;
+            }};
+        }
+        dump!("persons.csv", "SELECT ssn, name, sex, birth_date, insurance_type, insurance_status FROM persons ORDER BY ssn", persons, |r| PersonRec {
+            ssn: r.get(0)?, name: r.get(1)?, sex: r.get(2)?, birth_date: r.get(3)?, insurance_type: r.get(4)?, insurance_status: r.get(5)?,
+        });
+        dump!("cards.csv", "SELECT card_no, pan, ssn, generation, issued, expires, status FROM cards ORDER BY card_no", cards, |r| CardRec {
+            card_no: r.get(0)?, pan: r.get(1)?, ssn: r.get(2)?, generation: r.get(3)?, issued: r.get(4)?, expires: r.get(5)?, status: r.get(6)?,
+        });
+        dump!(
+            "accounts.csv",
+            "SELECT holder_ssn, balance_fen FROM accounts ORDER BY holder_ssn",
+            accounts,
+            |r| AccountRec {
+                holder_ssn: r.get(0)?,
+                balance_fen: r.get(1)?,
+            }
+        );
+        dump!("links.csv", "SELECT holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at FROM family_links ORDER BY id", links, |r| LinkRec {
+            holder_ssn: r.get(0)?, member_ssn: r.get(1)?, relation: r.get(2)?, status: r.get(3)?, channel: r.get(4)?, operator: r.get(5)?, created_at: r.get(6)?, revoked_at: r.get(7)?,
+        });
+        dump!("contributions.csv", "SELECT ssn, month, employer, base_fen, employee_fen, employer_fen, account_fen FROM contributions ORDER BY ssn, month", contributions, |r| ContributionRec {
+            ssn: r.get(0)?, month: r.get(1)?, employer: r.get(2)?, base_fen: r.get(3)?, employee_fen: r.get(4)?, employer_fen: r.get(5)?, account_fen: r.get(6)?,
+        });
         Ok(counts)
     }
 }

@@ -58,7 +58,9 @@ impl RegistryError {
     /// Maps SQLite errors, turning `SQLITE_BUSY`/`SQLITE_LOCKED` into [`RegistryError::Busy`].
     pub(crate) fn from_sql(e: rusqlite::Error, timeout: Duration) -> Self {
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => RegistryError::Busy(timeout),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                RegistryError::Busy(timeout)
+            }
             _ => RegistryError::Sql(e),
         }
     }
@@ -120,10 +122,11 @@ impl Registry {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
-        let conn = Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::setup(conn, opts)
     }
 
@@ -140,9 +143,12 @@ impl Registry {
         let t = opts.busy_timeout;
         let sql = |e| RegistryError::from_sql(e, t);
         conn.busy_timeout(t).map_err(sql)?;
-        conn.pragma_update(None, "foreign_keys", true).map_err(sql)?;
-        conn.pragma_update(None, "cache_size", -opts.cache_kib).map_err(sql)?;
-        conn.pragma_update(None, "mmap_size", 1i64 << 34).map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(sql)?;
+        conn.pragma_update(None, "cache_size", -opts.cache_kib)
+            .map_err(sql)?;
+        conn.pragma_update(None, "mmap_size", 1i64 << 34)
+            .map_err(sql)?;
         if !opts.read_only {
             // WAL: readers never block the writer; NORMAL sync is durable
             // across application crashes and fast enough for one audit row per swipe.
@@ -154,7 +160,8 @@ impl Registry {
                     "cannot switch to WAL mode (got {mode})"
                 )));
             }
-            conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(sql)?;
             schema::migrate(&mut conn)?;
         }
         conn.set_prepared_statement_cache_capacity(64);

@@ -439,7 +439,11 @@ impl Registry {
 
     /// The person's payment records of the last `months` months that have
     /// records, newest first.
-    pub fn contributions(&self, ssn: &Ssn, months: u32) -> Result<Vec<Contribution>, RegistryError> {
+    pub fn contributions(
+        &self,
+        ssn: &Ssn,
+        months: u32,
+    ) -> Result<Vec<Contribution>, RegistryError> {
         let mut st = self
             .conn
             .prepare_cached(

@@ -1,0 +1,558 @@
+//! End-to-end tests of the real `cardlinkd` binary: pseudo-terminal readers,
+//! a real Unix socket, the fixture registry.
+
+mod common;
+
+use std::time::Duration;
+
+use cardlink::card::TextEncoding;
+use cardlink::codec::Mode;
+use cardlink::sim::{self, PtyMaster, SimOptions};
+use common::*;
+use firmware_protocol::frame::{encode_vec, scan, Cmd, Scan};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads host frames from the pty until `n` frames arrived or 3 s passed.
+async fn host_frames(pty: &mut PtyMaster, n: usize) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut chunk = [0u8; 256];
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, pty.read(&mut chunk)).await {
+            Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+            _ => break,
+        }
+        while let Scan::Frame {
+            frame, consumed, ..
+        } = scan(&buf)
+        {
+            out.push((frame.seq, frame.cmd, frame.payload.to_vec()));
+            buf.drain(..consumed);
+        }
+    }
+    out
+}
+
+fn record(i: u64, name: &str) -> Vec<u8> {
+    sim_card(i, name).record().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_mode_holder_swipe_lists_members_with_ack_and_feedback() {
+    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "");
+    let mut c = d.client().await;
+    let v = c.next().await;
+    assert_eq!(
+        v,
+        json!({"class": "VERSION", "release": env!("CARGO_PKG_VERSION"), "proto": 1})
+    );
+    let r = c.expect("READER").await;
+    assert_eq!(r["reader"], "r1");
+
+    let pty = &mut ptys[0];
+    // Noise before the frame must not matter.
+    pty.write_all(b"\x00\x02\x01zz").await.unwrap();
+    pty.write_all(&encode_vec(42, Cmd::CardIc as u8, &record(HOLDER, "张伟")).unwrap())
+        .await
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(card["reader"], "r1");
+    assert_eq!(card["source"], "ic");
+    assert_eq!(card["outcome"], "ok");
+    assert_eq!(card["role"], "holder");
+    assert_eq!(card["ssn"], ssn(HOLDER).masked().to_string());
+    assert_eq!(card["name"], "张*");
+    assert_eq!(
+        card["card_no"],
+        cardlink::mask::card_no(&common::card(HOLDER))
+    );
+    assert_eq!(card["balance_fen"], 123456);
+    let members = card["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["ssn"], ssn(SPOUSE).masked().to_string());
+    assert_eq!(members[0]["relation"], "spouse");
+    // Nothing unmasked on the default client.
+    assert!(!card.to_string().contains(ssn(HOLDER).expose()));
+
+    let frames = host_frames(pty, 2).await;
+    assert_eq!(frames[0], (42, Cmd::Ack as u8, vec![]));
+    assert_eq!(frames[1].1, Cmd::Feedback as u8);
+    assert_eq!(frames[1].2, vec![0], "FEEDBACK accepted");
+    let (status, log) = d.stop();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!log.contains(ssn(HOLDER).expose()), "full SSN in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssse_text_mode_gbk_member_swipe_names_the_payer() {
+    let (d, mut ptys) = Daemon::start(&[("t1", "ssse-text", "gbk")], "");
+    let mut c = d.client().await;
+    let mut line = encoding_rs::GBK
+        .encode(&sim_card(SPOUSE, "李娜").record())
+        .0
+        .into_owned();
+    line.extend_from_slice(b"\r\n");
+    ptys[0].write_all(&line).await.unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(card["outcome"], "ok");
+    assert_eq!(card["role"], "member");
+    assert_eq!(card["payer"]["ssn"], ssn(HOLDER).masked().to_string());
+    assert_eq!(card["payer"]["name"], "张*");
+    assert_eq!(card["relation"], "spouse");
+    assert_eq!(card["balance_fen"], 123456);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn magstripe_mode_with_ssn_and_pan_only() {
+    let (d, mut ptys) = Daemon::start(&[("m1", "magstripe", "gbk")], "");
+    let mut c = d.client().await;
+    let tracks = sim_card(HOLDER2, "WU/YANG").tracks().unwrap();
+    ptys[0]
+        .write_all(format!("{tracks}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(
+        (
+            card["source"].as_str(),
+            card["outcome"].as_str(),
+            card["role"].as_str()
+        ),
+        (Some("magstripe"), Some("ok"), Some("holder"))
+    );
+    assert_eq!(card["ssn"], ssn(HOLDER2).masked().to_string());
+    // Track 2 only: resolved through the PAN.
+    ptys[0]
+        .write_all(format!(";{}=34011201000?\r\n", pan(MEMBER2)).as_bytes())
+        .await
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(
+        (card["outcome"].as_str(), card["role"].as_str()),
+        (Some("ok"), Some("member"))
+    );
+    assert_eq!(card["ssn"], ssn(MEMBER2).masked().to_string());
+    // A stripe whose SSN is not the card owner's: mismatch, never the wrong person.
+    let mut forged = sim_card(HOLDER2, "X");
+    forged.ssn = demo_ssn_str(SPOUSE);
+    ptys[0]
+        .write_all(format!("{}\r\n", forged.tracks().unwrap()).as_bytes())
+        .await
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(card["outcome"], "mismatch");
+    assert_eq!(card["role"], "none");
+    assert!(card["members"].as_array().unwrap().is_empty());
+}
+
+fn demo_ssn_str(i: u64) -> String {
+    cardlink::registry::demo::demo_ssn(i)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_lost_expired_and_invalid_cards() {
+    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "");
+    let mut c = d.client().await;
+    let pty = &mut ptys[0];
+    let mut unknown = sim_card(HOLDER, "张伟");
+    unknown.card_no = "Z99999999".into();
+    let cases = [
+        (unknown.record().into_bytes(), "unknown"),
+        (record(LOST, "刘强"), "lost"),
+        (record(EXPIRED, "陈静"), "expired"),
+        (record(FROZEN, "杨磊"), "frozen"),
+    ];
+    for (seq, (payload, outcome)) in cases.iter().enumerate() {
+        pty.write_all(&encode_vec(seq as u8 + 1, Cmd::CardIc as u8, payload).unwrap())
+            .await
+            .unwrap();
+        let card = c.expect("CARD").await;
+        assert_eq!(card["outcome"], *outcome);
+        assert!(card["payer"].is_null() && card["members"].as_array().unwrap().is_empty());
+        let frames = host_frames(pty, 2).await;
+        assert_eq!(frames[1].2, vec![1], "FEEDBACK rejected for {outcome}");
+    }
+    // A record with a wrong check digit: ERROR, FEEDBACK rejected, never a CARD.
+    let good = sim_card(CHILD, "张小明").record();
+    let s = demo_ssn_str(CHILD);
+    let wrong = format!("{}{}", &s[..17], if s.ends_with('1') { '2' } else { '1' });
+    let bad = good.replace(&s, &wrong);
+    pty.write_all(&encode_vec(9, Cmd::CardIc as u8, bad.as_bytes()).unwrap())
+        .await
+        .unwrap();
+    let err = c.expect("ERROR").await;
+    assert_eq!(err["code"], "bad_card");
+    assert!(
+        err["message"].as_str().unwrap().contains("check character"),
+        "{err}"
+    );
+    let frames = host_frames(pty, 2).await;
+    assert_eq!(
+        (frames[0].1, frames[1].2.clone()),
+        (Cmd::Ack as u8, vec![1])
+    );
+    // The daemon keeps serving.
+    pty.write_all(&encode_vec(10, Cmd::CardIc as u8, &record(CHILD, "张小明")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(c.expect("CARD").await["outcome"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_lookup_bind_rules_and_unbind_in_window_mode() {
+    let (d, _ptys) = Daemon::start(&[], "role = \"window\"");
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "lookup", "number": card(SPOUSE)}))
+        .await;
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["result"]["source"], "manual");
+    assert_eq!(r["result"]["role"], "member");
+    let r = c
+        .request(json!({"cmd": "lookup", "number": demo_ssn_str(HOLDER)}))
+        .await;
+    assert_eq!(r["result"]["role"], "holder");
+    let r = c
+        .request(json!({"cmd": "lookup", "number": "110105194912310021"}))
+        .await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["code"].as_str()),
+        (Some(false), Some("bad_number"))
+    );
+    assert!(r["message"].as_str().unwrap().contains("expected 'X'"));
+
+    let bind = |h: String, m: String, rel: &str| json!({"cmd": "bind", "holder": h, "member": m, "relation": rel, "operator": "clerk7"});
+    let cases = [
+        (bind(card(HOLDER), card(HOLDER), "spouse"), "same_person"),
+        (
+            bind(card(HOLDER), card(CHILD), "cousin"),
+            "relation_not_allowed",
+        ),
+        (
+            bind(demo_ssn_str(9999), card(CHILD), "child"),
+            "holder_unknown",
+        ),
+        (
+            bind(card(SPOUSE), card(CHILD), "child"),
+            "holder_not_employee",
+        ),
+        (
+            bind(card(HOLDER_SUSPENDED), card(CHILD), "child"),
+            "holder_not_employee",
+        ),
+        (
+            bind(demo_ssn_str(HOLDER_EXPIRED), card(CHILD), "child"),
+            "holder_no_active_card",
+        ),
+        (
+            bind(card(HOLDER), card(UNINSURED), "parent"),
+            "member_not_insured",
+        ),
+        (
+            bind(card(HOLDER), demo_ssn_str(LOST), "parent"),
+            "member_no_active_card",
+        ),
+        (bind(card(HOLDER), card(SPOUSE), "spouse"), "already_linked"),
+        (
+            bind(card(HOLDER2), card(SPOUSE), "spouse"),
+            "member_has_payer",
+        ),
+        (bind(card(HOLDER), card(LOST), "parent"), "card_not_usable"),
+    ];
+    for (req, code) in cases {
+        let r = c.request(req.clone()).await;
+        assert_eq!(
+            (r["ok"].as_bool(), r["code"].as_str()),
+            (Some(false), Some(code)),
+            "{req} -> {r}"
+        );
+        assert!(
+            !r.to_string().contains(&demo_ssn_str(HOLDER)),
+            "full SSN leaked: {r}"
+        );
+    }
+    let r = c.request(bind(card(HOLDER), card(CHILD), "child")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = c
+        .request(json!({"cmd": "lookup", "number": card(CHILD)}))
+        .await;
+    assert_eq!(
+        (
+            r["result"]["role"].as_str(),
+            r["result"]["relation"].as_str()
+        ),
+        (Some("member"), Some("child"))
+    );
+    let r = c
+        .request(json!({"cmd": "unbind", "holder": card(HOLDER), "member": card(CHILD)}))
+        .await;
+    assert_eq!(r["ok"], true);
+    let r = c
+        .request(json!({"cmd": "unbind", "holder": card(HOLDER), "member": card(CHILD)}))
+        .await;
+    assert_eq!(r["code"], "not_linked");
+
+    let r = c
+        .request(json!({"cmd": "contributions", "number": card(HOLDER), "months": 2}))
+        .await;
+    assert_eq!(r["result"]["records"].as_array().unwrap().len(), 2);
+    assert_eq!(r["result"]["records"][0]["month"], "2026-06");
+    let r = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["result"]["role"], "window");
+    assert!(r["result"]["uptime_s"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosk_mode_binds_only_swiped_cards() {
+    let (d, mut ptys) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"");
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "lookup", "number": card(HOLDER)}))
+        .await;
+    assert_eq!(r["code"], "manual_entry_not_allowed");
+    let r = c.request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child"})).await;
+    assert_eq!(r["code"], "kiosk_requires_swipe");
+    let pty = &mut ptys[0];
+    pty.write_all(&encode_vec(1, Cmd::CardIc as u8, &record(HOLDER, "张伟")).unwrap())
+        .await
+        .unwrap();
+    let h = c.expect("CARD").await["swipe"].as_u64().unwrap();
+    pty.write_all(&encode_vec(2, Cmd::CardIc as u8, &record(CHILD, "张小明")).unwrap())
+        .await
+        .unwrap();
+    let m = c.expect("CARD").await["swipe"].as_u64().unwrap();
+    let r = c
+        .request(json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = c
+        .request(
+            json!({"cmd": "bind", "holder_swipe": h, "member_swipe": 999, "relation": "child"}),
+        )
+        .await;
+    assert_eq!(r["code"], "unknown_swipe");
+    // The link was recorded with the kiosk channel.
+    let reg = cardlink::registry::Registry::open(&d.db, &Default::default()).unwrap();
+    let channel: String = reg
+        .connection()
+        .query_row(
+            "SELECT channel FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
+            [demo_ssn_str(CHILD)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(channel, "kiosk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_uid_gets_full_ssns() {
+    let uid = unsafe { libc::getuid() };
+    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "");
+    // Reconfigure: privileged list is in [socket]; restart with it.
+    drop(ptys.pop());
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        "mode = \"0600\"\n",
+        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "lookup", "number": card(HOLDER)}))
+        .await;
+    assert_eq!(r["result"]["ssn"], demo_ssn_str(HOLDER));
+    assert_eq!(r["result"]["name"], "张伟");
+    assert_eq!(r["result"]["members"][0]["ssn"], demo_ssn_str(SPOUSE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplug_and_replug_without_restart() {
+    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "");
+    let pid = d.child.id();
+    let mut c = d.client().await;
+    let r = c.expect("READER").await;
+    assert_eq!(r["state"], "connected");
+    drop(ptys.pop()); // unplug: the pty goes away
+    let r = c.expect("READER").await;
+    assert_eq!(
+        (r["reader"].as_str(), r["state"].as_str()),
+        (Some("r1"), Some("disconnected"))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pty = plug(&d, "r1"); // replug: new pty, same path
+    let r = c.expect("READER").await;
+    assert_eq!(r["state"], "connected");
+    assert_eq!(r["path"], d.path("r1").display().to_string());
+    pty.write_all(&encode_vec(1, Cmd::CardIc as u8, &record(HOLDER, "张伟")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(c.expect("CARD").await["outcome"], "ok");
+    assert_eq!(d.child.id(), pid);
+    let r = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["result"]["readers"][0]["state"], "connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noisy_line_with_resends_delivers_every_swipe_exactly_once() {
+    let uid = unsafe { libc::getuid() };
+    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "gbk")], "");
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        "mode = \"0600\"\n",
+        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = d.client().await;
+    let people = [
+        (HOLDER, "张伟"),
+        (SPOUSE, "李娜"),
+        (CHILD, "张小明"),
+        (PARENT, "张建华"),
+        (HOLDER2, "吴洋"),
+        (MEMBER2, "周勇"),
+    ];
+    let cards: Vec<_> = people.iter().map(|(i, n)| sim_card(*i, n)).collect();
+    let swipes = 60u64;
+    let opts = SimOptions {
+        mode: Mode::Frame,
+        encoding: TextEncoding::Gbk,
+        noise: 0.3,
+        drop_acks: 0.3,
+        interval: Duration::from_millis(20),
+        count: Some(swipes),
+        seed: 42,
+    };
+    let pty = ptys.pop().unwrap();
+    let sim = tokio::spawn(async move { sim::run(pty, &cards, &opts, |_, _| {}).await.unwrap() });
+    let mut got = Vec::new();
+    while got.len() < swipes as usize {
+        let v = c.next().await;
+        if v["class"] == "CARD" {
+            got.push(v["ssn"].as_str().unwrap().to_string());
+        }
+    }
+    let report = sim.await.unwrap();
+    // (A swipe may count as unacked when all its ACKs were dropped on
+    // purpose; what matters is that the host got it exactly once.)
+    assert_eq!(report.swipes, swipes, "{report:?}");
+    assert!(
+        report.frames_sent > swipes,
+        "the test must exercise resends: {report:?}"
+    );
+    // Exactly once, in order, always the right person.
+    let want: Vec<String> = (0..swipes as usize)
+        .map(|k| demo_ssn_str(people[k % people.len()].0))
+        .collect();
+    assert_eq!(got, want);
+    // And nothing more arrives.
+    let extra = tokio::time::timeout(Duration::from_millis(700), c.expect("CARD")).await;
+    assert!(extra.is_err(), "a duplicate was delivered: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_stuck_clients_do_not_disturb_others() {
+    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "");
+    let mut good = d.client().await;
+    let mut garbage = d.client().await;
+    // A stuck client: connects, never reads.
+    let stuck = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+
+    garbage.send_raw(b"this is not json\n").await;
+    let e = garbage.expect("ERROR").await;
+    assert_eq!(e["code"], "bad_json");
+    garbage.send_raw(b"{\"id\":5,\"cmd\":\"fly\"}\n").await;
+    let r = garbage.expect("REPLY").await;
+    assert_eq!(
+        (r["id"].as_u64(), r["code"].as_str()),
+        (Some(5), Some("unknown_command"))
+    );
+    garbage.send_raw(b"\xff\xfe\x00\n").await;
+    assert_eq!(garbage.expect("ERROR").await["code"], "bad_json");
+    // Still usable.
+    let r = garbage.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["ok"], true);
+    // An oversized line closes that connection only.
+    garbage.send_raw(&vec![b'x'; 70 * 1024]).await;
+    garbage.send_raw(b"\n").await;
+    assert_eq!(garbage.expect("ERROR").await["code"], "line_too_long");
+    let closed = tokio::time::timeout(Duration::from_secs(5), garbage.lines.next_line())
+        .await
+        .unwrap();
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+
+    // Many swipes: the stuck client falls behind, the good one gets them all.
+    let cards = vec![sim_card(HOLDER, "张伟"), sim_card(SPOUSE, "李娜")];
+    let n = 1500u64;
+    let opts = SimOptions {
+        mode: Mode::Frame,
+        encoding: TextEncoding::Utf8,
+        noise: 0.0,
+        drop_acks: 0.0,
+        interval: Duration::ZERO,
+        count: Some(n),
+        seed: 1,
+    };
+    let pty = ptys.pop().unwrap();
+    let sim = tokio::spawn(async move { sim::run(pty, &cards, &opts, |_, _| {}).await.unwrap() });
+    let mut swipes = Vec::new();
+    while swipes.len() < n as usize {
+        let v = good.next().await;
+        if v["class"] == "CARD" {
+            swipes.push(v["swipe"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(sim.await.unwrap().acked, n);
+    let first = swipes[0];
+    assert_eq!(swipes, (first..first + n).collect::<Vec<_>>());
+    drop(stuck);
+    // The daemon is fine.
+    let r = good.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_and_removes_the_socket() {
+    let (d, _ptys) = Daemon::start(&[], "");
+    let socket = d.socket.clone();
+    let mut c = d.client().await;
+    c.expect("VERSION").await;
+    let (status, _) = d.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists());
+}
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[[reader]]\nname = \"w1\"\npath = \"/dev/ttyUSB0\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .args(["--check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("baud = 115200")
+            && text.contains("mode = \"frame\"")
+            && text.contains("relations"),
+        "{text}"
+    );
+    std::fs::write(
+        &cfg,
+        "[[reader]]\nname = \"w1\"\npath = \"/dev/ttyUSB0\"\nmode = \"morse\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .args(["--check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("morse"));
+}
