@@ -329,9 +329,10 @@ fn import_with_bad_rows_imports_nothing_and_names_every_row() {
     std::fs::write(&files[1], cards).unwrap();
 
     let err = reg.import(&files, "test").unwrap_err();
-    let ImportError::BadRows(rows) = err else {
+    let ImportError::BadRows { rows, total } = err else {
         panic!("{err}")
     };
+    assert_eq!(total as usize, rows.len());
     let names: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
     let persons_file = files[0].display().to_string();
     let cards_file = files[1].display().to_string();

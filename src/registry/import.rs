@@ -347,9 +347,15 @@ impl std::fmt::Display for BadRow {
 /// Why an import did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    /// Some rows are invalid; nothing was imported.
-    #[error("{} bad row(s), nothing imported", .0.len())]
-    BadRows(Vec<BadRow>),
+    /// Some rows are invalid; nothing was imported. Lists the first 1000
+    /// bad rows (in file and line order) and counts them all.
+    #[error("{total} bad row(s), nothing imported")]
+    BadRows {
+        /// The first bad rows.
+        rows: Vec<BadRow>,
+        /// All bad rows.
+        total: u64,
+    },
     /// A file name is not one of the known tables.
     #[error("{0}: unknown file; expected persons.csv, cards.csv, links.csv, accounts.csv or contributions.csv")]
     UnknownFile(String),
@@ -404,48 +410,65 @@ fn table_of(path: &Path) -> Option<Table> {
 /// Most bad rows listed; beyond that only the count grows.
 const MAX_REPORTED: usize = 1000;
 
-fn load<T, V, I>(
+/// Rows validated, sorted by key and inserted together. Inserting in key
+/// order keeps consecutive inserts on neighbouring B-tree pages, which is
+/// several times faster than file order once the tables outgrow the page
+/// cache; the batch bounds the memory this costs.
+const BATCH: usize = 256 * 1024;
+
+/// Bad rows found so far.
+struct Bad {
+    rows: Vec<BadRow>,
+    total: u64,
+}
+
+fn load<T, V, K, I>(
     path: &Path,
     today: Date,
-    bad: &mut Vec<BadRow>,
+    bad: &mut Bad,
     validate: V,
+    key: K,
     insert: I,
 ) -> Result<u64, ImportError>
 where
     T: for<'de> Deserialize<'de>,
     V: Fn(&T, Date) -> Result<(), String>,
+    K: Fn(&T) -> &str,
     I: Fn(&T) -> rusqlite::Result<()>,
 {
     let file = path.display().to_string();
+    let io = |source| ImportError::Io {
+        file: file.clone(),
+        source,
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
-        .map_err(|source| ImportError::Io {
-            file: file.clone(),
-            source,
-        })?;
+        .map_err(io)?;
+    let headers = rdr.headers().map_err(io)?.clone();
     let mut n = 0;
     let mut raw = csv::StringRecord::new();
-    let headers = rdr
-        .headers()
-        .map_err(|source| ImportError::Io {
-            file: file.clone(),
-            source,
-        })?
-        .clone();
+    let mut batch: Vec<(u64, T)> = Vec::new();
+    let mut flush = |batch: &mut Vec<(u64, T)>, bad: &mut Bad| {
+        batch.sort_by(|a, b| key(&a.1).cmp(key(&b.1)));
+        for (line, rec) in batch.drain(..) {
+            match insert(&rec) {
+                Ok(()) => n += 1,
+                Err(e) => push(bad, &file, line, db_reason(&e)),
+            }
+        }
+    };
     let mut line = 1u64;
     loop {
         line += 1;
-        let more = match rdr.read_record(&mut raw) {
-            Ok(m) => m,
+        match rdr.read_record(&mut raw) {
+            Ok(false) => break,
+            Ok(true) => {}
             Err(e) => {
+                // A UTF-8 or structural error: report it, go on with the next row.
                 push(bad, &file, line, format!("unreadable row: {e}"));
-                // A UTF-8 or structural error: keep going with the next row.
                 continue;
             }
-        };
-        if !more {
-            break;
         }
         if let Some(pos) = raw.position() {
             line = pos.line();
@@ -461,18 +484,19 @@ where
             push(bad, &file, line, reason);
             continue;
         }
-        if let Err(e) = insert(&rec) {
-            push(bad, &file, line, db_reason(&e));
-            continue;
+        batch.push((line, rec));
+        if batch.len() >= BATCH {
+            flush(&mut batch, bad);
         }
-        n += 1;
     }
+    flush(&mut batch, bad);
     Ok(n)
 }
 
-fn push(bad: &mut Vec<BadRow>, file: &str, line: u64, reason: String) {
-    if bad.len() < MAX_REPORTED {
-        bad.push(BadRow {
+fn push(bad: &mut Bad, file: &str, line: u64, reason: String) {
+    bad.total += 1;
+    if bad.rows.len() < MAX_REPORTED {
+        bad.rows.push(BadRow {
             file: file.to_string(),
             line,
             reason,
@@ -511,34 +535,72 @@ impl Registry {
             .map_err(sql)?;
         let ins = Inserter::new(&tx);
         let mut counts = ImportCounts::default();
-        let mut bad = Vec::new();
+        let mut bad = Bad {
+            rows: Vec::new(),
+            total: 0,
+        };
         for (t, f) in sorted {
             match t {
                 Table::Persons => {
-                    counts.persons +=
-                        load(f, today, &mut bad, PersonRec::validate, |r| ins.person(r))?
+                    counts.persons += load(
+                        f,
+                        today,
+                        &mut bad,
+                        PersonRec::validate,
+                        |r: &PersonRec| r.ssn.as_str(),
+                        |r| ins.person(r),
+                    )?
                 }
                 Table::Cards => {
-                    counts.cards += load(f, today, &mut bad, CardRec::validate, |r| ins.card(r))?
+                    counts.cards += load(
+                        f,
+                        today,
+                        &mut bad,
+                        CardRec::validate,
+                        |r: &CardRec| r.card_no.as_str(),
+                        |r| ins.card(r),
+                    )?
                 }
                 Table::Accounts => {
-                    counts.accounts +=
-                        load(f, today, &mut bad, AccountRec::validate, |r| ins.account(r))?
+                    counts.accounts += load(
+                        f,
+                        today,
+                        &mut bad,
+                        AccountRec::validate,
+                        |r: &AccountRec| r.holder_ssn.as_str(),
+                        |r| ins.account(r),
+                    )?
                 }
                 Table::Links => {
-                    counts.links += load(f, today, &mut bad, LinkRec::validate, |r| ins.link(r))?
+                    counts.links += load(
+                        f,
+                        today,
+                        &mut bad,
+                        LinkRec::validate,
+                        |r: &LinkRec| r.member_ssn.as_str(),
+                        |r| ins.link(r),
+                    )?
                 }
                 Table::Contributions => {
-                    counts.contributions +=
-                        load(f, today, &mut bad, ContributionRec::validate, |r| {
-                            ins.contribution(r)
-                        })?
+                    counts.contributions += load(
+                        f,
+                        today,
+                        &mut bad,
+                        ContributionRec::validate,
+                        |r: &ContributionRec| r.ssn.as_str(),
+                        |r| ins.contribution(r),
+                    )?
                 }
             }
         }
-        if !bad.is_empty() {
+        if bad.total > 0 {
             tx.rollback().map_err(sql)?;
-            return Err(ImportError::BadRows(bad));
+            let mut rows = bad.rows;
+            rows.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+            return Err(ImportError::BadRows {
+                rows,
+                total: bad.total,
+            });
         }
         append(
             &tx,

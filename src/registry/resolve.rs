@@ -203,35 +203,75 @@ pub(crate) fn stored_ssn(s: &str) -> Result<Ssn, RegistryError> {
         .map_err(|e| RegistryError::Corrupt(format!("invalid SSN in database: {e}")))
 }
 
-const PERSON_COLS: &str = "p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status";
-
-fn person_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(String, PersonRaw)> {
-    Ok((
-        r.get(at)?,
-        PersonRaw {
-            name: r.get(at + 1)?,
-            sex: r.get(at + 2)?,
-            insurance_type: r.get(at + 3)?,
-            insurance_status: r.get(at + 4)?,
-        },
-    ))
+/// Everything `resolve` needs about a person and their card, payer and own
+/// account in one statement; `$from` and `$filter` pick the row by card or by SSN.
+macro_rules! resolve_sql {
+    ($from:literal, $filter:literal) => {
+        concat!(
+            "SELECT p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status, ",
+            "c.card_no, c.status, c.expires, ",
+            "(SELECT balance_fen FROM accounts WHERE holder_ssn = p.ssn), ",
+            "l.holder_ssn, h.name, l.relation, ",
+            "(SELECT balance_fen FROM accounts WHERE holder_ssn = l.holder_ssn), ",
+            "EXISTS (SELECT 1 FROM family_links WHERE holder_ssn = p.ssn AND status = 'active') ",
+            "FROM ",
+            $from,
+            " LEFT JOIN family_links l ON l.member_ssn = p.ssn AND l.status = 'active'",
+            " LEFT JOIN persons h ON h.ssn = l.holder_ssn WHERE ",
+            $filter
+        )
+    };
 }
 
-struct PersonRaw {
+const BY_CARD_NO: &str = resolve_sql!("cards c JOIN persons p ON p.ssn = c.ssn", "c.card_no = ?1");
+const BY_PAN: &str = resolve_sql!("cards c JOIN persons p ON p.ssn = c.ssn", "c.pan = ?1");
+/// A typed SSN: the person's best card (active first, newest generation).
+const BY_SSN: &str = resolve_sql!(
+    "persons p LEFT JOIN cards c ON c.card_no = \
+     (SELECT card_no FROM cards WHERE ssn = p.ssn \
+      ORDER BY status = 'active' DESC, generation DESC, issued DESC LIMIT 1)",
+    "p.ssn = ?1"
+);
+
+/// One row of the resolve statement.
+struct Row {
+    ssn: String,
     name: String,
     sex: String,
     insurance_type: String,
     insurance_status: String,
+    card: Option<CardRow>,
+    own_balance: Option<i64>,
+    payer: Option<(String, String, String, Option<i64>)>,
+    is_holder: bool,
 }
 
-impl PersonRaw {
-    fn into_info(self, ssn: &str) -> Result<PersonInfo, RegistryError> {
-        Ok(PersonInfo {
-            ssn: stored_ssn(ssn)?,
-            name: self.name,
-            sex: self.sex,
-            insurance_type: self.insurance_type,
-            insurance_status: self.insurance_status,
+impl Row {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        let card_no: Option<String> = r.get(5)?;
+        let card = match card_no {
+            Some(card_no) => Some(CardRow {
+                card_no,
+                status: r.get(6)?,
+                expires: r.get(7)?,
+            }),
+            None => None,
+        };
+        let holder: Option<String> = r.get(9)?;
+        let payer = match holder {
+            Some(h) => Some((h, r.get(10)?, r.get(11)?, r.get(12)?)),
+            None => None,
+        };
+        Ok(Row {
+            ssn: r.get(0)?,
+            name: r.get(1)?,
+            sex: r.get(2)?,
+            insurance_type: r.get(3)?,
+            insurance_status: r.get(4)?,
+            card,
+            own_balance: r.get(8)?,
+            payer,
+            is_holder: r.get(13)?,
         })
     }
 }
@@ -239,71 +279,38 @@ impl PersonRaw {
 impl Registry {
     /// Resolves a card read or a typed identifier, judging expiry against `today`.
     pub fn resolve_on(&self, lookup: &Lookup, today: Date) -> Result<Resolution, RegistryError> {
-        type Found = Option<(String, PersonRaw, Option<CardRow>)>;
-        let card_query = |col: &str, key: &str| -> Result<Found, RegistryError> {
-            let sql = format!(
-                "SELECT {PERSON_COLS}, c.card_no, c.status, c.expires \
-                 FROM cards c JOIN persons p ON p.ssn = c.ssn WHERE c.{col} = ?1"
-            );
-            let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.sql(e))?;
-            st.query_row([key], |r| {
-                let (ssn, p) = person_from_row(r, 0)?;
-                Ok((
-                    ssn,
-                    p,
-                    Some(CardRow {
-                        card_no: r.get(5)?,
-                        status: r.get(6)?,
-                        expires: r.get(7)?,
-                    }),
-                ))
-            })
-            .optional()
-            .map_err(|e| self.sql(e))
-        };
-        let found: Found = if let Some(card_no) = &lookup.card_no {
-            card_query("card_no", card_no)?
+        let (sql, key) = if let Some(card_no) = &lookup.card_no {
+            (BY_CARD_NO, card_no.as_str())
         } else if let Some(pan) = &lookup.pan {
-            card_query("pan", pan)?
+            (BY_PAN, pan.as_str())
         } else if let Some(ssn) = &lookup.ssn {
-            // Typed SSN: use the person's best card (active first, newest generation).
-            let mut st = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {PERSON_COLS}, c.card_no, c.status, c.expires FROM persons p \
-                     LEFT JOIN cards c ON c.ssn = p.ssn WHERE p.ssn = ?1 \
-                     ORDER BY c.status = 'active' DESC, c.generation DESC, c.issued DESC LIMIT 1"
-                ))
-                .map_err(|e| self.sql(e))?;
-            st.query_row([ssn.expose()], |r| {
-                let (s, p) = person_from_row(r, 0)?;
-                let card_no: Option<String> = r.get(5)?;
-                let card = match card_no {
-                    Some(card_no) => Some(CardRow {
-                        card_no,
-                        status: r.get(6)?,
-                        expires: r.get(7)?,
-                    }),
-                    None => None,
-                };
-                Ok((s, p, card))
-            })
-            .optional()
-            .map_err(|e| self.sql(e))?
+            (BY_SSN, ssn.expose())
         } else {
-            None
-        };
-
-        let Some((ssn_text, raw, card)) = found else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
-        let person = raw.into_info(&ssn_text)?;
+        let found = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(|e| self.sql(e))?
+            .query_row([key], Row::read)
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let Some(row) = found else {
+            return Ok(Resolution::refused(Outcome::Unknown, None, None));
+        };
+        let person = PersonInfo {
+            ssn: stored_ssn(&row.ssn)?,
+            name: row.name,
+            sex: row.sex,
+            insurance_type: row.insurance_type,
+            insurance_status: row.insurance_status,
+        };
         if let Some(read) = &lookup.ssn {
             if *read != person.ssn {
-                return Ok(Resolution::refused(Outcome::Mismatch, None, card));
+                return Ok(Resolution::refused(Outcome::Mismatch, None, row.card));
             }
         }
-        let Some(card_row) = card else {
+        let Some(card_row) = row.card else {
             return Ok(Resolution::refused(Outcome::NoCard, Some(person), None));
         };
         let outcome = match card_row.status.as_str() {
@@ -325,13 +332,29 @@ impl Registry {
         if outcome != Outcome::Ok {
             return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
         }
-
-        let members = self.members_of(&ssn_text)?;
-        let payer = self.payer_of(&ssn_text)?;
-        let (role, payer) = match (members.is_empty(), payer) {
-            (false, _) => (Role::Holder, Some(self.self_payer(&person)?)),
-            (true, Some(p)) => (Role::Member, Some(p)),
-            (true, None) => (Role::None, Some(self.self_payer(&person)?)),
+        let members = if row.is_holder {
+            self.members_of(&row.ssn)?
+        } else {
+            Vec::new()
+        };
+        let self_payer = || Payer {
+            ssn: person.ssn,
+            name: person.name.clone(),
+            relation: None,
+            balance_fen: row.own_balance,
+        };
+        let (role, payer) = match (members.is_empty(), row.payer) {
+            (false, _) => (Role::Holder, self_payer()),
+            (true, Some((ssn, name, relation, balance_fen))) => (
+                Role::Member,
+                Payer {
+                    ssn: stored_ssn(&ssn)?,
+                    name,
+                    relation: Some(relation),
+                    balance_fen,
+                },
+            ),
+            (true, None) => (Role::None, self_payer()),
         };
         Ok(Resolution {
             outcome,
@@ -339,7 +362,7 @@ impl Registry {
             card_no: Some(card_row.card_no),
             card_status: Some(card_row.status),
             role,
-            payer,
+            payer: Some(payer),
             members,
         })
     }
@@ -347,57 +370,6 @@ impl Registry {
     /// [`Registry::resolve_on`] with today's date (China Standard Time).
     pub fn resolve(&self, lookup: &Lookup) -> Result<Resolution, RegistryError> {
         self.resolve_on(lookup, Date::today_cst())
-    }
-
-    fn self_payer(&self, p: &PersonInfo) -> Result<Payer, RegistryError> {
-        Ok(Payer {
-            ssn: p.ssn,
-            name: p.name.clone(),
-            relation: None,
-            balance_fen: self.balance(p.ssn.expose())?,
-        })
-    }
-
-    fn balance(&self, ssn: &str) -> Result<Option<i64>, RegistryError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT balance_fen FROM accounts WHERE holder_ssn = ?1")
-            .map_err(|e| self.sql(e))?;
-        st.query_row([ssn], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.sql(e))
-    }
-
-    fn payer_of(&self, member: &str) -> Result<Option<Payer>, RegistryError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT l.holder_ssn, h.name, l.relation, a.balance_fen FROM family_links l \
-                 JOIN persons h ON h.ssn = l.holder_ssn \
-                 LEFT JOIN accounts a ON a.holder_ssn = l.holder_ssn \
-                 WHERE l.member_ssn = ?1 AND l.status = 'active'",
-            )
-            .map_err(|e| self.sql(e))?;
-        let row = st
-            .query_row([member], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        row.map(|(ssn, name, relation, balance_fen)| {
-            Ok(Payer {
-                ssn: stored_ssn(&ssn)?,
-                name,
-                relation: Some(relation),
-                balance_fen,
-            })
-        })
-        .transpose()
     }
 
     fn members_of(&self, holder: &str) -> Result<Vec<Member>, RegistryError> {

@@ -8,7 +8,10 @@ use rusqlite_migration::{Migrations, M};
 
 use super::RegistryError;
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/001_init.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("migrations/001_init.sql")),
+    M::up(include_str!("migrations/002_covering_indexes.sql")),
+];
 
 /// Brings the database to the newest schema version.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
