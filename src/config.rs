@@ -134,6 +134,9 @@ pub struct Config {
     /// Milliseconds a registry statement waits for another writer.
     #[serde(default = "default_busy")]
     pub busy_timeout_ms: u64,
+    /// SQLite page cache of the daemon, MiB (bounds its memory).
+    #[serde(default = "default_cache")]
+    pub cache_mib: u32,
     /// Display socket.
     #[serde(default)]
     pub socket: SocketConfig,
@@ -153,6 +156,9 @@ fn default_level() -> String {
 }
 fn default_busy() -> u64 {
     5000
+}
+fn default_cache() -> u32 {
+    8
 }
 
 /// Configuration errors.

@@ -1,7 +1,6 @@
 //! cardlinkd: the cardlink daemon. See README.md.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use cardlink::config::{Config, DEFAULT_PATH};
@@ -51,16 +50,6 @@ fn main() -> anyhow::Result<()> {
             notify::notify("STOPPING=1");
             s.cancel();
         });
-        if let Some(every) = notify::watchdog_interval() {
-            // Pinged from the async runtime: a stuck event loop stops the pings.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
-                loop {
-                    tick.tick().await;
-                    notify::notify("WATCHDOG=1");
-                }
-            });
-        }
         daemon::run(cfg, Some(args.config), shutdown, || {
             notify::notify("READY=1\nSTATUS=serving")
         })

@@ -242,6 +242,18 @@ impl Ctx {
         Ok(Handled { event })
     }
 
+    /// `window1 connected, kiosk1 disconnected`, for systemd's STATUS=.
+    pub fn readers_summary(&self) -> String {
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return "serving, no readers configured".into();
+        }
+        map.iter()
+            .map(|(name, r)| format!("{name} {}", r.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The SSN of a recent, successfully resolved swipe.
     pub fn swiped(&self, id: u64) -> Option<Ssn> {
         let s = self.swipes.lock().unwrap_or_else(|p| p.into_inner());
@@ -334,6 +346,24 @@ pub fn manual_read(number: &str) -> Result<CardRead, String> {
     Ok(read)
 }
 
+/// Pings systemd's watchdog while the daemon is healthy: the ping runs on
+/// the async runtime (a stuck event loop cannot send it) and only after the
+/// registry worker has answered a no-op job (a wedged database thread stops
+/// the pings too). systemd then restarts the service.
+async fn watchdog(ctx: Arc<Ctx>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match tokio::time::timeout(every, ctx.worker.call(|_| ())).await {
+            Ok(Ok(())) => crate::notify::notify("WATCHDOG=1"),
+            _ => tracing::error!("registry worker did not answer; withholding the watchdog ping"),
+        }
+    }
+}
+
 /// Opens the registry and runs the daemon until `shutdown` is cancelled.
 pub async fn run(
     cfg: Config,
@@ -345,6 +375,7 @@ pub async fn run(
         &cfg.database,
         &OpenOptions {
             busy_timeout: Duration::from_millis(cfg.busy_timeout_ms),
+            cache_kib: i64::from(cfg.cache_mib.max(1)) * 1024,
             ..OpenOptions::default()
         },
     )?;
@@ -355,7 +386,11 @@ pub async fn run(
     readers.apply(&cfg.readers, &ctx, &shutdown);
     tracing::info!(socket = %cfg.socket.path.display(), readers = cfg.readers.len(), "cardlinkd ready");
     ready();
+    crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
     let server = tokio::spawn(server::serve(listener, ctx.clone(), shutdown.clone()));
+    if let Some(every) = crate::notify::watchdog_interval() {
+        tokio::spawn(watchdog(ctx.clone(), every, shutdown.clone()));
+    }
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

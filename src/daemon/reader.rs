@@ -51,8 +51,11 @@ impl Readers {
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
-            if let Some((_, token, _)) = self.running.remove(&name) {
+            if let Some((cfg, token, _)) = self.running.remove(&name) {
                 token.cancel();
+                // The task stops without touching the state table (it checks
+                // its token first), so this is the reader's last word.
+                set_state(ctx, &cfg, "disconnected");
                 ctx.readers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -93,6 +96,7 @@ fn set_state(ctx: &Ctx, cfg: &ReaderConfig, state: &'static str) {
     });
     if changed {
         tracing::info!(reader = %cfg.name, path = %cfg.path.display(), state, "reader state");
+        crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
         ctx.publish(Event::Reader {
             name: cfg.name.clone(),
             state,
@@ -132,12 +136,13 @@ pub async fn run(cfg: ReaderConfig, ctx: Arc<Ctx>, stop: CancellationToken) {
                 logged_open_error = false;
                 set_state(&ctx, &cfg, "connected");
                 let reason = serve(&cfg, &ctx, &stop, port).await;
-                set_state(&ctx, &cfg, "disconnected");
                 if stop.is_cancelled() {
                     return;
                 }
+                set_state(&ctx, &cfg, "disconnected");
                 tracing::warn!(reader = %cfg.name, reason = %reason, "reader lost, reconnecting");
             }
+            Err(_) if stop.is_cancelled() => return,
             Err(e) => {
                 if !logged_open_error {
                     tracing::warn!(reader = %cfg.name, path = %cfg.path.display(), error = %e, "cannot open reader, retrying with backoff");

@@ -75,6 +75,9 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Page cache size in KiB.
     pub cache_kib: i64,
+    /// Bytes of the file SQLite may memory-map (0: plain reads). Mapped pages
+    /// count towards the process's resident memory, so the daemon keeps it off.
+    pub mmap_bytes: i64,
 }
 
 impl Default for OpenOptions {
@@ -82,7 +85,8 @@ impl Default for OpenOptions {
         OpenOptions {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             read_only: false,
-            cache_kib: 64 * 1024,
+            cache_kib: 8 * 1024,
+            mmap_bytes: 0,
         }
     }
 }
@@ -147,7 +151,7 @@ impl Registry {
             .map_err(sql)?;
         conn.pragma_update(None, "cache_size", -opts.cache_kib)
             .map_err(sql)?;
-        conn.pragma_update(None, "mmap_size", 1i64 << 34)
+        conn.pragma_update(None, "mmap_size", opts.mmap_bytes)
             .map_err(sql)?;
         if !opts.read_only {
             // WAL: readers never block the writer; NORMAL sync is durable

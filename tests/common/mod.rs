@@ -221,17 +221,17 @@ impl Daemon {
     /// `(name, mode, encoding)` plugged in first. `extra` is appended to the
     /// config's top level (e.g. `role = "kiosk"`).
     pub fn start(readers: &[(&str, &str, &str)], extra: &str) -> (Daemon, Vec<PtyMaster>) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = fixture_db(dir.path());
-        Self::start_with_db(dir, db, readers, extra)
+        Self::start_env(readers, extra, &[])
     }
 
-    pub fn start_with_db(
-        dir: tempfile::TempDir,
-        db: PathBuf,
+    /// [`Daemon::start`] with extra environment variables for the daemon.
+    pub fn start_env(
         readers: &[(&str, &str, &str)],
         extra: &str,
+        env: &[(&str, String)],
     ) -> (Daemon, Vec<PtyMaster>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fixture_db(dir.path());
         let socket = dir.path().join("display.sock");
         let config = dir.path().join("cardlinkd.toml");
         let mut text = format!(
@@ -248,6 +248,7 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -380,4 +381,9 @@ pub fn sim_card(i: u64, name: &str) -> SimCard {
 /// Opens a pty reader at the daemon's configured path for `name`.
 pub fn plug(d: &Daemon, name: &str) -> PtyMaster {
     PtyMaster::open(Some(&d.path(name))).unwrap()
+}
+
+/// The full SSN text of fixture person `i`.
+pub fn demo_ssn_full(i: u64) -> String {
+    demo_ssn(i)
 }
