@@ -54,12 +54,22 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let db = tmp.path().join("registry.db");
             let mut reg = Registry::open(&db, &OpenOptions::default())?;
-            reg.gen_demo(&DemoOptions { persons: 100_000, months: 0, seed: 1 })?;
+            reg.gen_demo(&DemoOptions {
+                persons: 100_000,
+                months: 0,
+                seed: 1,
+            })?;
             (db, 100_000)
         }
     };
-    let swipes: usize = std::env::var("CARDLINK_BENCH_SWIPES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    println!("daemon benchmark: registry {} ({persons} persons)", db.display());
+    let swipes: usize = std::env::var("CARDLINK_BENCH_SWIPES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    println!(
+        "daemon benchmark: registry {} ({persons} persons)",
+        db.display()
+    );
 
     let socket = tmp.path().join("display.sock");
     let link = tmp.path().join("reader0");
@@ -105,7 +115,8 @@ async fn main() -> anyhow::Result<()> {
                 issued: "20200101".into(),
                 expires: "20300101".into(),
             };
-            encode_vec((k % 256) as u8, Cmd::CardIc as u8, card.record().as_bytes()).unwrap_or_default()
+            encode_vec((k % 256) as u8, Cmd::CardIc as u8, card.record().as_bytes())
+                .unwrap_or_default()
         })
         .collect();
 

@@ -247,6 +247,10 @@ async fn manual_lookup_bind_rules_and_unbind_in_window_mode() {
             "holder_no_active_card",
         ),
         (
+            bind(card(HOLDER), demo_ssn_str(9999), "parent"),
+            "member_unknown",
+        ),
+        (
             bind(card(HOLDER), card(UNINSURED), "parent"),
             "member_not_insured",
         ),

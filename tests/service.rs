@@ -14,7 +14,10 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 fn systemd_analyze() -> Option<&'static str> {
-    let found = Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if found {
         return Some("systemd-analyze");
     }
@@ -28,7 +31,11 @@ fn systemd_analyze() -> Option<&'static str> {
 
 /// The shipped unit with ExecStart pointing at the binary under test.
 fn unit_under_test(dir: &Path) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/cardlinkd.service")).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/cardlinkd.service"
+    ))
+    .unwrap();
     let unit = unit.replace("/usr/bin/cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
     let path = dir.join("cardlinkd.service");
     std::fs::write(&path, unit).unwrap();
@@ -42,28 +49,60 @@ fn unit_verifies_and_is_hardened() {
     let unit = unit_under_test(dir.path());
     let out = Command::new(sa).arg("verify").arg(&unit).output().unwrap();
     let msgs = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{msgs}");
-    assert!(!msgs.contains("cardlinkd.service:"), "warnings about the unit:\n{msgs}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{msgs}"
+    );
+    assert!(
+        !msgs.contains("cardlinkd.service:"),
+        "warnings about the unit:\n{msgs}"
+    );
 
-    let out = Command::new(sa).args(["security", "--offline=yes"]).arg(&unit).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(sa)
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let level: f64 = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for cardlinkd.service:").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for cardlinkd.service:")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     assert!(level <= 2.0, "exposure {level} > 2.0:\n{text}");
     let unit_text = std::fs::read_to_string(&unit).unwrap();
-    for key in ["Type=notify", "Restart=on-failure", "RuntimeDirectory=cardlink", "StateDirectory=cardlink", "DevicePolicy=closed", "RestrictAddressFamilies=AF_UNIX", "CapabilityBoundingSet=\n", "NoNewPrivileges=yes", "SupplementaryGroups=dialout", "WatchdogSec="] {
+    for key in [
+        "Type=notify",
+        "Restart=on-failure",
+        "RuntimeDirectory=cardlink",
+        "StateDirectory=cardlink",
+        "DevicePolicy=closed",
+        "RestrictAddressFamilies=AF_UNIX",
+        "CapabilityBoundingSet=\n",
+        "NoNewPrivileges=yes",
+        "SupplementaryGroups=dialout",
+        "WatchdogSec=",
+    ] {
         assert!(unit_text.contains(key), "unit lacks {key}");
     }
 }
 
 #[test]
 fn udev_rules_and_tmpfiles_are_well_formed() {
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/99-cardlink-reader.rules")).unwrap();
-    for line in rules.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/99-cardlink-reader.rules"
+    ))
+    .unwrap();
+    for line in rules
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         assert!(line.contains("SUBSYSTEM==\"tty\""), "{line}");
         assert!(line.contains("SYMLINK+=\"cardlink/"), "{line}");
         assert!(line.contains("GROUP=\"dialout\""), "{line}");
@@ -71,12 +110,24 @@ fn udev_rules_and_tmpfiles_are_well_formed() {
     if let Some(sa) = systemd_analyze() {
         // systemd-analyze cat-config is not a validator; use the tmpfiles parser itself when present.
         let _ = sa;
-        if let Ok(out) = Command::new("systemd-tmpfiles").arg("--dry-run").arg("--create").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/cardlink.conf")).output() {
+        if let Ok(out) = Command::new("systemd-tmpfiles")
+            .arg("--dry-run")
+            .arg("--create")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/systemd/cardlink.conf"
+            ))
+            .output()
+        {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!err.contains("Failed to parse"), "{err}");
         }
     }
-    let cfg = cardlink::config::Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/cardlinkd.toml"))).unwrap();
+    let cfg = cardlink::config::Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/cardlinkd.toml"
+    )))
+    .unwrap();
     assert_eq!(cfg.socket.path, Path::new("/run/cardlink/display.sock"));
     assert_eq!(cfg.database, Path::new("/var/lib/cardlink/registry.db"));
 }
@@ -86,7 +137,11 @@ fn recv_until(sock: &UnixDatagram, want: &str, deadline: Duration) -> Vec<String
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < end {
-        sock.set_read_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
+        sock.set_read_timeout(Some(
+            end.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
         match sock.recv(&mut buf) {
             Ok(n) => {
                 let msg = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -111,13 +166,18 @@ async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stu
         ("NOTIFY_SOCKET", path.display().to_string()),
         ("WATCHDOG_USEC", "300000".to_string()),
     ];
-    let (d, mut ptys) = Daemon::start_env(&[("r1", "frame", "utf-8")], "busy_timeout_ms = 3000", &env);
+    let (d, mut ptys) =
+        Daemon::start_env(&[("r1", "frame", "utf-8")], "busy_timeout_ms = 3000", &env);
     let got = recv_until(&sock, "READY=1", Duration::from_secs(5));
     assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
     // The socket is listening by the time READY=1 is sent.
     assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_ok());
     let got = recv_until(&sock, "r1 connected", Duration::from_secs(5));
-    assert!(got.iter().any(|m| m.contains("STATUS=") && m.contains("r1 connected")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|m| m.contains("STATUS=") && m.contains("r1 connected")),
+        "{got:?}"
+    );
     let got = recv_until(&sock, "WATCHDOG=1", Duration::from_secs(3));
     assert!(got.iter().any(|m| m == "WATCHDOG=1"), "{got:?}");
 
@@ -126,7 +186,17 @@ async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stu
     let blocker = rusqlite::Connection::open(&d.db).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut c = d.client().await;
-    ptys[0].write_all(&encode_vec(1, Cmd::CardIc as u8, sim_card(HOLDER, "张伟").record().as_bytes()).unwrap()).await.unwrap();
+    ptys[0]
+        .write_all(
+            &encode_vec(
+                1,
+                Cmd::CardIc as u8,
+                sim_card(HOLDER, "张伟").record().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     // Drain pings sent before the stall took hold, then listen.
     sock.set_nonblocking(true).unwrap();
@@ -134,7 +204,10 @@ async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stu
     while sock.recv(&mut buf).is_ok() {}
     sock.set_nonblocking(false).unwrap();
     let during = recv_until(&sock, "never", Duration::from_millis(1500));
-    assert!(!during.iter().any(|m| m == "WATCHDOG=1"), "pings continued while the registry was stuck: {during:?}");
+    assert!(
+        !during.iter().any(|m| m == "WATCHDOG=1"),
+        "pings continued while the registry was stuck: {during:?}"
+    );
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
     // The swipe completes (with an audit error event or a late audit row) and pings resume.
@@ -152,7 +225,10 @@ async fn sighup_reloads_readers_and_relations_without_dropping_clients() {
     // New config: r1 removed, r2 added, only "child" allowed.
     let mut r2 = plug(&d, "r2");
     let text = std::fs::read_to_string(&d.config).unwrap();
-    let text = text.replace("name = \"r1\"", "name = \"r2\"").replace(&format!("{:?}", d.path("r1")), &format!("{:?}", d.path("r2")));
+    let text = text.replace("name = \"r1\"", "name = \"r2\"").replace(
+        &format!("{:?}", d.path("r1")),
+        &format!("{:?}", d.path("r2")),
+    );
     let text = format!("relations = [\"child\"]\n{text}");
     std::fs::write(&d.config, text).unwrap();
     unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
@@ -160,19 +236,47 @@ async fn sighup_reloads_readers_and_relations_without_dropping_clients() {
     while seen.len() < 2 {
         let r = tokio::time::timeout(Duration::from_secs(5), c.expect("READER"))
             .await
-            .unwrap_or_else(|_| panic!("no READER events after SIGHUP; daemon log:\n{}", d.log.lock().unwrap()));
-        seen.push((r["reader"].as_str().unwrap().to_string(), r["state"].as_str().unwrap().to_string()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no READER events after SIGHUP; daemon log:\n{}",
+                    d.log.lock().unwrap()
+                )
+            });
+        seen.push((
+            r["reader"].as_str().unwrap().to_string(),
+            r["state"].as_str().unwrap().to_string(),
+        ));
     }
     seen.sort();
-    assert_eq!(seen, vec![("r1".into(), "disconnected".into()), ("r2".into(), "connected".into())]);
+    assert_eq!(
+        seen,
+        vec![
+            ("r1".into(), "disconnected".into()),
+            ("r2".into(), "connected".into())
+        ]
+    );
     // Same client connection still works and sees the new reader's swipes.
-    r2.write_all(&encode_vec(1, Cmd::CardIc as u8, sim_card(HOLDER, "张伟").record().as_bytes()).unwrap()).await.unwrap();
+    r2.write_all(
+        &encode_vec(
+            1,
+            Cmd::CardIc as u8,
+            sim_card(HOLDER, "张伟").record().as_bytes(),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let card = c.expect("CARD").await;
     assert_eq!(card["reader"], "r2");
     let r = c.request(json!({"cmd": "bind", "holder": card_no(HOLDER), "member": card_no(PARENT), "relation": "parent"})).await;
     assert_eq!(r["code"], "relation_not_allowed");
     let r = c.request(json!({"cmd": "status"})).await;
-    let readers: Vec<&str> = r["result"]["readers"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    let readers: Vec<&str> = r["result"]["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
     assert_eq!(readers, vec!["r2"]);
     drop(ptys);
 }
@@ -183,31 +287,79 @@ fn card_no(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_full_ssn_in_any_log_line() {
-    let (d, mut ptys) = Daemon::start(&[("f", "frame", "utf-8"), ("t", "ssse-text", "utf-8"), ("m", "magstripe", "gbk")], "");
+    let (d, mut ptys) = Daemon::start(
+        &[
+            ("f", "frame", "utf-8"),
+            ("t", "ssse-text", "utf-8"),
+            ("m", "magstripe", "gbk"),
+        ],
+        "",
+    );
     let mut c = d.client().await;
-    let everyone = [HOLDER, SPOUSE, CHILD, PARENT, UNINSURED, LOST, EXPIRED, FROZEN, CANCELLED, SUSPENDED, HOLDER2, MEMBER2, NO_CARD, HOLDER_SUSPENDED, HOLDER_EXPIRED];
+    let everyone = [
+        HOLDER,
+        SPOUSE,
+        CHILD,
+        PARENT,
+        UNINSURED,
+        LOST,
+        EXPIRED,
+        FROZEN,
+        CANCELLED,
+        SUSPENDED,
+        HOLDER2,
+        MEMBER2,
+        NO_CARD,
+        HOLDER_SUSPENDED,
+        HOLDER_EXPIRED,
+    ];
     for (k, &i) in everyone.iter().enumerate() {
         let card = sim_card(i, "测试");
-        ptys[0].write_all(&encode_vec(k as u8, Cmd::CardIc as u8, card.record().as_bytes()).unwrap()).await.unwrap();
-        ptys[1].write_all(format!("{}\r\n", card.record()).as_bytes()).await.unwrap();
-        ptys[2].write_all(format!("{}\r\n", card.tracks().unwrap()).as_bytes()).await.unwrap();
-        c.request(json!({"cmd": "lookup", "number": common::demo_ssn_full(i)})).await;
+        ptys[0]
+            .write_all(&encode_vec(k as u8, Cmd::CardIc as u8, card.record().as_bytes()).unwrap())
+            .await
+            .unwrap();
+        ptys[1]
+            .write_all(format!("{}\r\n", card.record()).as_bytes())
+            .await
+            .unwrap();
+        ptys[2]
+            .write_all(format!("{}\r\n", card.tracks().unwrap()).as_bytes())
+            .await
+            .unwrap();
+        c.request(json!({"cmd": "lookup", "number": common::demo_ssn_full(i)}))
+            .await;
         c.request(json!({"cmd": "bind", "holder": common::demo_ssn_full(HOLDER), "member": common::demo_ssn_full(i), "relation": "child"})).await;
         c.request(json!({"cmd": "unbind", "holder": common::demo_ssn_full(HOLDER), "member": common::demo_ssn_full(i)})).await;
-        c.request(json!({"cmd": "contributions", "number": common::demo_ssn_full(i)})).await;
+        c.request(json!({"cmd": "contributions", "number": common::demo_ssn_full(i)}))
+            .await;
     }
     // Invalid numbers and records too.
     let bad = format!("{}0", &common::demo_ssn_full(CHILD)[..17]);
     c.request(json!({"cmd": "lookup", "number": bad})).await;
-    ptys[1].write_all(sim_card(CHILD, "x").record().replace(&common::demo_ssn_full(CHILD), &bad).as_bytes()).await.unwrap();
+    ptys[1]
+        .write_all(
+            sim_card(CHILD, "x")
+                .record()
+                .replace(&common::demo_ssn_full(CHILD), &bad)
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
     ptys[1].write_all(b"\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, log) = d.stop();
     assert!(status.success());
-    assert!(log.lines().count() > 50, "expected a debug log, got:\n{log}");
+    assert!(
+        log.lines().count() > 50,
+        "expected a debug log, got:\n{log}"
+    );
     for &i in &everyone {
         let full = common::demo_ssn_full(i);
-        assert!(!log.contains(&full), "full SSN of person {i} in the log:\n{log}");
+        assert!(
+            !log.contains(&full),
+            "full SSN of person {i} in the log:\n{log}"
+        );
     }
     assert!(!log.contains(&bad), "an invalid number was logged in full");
 }

@@ -421,7 +421,7 @@ fn write_sample_cards(reg: &Registry, out: &Path) -> anyhow::Result<usize> {
         "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status IN ('lost','frozen') LIMIT 2",
         "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status='active' AND c.expires < date('now') LIMIT 1",
     ];
-    let mut cards = Vec::new();
+    let mut groups: Vec<Vec<SimCard>> = Vec::new();
     for q in queries {
         let mut st = c.prepare(q)?;
         let rows = st.query_map([], |r| {
@@ -435,19 +435,21 @@ fn write_sample_cards(reg: &Registry, out: &Path) -> anyhow::Result<usize> {
                 expires: d(r.get(5)?),
             })
         })?;
-        for row in rows {
-            cards.push(row?);
-        }
+        groups.push(rows.collect::<Result<_, _>>()?);
     }
-    cards.push(SimCard {
+    groups.push(vec![SimCard {
         ssn: "11010519491231002X".into(),
         card_no: "Z99999999".into(),
         pan: None,
         name: "未登记".into(),
         issued: "20200101".into(),
         expires: "20300101".into(),
-    });
-    // Interleave so a demo shows variety early.
+    }]);
+    // Round-robin over the groups so a demo shows every outcome early.
+    let longest = groups.iter().map(Vec::len).max().unwrap_or(0);
+    let cards: Vec<&SimCard> = (0..longest)
+        .flat_map(|k| groups.iter().filter_map(move |g| g.get(k)))
+        .collect();
     let mut f = std::fs::File::create(out)?;
     for card in &cards {
         writeln!(f, "{}", serde_json::to_string(card)?)?;

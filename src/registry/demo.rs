@@ -350,6 +350,19 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         generate(opts, &mut DbSink(Inserter::new(&tx))).map_err(sql)?;
+        super::audit::append(
+            &tx,
+            &super::audit::Entry {
+                actor: "gen-demo",
+                action: "gen-demo",
+                ssn: None,
+                outcome: &format!(
+                    "ok persons={} months={} seed={}",
+                    opts.persons, opts.months, opts.seed
+                ),
+            },
+        )
+        .map_err(sql)?;
         tx.commit().map_err(sql)
     }
 }

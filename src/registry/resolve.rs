@@ -225,11 +225,11 @@ macro_rules! resolve_sql {
 
 const BY_CARD_NO: &str = resolve_sql!("cards c JOIN persons p ON p.ssn = c.ssn", "c.card_no = ?1");
 const BY_PAN: &str = resolve_sql!("cards c JOIN persons p ON p.ssn = c.ssn", "c.pan = ?1");
-/// A typed SSN: the person's best card (active first, newest generation).
+/// A typed SSN: the person's best card (active first, newest generation),
+/// read from the covering index `cards_by_ssn` alone.
 const BY_SSN: &str = resolve_sql!(
-    "persons p LEFT JOIN cards c ON c.card_no = \
-     (SELECT card_no FROM cards WHERE ssn = p.ssn \
-      ORDER BY status = 'active' DESC, generation DESC, issued DESC LIMIT 1)",
+    "persons p LEFT JOIN (SELECT card_no, status, expires FROM cards WHERE ssn = ?1 \
+      ORDER BY status = 'active' DESC, generation DESC, issued DESC LIMIT 1) c ON 1",
     "p.ssn = ?1"
 );
 

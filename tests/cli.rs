@@ -1,0 +1,348 @@
+//! `cardlinkctl` as the operator runs it: check-ssn, db, simulate and the
+//! socket clients, and the README's demo command.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn ctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+}
+
+#[test]
+fn check_ssn_prints_one_line_per_number() {
+    let out = ctl()
+        .args([
+            "check-ssn",
+            "11010519491231002X",
+            "110105194912310021",
+            "1101051949",
+            "11010519491231002x",
+            "110105491231002",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines[0], "110105********002X: valid");
+    assert_eq!(
+        lines[1],
+        "110105********0021: invalid: check character is '1', expected 'X'"
+    );
+    assert_eq!(
+        lines[2],
+        "1*******49: invalid: wrong length: 10 characters, expected 18"
+    );
+    assert_eq!(lines[3], "110105********002X: valid");
+    assert!(
+        lines[4].contains("valid (18-digit form 110105********002X)"),
+        "{}",
+        lines[4]
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an invalid number makes the exit status 1"
+    );
+    let out = ctl()
+        .args(["check-ssn", "--full", "11010519491231002x"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "11010519491231002X: valid\n"
+    );
+    assert!(out.status.success());
+}
+
+#[test]
+fn db_commands_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let run = |args: &[&str]| {
+        let out = ctl()
+            .arg("db")
+            .arg("--database")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&["init"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("schema version 2"), "{text}");
+    let sample = dir.path().join("cards.jsonl");
+    let (code, text) = run(&[
+        "gen-demo",
+        "--persons",
+        "800",
+        "--months",
+        "3",
+        "--sample-cards",
+        sample.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("\"persons\":800"), "{text}");
+    let cards = cardlink::sim::load_cards(&sample).unwrap();
+    assert!(cards.len() >= 8, "{}", cards.len());
+    let (code, text) = run(&["verify-audit"]);
+    assert_eq!(code, Some(0), "{text}");
+    // Export, then import into a new database: same counts.
+    let out_dir = dir.path().join("export");
+    let (code, text) = run(&["export", out_dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    let db2 = dir.path().join("b.db");
+    let files: Vec<_> = ["persons", "cards", "links", "accounts", "contributions"]
+        .iter()
+        .map(|n| out_dir.join(format!("{n}.csv")))
+        .collect();
+    let out = ctl()
+        .arg("db")
+        .arg("--database")
+        .arg(&db2)
+        .arg("import")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = |p: &std::path::Path| {
+        let out = ctl()
+            .arg("db")
+            .arg("--database")
+            .arg(p)
+            .arg("stats")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["persons"].clone(),
+            v["cards"].clone(),
+            v["active_links"].clone(),
+            v["accounts"].clone(),
+            v["contributions"].clone(),
+        )
+    };
+    assert_eq!(stats(&db), stats(&db2));
+    // A bad file: exit 1, file:line on stderr, nothing imported.
+    let bad = dir.path().join("persons.csv");
+    std::fs::write(&bad, "ssn,name,sex,birth_date,insurance_type,insurance_status\n110105194912310021,X,M,1949-12-31,employee,active\n").unwrap();
+    let db3 = dir.path().join("c.db");
+    let out = ctl()
+        .arg("db")
+        .arg("--database")
+        .arg(&db3)
+        .arg("import")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:2: ssn: check character is '1', expected 'X'",
+            bad.display()
+        )),
+        "{err}"
+    );
+    // Tampering shows in verify-audit.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'x' WHERE id = 1;")
+        .unwrap();
+    let (code, text) = run(&["verify-audit"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("BROKEN at row 1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_and_socket_clients() {
+    let (d, ptys) = Daemon::start(&[("r1", "frame", "gbk")], "");
+    drop(ptys); // the simulator makes its own pty at the same path
+    let mut c = d.client().await;
+    let cards = d.path("cards.jsonl");
+    let lines: Vec<String> = [(HOLDER, "张伟"), (SPOUSE, "李娜"), (CHILD, "张小明")]
+        .iter()
+        .map(|(i, n)| serde_json::to_string(&sim_card(*i, n)).unwrap())
+        .collect();
+    std::fs::write(&cards, lines.join("\n")).unwrap();
+    let sim = ctl()
+        .args([
+            "simulate",
+            "--mode",
+            "frame",
+            "--count",
+            "3",
+            "--interval-ms",
+            "100",
+            "--noise",
+            "0.1",
+            "--drop-acks",
+            "0.2",
+        ])
+        .arg("--pty")
+        .arg(d.path("r1"))
+        .arg("--cards")
+        .arg(&cards)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut roles = Vec::new();
+    while roles.len() < 3 {
+        let v = c.expect("CARD").await;
+        roles.push(v["role"].as_str().unwrap().to_string());
+    }
+    assert_eq!(roles, ["holder", "member", "none"]);
+    let out = sim.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("swipes: 3"));
+
+    let sock = d.socket.to_str().unwrap().to_string();
+    let out = ctl().args(["status", "--socket", &sock]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["readers"][0]["cards"], 3);
+    let out = ctl()
+        .args(["lookup", &card(SPOUSE), "--socket", &sock])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["result"]["role"].as_str()),
+        (Some(true), Some("member"))
+    );
+    let out = ctl()
+        .args([
+            "bind",
+            "--holder",
+            &card(HOLDER),
+            "--member",
+            &card(CHILD),
+            "--relation",
+            "child",
+            "--socket",
+            &sock,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = ctl()
+        .args([
+            "bind",
+            "--holder",
+            &card(HOLDER),
+            "--member",
+            &card(CHILD),
+            "--relation",
+            "child",
+            "--socket",
+            &sock,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already_linked"));
+    let out = ctl()
+        .args([
+            "unbind",
+            "--holder",
+            &card(HOLDER),
+            "--member",
+            &card(CHILD),
+            "--socket",
+            &sock,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = ctl()
+        .args([
+            "contributions",
+            &card(HOLDER),
+            "--months",
+            "2",
+            "--socket",
+            &sock,
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["records"].as_array().unwrap().len(), 2);
+    let out = ctl()
+        .args(["status", "--socket", "/nonexistent/sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is cardlinkd running?"));
+}
+
+#[test]
+fn demo_command_shows_swipes_resolving_into_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = ctl()
+        .args(["demo", "--persons", "600", "--every", "1", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+            let cards = seen.iter().filter(|l| l.starts_with("card ")).count();
+            let families = seen.iter().any(|l| l.contains("covers:"))
+                && seen.iter().any(|l| l.contains("paid by"));
+            if cards >= 3 && families {
+                break;
+            }
+        }
+    }
+    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
+    let _ = demo.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("connected to cardlinkd"), "{text}");
+    assert!(
+        text.contains("reader demo") && text.contains("connected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("covers:"),
+        "a holder's members were shown:\n{text}"
+    );
+    assert!(
+        text.contains("paid by"),
+        "a member's payer was shown:\n{text}"
+    );
+    assert!(text.contains("********"), "masked SSNs:\n{text}");
+}
