@@ -212,7 +212,7 @@ async fn party(
     number: &Option<String>,
     swipe: Option<u64>,
     which: &str,
-) -> Result<Ssn, (&'static str, String)> {
+) -> Result<Ssn, Refusal> {
     if let Some(id) = swipe {
         return ctx.swiped(id).ok_or((
             "unknown_swipe",
@@ -240,39 +240,80 @@ async fn party(
         card_no: read.card_no,
         pan: read.pan,
     };
-    let r = ctx
-        .worker
-        .call(move |reg| reg.resolve(&lookup))
-        .await
-        .map_err(|e| ("internal", e.to_string()))?
-        .map_err(|e| ("registry", e.to_string()))?;
+    let r = registry(ctx, move |reg| reg.resolve(&lookup)).await?;
     match (r.outcome, r.person) {
         (crate::registry::Outcome::Ok, Some(p)) => Ok(p.ssn),
         (o, _) => Err(("card_not_usable", format!("{which}: card {}", o.as_str()))),
     }
 }
 
+/// A refusal for the client: machine code and message.
+type Refusal = (&'static str, String);
+
+/// Both parties of a bind or unbind.
+async fn parties(
+    ctx: &Ctx,
+    role: Role,
+    holder: (&Option<String>, Option<u64>),
+    member: (&Option<String>, Option<u64>),
+) -> Result<(Ssn, Ssn), Refusal> {
+    let h = party(ctx, role, holder.0, holder.1, "holder").await?;
+    let m = party(ctx, role, member.0, member.1, "member").await?;
+    Ok((h, m))
+}
+
+/// Runs `f` on the registry thread; both the worker's and the call's
+/// failures become refusals.
+async fn registry<T, E, F>(ctx: &Ctx, f: F) -> Result<T, Refusal>
+where
+    T: Send + 'static,
+    E: Into<Refusal> + Send + 'static,
+    F: FnOnce(&mut crate::registry::Registry) -> Result<T, E> + Send + 'static,
+{
+    match ctx.worker.call(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(("internal", e.to_string())),
+    }
+}
+
+impl From<crate::registry::BindError> for Refusal {
+    fn from(e: crate::registry::BindError) -> Refusal {
+        (e.code(), e.to_string())
+    }
+}
+
+impl From<crate::registry::RegistryError> for Refusal {
+    fn from(e: crate::registry::RegistryError) -> Refusal {
+        ("registry", e.to_string())
+    }
+}
+
 async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Value {
     let id = req.id().clone();
+    match answer(ctx, req, actor, privacy).await {
+        Ok(result) => proto::reply_ok(&id, result),
+        Err((code, message)) => proto::reply_err(&id, code, &message),
+    }
+}
+
+async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Result<Value, Refusal> {
     let live = ctx.live();
-    let fail = |code: &str, msg: &str| proto::reply_err(&id, code, msg);
+    let operator_or_actor = |op: Option<String>| op.unwrap_or_else(|| actor.to_string());
     match req {
-        Request::Status { .. } => proto::reply_ok(&id, ctx.status()),
+        Request::Status { .. } => Ok(ctx.status()),
         Request::Lookup { number, .. } => {
             if live.role == Role::Kiosk {
-                return fail(
+                return Err((
                     "manual_entry_not_allowed",
-                    "manual card-number entry is not allowed at a kiosk; swipe the card",
-                );
+                    "manual card-number entry is not allowed at a kiosk; swipe the card".into(),
+                ));
             }
-            let read = match manual_read(&number) {
-                Ok(r) => r,
-                Err(m) => return fail("bad_number", &m),
-            };
-            match ctx.handle_read("manual", read).await {
-                Ok(h) => proto::reply_ok(&id, h.event.to_json(privacy)),
-                Err(m) => fail("registry", &m),
-            }
+            let read = manual_read(&number).map_err(|m| ("bad_number", m))?;
+            let handled = ctx
+                .handle_read("manual", read)
+                .await
+                .map_err(|m| ("registry", m))?;
+            Ok(handled.event.to_json(privacy))
         }
         Request::Bind {
             holder,
@@ -284,45 +325,34 @@ async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Value
             channel,
             ..
         } => {
-            let h = match party(ctx, live.role, &holder, holder_swipe, "holder").await {
-                Ok(s) => s,
-                Err((c, m)) => return fail(c, &m),
-            };
-            let m = match party(ctx, live.role, &member, member_swipe, "member").await {
-                Ok(s) => s,
-                Err((c, m)) => return fail(c, &m),
-            };
+            let (h, m) = parties(
+                ctx,
+                live.role,
+                (&holder, holder_swipe),
+                (&member, member_swipe),
+            )
+            .await?;
             let channel = channel.unwrap_or(match live.role {
                 Role::Window => Channel::Window,
                 Role::Kiosk => Channel::Kiosk,
             });
-            let operator = operator.unwrap_or_else(|| actor.to_string());
+            let operator = operator_or_actor(operator);
             let actor = actor.to_string();
             let rel = relation.clone();
-            let result = ctx
-                .worker
-                .call(move |reg| {
-                    reg.bind(
-                        &BindRequest {
-                            holder: h,
-                            member: m,
-                            relation: &rel,
-                            channel,
-                            operator: &operator,
-                            actor: &actor,
-                        },
-                        &live.policy,
-                    )
-                })
-                .await;
-            match result {
-                Ok(Ok(())) => {
-                    tracing::info!(holder = %h, member = %m, relation = %relation, "family link bound");
-                    proto::reply_ok(&id, json!({"bound": true, "relation": relation}))
-                }
-                Ok(Err(e)) => fail(e.code(), &e.to_string()),
-                Err(e) => fail("internal", &e.to_string()),
-            }
+            registry(ctx, move |reg| {
+                let req = BindRequest {
+                    holder: h,
+                    member: m,
+                    relation: &rel,
+                    channel,
+                    operator: &operator,
+                    actor: &actor,
+                };
+                reg.bind(&req, &live.policy)
+            })
+            .await?;
+            tracing::info!(holder = %h, member = %m, relation = %relation, "family link bound");
+            Ok(json!({"bound": true, "relation": relation}))
         }
         Request::Unbind {
             holder,
@@ -332,25 +362,18 @@ async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Value
             operator,
             ..
         } => {
-            let h = match party(ctx, live.role, &holder, holder_swipe, "holder").await {
-                Ok(s) => s,
-                Err((c, m)) => return fail(c, &m),
-            };
-            let m = match party(ctx, live.role, &member, member_swipe, "member").await {
-                Ok(s) => s,
-                Err((c, m)) => return fail(c, &m),
-            };
-            let operator = operator.unwrap_or_else(|| actor.to_string());
+            let (h, m) = parties(
+                ctx,
+                live.role,
+                (&holder, holder_swipe),
+                (&member, member_swipe),
+            )
+            .await?;
+            let operator = operator_or_actor(operator);
             let actor = actor.to_string();
-            match ctx
-                .worker
-                .call(move |reg| reg.unbind(&h, &m, &operator, &actor))
-                .await
-            {
-                Ok(Ok(())) => proto::reply_ok(&id, json!({"unbound": true})),
-                Ok(Err(e)) => fail(e.code(), &e.to_string()),
-                Err(e) => fail("internal", &e.to_string()),
-            }
+            registry(ctx, move |reg| reg.unbind(&h, &m, &operator, &actor)).await?;
+            tracing::info!(holder = %h, member = %m, "family link revoked");
+            Ok(json!({"unbound": true}))
         }
         Request::Contributions {
             number,
@@ -358,23 +381,10 @@ async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Value
             months,
             ..
         } => {
-            let ssn = match party(ctx, live.role, &number, swipe, "person").await {
-                Ok(s) => s,
-                Err((c, m)) => return fail(c, &m),
-            };
+            let ssn = party(ctx, live.role, &number, swipe, "person").await?;
             let months = months.unwrap_or(12).clamp(1, 120);
-            match ctx
-                .worker
-                .call(move |reg| reg.contributions(&ssn, months))
-                .await
-            {
-                Ok(Ok(c)) => proto::reply_ok(
-                    &id,
-                    json!({"months": months, "records": proto::contributions_json(&c)}),
-                ),
-                Ok(Err(e)) => fail("registry", &e.to_string()),
-                Err(e) => fail("internal", &e.to_string()),
-            }
+            let records = registry(ctx, move |reg| reg.contributions(&ssn, months)).await?;
+            Ok(json!({"months": months, "records": proto::contributions_json(&records)}))
         }
     }
 }
