@@ -143,6 +143,9 @@ pub struct SimReport {
     pub unacked: u64,
 }
 
+/// What the simulator answers to `STATUS_REQUEST`.
+pub const FIRMWARE: &str = concat!("cardlink-sim ", env!("CARGO_PKG_VERSION"));
+
 /// Resend interval of protocol v1.
 pub const RESEND: Duration = Duration::from_millis(300);
 /// Resends of protocol v1.
@@ -181,7 +184,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             io.flush().await?;
         } else {
             seq = seq.wrapping_add(1);
-            let frame = encode_vec(seq, cmd, &payload)
+            let card_seq = seq;
+            let frame = encode_vec(card_seq, cmd, &payload)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let mut acked = false;
             for _ in 0..=RESENDS {
@@ -189,7 +193,17 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 io.write_all(&wire).await?;
                 io.flush().await?;
                 report.frames_sent += 1;
-                if wait_ack(&mut io, &mut inbox, seq, opts.drop_acks, &mut rng).await? {
+                let (got_ack, status_requested) =
+                    wait_ack(&mut io, &mut inbox, card_seq, opts.drop_acks, &mut rng).await?;
+                if status_requested {
+                    // Answer like firmware does, with a frame of its own.
+                    seq = seq.wrapping_add(1);
+                    let status = encode_vec(seq, Cmd::Status as u8, FIRMWARE.as_bytes())
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                    io.write_all(&status).await?;
+                    report.frames_sent += 1;
+                }
+                if got_ack {
                     acked = true;
                     break;
                 }
@@ -226,15 +240,18 @@ fn noisy(bytes: &[u8], rate: f64, rng: &mut impl Rng) -> Vec<u8> {
     out
 }
 
+/// Waits up to [`RESEND`] for the ACK of `seq`. Returns whether it came and
+/// whether the host asked for a STATUS frame meanwhile.
 async fn wait_ack<S: AsyncRead + Unpin>(
     io: &mut S,
     inbox: &mut Vec<u8>,
     seq: u8,
     drop_acks: f64,
     rng: &mut impl Rng,
-) -> io::Result<bool> {
+) -> io::Result<(bool, bool)> {
     let deadline = tokio::time::Instant::now() + RESEND;
     let mut buf = [0u8; 256];
+    let mut status_requested = false;
     loop {
         // Consume host frames already received.
         loop {
@@ -243,9 +260,10 @@ async fn wait_ack<S: AsyncRead + Unpin>(
                     frame, consumed, ..
                 } => {
                     let is_ack = frame.cmd == Cmd::Ack as u8 && frame.seq == seq;
+                    status_requested |= frame.cmd == Cmd::StatusRequest as u8;
                     inbox.drain(..consumed);
                     if is_ack && !(drop_acks > 0.0 && rng.random_bool(drop_acks.min(1.0))) {
-                        return Ok(true);
+                        return Ok((true, status_requested));
                     }
                 }
                 Scan::NeedMore { discard } => {
@@ -255,7 +273,7 @@ async fn wait_ack<S: AsyncRead + Unpin>(
             }
         }
         match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
-            Err(_) => return Ok(false),
+            Err(_) => return Ok((false, status_requested)),
             Ok(Ok(0)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -218,6 +218,10 @@ async fn simulate_and_socket_clients() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["readers"][0]["cards"], 3);
+    assert_eq!(
+        v["result"]["readers"][0]["firmware"],
+        cardlink::sim::FIRMWARE
+    );
     let out = ctl()
         .args(["lookup", &card(SPOUSE), "--socket", &sock])
         .output()

@@ -76,6 +76,10 @@ pub struct ReaderState {
     pub duplicates: u64,
     /// Rejected reads.
     pub rejected: u64,
+    /// Bytes dropped as line noise (frame mode).
+    pub noise_bytes: u64,
+    /// Firmware information from the reader's last `STATUS` frame.
+    pub firmware: Option<String>,
 }
 
 /// Settings that SIGHUP may change.
@@ -108,13 +112,6 @@ pub struct Ctx {
     pub resolutions: AtomicU64,
     /// Errors reported.
     pub errors: AtomicU64,
-}
-
-/// Result of handling one card read.
-#[derive(Debug, Clone)]
-pub struct Handled {
-    /// The published event.
-    pub event: Arc<CardEvent>,
 }
 
 impl Ctx {
@@ -181,8 +178,8 @@ impl Ctx {
     }
 
     /// Resolves a card read through the registry, audits it and publishes
-    /// the `CARD` event.
-    pub async fn handle_read(&self, actor: &str, read: CardRead) -> Result<Handled, String> {
+    /// the `CARD` event, which it also returns.
+    pub async fn handle_read(&self, actor: &str, read: CardRead) -> Result<Arc<CardEvent>, String> {
         let lookup = Lookup {
             ssn: read.ssn,
             card_no: read.card_no.clone(),
@@ -239,7 +236,7 @@ impl Ctx {
             "card resolved"
         );
         self.publish(Event::Card(event.clone()));
-        Ok(Handled { event })
+        Ok(event)
     }
 
     /// `window1 connected, kiosk1 disconnected`, for systemd's STATUS=.
@@ -273,6 +270,7 @@ impl Ctx {
                 json!({
                     "name": name, "path": r.path, "mode": r.mode, "state": r.state,
                     "items": r.items, "cards": r.cards, "duplicates": r.duplicates, "rejected": r.rejected,
+                    "noise_bytes": r.noise_bytes, "firmware": r.firmware,
                 })
             })
             .collect();

@@ -171,11 +171,23 @@ async fn serve(
     let mut noise_seen = 0u64;
     let mut last_nak = Instant::now() - NAK_INTERVAL;
     let mut tick = tokio::time::interval(NAK_INTERVAL);
+    if cfg.mode == Mode::Frame {
+        // Ask for the firmware information; the answer lands in `status`.
+        let req = HostFrame {
+            seq: host_seq,
+            cmd: Cmd::StatusRequest,
+            payload: Vec::new(),
+        };
+        if let Err(e) = framed.send(req).await {
+            return format!("write failed: {e}");
+        }
+    }
     loop {
         let item = tokio::select! {
             _ = stop.cancelled() => return "stopped".into(),
             _ = tick.tick(), if cfg.mode == Mode::Frame => {
                 let noise = framed.codec().noise_bytes();
+                ctx.with_reader(&cfg.name, |s| s.noise_bytes = noise);
                 if noise > noise_seen && last_nak.elapsed() >= NAK_INTERVAL {
                     noise_seen = noise;
                     last_nak = Instant::now();
@@ -194,7 +206,11 @@ async fn serve(
             Some(Err(e)) => return format!("read failed: {e}"),
             Some(Ok(item)) => item,
         };
-        ctx.with_reader(&cfg.name, |s| s.items += 1);
+        let noise = framed.codec().noise_bytes();
+        ctx.with_reader(&cfg.name, |s| {
+            s.items += 1;
+            s.noise_bytes = noise;
+        });
         if let ReaderItem::Frame { seq, cmd, payload } = &item {
             // ACK every valid frame, duplicates included.
             if let Err(e) = framed.send(HostFrame::ack(*seq)).await {
@@ -208,9 +224,9 @@ async fn serve(
         }
         let feedback = match card::decode(&item, cfg.encoding, Date::today_cst()) {
             Ok(ReaderEvent::Card(read)) => match ctx.handle_read(&cfg.name, read).await {
-                Ok(h) => {
+                Ok(event) => {
                     ctx.with_reader(&cfg.name, |s| s.cards += 1);
-                    Some(if h.event.resolution.outcome == Outcome::Ok {
+                    Some(if event.resolution.outcome == Outcome::Ok {
                         Feedback::Accepted
                     } else {
                         Feedback::Rejected
@@ -221,6 +237,7 @@ async fn serve(
             Ok(ReaderEvent::Removed) => None,
             Ok(ReaderEvent::Status(text)) => {
                 tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
+                ctx.with_reader(&cfg.name, |s| s.firmware = Some(text));
                 None
             }
             Ok(ReaderEvent::ReadError { code, text }) => {

@@ -313,7 +313,7 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
                 .handle_read("manual", read)
                 .await
                 .map_err(|m| ("registry", m))?;
-            Ok(handled.event.to_json(privacy))
+            Ok(handled.to_json(privacy))
         }
         Request::Bind {
             holder,
