@@ -80,7 +80,7 @@ fn db_commands_round_trip() {
     };
     let (code, text) = run(&["init"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("schema version 2"), "{text}");
+    assert!(text.contains("schema version 3"), "{text}");
     let sample = dir.path().join("cards.jsonl");
     let (code, text) = run(&[
         "gen-demo",
@@ -97,6 +97,12 @@ fn db_commands_round_trip() {
     assert!(cards.len() >= 8, "{}", cards.len());
     let (code, text) = run(&["verify-audit"]);
     assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["check"]);
+    assert_eq!(
+        (code, text.trim_end().ends_with(": OK")),
+        (Some(0), true),
+        "{text}"
+    );
     // Export, then import into a new database: same counts.
     let out_dir = dir.path().join("export");
     let (code, text) = run(&["export", out_dir.to_str().unwrap()]);
@@ -165,6 +171,9 @@ fn db_commands_round_trip() {
     let (code, text) = run(&["verify-audit"]);
     assert_eq!(code, Some(1));
     assert!(text.contains("BROKEN at row 1"), "{text}");
+    let (code, text) = run(&["check"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("audit chain broken at row 1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

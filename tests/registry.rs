@@ -457,5 +457,72 @@ fn gen_demo_is_deterministic_and_consistent() {
     }
     assert_eq!(counts[0], counts[1]);
     assert_eq!(counts[0].persons, 3000);
+    let reg = open(&dir.path().join("d0.db"));
+    assert_eq!(reg.copy_mismatches().unwrap(), 0);
     assert!(counts[0].active_links > 500, "{:?}", counts[0]);
+}
+
+#[test]
+fn resolution_copies_follow_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = open(&fixture_db(dir.path()));
+    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    let policy = BindPolicy::default();
+    reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy)
+        .unwrap();
+    reg.bind(&bind_req(HOLDER2, PARENT, "parent"), &policy)
+        .unwrap();
+    reg.unbind(&ssn(HOLDER), &ssn(SPOUSE), "t", "t").unwrap();
+    reg.bind(&bind_req(HOLDER2, SPOUSE, "spouse"), &policy)
+        .unwrap();
+    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    let c = reg.connection();
+    // Changes made with plain SQL (an administrator's fix) are followed too.
+    c.execute(
+        "UPDATE accounts SET balance_fen = 42 WHERE holder_ssn = ?1",
+        [ssn(HOLDER2).expose()],
+    )
+    .unwrap();
+    c.execute(
+        "DELETE FROM accounts WHERE holder_ssn = ?1",
+        [ssn(PARENT).expose()],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE persons SET name = '李娜娜' WHERE ssn = ?1",
+        [ssn(SPOUSE).expose()],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE family_links SET relation = 'parent' WHERE member_ssn = ?1 AND status = 'active'",
+        [ssn(CHILD).expose()],
+    )
+    .unwrap();
+    c.execute(
+        "DELETE FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
+        [ssn(MEMBER2).expose()],
+    )
+    .unwrap();
+    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    assert!(reg.integrity().unwrap().is_empty());
+    let r = reg.resolve(&Lookup::card_no(card(HOLDER2))).unwrap();
+    assert_eq!(r.payer.unwrap().balance_fen, Some(42));
+    let names: Vec<_> = r
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.relation.as_str()))
+        .collect();
+    assert_eq!(names, vec![("张建华", "parent"), ("李娜娜", "spouse")]);
+    let r = reg.resolve(&Lookup::card_no(card(MEMBER2))).unwrap();
+    assert_eq!(r.role, Role::None);
+    let r = reg.resolve(&Lookup::card_no(card(CHILD))).unwrap();
+    assert_eq!(r.payer.unwrap().relation.as_deref(), Some("parent"));
+    // Bypassing the triggers is detected.
+    reg.connection()
+        .execute(
+            "UPDATE persons SET member_count = 7 WHERE ssn = ?1",
+            [ssn(CHILD).expose()],
+        )
+        .unwrap();
+    assert_eq!(reg.copy_mismatches().unwrap(), 1);
 }

@@ -169,6 +169,8 @@ enum DbCmd {
     Stats,
     /// Verify the audit hash chain.
     VerifyAudit,
+    /// Check the database: SQLite integrity, foreign keys, resolution copies, audit chain.
+    Check,
     /// Write a deterministic synthetic registry.
     GenDemo {
         #[arg(long, default_value_t = 5000)]
@@ -373,6 +375,27 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
                     println!("audit chain BROKEN at row {id}: {why}");
                     return Ok(1);
                 }
+            }
+        }
+        DbCmd::Check => {
+            let reg = open_db(path)?;
+            let mut problems = reg.integrity()?;
+            let copies = reg.copy_mismatches()?;
+            if copies > 0 {
+                problems.push(format!(
+                    "{copies} row(s) whose resolution copies disagree with their source"
+                ));
+            }
+            if let Some((id, why)) = reg.verify_audit()?.broken {
+                problems.push(format!("audit chain broken at row {id}: {why}"));
+            }
+            if problems.is_empty() {
+                println!("{}: OK", path.display());
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                return Ok(1);
             }
         }
         DbCmd::GenDemo {

@@ -260,7 +260,10 @@ impl<'c> Inserter<'c> {
     }
     pub(crate) fn person(&self, r: &PersonRec) -> rusqlite::Result<()> {
         self.conn
-            .prepare_cached("INSERT INTO persons VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+            .prepare_cached(
+                "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
             .execute(params![
                 upper(&r.ssn),
                 r.name,

@@ -204,6 +204,70 @@ impl Registry {
         })
     }
 
+    /// Rows whose resolution copies (migration 003: a person's payer, member
+    /// count and balance, a link's member name) disagree with the tables
+    /// they copy. Always 0 unless the triggers were bypassed.
+    pub fn copy_mismatches(&self) -> Result<u64, RegistryError> {
+        let persons: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM persons p WHERE \
+                 p.balance_fen IS NOT (SELECT balance_fen FROM accounts WHERE holder_ssn = p.ssn) \
+                 OR p.payer_ssn IS NOT (SELECT holder_ssn FROM family_links WHERE member_ssn = p.ssn AND status = 'active') \
+                 OR p.payer_relation IS NOT (SELECT relation FROM family_links WHERE member_ssn = p.ssn AND status = 'active') \
+                 OR p.member_count <> (SELECT count(*) FROM family_links WHERE holder_ssn = p.ssn AND status = 'active')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        let links: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM family_links l \
+                 WHERE l.member_name IS NOT (SELECT name FROM persons WHERE ssn = l.member_ssn)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok((persons + links) as u64)
+    }
+
+    /// SQLite's own checks: `integrity_check` and `foreign_key_check`.
+    /// Returns the problems found (empty when the file is sound).
+    pub fn integrity(&self) -> Result<Vec<String>, RegistryError> {
+        let mut problems = Vec::new();
+        let mut st = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?;
+        for row in rows {
+            let line = row.map_err(|e| self.sql(e))?;
+            if line != "ok" {
+                problems.push(line);
+            }
+        }
+        let mut st = self
+            .conn
+            .prepare("PRAGMA foreign_key_check")
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(format!(
+                    "foreign key violation in {} row {:?}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        for row in rows {
+            problems.push(row.map_err(|e| self.sql(e))?);
+        }
+        Ok(problems)
+    }
+
     /// The underlying connection, for benchmarks and tools that compare raw SQL.
     pub fn connection(&self) -> &Connection {
         &self.conn

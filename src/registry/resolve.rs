@@ -203,21 +203,20 @@ pub(crate) fn stored_ssn(s: &str) -> Result<Ssn, RegistryError> {
         .map_err(|e| RegistryError::Corrupt(format!("invalid SSN in database: {e}")))
 }
 
-/// Everything `resolve` needs about a person and their card, payer and own
-/// account in one statement; `$from` and `$filter` pick the row by card or by SSN.
+/// Everything `resolve` needs about a person, their card, their payer and
+/// the balances in one statement: the person row carries its payer, member
+/// count and balance (kept by the triggers of migration 003), so this is
+/// the card lookup, the person and, for a member, the payer's row.
+/// `$from` and `$filter` pick the row by card or by SSN.
 macro_rules! resolve_sql {
     ($from:literal, $filter:literal) => {
         concat!(
             "SELECT p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status, ",
-            "c.card_no, c.status, c.expires, ",
-            "(SELECT balance_fen FROM accounts WHERE holder_ssn = p.ssn), ",
-            "l.holder_ssn, h.name, l.relation, ",
-            "(SELECT balance_fen FROM accounts WHERE holder_ssn = l.holder_ssn), ",
-            "EXISTS (SELECT 1 FROM family_links WHERE holder_ssn = p.ssn AND status = 'active') ",
+            "c.card_no, c.status, c.expires, p.balance_fen, ",
+            "p.payer_ssn, h.name, p.payer_relation, h.balance_fen, p.member_count > 0 ",
             "FROM ",
             $from,
-            " LEFT JOIN family_links l ON l.member_ssn = p.ssn AND l.status = 'active'",
-            " LEFT JOIN persons h ON h.ssn = l.holder_ssn WHERE ",
+            " LEFT JOIN persons h ON h.ssn = p.payer_ssn WHERE ",
             $filter
         )
     };
@@ -376,9 +375,8 @@ impl Registry {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT l.member_ssn, m.name, l.relation, l.created_at FROM family_links l \
-                 JOIN persons m ON m.ssn = l.member_ssn \
-                 WHERE l.holder_ssn = ?1 AND l.status = 'active' ORDER BY l.id",
+                "SELECT member_ssn, member_name, relation, created_at FROM family_links \
+                 WHERE holder_ssn = ?1 AND status = 'active' ORDER BY id",
             )
             .map_err(|e| self.sql(e))?;
         let rows = st
