@@ -453,7 +453,9 @@ where
     let mut raw = csv::StringRecord::new();
     let mut batch: Vec<(u64, T)> = Vec::new();
     let mut flush = |batch: &mut Vec<(u64, T)>, bad: &mut Bad| {
-        batch.sort_by(|a, b| key(&a.1).cmp(key(&b.1)));
+        // Unstable on (key, line) orders like a stable sort by key, with
+        // fewer moves of the records.
+        batch.sort_unstable_by(|a, b| key(&a.1).cmp(key(&b.1)).then(a.0.cmp(&b.0)));
         for (line, rec) in batch.drain(..) {
             match insert(&rec) {
                 Ok(()) => n += 1,

@@ -153,6 +153,11 @@ impl Registry {
             .map_err(sql)?;
         conn.pragma_update(None, "mmap_size", opts.mmap_bytes)
             .map_err(sql)?;
+        // Statement journals (every insert or update that fires a trigger
+        // has one) and sorts stay in memory: no temporary files written per
+        // row, and none needed in the service's read-only file system.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sql)?;
         if !opts.read_only {
             // WAL: readers never block the writer; NORMAL sync is durable
             // across application crashes and fast enough for one audit row per swipe.
