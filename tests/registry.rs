@@ -517,12 +517,46 @@ fn resolution_copies_follow_every_change() {
     assert_eq!(r.role, Role::None);
     let r = reg.resolve(&Lookup::card_no(card(CHILD))).unwrap();
     assert_eq!(r.payer.unwrap().relation.as_deref(), Some("parent"));
-    // Bypassing the triggers is detected.
-    reg.connection()
-        .execute(
-            "UPDATE persons SET member_count = 7 WHERE ssn = ?1",
-            [ssn(CHILD).expose()],
-        )
+    // A holder's rename reaches their members' payer name.
+    c.execute(
+        "UPDATE persons SET name = '张卫' WHERE ssn = ?1",
+        [ssn(HOLDER).expose()],
+    )
+    .unwrap();
+    let r = reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap();
+    assert_eq!(r.payer.unwrap().name, "张卫");
+    // Cards: the best card follows losses, replacements and deletions.
+    c.execute(
+        "UPDATE cards SET status = 'lost' WHERE ssn = ?1",
+        [ssn(CHILD).expose()],
+    )
+    .unwrap();
+    assert_eq!(
+        reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap().outcome,
+        Outcome::Lost
+    );
+    c.execute(
+        "INSERT INTO cards VALUES ('Z00000001', NULL, ?1, 3, '2026-01-01', '2036-01-01', 'active')",
+        [ssn(CHILD).expose()],
+    )
+    .unwrap();
+    let r = reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap();
+    assert_eq!(
+        (r.outcome, r.card_no.as_deref()),
+        (Outcome::Ok, Some("Z00000001"))
+    );
+    c.execute("DELETE FROM cards WHERE card_no = 'Z00000001'", [])
         .unwrap();
+    assert_eq!(
+        reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap().outcome,
+        Outcome::Lost
+    );
+    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    // Bypassing the triggers is detected.
+    c.execute(
+        "UPDATE persons SET members = '[]' WHERE ssn = ?1",
+        [ssn(HOLDER2).expose()],
+    )
+    .unwrap();
     assert_eq!(reg.copy_mismatches().unwrap(), 1);
 }

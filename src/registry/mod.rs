@@ -209,32 +209,26 @@ impl Registry {
         })
     }
 
-    /// Rows whose resolution copies (migration 003: a person's payer, member
-    /// count and balance, a link's member name) disagree with the tables
-    /// they copy. Always 0 unless the triggers were bypassed.
+    /// Person rows whose resolution copies (migration 003: best card,
+    /// balance, payer, member list) disagree with the tables they copy, as
+    /// defined by the views `copy_card`, `copy_payer` and `copy_members`.
+    /// Always 0 unless the triggers were bypassed.
     pub fn copy_mismatches(&self) -> Result<u64, RegistryError> {
-        let persons: i64 = self
+        let n: i64 = self
             .conn
             .query_row(
                 "SELECT count(*) FROM persons p WHERE \
-                 p.balance_fen IS NOT (SELECT balance_fen FROM accounts WHERE holder_ssn = p.ssn) \
-                 OR p.payer_ssn IS NOT (SELECT holder_ssn FROM family_links WHERE member_ssn = p.ssn AND status = 'active') \
-                 OR p.payer_relation IS NOT (SELECT relation FROM family_links WHERE member_ssn = p.ssn AND status = 'active') \
-                 OR p.member_count <> (SELECT count(*) FROM family_links WHERE holder_ssn = p.ssn AND status = 'active')",
+                 (p.card_no, p.card_status, p.card_expires) IS NOT \
+                   (SELECT card_no, card_status, card_expires FROM copy_card v WHERE v.ssn = p.ssn) \
+                 OR p.balance_fen IS NOT (SELECT balance_fen FROM accounts WHERE holder_ssn = p.ssn) \
+                 OR (p.payer_ssn, p.payer_name, p.payer_relation, p.payer_balance_fen) IS NOT \
+                   (SELECT payer_ssn, payer_name, payer_relation, payer_balance_fen FROM copy_payer v WHERE v.ssn = p.ssn) \
+                 OR p.members IS NOT (SELECT members FROM copy_members v WHERE v.ssn = p.ssn)",
                 [],
                 |r| r.get(0),
             )
             .map_err(|e| self.sql(e))?;
-        let links: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM family_links l \
-                 WHERE l.member_name IS NOT (SELECT name FROM persons WHERE ssn = l.member_ssn)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok((persons + links) as u64)
+        Ok(n as u64)
     }
 
     /// SQLite's own checks: `integrity_check` and `foreign_key_check`.

@@ -203,32 +203,57 @@ pub(crate) fn stored_ssn(s: &str) -> Result<Ssn, RegistryError> {
         .map_err(|e| RegistryError::Corrupt(format!("invalid SSN in database: {e}")))
 }
 
-/// Everything `resolve` needs about a person, their card, their payer and
-/// the balances in one statement: the person row carries its payer, member
-/// count and balance (kept by the triggers of migration 003), so this is
-/// the card lookup, the person and, for a member, the payer's row.
-/// `$from` and `$filter` pick the row by card or by SSN.
+/// Reads a person row's `members` copy: a JSON array of
+/// `[ssn, name, relation, since]` in link order (see migration 003).
+fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
+    if json == "[]" {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, String, String, String)> = serde_json::from_str(json)
+        .map_err(|e| RegistryError::Corrupt(format!("member list is not valid: {e}")))?;
+    rows.into_iter()
+        .map(|(ssn, name, relation, since)| {
+            Ok(Member {
+                ssn: stored_ssn(&ssn)?,
+                name,
+                relation,
+                since,
+            })
+        })
+        .collect()
+}
+
+/// Everything `resolve` needs, from one person row: the row carries copies
+/// of the person's best card, balance, payer and member list (migration 003
+/// keeps them exact with triggers). By card number or PAN the card read is
+/// the card's own row, joined to its person.
 macro_rules! resolve_sql {
-    ($from:literal, $filter:literal) => {
+    ($card:literal, $from:literal, $filter:literal) => {
         concat!(
             "SELECT p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status, ",
-            "c.card_no, c.status, c.expires, p.balance_fen, ",
-            "p.payer_ssn, h.name, p.payer_relation, h.balance_fen, p.member_count > 0 ",
-            "FROM ",
+            $card,
+            ", p.balance_fen, p.payer_ssn, p.payer_name, p.payer_relation, p.payer_balance_fen, p.members FROM ",
             $from,
-            " LEFT JOIN persons h ON h.ssn = p.payer_ssn WHERE ",
+            " WHERE ",
             $filter
         )
     };
 }
 
-const BY_CARD_NO: &str = resolve_sql!("cards c JOIN persons p ON p.ssn = c.ssn", "c.card_no = ?1");
-const BY_PAN: &str = resolve_sql!("cards c JOIN persons p ON p.ssn = c.ssn", "c.pan = ?1");
-/// A typed SSN: the person's best card (active first, newest generation),
-/// read from the covering index `cards_by_ssn` alone.
+const BY_CARD_NO: &str = resolve_sql!(
+    "c.card_no, c.status, c.expires",
+    "cards c JOIN persons p ON p.ssn = c.ssn",
+    "c.card_no = ?1"
+);
+const BY_PAN: &str = resolve_sql!(
+    "c.card_no, c.status, c.expires",
+    "cards c JOIN persons p ON p.ssn = c.ssn",
+    "c.pan = ?1"
+);
+/// A typed SSN: the person's best card (active first, newest generation).
 const BY_SSN: &str = resolve_sql!(
-    "persons p LEFT JOIN (SELECT card_no, status, expires FROM cards WHERE ssn = ?1 \
-      ORDER BY status = 'active' DESC, generation DESC, issued DESC LIMIT 1) c ON 1",
+    "p.card_no, p.card_status, p.card_expires",
+    "persons p",
     "p.ssn = ?1"
 );
 
@@ -242,7 +267,8 @@ struct Row {
     card: Option<CardRow>,
     own_balance: Option<i64>,
     payer: Option<(String, String, String, Option<i64>)>,
-    is_holder: bool,
+    /// The `members` JSON copy.
+    members: String,
 }
 
 impl Row {
@@ -270,7 +296,7 @@ impl Row {
             card,
             own_balance: r.get(8)?,
             payer,
-            is_holder: r.get(13)?,
+            members: r.get(13)?,
         })
     }
 }
@@ -331,11 +357,7 @@ impl Registry {
         if outcome != Outcome::Ok {
             return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
         }
-        let members = if row.is_holder {
-            self.members_of(&row.ssn)?
-        } else {
-            Vec::new()
-        };
+        let members = parse_members(&row.members)?;
         let self_payer = || Payer {
             ssn: person.ssn,
             name: person.name.clone(),
@@ -371,40 +393,16 @@ impl Registry {
         self.resolve_on(lookup, Date::today_cst())
     }
 
-    fn members_of(&self, holder: &str) -> Result<Vec<Member>, RegistryError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT member_ssn, member_name, relation, created_at FROM family_links \
-                 WHERE holder_ssn = ?1 AND status = 'active' ORDER BY id",
-            )
-            .map_err(|e| self.sql(e))?;
-        let rows = st
-            .query_map([holder], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (ssn, name, relation, since) = row.map_err(|e| self.sql(e))?;
-            out.push(Member {
-                ssn: stored_ssn(&ssn)?,
-                name,
-                relation,
-                since,
-            });
-        }
-        Ok(out)
-    }
-
     /// Members currently covered by `holder`'s account.
     pub fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
-        self.members_of(holder.expose())
+        let json: Option<String> = self
+            .conn
+            .prepare_cached("SELECT members FROM persons WHERE ssn = ?1")
+            .map_err(|e| self.sql(e))?
+            .query_row([holder.expose()], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        json.map_or(Ok(Vec::new()), |j| parse_members(&j))
     }
 
     /// The person's payment records of the last `months` months that have

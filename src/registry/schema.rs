@@ -11,7 +11,7 @@ use super::RegistryError;
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/001_init.sql")),
     M::up(include_str!("migrations/002_covering_indexes.sql")),
-    M::up(include_str!("migrations/003_resolution_columns.sql")),
+    M::up(include_str!("migrations/003_resolution_row.sql")),
 ];
 
 /// Brings the database to the newest schema version.
