@@ -174,6 +174,23 @@ fn db_commands_round_trip() {
     let (code, text) = run(&["check"]);
     assert_eq!(code, Some(1));
     assert!(text.contains("audit chain broken at row 1"), "{text}");
+    // So does a resolution copy changed behind the triggers' back.
+    c.execute_batch("UPDATE persons SET payer_name = 'x' WHERE payer_ssn IS NOT NULL")
+        .unwrap();
+    let copies: i64 = c
+        .query_row(
+            "SELECT count(*) FROM persons WHERE payer_ssn IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(copies > 0);
+    let (code, text) = run(&["check"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains(&format!("{copies} row(s) whose resolution copies disagree")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,36 +234,24 @@ impl Registry {
     /// SQLite's own checks: `integrity_check` and `foreign_key_check`.
     /// Returns the problems found (empty when the file is sound).
     pub fn integrity(&self) -> Result<Vec<String>, RegistryError> {
-        let mut problems = Vec::new();
-        let mut st = self
-            .conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(|e| self.sql(e))?;
-        let rows = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| self.sql(e))?;
-        for row in rows {
-            let line = row.map_err(|e| self.sql(e))?;
-            if line != "ok" {
-                problems.push(line);
-            }
-        }
-        let mut st = self
-            .conn
-            .prepare("PRAGMA foreign_key_check")
-            .map_err(|e| self.sql(e))?;
-        let rows = st
-            .query_map([], |r| {
+        let lines = |sql: &str, line: fn(&rusqlite::Row<'_>) -> rusqlite::Result<String>| {
+            let mut st = self.conn.prepare(sql)?;
+            let rows = st.query_map([], line)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        };
+        let mut problems =
+            lines("PRAGMA integrity_check", |r| r.get(0)).map_err(|e| self.sql(e))?;
+        problems.retain(|l| l != "ok");
+        problems.extend(
+            lines("PRAGMA foreign_key_check", |r| {
                 Ok(format!(
                     "foreign key violation in {} row {:?}",
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<i64>>(1)?
                 ))
             })
-            .map_err(|e| self.sql(e))?;
-        for row in rows {
-            problems.push(row.map_err(|e| self.sql(e))?);
-        }
+            .map_err(|e| self.sql(e))?,
+        );
         Ok(problems)
     }
 
