@@ -1,7 +1,9 @@
 //! Versioned schema migrations (rusqlite_migration, `user_version`).
 //!
 //! Each migration is an SQL file in `migrations/`, embedded at build time.
-//! Append new files; never edit one that has shipped.
+//! Append new files; never edit one that has shipped. (Before the first
+//! release, 001's enumeration CHECKs were rewritten into an equivalent form
+//! that SQLite evaluates without a temporary B-tree per row.)
 
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
@@ -22,10 +24,52 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::registry::demo::{demo_card_no, demo_ssn};
+    use crate::registry::{Lookup, Registry, Role};
+
     #[test]
     fn migrations_are_valid() {
-        rusqlite_migration::Migrations::from_slice(super::MIGRATIONS)
-            .validate()
+        Migrations::from_slice(MIGRATIONS).validate().unwrap();
+    }
+
+    /// A registry filled at schema version 2 gets its resolution copies
+    /// backfilled by migration 003.
+    #[test]
+    fn upgrade_from_version_2_backfills_the_copies() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        Migrations::from_slice(MIGRATIONS)
+            .to_version(&mut conn, 2)
             .unwrap();
+        let (holder, member) = (demo_ssn(1), demo_ssn(2));
+        let (holder_card, member_card) = (demo_card_no(1), demo_card_no(2));
+        conn.execute_batch(&format!(
+            "INSERT INTO persons VALUES ('{holder}', '张伟', 'M', '1980-01-01', 'employee', 'active');
+             INSERT INTO persons VALUES ('{member}', '李娜', 'F', '1982-02-02', 'resident', 'active');
+             INSERT INTO cards VALUES ('{holder_card}', NULL, '{holder}', 3, '2020-01-01', '2099-01-01', 'active');
+             INSERT INTO cards VALUES ('{member_card}', NULL, '{member}', 3, '2020-01-01', '2099-01-01', 'active');
+             INSERT INTO accounts VALUES ('{holder}', 5000);
+             INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at)
+                  VALUES ('{holder}', '{member}', 'spouse', 'active', 'window', 'c', '2026-01-01T00:00:00Z');"
+        ))
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let reg = Registry {
+            conn,
+            busy_timeout: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(reg.copy_mismatches().unwrap(), 0);
+        let r = reg.resolve(&Lookup::card_no(member_card)).unwrap();
+        assert_eq!(r.role, Role::Member);
+        let payer = r.payer.unwrap();
+        assert_eq!(
+            (payer.name.as_str(), payer.balance_fen),
+            ("张伟", Some(5000))
+        );
+        let r = reg.resolve(&Lookup::card_no(holder_card)).unwrap();
+        assert_eq!(r.role, Role::Holder);
+        assert_eq!(r.members.len(), 1);
+        assert_eq!(r.members[0].name, "李娜");
     }
 }
