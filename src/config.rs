@@ -24,21 +24,31 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::card::TextEncoding;
-use crate::codec::Mode;
+use crate::reader::card::TextEncoding;
+use crate::reader::codec::Mode;
 
 /// Default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/cardlink/cardlinkd.toml";
 
-/// What the box is.
+/// What the box is: the `role` key of the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub enum Station {
     /// Service window or hospital office: manual entry and binding by card number allowed.
     #[default]
     Window,
     /// Self-service kiosk: binding only with both cards physically swiped; no manual entry.
     Kiosk,
+}
+
+impl Station {
+    /// `window` or `kiosk`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Station::Window => "window",
+            Station::Kiosk => "kiosk",
+        }
+    }
 }
 
 /// Serial parity.
@@ -124,7 +134,7 @@ pub struct Config {
     pub database: PathBuf,
     /// Window or kiosk.
     #[serde(default)]
-    pub role: Role,
+    pub role: Station,
     /// Allowed relations for binding.
     #[serde(default = "default_relations")]
     pub relations: Vec<String>,
@@ -239,6 +249,21 @@ impl Config {
             }
         }
         self.socket_mode()?;
+        crate::logging::parse_level(&self.log_level)
+            .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
+        let mut paths = std::collections::HashMap::new();
+        for r in &self.readers {
+            // Two names for one device (a udev symlink and its target) are
+            // the same reader: compare where they lead when they exist.
+            let key = std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone());
+            if let Some(other) = paths.insert(key, &r.name) {
+                return bad(format!(
+                    "readers '{other}' and '{}' use the same device {}",
+                    r.name,
+                    r.path.display()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -270,7 +295,7 @@ mod tests {
         let c = Config::parse("[[reader]]\nname = \"w1\"\npath = \"/dev/ttyUSB0\"\n", "t").unwrap();
         assert_eq!(c.readers[0].baud, 115_200);
         assert_eq!(c.readers[0].mode, Mode::Frame);
-        assert_eq!(c.role, Role::Window);
+        assert_eq!(c.role, Station::Window);
         assert_eq!(c.socket_mode().unwrap(), 0o660);
         let e = Config::parse(
             "[[reader]]\nname = \"w1\"\npath = \"/a\"\n[[reader]]\nname = \"w1\"\npath = \"/b\"\n",

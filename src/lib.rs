@@ -5,19 +5,23 @@
 //! insurance personal account) in a SQLite registry, and serving the result
 //! to display clients on a Unix socket.
 //!
-//! Data flow (see ARCHITECTURE.md): bytes ([`codec`]) → frame or line
-//! ([`firmware_protocol`]) → [`card::CardRead`] → [`Ssn`] → [`registry`]
-//! resolution → JSON ([`daemon::proto`]).
+//! Data flow (see ARCHITECTURE.md): bytes → frame or line → card read
+//! ([`reader`]) → [`Ssn`] → [`registry`] resolution → JSON line
+//! ([`protocol`]), wired together by [`daemon`]; [`client`] is the other
+//! end of the socket.
 
-pub mod card;
-pub mod codec;
+pub mod client;
 pub mod config;
+#[cfg(feature = "sim")]
+pub mod ctl;
 pub mod daemon;
-pub mod dedup;
 pub mod logging;
 pub mod mask;
 pub mod notify;
+pub mod protocol;
+pub mod reader;
 pub mod registry;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use firmware_protocol::{Date, Ssn, SsnError};

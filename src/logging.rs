@@ -18,11 +18,57 @@ fn under_systemd() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some()
 }
 
-/// Installs the global subscriber. Safe to call once per process.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Why a log level is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LevelError(String);
+
+/// Parses a log-level filter the way the daemon will use it: tracing's
+/// `EnvFilter` syntax, where every comma-separated directive must name a
+/// level (`info`, or `target=debug`). A bare word that is not a level is
+/// refused: `EnvFilter` would read it as a target name and log nothing else.
+pub fn parse_level(level: &str) -> Result<EnvFilter, LevelError> {
+    if level.trim().is_empty() {
+        return Err(LevelError(
+            "empty; use one of trace, debug, info, warn, error, off".into(),
+        ));
+    }
+    for d in level.split(',').map(str::trim) {
+        let lvl = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(LevelError(format!(
+                "'{d}' names no level; use one of trace, debug, info, warn, error, off, or target=level"
+            )));
+        }
+    }
+    EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| LevelError(e.to_string()))
+}
+
+/// Installs the global subscriber. Safe to call once per process. A
+/// `RUST_LOG` that does not parse is ignored with a warning.
 pub fn init(level: &str) -> Sink {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG").ok().map(|v| (parse_level(&v), v));
+    let mut env_error = None;
+    let filter = match from_env {
+        Some((Ok(f), _)) => f,
+        Some((Err(e), v)) => {
+            env_error = Some(format!("RUST_LOG '{v}' ignored: {e}"));
+            parse_level(level).unwrap_or_else(|_| EnvFilter::new("info"))
+        }
+        None => parse_level(level).unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let sink = install(filter);
+    if let Some(e) = env_error {
+        tracing::warn!("{e}");
+    }
+    sink
+}
+
+fn install(filter: EnvFilter) -> Sink {
     if under_systemd() {
         if let Ok(journald) = tracing_journald::layer() {
             let _ = tracing_subscriber::registry()

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::card::TextEncoding;
-use crate::codec::Mode;
+use crate::reader::card::TextEncoding;
+use crate::reader::codec::Mode;
 
 /// One card the simulator can present.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -392,4 +392,109 @@ impl AsyncWrite for PtyMaster {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// Reader ports in memory, for running the daemon in-process: the daemon
+/// opens a reader by name and gets the daemon end of a pipe the test has
+/// [`plugged`](VirtualPorts::plug) in; dropping the test's end is an unplug
+/// (the daemon reads end of file and reconnects with backoff). Everything
+/// stays inside one tokio runtime, so tests can run with paused time.
+#[derive(Debug, Default)]
+pub struct VirtualPorts {
+    waiting: std::sync::Mutex<std::collections::HashMap<String, tokio::io::DuplexStream>>,
+}
+
+/// The test's end of a virtual reader port.
+pub type VirtualPort = tokio::io::DuplexStream;
+
+/// Bytes buffered in each direction of a virtual port (like a UART FIFO
+/// plus the kernel's tty buffer).
+pub const VIRTUAL_BUFFER: usize = 64 * 1024;
+
+impl VirtualPorts {
+    /// No ports plugged in.
+    pub fn new() -> std::sync::Arc<VirtualPorts> {
+        std::sync::Arc::default()
+    }
+
+    /// Plugs in reader `name` and returns the reader's end; the daemon gets
+    /// the other end at its next attempt to open `name`.
+    pub fn plug(&self, name: &str) -> VirtualPort {
+        let (reader, daemon) = tokio::io::duplex(VIRTUAL_BUFFER);
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), daemon);
+        reader
+    }
+}
+
+impl crate::daemon::OpenPort for VirtualPorts {
+    fn open(&self, cfg: &crate::config::ReaderConfig) -> io::Result<crate::daemon::Port> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&cfg.name)
+            .map(|p| Box::new(p) as crate::daemon::Port)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no virtual reader plugged in as {}", cfg.name),
+                )
+            })
+    }
+}
+
+/// Cards from a registry that show every outcome, for the simulator and the
+/// demo: holders, members, unlinked persons, lost or frozen cards, an
+/// expired card (expiry judged against `today`, China time, like the
+/// daemon), and one card unknown to the registry; interleaved so a demo
+/// shows every outcome early.
+pub fn sample_cards(
+    reg: &crate::registry::Registry,
+    today: crate::Date,
+) -> Result<Vec<SimCard>, crate::registry::RegistryError> {
+    const CARD: &str = "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires \
+                        FROM cards c JOIN persons p ON p.ssn = c.ssn WHERE ";
+    let usable = "c.status = 'active' AND c.expires >= ?1";
+    let queries = [
+        format!("{CARD}{usable} AND c.ssn IN (SELECT holder_ssn FROM family_links WHERE status = 'active') LIMIT 4"),
+        format!("{CARD}{usable} AND c.ssn IN (SELECT member_ssn FROM family_links WHERE status = 'active') LIMIT 4"),
+        format!("{CARD}{usable} AND c.ssn NOT IN (SELECT holder_ssn FROM family_links) AND c.ssn NOT IN (SELECT member_ssn FROM family_links) LIMIT 2"),
+        format!("{CARD}(c.status = 'lost' OR c.status = 'frozen') AND ?1 = ?1 LIMIT 2"),
+        format!("{CARD}c.status = 'active' AND c.expires < ?1 LIMIT 1"),
+    ];
+    let today = today.to_string();
+    let c = reg.connection();
+    let sql = |e| crate::registry::RegistryError::Sql(e);
+    let mut groups: Vec<Vec<SimCard>> = Vec::new();
+    for q in &queries {
+        let mut st = c.prepare(q).map_err(sql)?;
+        let rows = st
+            .query_map([&today], |r| {
+                let d = |s: String| s.replace('-', "");
+                Ok(SimCard {
+                    ssn: r.get(0)?,
+                    card_no: r.get(1)?,
+                    pan: r.get(2)?,
+                    name: r.get(3)?,
+                    issued: d(r.get(4)?),
+                    expires: d(r.get(5)?),
+                })
+            })
+            .map_err(sql)?;
+        groups.push(rows.collect::<Result<_, _>>().map_err(sql)?);
+    }
+    groups.push(vec![SimCard {
+        ssn: "11010519491231002X".into(),
+        card_no: "Z99999999".into(),
+        pan: None,
+        name: "未登记".into(),
+        issued: "20200101".into(),
+        expires: "20300101".into(),
+    }]);
+    let longest = groups.iter().map(Vec::len).max().unwrap_or(0);
+    Ok((0..longest)
+        .flat_map(|k| groups.iter().filter_map(move |g| g.get(k).cloned()))
+        .collect())
 }

@@ -195,7 +195,7 @@ fn db_commands_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_and_socket_clients() {
-    let (d, ptys) = Daemon::start(&[("r1", "frame", "gbk")], "");
+    let (d, ptys) = Process::start(&[("r1", "frame", "gbk")], "");
     drop(ptys); // the simulator makes its own pty at the same path
     let mut c = d.client().await;
     let cards = d.path("cards.jsonl");
@@ -240,7 +240,10 @@ async fn simulate_and_socket_clients() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("swipes: 3"));
 
     let sock = d.socket.to_str().unwrap().to_string();
-    let out = ctl().args(["status", "--socket", &sock]).output().unwrap();
+    let out = ctl()
+        .args(["status", "--json", "--socket", &sock])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["readers"][0]["cards"], 3);

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use firmware_protocol::frame::{encode_vec, Cmd};
@@ -132,53 +131,21 @@ fn udev_rules_and_tmpfiles_are_well_formed() {
     assert_eq!(cfg.database, Path::new("/var/lib/cardlink/registry.db"));
 }
 
-fn recv_until(sock: &UnixDatagram, want: &str, deadline: Duration) -> Vec<String> {
-    let end = Instant::now() + deadline;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < end {
-        sock.set_read_timeout(Some(
-            end.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ))
-        .unwrap();
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
-                let done = msg.contains(want);
-                got.push(msg);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stuck() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    let env = [
-        ("NOTIFY_SOCKET", path.display().to_string()),
-        ("WATCHDOG_USEC", "300000".to_string()),
-    ];
+    let env = [("WATCHDOG_USEC", "300000".to_string())];
     let (d, mut ptys) =
-        Daemon::start_env(&[("r1", "frame", "utf-8")], "busy_timeout_ms = 3000", &env);
-    let got = recv_until(&sock, "READY=1", Duration::from_secs(5));
-    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
-    // The socket is listening by the time READY=1 is sent.
+        Process::start_env(&[("r1", "frame", "utf-8")], "busy_timeout_ms = 3000", &env);
+    let sock = &d.notify;
+    // Process::start returned on READY=1, and the socket listens by then.
     assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_ok());
-    let got = recv_until(&sock, "r1 connected", Duration::from_secs(5));
+    let got = recv_until(sock, "r1 connected", Duration::from_secs(5));
     assert!(
         got.iter()
             .any(|m| m.contains("STATUS=") && m.contains("r1 connected")),
         "{got:?}"
     );
-    let got = recv_until(&sock, "WATCHDOG=1", Duration::from_secs(3));
+    let got = recv_until(sock, "WATCHDOG=1", Duration::from_secs(3));
     assert!(got.iter().any(|m| m == "WATCHDOG=1"), "{got:?}");
 
     // Wedge the registry thread: another process holds the write lock while
@@ -197,13 +164,19 @@ async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stu
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // Drain pings sent before the stall took hold, then listen.
+    // The daemon says when a ping is withheld; pings sent before the stall
+    // took hold are drained, then nothing more may come.
+    assert!(
+        d.log
+            .wait_for("withholding the watchdog ping", Duration::from_secs(10)),
+        "{}",
+        d.log.text()
+    );
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 256];
     while sock.recv(&mut buf).is_ok() {}
     sock.set_nonblocking(false).unwrap();
-    let during = recv_until(&sock, "never", Duration::from_millis(1500));
+    let during = recv_until(sock, "never", Duration::from_millis(1500));
     assert!(
         !during.iter().any(|m| m == "WATCHDOG=1"),
         "pings continued while the registry was stuck: {during:?}"
@@ -213,25 +186,24 @@ async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stu
     // The swipe completes (with an audit error event or a late audit row) and pings resume.
     let card = c.expect("CARD").await;
     assert_eq!(card["outcome"], "ok");
-    let after = recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    let after = recv_until(sock, "WATCHDOG=1", Duration::from_secs(5));
     assert!(after.iter().any(|m| m == "WATCHDOG=1"), "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_readers_and_relations_without_dropping_clients() {
-    let (d, ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "");
+    let (d, ptys) = Process::start(&[("r1", "frame", "utf-8")], "");
     let mut c = d.client().await;
     assert_eq!(c.expect("READER").await["state"], "connected");
     // New config: r1 removed, r2 added, only "child" allowed.
-    let mut r2 = plug(&d, "r2");
+    let mut r2 = cardlink::sim::PtyMaster::open(Some(&d.path("r2"))).unwrap();
     let text = std::fs::read_to_string(&d.config).unwrap();
     let text = text.replace("name = \"r1\"", "name = \"r2\"").replace(
         &format!("{:?}", d.path("r1")),
         &format!("{:?}", d.path("r2")),
     );
     let text = format!("relations = [\"child\"]\n{text}");
-    std::fs::write(&d.config, text).unwrap();
-    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    d.reload(&text);
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let r = tokio::time::timeout(Duration::from_secs(5), c.expect("READER"))
@@ -239,7 +211,7 @@ async fn sighup_reloads_readers_and_relations_without_dropping_clients() {
             .unwrap_or_else(|_| {
                 panic!(
                     "no READER events after SIGHUP; daemon log:\n{}",
-                    d.log.lock().unwrap()
+                    d.log.text()
                 )
             });
         seen.push((
@@ -287,7 +259,7 @@ fn card_no(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_full_ssn_in_any_log_line() {
-    let (d, mut ptys) = Daemon::start(
+    let (d, mut ptys) = Process::start(
         &[
             ("f", "frame", "utf-8"),
             ("t", "ssse-text", "utf-8"),
@@ -347,7 +319,13 @@ async fn no_full_ssn_in_any_log_line() {
         .await
         .unwrap();
     ptys[1].write_all(b"\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the daemon to have handled that last line.
+    loop {
+        let e = c.expect("ERROR").await;
+        if e["code"] == "bad_card" && e["message"].as_str().unwrap().starts_with("t:") {
+            break;
+        }
+    }
     let (status, log) = d.stop();
     assert!(status.success());
     assert!(

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         buf = &buf[consumed..];
     }
     // Byte-at-a-time through the tokio-util codec used by the daemon.
-    let mut codec = cardlink::codec::ReaderCodec::new(cardlink::codec::Mode::Frame);
+    let mut codec = cardlink::reader::codec::ReaderCodec::new(cardlink::reader::codec::Mode::Frame);
     let mut bm = bytes::BytesMut::new();
     for &b in data {
         bm.extend_from_slice(&[b]);

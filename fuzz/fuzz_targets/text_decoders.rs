@@ -9,11 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let today = Date::new(2026, 11, 25).unwrap();
     let _ = record::parse(data, today);
     let _ = magstripe::parse(data, today);
-    for mode in [cardlink::codec::Mode::SsseText, cardlink::codec::Mode::Magstripe] {
-        let mut codec = cardlink::codec::ReaderCodec::new(mode);
+    for mode in [cardlink::reader::codec::Mode::SsseText, cardlink::reader::codec::Mode::Magstripe] {
+        let mut codec = cardlink::reader::codec::ReaderCodec::new(mode);
         let mut bm = bytes::BytesMut::from(data);
         while let Ok(Some(item)) = tokio_util::codec::Decoder::decode(&mut codec, &mut bm) {
-            let _ = cardlink::card::decode(&item, cardlink::card::TextEncoding::Gbk, today);
+            let _ = cardlink::reader::card::decode(&item, cardlink::reader::card::TextEncoding::Gbk, today);
         }
     }
 });

@@ -1,20 +1,24 @@
 //! cardlinkctl: the operator's tool. See `cardlinkctl --help`.
+//!
+//! Argument parsing and dispatch only: the work is in `cardlink::ctl`,
+//! `cardlink::client`, `cardlink::registry` and `cardlink::sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cardlink::codec::Mode;
+use cardlink::client::Client;
+use cardlink::ctl::{self, Demo};
+use cardlink::protocol::{Message, Parties, Reply, Request};
+use cardlink::reader::card::TextEncoding;
+use cardlink::reader::codec::Mode;
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
-use cardlink::registry::{OpenOptions, Registry};
-use cardlink::sim::{self, PtyMaster, SimCard, SimOptions};
-use cardlink::Ssn;
+use cardlink::sim::{self, PtyMaster, SimOptions};
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 const DEFAULT_SOCKET: &str = "/run/cardlink/display.sock";
 const DEFAULT_DB: &str = "/var/lib/cardlink/registry.db";
@@ -74,7 +78,7 @@ enum Cmd {
         mode: Mode,
         /// Encoding of names in IC records: gbk or utf-8.
         #[arg(long, default_value = "gbk")]
-        encoding: cardlink::card::TextEncoding,
+        encoding: TextEncoding,
         /// JSON-lines file of cards (fields: ssn, card_no, pan, name, issued, expires).
         #[arg(long)]
         cards: PathBuf,
@@ -135,10 +139,13 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Daemon status: readers, uptime, counts.
+    /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the whole system on a demo registry with a simulated reader and a display.
     Demo {
@@ -206,15 +213,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A token cancelled by Ctrl-C.
+fn ctrl_c() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.cancel();
+    });
+    stop
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
-        Cmd::CheckSsn { numbers, full } => Ok(check_ssn(&numbers, full)),
+        Cmd::CheckSsn { numbers, full } => {
+            let mut bad = false;
+            for n in &numbers {
+                let (line, ok) = ctl::check_ssn_line(n, full);
+                println!("{line}");
+                bad |= !ok;
+            }
+            Ok(i32::from(bad))
+        }
         Cmd::Db {
             database,
             cache_mib,
             cmd,
         } => db(&database, cache_mib, cmd),
-        Cmd::Watch { socket, json } => runtime()?.block_on(watch(&socket, json, None)).map(|_| 0),
+        Cmd::Watch { socket, json } => runtime()?.block_on(async {
+            let stop = ctrl_c();
+            ctl::watch(&socket, json, &mut std::io::stdout(), &stop).await?;
+            Ok(0)
+        }),
         Cmd::Simulate {
             port,
             pty,
@@ -241,9 +271,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .block_on(simulate(port, pty, cards, opts))
                 .map(|_| 0)
         }
-        Cmd::Lookup { number, socket } => {
-            request(&socket, json!({"cmd": "lookup", "number": number}))
-        }
+        Cmd::Lookup { number, socket } => request(
+            &socket,
+            Request::Lookup {
+                id: Value::Null,
+                number,
+            },
+        ),
         Cmd::Bind {
             holder,
             member,
@@ -252,7 +286,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             socket,
         } => request(
             &socket,
-            json!({"cmd": "bind", "holder": holder, "member": member, "relation": relation, "operator": operator}),
+            Request::Bind {
+                id: Value::Null,
+                parties: Parties {
+                    holder: Some(holder),
+                    member: Some(member),
+                    ..Parties::default()
+                },
+                relation,
+                operator,
+            },
         ),
         Cmd::Unbind {
             holder,
@@ -261,7 +304,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             socket,
         } => request(
             &socket,
-            json!({"cmd": "unbind", "holder": holder, "member": member, "operator": operator}),
+            Request::Unbind {
+                id: Value::Null,
+                parties: Parties {
+                    holder: Some(holder),
+                    member: Some(member),
+                    ..Parties::default()
+                },
+                operator,
+            },
         ),
         Cmd::Contributions {
             number,
@@ -269,60 +320,49 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             socket,
         } => request(
             &socket,
-            json!({"cmd": "contributions", "number": number, "months": months}),
+            Request::Contributions {
+                id: Value::Null,
+                number: Some(number),
+                swipe: None,
+                months: Some(months),
+            },
         ),
-        Cmd::Status { socket } => request(&socket, json!({"cmd": "status"})),
+        Cmd::Status { socket, json } => {
+            if json {
+                return request(&socket, Request::Status { id: Value::Null });
+            }
+            let status =
+                runtime()?.block_on(async { Client::connect(&socket).await?.status().await })?;
+            print!("{}", ctl::status_text(&status));
+            Ok(0)
+        }
         Cmd::Demo {
             persons,
             every,
             dir,
-        } => demo(persons, every, dir),
-    }
-}
-
-fn check_ssn(numbers: &[String], full: bool) -> i32 {
-    let mut bad = 0;
-    for n in numbers {
-        let n = n.trim();
-        let parsed = if n.len() == 15 {
-            Ssn::from_legacy15(n)
-        } else {
-            Ssn::parse(n)
-        };
-        let shown = cardlink::mask::identifier(n);
-        match parsed {
-            Ok(s) if full => println!("{}: valid", s.expose()),
-            Ok(s) if n.len() == 15 => println!("{shown}: valid (18-digit form {s})"),
-            Ok(s) => println!("{s}: valid"),
-            Err(e) => {
-                bad += 1;
-                println!("{shown}: invalid: {e}");
-            }
+        } => {
+            let demo = Demo {
+                persons,
+                every,
+                dir: dir.unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("cardlink-demo-{}", std::process::id()))
+                }),
+                daemon: std::env::current_exe()?.with_file_name("cardlinkd"),
+            };
+            runtime()?.block_on(async {
+                let stop = ctrl_c();
+                ctl::demo(&demo, &mut std::io::stdout(), &stop).await
+            })?;
+            Ok(0)
         }
     }
-    i32::from(bad > 0)
-}
-
-fn open_db(path: &Path) -> anyhow::Result<Registry> {
-    open_db_with(path, 64)
-}
-
-fn open_db_with(path: &Path, cache_mib: i64) -> anyhow::Result<Registry> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let opts = OpenOptions {
-        cache_kib: cache_mib.max(1) * 1024,
-        ..OpenOptions::default()
-    };
-    Ok(Registry::open(path, &opts)?)
 }
 
 fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
-    let open_db = |p: &Path| open_db_with(p, cache_mib);
+    let open = || ctl::open_registry(path, cache_mib);
     match cmd {
         DbCmd::Init => {
-            let reg = open_db(path)?;
+            let reg = open()?;
             println!(
                 "{}: schema version {}",
                 path.display(),
@@ -330,7 +370,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             );
         }
         DbCmd::Import { files } => {
-            let mut reg = open_db(path)?;
+            let mut reg = open()?;
             match reg.import(&files, "cardlinkctl") {
                 Ok(c) => println!(
                     "imported {} persons, {} cards, {} links, {} accounts, {} contributions",
@@ -350,8 +390,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             }
         }
         DbCmd::Export { dir } => {
-            let reg = open_db(path)?;
-            let c = reg.export(&dir)?;
+            let c = open()?.export(&dir)?;
             println!(
                 "exported {} persons, {} cards, {} links, {} accounts, {} contributions to {}",
                 c.persons,
@@ -362,13 +401,9 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
                 dir.display()
             );
         }
-        DbCmd::Stats => {
-            let reg = open_db(path)?;
-            println!("{}", serde_json::to_string_pretty(&reg.stats()?)?);
-        }
+        DbCmd::Stats => println!("{}", serde_json::to_string_pretty(&open()?.stats()?)?),
         DbCmd::VerifyAudit => {
-            let reg = open_db(path)?;
-            let v = reg.verify_audit()?;
+            let v = open()?.verify_audit()?;
             match v.broken {
                 None => println!("audit chain intact: {} rows", v.rows),
                 Some((id, why)) => {
@@ -378,17 +413,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             }
         }
         DbCmd::Check => {
-            let reg = open_db(path)?;
-            let mut problems = reg.integrity()?;
-            let copies = reg.copy_mismatches()?;
-            if copies > 0 {
-                problems.push(format!(
-                    "{copies} row(s) whose resolution copies disagree with their source"
-                ));
-            }
-            if let Some((id, why)) = reg.verify_audit()?.broken {
-                problems.push(format!("audit chain broken at row {id}: {why}"));
-            }
+            let problems = ctl::check_registry(&open()?)?;
             if problems.is_empty() {
                 println!("{}: OK", path.display());
             } else {
@@ -416,7 +441,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
                 sink.finish()?;
                 println!("wrote demo CSV for {persons} persons to {}", dir.display());
             } else {
-                let mut reg = open_db(path)?;
+                let mut reg = open()?;
                 reg.gen_demo(&opts)?;
                 println!(
                     "{}: {}",
@@ -424,7 +449,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
                     serde_json::to_string(&reg.stats()?)?
                 );
                 if let Some(out) = sample_cards {
-                    let n = write_sample_cards(&reg, &out)?;
+                    let n = ctl::write_sample_cards(&reg, &out)?;
                     println!("wrote {n} sample cards to {}", out.display());
                 }
             }
@@ -433,194 +458,29 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Picks cards that show every outcome: holders, members, unlinked, lost,
-/// frozen, expired, plus one card unknown to the registry.
-fn write_sample_cards(reg: &Registry, out: &Path) -> anyhow::Result<usize> {
-    let c = reg.connection();
-    let queries = [
-        "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status='active' AND c.expires > date('now') AND c.ssn IN (SELECT holder_ssn FROM family_links WHERE status='active') LIMIT 4",
-        "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status='active' AND c.expires > date('now') AND c.ssn IN (SELECT member_ssn FROM family_links WHERE status='active') LIMIT 4",
-        "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status='active' AND c.expires > date('now') AND c.ssn NOT IN (SELECT holder_ssn FROM family_links) AND c.ssn NOT IN (SELECT member_ssn FROM family_links) LIMIT 2",
-        "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status IN ('lost','frozen') LIMIT 2",
-        "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires FROM cards c JOIN persons p ON p.ssn=c.ssn WHERE c.status='active' AND c.expires < date('now') LIMIT 1",
-    ];
-    let mut groups: Vec<Vec<SimCard>> = Vec::new();
-    for q in queries {
-        let mut st = c.prepare(q)?;
-        let rows = st.query_map([], |r| {
-            let d = |s: String| s.replace('-', "");
-            Ok(SimCard {
-                ssn: r.get(0)?,
-                card_no: r.get(1)?,
-                pan: r.get(2)?,
-                name: r.get(3)?,
-                issued: d(r.get(4)?),
-                expires: d(r.get(5)?),
-            })
-        })?;
-        groups.push(rows.collect::<Result<_, _>>()?);
-    }
-    groups.push(vec![SimCard {
-        ssn: "11010519491231002X".into(),
-        card_no: "Z99999999".into(),
-        pan: None,
-        name: "未登记".into(),
-        issued: "20200101".into(),
-        expires: "20300101".into(),
-    }]);
-    // Round-robin over the groups so a demo shows every outcome early.
-    let longest = groups.iter().map(Vec::len).max().unwrap_or(0);
-    let cards: Vec<&SimCard> = (0..longest)
-        .flat_map(|k| groups.iter().filter_map(move |g| g.get(k)))
-        .collect();
-    let mut f = std::fs::File::create(out)?;
-    for card in &cards {
-        writeln!(f, "{}", serde_json::to_string(card)?)?;
-    }
-    Ok(cards.len())
-}
-
-async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
-    UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "cannot connect to {} (is cardlinkd running?)",
-            socket.display()
-        )
-    })
-}
-
-fn request(socket: &Path, mut req: Value) -> anyhow::Result<i32> {
-    runtime()?.block_on(async {
-        req["id"] = json!(1);
-        let stream = connect(socket).await?;
-        let (r, mut w) = stream.into_split();
-        let mut line = serde_json::to_vec(&req)?;
-        line.push(b'\n');
-        w.write_all(&line).await?;
-        let mut lines = BufReader::new(r).lines();
-        while let Some(l) = lines.next_line().await? {
-            let v: Value = serde_json::from_str(&l)?;
-            if v["class"] == "REPLY" && v["id"] == json!(1) {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(if v["ok"] == json!(true) { 0 } else { 1 });
-            }
-            if v["class"] == "ERROR" {
-                eprintln!("{}", v["message"]);
-            }
-        }
-        bail!("daemon closed the connection without replying")
-    })
-}
-
-fn yuan(fen: &Value) -> String {
-    fen.as_i64()
-        .map_or("-".into(), |f| format!("¥{}.{:02}", f / 100, f % 100))
-}
-
-fn human(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
-    match v["class"].as_str() {
-        Some("VERSION") => format!(
-            "connected to cardlinkd {} (protocol {})",
-            s("release"),
-            v["proto"]
-        ),
-        Some("READER") => format!("reader {:<10} {} ({})", s("reader"), s("state"), s("path")),
-        Some("ERROR") => format!("error  {}: {}", s("code"), s("message")),
-        Some("CARD") => {
-            let mut out = format!(
-                "card   {:<10} #{} {:<9} {} {} card {}  => {}",
-                s("reader"),
-                v["swipe"],
-                s("source"),
-                s("name"),
-                s("ssn"),
-                s("card_no"),
-                s("outcome").to_uppercase()
-            );
-            if v["outcome"] == "ok" {
-                match v["role"].as_str() {
-                    Some("holder") => {
-                        out += &format!(
-                            "\n       account holder, balance {}, covers:",
-                            yuan(&v["balance_fen"])
-                        );
-                        for m in v["members"].as_array().into_iter().flatten() {
-                            out += &format!(
-                                "\n         - {} {} ({})",
-                                m["name"].as_str().unwrap_or("-"),
-                                m["ssn"].as_str().unwrap_or("-"),
-                                m["relation"].as_str().unwrap_or("-")
-                            );
-                        }
-                    }
-                    Some("member") => {
-                        let p = &v["payer"];
-                        out += &format!(
-                            "\n       paid by {} {} ({} of the holder), balance {}",
-                            p["name"].as_str().unwrap_or("-"),
-                            p["ssn"].as_str().unwrap_or("-"),
-                            p["relation"].as_str().unwrap_or("-"),
-                            yuan(&p["balance_fen"])
-                        );
-                    }
-                    _ => {
-                        out += &format!(
-                            "\n       pays for themself, balance {}",
-                            yuan(&v["balance_fen"])
-                        )
-                    }
-                }
-            }
-            out
-        }
-        _ => v.to_string(),
-    }
-}
-
-async fn watch(
-    socket: &Path,
-    raw: bool,
-    stop: Option<tokio::sync::watch::Receiver<bool>>,
-) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match connect(socket).await {
-            Ok(stream) => {
-                delay = Duration::from_millis(200);
-                let mut lines = BufReader::new(stream).lines();
-                let mut out = std::io::stdout();
-                while let Some(l) = lines.next_line().await? {
-                    if raw {
-                        writeln!(out, "{l}")?;
-                    } else {
-                        match serde_json::from_str::<Value>(&l) {
-                            Ok(v) => writeln!(out, "{}", human(&v))?,
-                            Err(_) => writeln!(out, "{l}")?,
-                        }
-                    }
-                    out.flush()?;
-                }
-                eprintln!("cardlinkctl: daemon closed the connection; reconnecting");
-            }
-            Err(e) if stop.is_none() && delay >= Duration::from_secs(2) => return Err(e),
-            Err(_) => {}
-        }
-        if stop.as_ref().is_some_and(|s| *s.borrow()) {
-            return Ok(());
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+/// Sends one request; prints the reply as JSON; exit status 1 on a refusal.
+fn request(socket: &Path, req: Request) -> anyhow::Result<i32> {
+    let reply: Reply = runtime()?.block_on(async {
+        let c = Client::connect(socket).await?;
+        c.request(req).await
+    })?;
+    let ok = reply.ok;
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&Message::Reply(reply))?
+    )?;
+    Ok(if ok { 0 } else { 1 })
 }
 
 async fn simulate(
     port: Option<PathBuf>,
     pty: Option<PathBuf>,
-    cards: Vec<SimCard>,
+    cards: Vec<sim::SimCard>,
     opts: SimOptions,
 ) -> anyhow::Result<()> {
-    let log = |n: u64, c: &SimCard| {
+    let log = |n: u64, c: &sim::SimCard| {
         eprintln!(
             "simulate: swipe {n}: card {}",
             cardlink::mask::card_no(&c.card_no)
@@ -643,74 +503,4 @@ async fn simulate(
     };
     eprintln!("simulate: {report:?}");
     Ok(())
-}
-
-fn demo(persons: u64, every: u64, dir: Option<PathBuf>) -> anyhow::Result<i32> {
-    let tmp = tempfile_dir(dir)?;
-    let db = tmp.join("registry.db");
-    let cards = tmp.join("cards.jsonl");
-    let socket = tmp.join("display.sock");
-    let link = tmp.join("reader0");
-    if !db.exists() {
-        eprintln!(
-            "demo: generating a registry of {persons} persons in {}",
-            db.display()
-        );
-        let mut reg = open_db(&db)?;
-        reg.gen_demo(&DemoOptions {
-            persons,
-            ..DemoOptions::default()
-        })?;
-        write_sample_cards(&reg, &cards)?;
-    }
-    let config = tmp.join("cardlinkd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database = {:?}\nrole = \"window\"\n\n[socket]\npath = {:?}\nmode = \"0600\"\n\n[[reader]]\nname = \"demo\"\npath = {:?}\nmode = \"frame\"\n",
-            db, socket, link
-        ),
-    )?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let master = PtyMaster::open(Some(&link))?;
-        let exe = std::env::current_exe()?.with_file_name("cardlinkd");
-        let mut daemon = tokio::process::Command::new(&exe)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        eprintln!("demo: cardlinkd is up; a simulated reader swipes a card every {every} s. Ctrl-C to stop.");
-        eprintln!("demo: try in another terminal:  cardlinkctl status --socket {}", socket.display());
-        let cards = sim::load_cards(&cards)?;
-        let opts = SimOptions { mode: Mode::Frame, encoding: cardlink::card::TextEncoding::Gbk, noise: 0.0, drop_acks: 0.0, interval: Duration::from_secs(every), count: None, seed: 7 };
-        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::select! {
-            r = sim::run(master, &cards, &opts, |_, _| {}) => { r?; }
-            r = watch(&socket, false, Some(stop_rx)) => { r?; }
-            _ = tokio::signal::ctrl_c() => {}
-            s = daemon.wait() => { bail!("cardlinkd exited: {s:?}"); }
-        }
-        let _ = daemon.start_kill();
-        let _ = daemon.wait().await;
-        anyhow::Ok(())
-    })?;
-    Ok(0)
-}
-
-fn tempfile_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let d = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("cardlink-demo-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }

@@ -1,11 +1,21 @@
 //! cardlinkd: the cardlink daemon. See README.md.
+//!
+//! This file owns what belongs to the process: the command line, the
+//! configuration file, logging, the socket file and the process locks,
+//! signals (SIGTERM/SIGINT stop, SIGHUP reloads) and systemd's READY=1.
+//! The daemon itself is [`cardlink::daemon::run`].
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use cardlink::config::{Config, DEFAULT_PATH};
-use cardlink::{daemon, logging, notify};
+use cardlink::daemon::{self, Daemon, SerialPorts, Update};
+use cardlink::registry::{OpenOptions, Registry};
+use cardlink::{logging, notify};
 use clap::Parser;
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 /// Social-security card kiosk daemon: serial card readers to family-link results on a Unix socket.
@@ -15,7 +25,8 @@ struct Args {
     /// Configuration file.
     #[arg(long, short, default_value = DEFAULT_PATH)]
     config: PathBuf,
-    /// Validate the configuration, print the effective configuration and exit.
+    /// Validate the configuration (and that the registry can be opened),
+    /// print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -24,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = Config::load(&args.config)?;
     if args.check_config {
+        check_registry(&cfg.database)?;
         print!("{}", cfg.to_toml());
         eprintln!("{}: configuration OK", args.config.display());
         return Ok(());
@@ -34,25 +46,148 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!("signal received, shutting down");
-            notify::notify("STOPPING=1");
-            s.cancel();
-        });
-        daemon::run(cfg, Some(args.config), shutdown, || {
-            notify::notify("READY=1\nSTATUS=serving")
-        })
-        .await
-    })
+    let result = rt.block_on(serve(cfg, args.config));
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    result
+}
+
+/// That the registry opens, without creating or changing anything.
+fn check_registry(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        if path.is_dir() {
+            bail!("database {} is a directory, not a file", path.display());
+        }
+        let opts = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
+        let reg = Registry::open(path, &opts)?;
+        reg.schema_version()
+            .with_context(|| format!("database {} is not a registry", path.display()))?;
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "database {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// An exclusive lock the kernel drops when the process dies (flock), so a
+/// crash leaves nothing behind that stops the next start.
+fn lock(path: &Path, what: &str) -> anyhow::Result<File> {
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{what} is in use by another running cardlinkd (lock {} is held)",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Binds the socket after taking its lock: a socket file left by a crash
+/// is replaced, one held by a running daemon is not.
+fn bind(cfg: &Config) -> anyhow::Result<(UnixListener, File)> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = &cfg.socket.path;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let guard = lock(
+        &with_suffix(path, ".lock"),
+        &format!("socket {}", path.display()),
+    )?;
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode()?))?;
+    Ok((listener, guard))
+}
+
+async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // The registry first: a second daemon on the same registry stops here,
+    // before it touches the socket of the first.
+    let db_lock = lock(
+        &with_suffix(&cfg.database, ".cardlinkd.lock"),
+        &format!("registry {}", cfg.database.display()),
+    )?;
+    let registry = Registry::open(
+        &cfg.database,
+        &OpenOptions {
+            busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
+            cache_kib: i64::from(cfg.cache_mib.max(1)) * 1024,
+            ..OpenOptions::default()
+        },
+    )?;
+    let (listener, socket_lock) = bind(&cfg)?;
+    let socket = cfg.socket.path.clone();
+    let shutdown = CancellationToken::new();
+    let (updates, rx) = tokio::sync::mpsc::channel(4);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match Config::load(&config_path) {
+                    Ok(config) => {
+                        let _ = updates.send(Update { config, applied: None }).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload failed, keeping the running configuration"),
+                },
+            }
+        }
+        tracing::info!("signal received, shutting down");
+        notify::notify("STOPPING=1");
+        stop.cancel();
+    });
+    tracing::info!(socket = %socket.display(), database = %cfg.database.display(), "starting");
+    notify::notify("READY=1\nSTATUS=serving");
+    let result = daemon::run(
+        Daemon {
+            listener,
+            registry,
+            config: cfg,
+            ports: Arc::new(SerialPorts),
+            updates: rx,
+        },
+        shutdown,
+    )
+    .await;
+    let _ = std::fs::remove_file(&socket);
+    drop(socket_lock);
+    drop(db_lock);
+    Ok(result?)
 }

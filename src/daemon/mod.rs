@@ -1,16 +1,21 @@
-//! `cardlinkd`: serial readers to family-link results on a local socket.
+//! `cardlinkd`'s core, as a library a test can run in-process.
 //!
-//! * [`reader`]: one task per serial reader (open, decode, ACK/NAK,
-//!   feedback, reconnect with backoff).
-//! * [`worker`]: the registry thread.
+//! [`run`] takes everything from outside — an already-bound listener, an
+//! open registry, the configuration, a way to open reader ports, a stream
+//! of configuration updates and a cancellation token — so the binary owns
+//! signals, socket binding and process locks, and a test owns them too
+//! (mini-redis's `server::run(listener, shutdown)` is the model).
+//!
+//! * [`serial`]: one task per reader (open, decode, ACK/NAK, dedup,
+//!   feedback, reconnect with backoff) and one resolver task beside it, so a
+//!   busy registry never stalls a reader.
+//! * [`worker`]: the registry off the async runtime.
 //! * [`server`]: the display socket (many clients, bounded queues).
-//! * [`proto`]: the JSON messages.
 //!
 //! [`Ctx`] is the shared state they meet in: the event bus, reader states,
 //! counters and the recent-swipe table used for kiosk binding.
 
-pub mod proto;
-pub mod reader;
+pub mod serial;
 pub mod server;
 pub mod worker;
 
@@ -19,17 +24,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::sync::broadcast;
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::card::{CardRead, CardSource};
-use crate::config::{Config, Role};
+use crate::config::{Config, Station};
+use crate::protocol::{self, ErrorCode};
+use crate::reader::card::CardRead;
 use crate::registry::audit::Entry;
-use crate::registry::{BindPolicy, Lookup, OpenOptions, Outcome, Registry, Resolution};
+use crate::registry::{BindPolicy, Lookup, Outcome, Registry, RegistryError, Resolution};
 use crate::Ssn;
-use proto::CardEvent;
+pub use serial::{OpenPort, Port, SerialPorts};
 pub use worker::Worker;
+
+/// A resolved card read, ready to be rendered for each client
+/// ([`protocol::card_message`]).
+#[derive(Debug, Clone)]
+pub struct CardEvent {
+    /// Reader name (or `manual` for typed lookups).
+    pub reader: String,
+    /// Swipe id, usable in kiosk-mode `bind` requests.
+    pub swipe: u64,
+    /// `ic`, `magstripe`, `manual`.
+    pub source: &'static str,
+    /// SSN from the card.
+    pub ssn: Option<Ssn>,
+    /// Card number from the card.
+    pub card_no: Option<String>,
+    /// PAN from the card.
+    pub pan: Option<String>,
+    /// Name from the card.
+    pub name: Option<String>,
+    /// Resolution.
+    pub resolution: Resolution,
+}
 
 /// Events published to every display client.
 #[derive(Debug, Clone)]
@@ -42,13 +70,15 @@ pub enum Event {
         state: &'static str,
         /// Device path.
         path: String,
+        /// Why it is disconnected.
+        error: Option<String>,
     },
-    /// A card read (or manual lookup) was resolved.
+    /// A card read (or manual lookup) was resolved and audited.
     Card(Arc<CardEvent>),
     /// Something went wrong that a display should show.
     Error {
         /// Machine-readable code.
-        code: String,
+        code: ErrorCode,
         /// Human-readable message (no personal data).
         message: String,
     },
@@ -58,6 +88,8 @@ pub enum Event {
 pub const CLIENT_QUEUE: usize = 512;
 /// How long a swipe can be referred to by id in `bind`.
 pub const SWIPE_TTL: Duration = Duration::from_secs(300);
+/// Most recent swipes remembered for `bind` by swipe id.
+const SWIPES_KEPT: usize = 256;
 
 /// Live state of one reader, for `status` and for new clients.
 #[derive(Debug, Clone, Default)]
@@ -80,15 +112,37 @@ pub struct ReaderState {
     pub noise_bytes: u64,
     /// Firmware information from the reader's last `STATUS` frame.
     pub firmware: Option<String>,
+    /// The last open or read error.
+    pub last_error: Option<String>,
 }
 
-/// Settings that SIGHUP may change.
+/// Settings that a configuration update may change.
 #[derive(Debug, Clone)]
 pub struct Live {
     /// Window or kiosk.
-    pub role: Role,
+    pub station: Station,
     /// Allowed relations.
     pub policy: BindPolicy,
+}
+
+/// A configuration update for a running daemon (SIGHUP in `cardlinkd`).
+#[derive(Debug)]
+pub struct Update {
+    /// The new configuration (already validated).
+    pub config: Config,
+    /// Answered once the update is applied.
+    pub applied: Option<oneshot::Sender<()>>,
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// An I/O failure while starting.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Shared daemon state.
@@ -114,6 +168,15 @@ pub struct Ctx {
     pub errors: AtomicU64,
 }
 
+/// Why a read could not be shown.
+#[derive(Debug, Clone)]
+pub struct ReadFailure {
+    /// The code on the wire.
+    pub code: ErrorCode,
+    /// What happened.
+    pub message: String,
+}
+
 impl Ctx {
     /// New shared state.
     pub fn new(worker: Worker, cfg: &Config) -> Arc<Ctx> {
@@ -123,7 +186,7 @@ impl Ctx {
             events,
             readers: Mutex::new(BTreeMap::new()),
             live: RwLock::new(Live {
-                role: cfg.role,
+                station: cfg.role,
                 policy: BindPolicy {
                     relations: cfg.relations.clone(),
                 },
@@ -144,18 +207,15 @@ impl Ctx {
     }
 
     /// Publishes an `ERROR` event and counts it.
-    pub fn publish_error(&self, code: &str, message: String) {
+    pub fn publish_error(&self, code: ErrorCode, message: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.publish(Event::Error {
-            code: code.to_string(),
-            message,
-        });
+        self.publish(Event::Error { code, message });
     }
 
     /// Applies a reloaded configuration's live settings.
     pub fn reload(&self, cfg: &Config) {
         if let Ok(mut live) = self.live.write() {
-            live.role = cfg.role;
+            live.station = cfg.role;
             live.policy.relations = cfg.relations.clone();
         }
         if let Ok(mut p) = self.privileged.write() {
@@ -177,9 +237,15 @@ impl Ctx {
         f(map.entry(name.to_string()).or_default())
     }
 
-    /// Resolves a card read through the registry, audits it and publishes
-    /// the `CARD` event, which it also returns.
-    pub async fn handle_read(&self, actor: &str, read: CardRead) -> Result<Arc<CardEvent>, String> {
+    /// Resolves a card read through the registry, writes its audit row,
+    /// and only then publishes the `CARD` event, which it also returns. A
+    /// read whose audit row cannot be written (a busy or broken registry)
+    /// is not shown: it becomes an `ERROR` event and `Err`.
+    pub async fn handle_read(
+        &self,
+        actor: &str,
+        read: CardRead,
+    ) -> Result<Arc<CardEvent>, ReadFailure> {
         let lookup = Lookup {
             ssn: read.ssn,
             card_no: read.card_no.clone(),
@@ -189,18 +255,27 @@ impl Ctx {
         let res = self
             .worker
             .call(move |reg| resolve_and_audit(reg, &who, &lookup))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (resolution, audit_err) = match res {
-            Ok(r) => r,
+            .await;
+        let resolution = match res {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let failure = ReadFailure {
+                    code: (&e).into(),
+                    message: format!("{actor}: card read not shown: {e}"),
+                };
+                tracing::warn!(reader = actor, error = %e, "card read not resolved and audited; not shown");
+                self.publish_error(failure.code, failure.message.clone());
+                return Err(failure);
+            }
             Err(e) => {
-                self.publish_error("registry", format!("{actor}: cannot resolve card: {e}"));
-                return Err(e.to_string());
+                let failure = ReadFailure {
+                    code: ErrorCode::Internal,
+                    message: format!("{actor}: {e}"),
+                };
+                self.publish_error(failure.code, failure.message.clone());
+                return Err(failure);
             }
         };
-        if let Some(e) = audit_err {
-            self.publish_error("audit", format!("{actor}: audit row not written: {e}"));
-        }
         self.resolutions.fetch_add(1, Ordering::Relaxed);
         let swipe = self.swipe_seq.fetch_add(1, Ordering::Relaxed) + 1;
         if resolution.outcome == Outcome::Ok {
@@ -210,7 +285,7 @@ impl Ctx {
                 while s
                     .front()
                     .is_some_and(|(_, _, t)| now.duration_since(*t) > SWIPE_TTL)
-                    || s.len() >= 256
+                    || s.len() >= SWIPES_KEPT
                 {
                     s.pop_front();
                 }
@@ -259,89 +334,70 @@ impl Ctx {
             .map(|(_, ssn, _)| *ssn)
     }
 
+    /// The `READER` messages of every reader, for a new client.
+    pub fn reader_messages(&self) -> Vec<protocol::ReaderMsg> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, r)| protocol::ReaderMsg {
+                reader: name.clone(),
+                state: r.state.into(),
+                path: r.path.clone(),
+                error: r.last_error.clone().filter(|_| r.state != "connected"),
+            })
+            .collect()
+    }
+
     /// `status` reply body.
-    pub fn status(&self) -> Value {
-        let readers: Vec<Value> = self
+    pub fn status(&self) -> protocol::Status {
+        let readers = self
             .readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(name, r)| {
-                json!({
-                    "name": name, "path": r.path, "mode": r.mode, "state": r.state,
-                    "items": r.items, "cards": r.cards, "duplicates": r.duplicates, "rejected": r.rejected,
-                    "noise_bytes": r.noise_bytes, "firmware": r.firmware,
-                })
+            .map(|(name, r)| protocol::ReaderStatus {
+                name: name.clone(),
+                path: r.path.clone(),
+                mode: r.mode.clone(),
+                state: r.state.into(),
+                items: r.items,
+                cards: r.cards,
+                duplicates: r.duplicates,
+                rejected: r.rejected,
+                noise_bytes: r.noise_bytes,
+                firmware: r.firmware.clone(),
+                last_error: r.last_error.clone(),
             })
             .collect();
-        json!({
-            "release": env!("CARGO_PKG_VERSION"),
-            "role": match self.live().role { Role::Window => "window", Role::Kiosk => "kiosk" },
-            "uptime_s": self.started.elapsed().as_secs(),
-            "readers": readers,
-            "clients": self.clients.load(Ordering::Relaxed),
-            "resolutions": self.resolutions.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
-        })
+        protocol::Status {
+            release: env!("CARGO_PKG_VERSION").into(),
+            role: self.live().station.as_str().into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            readers,
+            clients: self.clients.load(Ordering::Relaxed),
+            resolutions: self.resolutions.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
     }
 }
 
-/// Resolve, then write the audit row. The audit failure is returned beside
-/// the resolution so the display still shows the result.
+/// Resolve, then write the audit row; a resolution without its audit row
+/// is an error (nothing is shown that is not audited).
 fn resolve_and_audit(
     reg: &mut Registry,
     actor: &str,
     lookup: &Lookup,
-) -> Result<(Resolution, Option<String>), crate::registry::RegistryError> {
+) -> Result<Resolution, RegistryError> {
     let r = reg.resolve(lookup)?;
     let ssn = r.person.as_ref().map(|p| p.ssn).or(lookup.ssn);
-    let audit = reg
-        .record(&Entry {
-            actor,
-            action: "resolve",
-            ssn: ssn.as_ref(),
-            outcome: r.outcome.as_str(),
-        })
-        .err()
-        .map(|e| e.to_string());
-    Ok((r, audit))
-}
-
-/// A manual entry turned into a card read.
-pub fn manual_read(number: &str) -> Result<CardRead, String> {
-    let n = number.trim();
-    let mut read = CardRead {
-        source: CardSource::Manual,
-        ssn: None,
-        card_no: None,
-        pan: None,
-        name: None,
-        region: None,
-        issued: None,
-        expires: None,
-        seq: None,
-    };
-    let digits = n.bytes().all(|b| b.is_ascii_digit());
-    match n.len() {
-        18 => read.ssn = Some(Ssn::parse(n).map_err(|e| format!("invalid social security number: {e}"))?),
-        15 if digits => {
-            read.ssn = Some(Ssn::from_legacy15(n).map_err(|e| format!("invalid 15-digit number: {e}"))?)
-        }
-        9 if n.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) => read.card_no = Some(n.to_string()),
-        12..=19 if digits => {
-            if !firmware_protocol::magstripe::luhn_ok(n.as_bytes()) {
-                return Err("bank card number fails the Luhn check".into());
-            }
-            read.pan = Some(n.to_string())
-        }
-        _ => {
-            return Err(
-                "not a social security number (18), legacy number (15), card number (9) or bank card number"
-                    .into(),
-            )
-        }
-    }
-    Ok(read)
+    reg.record(&Entry {
+        actor,
+        action: "resolve",
+        ssn: ssn.as_ref(),
+        outcome: r.outcome.as_str(),
+    })?;
+    Ok(r)
 }
 
 /// Pings systemd's watchdog while the daemon is healthy: the ping runs on
@@ -362,57 +418,62 @@ async fn watchdog(ctx: Arc<Ctx>, every: Duration, shutdown: CancellationToken) {
     }
 }
 
-/// Opens the registry and runs the daemon until `shutdown` is cancelled.
-pub async fn run(
-    cfg: Config,
-    config_path: Option<std::path::PathBuf>,
-    shutdown: CancellationToken,
-    ready: impl FnOnce(),
-) -> anyhow::Result<()> {
-    let reg = Registry::open(
-        &cfg.database,
-        &OpenOptions {
-            busy_timeout: Duration::from_millis(cfg.busy_timeout_ms),
-            cache_kib: i64::from(cfg.cache_mib.max(1)) * 1024,
-            ..OpenOptions::default()
-        },
-    )?;
-    let worker = Worker::start(reg)?;
+/// What [`run`] needs from outside.
+pub struct Daemon {
+    /// The display socket, already bound.
+    pub listener: UnixListener,
+    /// The registry, already open.
+    pub registry: Registry,
+    /// The configuration.
+    pub config: Config,
+    /// How reader ports are opened ([`SerialPorts`] in production).
+    pub ports: Arc<dyn OpenPort>,
+    /// Configuration updates (SIGHUP); the daemon runs on when the sender is dropped.
+    pub updates: mpsc::Receiver<Update>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let Daemon {
+        listener,
+        registry,
+        config: cfg,
+        ports,
+        mut updates,
+    } = d;
+    let worker = Worker::start(registry);
     let ctx = Ctx::new(worker, &cfg);
-    let listener = server::bind(&cfg)?;
-    let mut readers = reader::Readers::default();
+    let mut readers = serial::Readers::new(ports);
     readers.apply(&cfg.readers, &ctx, &shutdown);
-    tracing::info!(socket = %cfg.socket.path.display(), readers = cfg.readers.len(), "cardlinkd ready");
-    ready();
+    tracing::info!(
+        readers = cfg.readers.len(),
+        role = cfg.role.as_str(),
+        "cardlinkd ready"
+    );
     crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
     let server = tokio::spawn(server::serve(listener, ctx.clone(), shutdown.clone()));
     if let Some(every) = crate::notify::watchdog_interval() {
         tokio::spawn(watchdog(ctx.clone(), every, shutdown.clone()));
     }
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = hup.recv() => {
-                    let Some(path) = &config_path else { continue };
-                    match Config::load(path) {
-                        Ok(new) => {
-                            ctx.reload(&new);
-                            readers.apply(&new.readers, &ctx, &shutdown);
-                            tracing::info!(readers = new.readers.len(), "configuration reloaded");
-                        }
-                        Err(e) => tracing::error!(error = %e, "reload failed, keeping the running configuration"),
+    let mut updates_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            u = updates.recv(), if updates_open => match u {
+                Some(Update { config, applied }) => {
+                    ctx.reload(&config);
+                    readers.apply(&config.readers, &ctx, &shutdown);
+                    tracing::info!(readers = config.readers.len(), "configuration reloaded");
+                    if let Some(done) = applied {
+                        let _ = done.send(());
                     }
                 }
-            }
+                None => updates_open = false,
+            },
         }
     }
     readers.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
-    let _ = std::fs::remove_file(&cfg.socket.path);
     tracing::info!("cardlinkd stopped");
     Ok(())
 }

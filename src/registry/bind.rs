@@ -2,14 +2,12 @@
 
 use firmware_protocol::{Date, Ssn};
 use rusqlite::{params, ErrorCode, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
 
 use super::audit::{append, Entry};
 use super::{iso, now_rfc3339, Registry, RegistryError};
 
 /// Where a link was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     /// Social-security service window.
     Window,
@@ -81,6 +79,10 @@ pub enum BindError {
     /// The member already has another active payer.
     #[error("family member is already covered by another account")]
     MemberHasPayer,
+    /// The holder is covered by the member (directly or through other
+    /// links): the link would make them pay for each other.
+    #[error("the account holder is covered by this family member; a link cannot go both ways")]
+    MutualLink,
     /// Unbind: no active link between these two.
     #[error("no active family link between these persons")]
     NotLinked,
@@ -103,6 +105,7 @@ impl BindError {
             BindError::RelationNotAllowed(_) => "relation_not_allowed",
             BindError::AlreadyLinked => "already_linked",
             BindError::MemberHasPayer => "member_has_payer",
+            BindError::MutualLink => "mutual_link",
             BindError::NotLinked => "not_linked",
             BindError::Registry(RegistryError::Busy(_)) => "database_busy",
             BindError::Registry(_) => "database_error",
@@ -145,6 +148,29 @@ fn has_active_card(
         "SELECT EXISTS (SELECT 1 FROM cards WHERE ssn = ?1 AND status = 'active' AND expires >= ?2)",
     )?
     .query_row(params![ssn.expose(), today], |r| r.get(0))
+}
+
+/// Whether `holder` is covered by `member`, directly or up a chain of
+/// payers (each person has at most one active payer, so the walk is a
+/// line; it is bounded in case the data already holds a cycle).
+pub(crate) fn covered_by(
+    c: &rusqlite::Connection,
+    holder: &str,
+    member: &str,
+) -> rusqlite::Result<bool> {
+    let mut st = c.prepare_cached(
+        "SELECT holder_ssn FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
+    )?;
+    let mut who = holder.to_string();
+    for _ in 0..64 {
+        match st.query_row([&who], |r| r.get::<_, String>(0)).optional()? {
+            Some(payer) if payer == member => return Ok(true),
+            Some(payer) if payer == holder => return Ok(false),
+            Some(payer) => who = payer,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 impl Registry {
@@ -231,6 +257,9 @@ impl Registry {
             Some(h) if h == req.holder.expose() => return Err(BindError::AlreadyLinked),
             Some(_) => return Err(BindError::MemberHasPayer),
             None => {}
+        }
+        if covered_by(&tx, req.holder.expose(), req.member.expose()).map_err(sql)? {
+            return Err(BindError::MutualLink);
         }
         let inserted = tx.execute(
             "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \

@@ -2,7 +2,6 @@
 
 use firmware_protocol::{Date, Ssn};
 use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
 
 use super::{parse_iso, Registry, RegistryError};
 
@@ -45,8 +44,7 @@ impl Lookup {
 
 /// The result class of a resolution. Everything but `Ok` is a refusal the
 /// display explains; none of them is an error of the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Known person with a usable card.
     Ok,
@@ -83,13 +81,15 @@ impl Outcome {
 }
 
 /// The person's role in family mutual aid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Their personal account covers at least one family member.
     Holder,
     /// Someone else's account pays for them.
     Member,
+    /// Both: someone else's account pays for them and their own account
+    /// covers members (the payer is the other holder, `members` their own).
+    Both,
     /// Neither.
     None,
 }
@@ -169,7 +169,7 @@ impl Resolution {
 }
 
 /// One month's payment record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contribution {
     /// `YYYY-MM`.
     pub month: String,
@@ -364,17 +364,20 @@ impl Registry {
             relation: None,
             balance_fen: row.own_balance,
         };
-        let (role, payer) = match (members.is_empty(), row.payer) {
-            (false, _) => (Role::Holder, self_payer()),
-            (true, Some((ssn, name, relation, balance_fen))) => (
-                Role::Member,
-                Payer {
-                    ssn: stored_ssn(&ssn)?,
-                    name,
-                    relation: Some(relation),
-                    balance_fen,
-                },
-            ),
+        let payer = match row.payer {
+            Some((ssn, name, relation, balance_fen)) => Some(Payer {
+                ssn: stored_ssn(&ssn)?,
+                name,
+                relation: Some(relation),
+                balance_fen,
+            }),
+            None => None,
+        };
+        // A person covered by someone and covering others shows both sides.
+        let (role, payer) = match (members.is_empty(), payer) {
+            (false, Some(p)) => (Role::Both, p),
+            (false, None) => (Role::Holder, self_payer()),
+            (true, Some(p)) => (Role::Member, p),
             (true, None) => (Role::None, self_payer()),
         };
         Ok(Resolution {

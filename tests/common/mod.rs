@@ -34,80 +34,64 @@ pub fn pan(i: u64) -> String {
     demo_pan(i)
 }
 
+/// Card expiry of a fixture person, relative to today (China time) so
+/// that the fixture never ages: the daemon judges expiry against today.
+#[derive(Clone, Copy)]
+pub enum Exp {
+    /// Eight years from today.
+    Valid,
+    /// Two years ago.
+    Past2,
+    /// Three years ago.
+    Past3,
+}
+pub use Exp::{Past2 as EXPIRED_2Y, Past3 as EXPIRED_3Y, Valid as VALID};
+
+impl Exp {
+    pub fn days(self) -> i64 {
+        match self {
+            Exp::Valid => 8 * 365,
+            Exp::Past2 => -2 * 365,
+            Exp::Past3 => -3 * 365,
+        }
+    }
+    /// `YYYY-MM-DD`.
+    pub fn date(self) -> String {
+        days_from_today(self.days()).to_string()
+    }
+}
+
+/// Today (China time) plus `days`.
+pub fn days_from_today(days: i64) -> cardlink::Date {
+    let today = cardlink::Date::today_cst();
+    cardlink::Date::from_days_since_epoch(today.days_since_epoch() + days).unwrap()
+}
+
 /// Writes the fixture CSV files into `dir` and returns their paths.
 pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
     let mut persons = String::from("ssn,name,sex,birth_date,insurance_type,insurance_status\n");
     let mut cards = String::from("card_no,pan,ssn,generation,issued,expires,status\n");
-    let people: [(u64, &str, &str, &str, &str, &str); 15] = [
-        (HOLDER, "张伟", "employee", "active", "active", "2034-01-01"),
-        (SPOUSE, "李娜", "resident", "active", "active", "2034-01-01"),
-        (
-            CHILD,
-            "张小明",
-            "resident",
-            "active",
-            "active",
-            "2034-01-01",
-        ),
-        (
-            PARENT,
-            "张建华",
-            "employee",
-            "active",
-            "active",
-            "2034-01-01",
-        ),
-        (UNINSURED, "王芳", "none", "ended", "active", "2034-01-01"),
-        (LOST, "刘强", "resident", "active", "lost", "2034-01-01"),
-        (
-            EXPIRED,
-            "陈静",
-            "resident",
-            "active",
-            "active",
-            "2020-01-01",
-        ),
-        (FROZEN, "杨磊", "resident", "active", "frozen", "2034-01-01"),
-        (
-            CANCELLED,
-            "黄丽",
-            "resident",
-            "active",
-            "cancelled",
-            "2034-01-01",
-        ),
-        (
-            SUSPENDED,
-            "赵军",
-            "resident",
-            "suspended",
-            "active",
-            "2034-01-01",
-        ),
-        (
-            HOLDER2,
-            "吴洋",
-            "employee",
-            "active",
-            "active",
-            "2034-01-01",
-        ),
-        (
-            MEMBER2,
-            "周勇",
-            "resident",
-            "active",
-            "active",
-            "2034-01-01",
-        ),
-        (NO_CARD, "徐艳", "resident", "active", "", ""),
+    let people: [(u64, &str, &str, &str, &str, Exp); 15] = [
+        (HOLDER, "张伟", "employee", "active", "active", VALID),
+        (SPOUSE, "李娜", "resident", "active", "active", VALID),
+        (CHILD, "张小明", "resident", "active", "active", VALID),
+        (PARENT, "张建华", "employee", "active", "active", VALID),
+        (UNINSURED, "王芳", "none", "ended", "active", VALID),
+        (LOST, "刘强", "resident", "active", "lost", VALID),
+        (EXPIRED, "陈静", "resident", "active", "active", EXPIRED_2Y),
+        (FROZEN, "杨磊", "resident", "active", "frozen", VALID),
+        (CANCELLED, "黄丽", "resident", "active", "cancelled", VALID),
+        (SUSPENDED, "赵军", "resident", "suspended", "active", VALID),
+        (HOLDER2, "吴洋", "employee", "active", "active", VALID),
+        (MEMBER2, "周勇", "resident", "active", "active", VALID),
+        (NO_CARD, "徐艳", "resident", "active", "", VALID),
         (
             HOLDER_SUSPENDED,
             "孙杰",
             "employee",
             "suspended",
             "active",
-            "2034-01-01",
+            VALID,
         ),
         (
             HOLDER_EXPIRED,
@@ -115,7 +99,7 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
             "employee",
             "active",
             "active",
-            "2019-06-01",
+            EXPIRED_3Y,
         ),
     ];
     for (i, name, ty, st, card_status, expires) in people {
@@ -128,6 +112,7 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
         let born = format!("{}-{}-{}", &s[6..10], &s[10..12], &s[12..14]);
         persons.push_str(&format!("{s},{name},{sex},{born},{ty},{st}\n"));
         if !card_status.is_empty() {
+            let expires = expires.date();
             cards.push_str(&format!(
                 "{},{},{s},3,2010-01-01,{expires},{card_status}\n",
                 demo_card_no(i),
@@ -186,26 +171,73 @@ pub fn fixture_db(dir: &Path) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------
-// Daemon harness: the real cardlinkd binary, pty readers, socket clients.
+// In-process daemon: `cardlink::daemon::run` on the test's runtime, readers
+// on in-memory ports, logs captured. Run these tests with
+// `#[tokio::test(start_paused = true)]`: nothing waits on the wall clock.
 
-use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cardlink::sim::{PtyMaster, SimCard};
+use cardlink::config::Config;
+use cardlink::daemon::{self, Update};
+use cardlink::sim::{SimCard, VirtualPort, VirtualPorts};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
 
-pub struct Daemon {
-    pub child: Child,
-    /// Everything the daemon wrote to stderr so far (drained by a thread so
-    /// the pipe never fills).
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    pub db: PathBuf,
-    pub config: PathBuf,
+/// A log that tests can read and wait on.
+#[derive(Clone, Default)]
+pub struct Log(Arc<(Mutex<String>, Condvar)>);
+
+impl Log {
+    pub fn push(&self, text: &str) {
+        let (m, c) = &*self.0;
+        m.lock().unwrap().push_str(text);
+        c.notify_all();
+    }
+    pub fn text(&self) -> String {
+        self.0 .0.lock().unwrap().clone()
+    }
+    /// Blocks until the log contains `needle` (at most `limit`, a bound
+    /// against hanging, not a timing).
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
+        let (m, c) = &*self.0;
+        let guard = m.lock().unwrap();
+        let (g, _) = c
+            .wait_timeout_while(guard, limit, |t| !t.contains(needle))
+            .unwrap();
+        g.contains(needle)
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.push(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The configuration text of a test daemon.
+pub fn config_text(
+    dir: &Path,
+    db: &Path,
+    socket: &Path,
+    readers: &[(&str, &str, &str)],
+    extra: &str,
+) -> String {
+    let mut text = format!(
+        "database = {:?}\n{extra}\n[socket]\npath = {:?}\nmode = \"0600\"\n",
+        db, socket
+    );
+    for (name, mode, enc) in readers {
+        text.push_str(&reader_toml(dir, name, mode, enc));
+    }
+    text
 }
 
 /// A reader line in the config: (name, mode, encoding).
@@ -216,76 +248,259 @@ pub fn reader_toml(dir: &Path, name: &str, mode: &str, encoding: &str) -> String
     )
 }
 
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    /// The configuration text it runs with.
+    pub config: String,
+    pub ports: Arc<VirtualPorts>,
+    pub log: Log,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), daemon::DaemonError>>>,
+    updates: tokio::sync::mpsc::Sender<Update>,
+    _log_guard: tracing::subscriber::DefaultGuard,
+}
+
 impl Daemon {
-    /// Starts cardlinkd on the fixture registry with pty readers
-    /// `(name, mode, encoding)` plugged in first. `extra` is appended to the
+    /// Starts the daemon in-process on the fixture registry with readers
+    /// `(name, mode, encoding)` plugged in. `extra` is appended to the
     /// config's top level (e.g. `role = "kiosk"`).
-    pub fn start(readers: &[(&str, &str, &str)], extra: &str) -> (Daemon, Vec<PtyMaster>) {
+    pub async fn start(readers: &[(&str, &str, &str)], extra: &str) -> (Daemon, Vec<VirtualPort>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fixture_db(dir.path());
+        Self::start_on(dir, db, readers, extra).await
+    }
+
+    /// [`Daemon::start`] on an existing registry file.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        db: PathBuf,
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+    ) -> (Daemon, Vec<VirtualPort>) {
+        let log = Log::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let socket = dir.path().join("display.sock");
+        let text = config_text(dir.path(), &db, &socket, readers, extra);
+        let config = Config::parse(&text, "test").unwrap();
+        let ports = VirtualPorts::new();
+        let plugged = readers.iter().map(|(n, _, _)| ports.plug(n)).collect();
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let registry = cardlink::registry::Registry::open(
+            &db,
+            &cardlink::registry::OpenOptions {
+                busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (updates, rx) = tokio::sync::mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(daemon::run(
+            daemon::Daemon {
+                listener,
+                registry,
+                config,
+                ports: ports.clone(),
+                updates: rx,
+            },
+            shutdown.clone(),
+        ));
+        (
+            Daemon {
+                dir,
+                socket,
+                db,
+                config: text,
+                ports,
+                log,
+                shutdown,
+                task: Some(task),
+                updates,
+                _log_guard: guard,
+            },
+            plugged,
+        )
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Plugs reader `name` in (again).
+    pub fn plug(&self, name: &str) -> VirtualPort {
+        self.ports.plug(name)
+    }
+
+    /// Applies a new configuration text, as SIGHUP does, and waits until
+    /// the daemon has applied it.
+    pub async fn reload(&mut self, text: String) {
+        let config = Config::parse(&text, "test").unwrap();
+        let (done, applied) = tokio::sync::oneshot::channel();
+        self.updates
+            .send(Update {
+                config,
+                applied: Some(done),
+            })
+            .await
+            .unwrap();
+        applied.await.unwrap();
+        self.config = text;
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket).await
+    }
+
+    /// The typed library client.
+    pub async fn typed(&self) -> cardlink::client::Client {
+        cardlink::client::Client::connect(&self.socket)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the daemon and returns its log.
+    pub async fn stop(mut self) -> String {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        self.log.text()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real `cardlinkd` binary, for what only a process has: signals, the
+// systemd notify protocol, its stderr log, real pseudo-terminals.
+
+use std::process::{Child, Command, Stdio};
+
+use cardlink::sim::PtyMaster;
+
+pub struct Process {
+    pub child: Child,
+    /// Everything the daemon wrote to stderr (drained by a thread so the
+    /// pipe never fills).
+    pub log: Log,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    pub config: PathBuf,
+    /// The notify socket the daemon reports to (READY=1, STATUS=, WATCHDOG=1).
+    pub notify: std::os::unix::net::UnixDatagram,
+}
+
+/// Reads datagrams from the notify socket until one contains `want`;
+/// returns every message read. `limit` bounds the wait.
+pub fn recv_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    want: &str,
+    limit: Duration,
+) -> Vec<String> {
+    let end = std::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < end {
+        sock.set_read_timeout(Some(
+            end.saturating_duration_since(std::time::Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                let done = msg.contains(want);
+                got.push(msg);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+impl Process {
+    /// Starts cardlinkd on the fixture registry with pty readers plugged in
+    /// first, and returns once it has sent READY=1.
+    pub fn start(readers: &[(&str, &str, &str)], extra: &str) -> (Process, Vec<PtyMaster>) {
         Self::start_env(readers, extra, &[])
     }
 
-    /// [`Daemon::start`] with extra environment variables for the daemon.
+    /// [`Process::start`] with extra environment variables.
     pub fn start_env(
         readers: &[(&str, &str, &str)],
         extra: &str,
         env: &[(&str, String)],
-    ) -> (Daemon, Vec<PtyMaster>) {
+    ) -> (Process, Vec<PtyMaster>) {
         let dir = tempfile::tempdir().unwrap();
         let db = fixture_db(dir.path());
         let socket = dir.path().join("display.sock");
         let config = dir.path().join("cardlinkd.toml");
-        let mut text = format!(
-            "database = {:?}\n{extra}\n[socket]\npath = {:?}\nmode = \"0600\"\n",
-            db, socket
-        );
-        let mut ptys = Vec::new();
-        for (name, mode, enc) in readers {
-            text.push_str(&reader_toml(dir.path(), name, mode, enc));
-            ptys.push(PtyMaster::open(Some(&dir.path().join(name))).unwrap());
-        }
-        std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        let ptys = readers
+            .iter()
+            .map(|(name, _, _)| PtyMaster::open(Some(&dir.path().join(name))).unwrap())
+            .collect();
+        std::fs::write(
+            &config,
+            config_text(dir.path(), &db, &socket, readers, extra),
+        )
+        .unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "debug")
+            .env("NOTIFY_SOCKET", &notify_path)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        for _ in 0..400 {
-            if socket.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let mut child = child;
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = Log::default();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
+                sink.push(&format!("{line}\n"));
             }
         });
-        if !socket.exists() {
-            std::thread::sleep(Duration::from_millis(200));
-            panic!("daemon did not create its socket:\n{}", log.lock().unwrap());
-        }
+        let got = recv_until(&notify, "READY=1", Duration::from_secs(20));
+        assert!(
+            got.iter().any(|m| m.contains("READY=1")),
+            "daemon did not get ready: {got:?}\n{}",
+            log.text()
+        );
         (
-            Daemon {
+            Process {
                 child,
                 log,
+                log_reader: Some(log_reader),
                 dir,
                 socket,
                 db,
                 config,
+                notify,
             },
             ptys,
         )
@@ -296,25 +511,45 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> Client {
-        let s = UnixStream::connect(&self.socket).await.unwrap();
-        let (r, w) = s.into_split();
-        Client {
-            lines: BufReader::new(r).lines(),
-            w,
-        }
+        Client::connect(&self.socket).await
     }
 
-    /// SIGTERM and wait; returns the exit status and the daemon's stderr.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Rewrites the config, sends SIGHUP and waits until the daemon logged
+    /// that it reloaded.
+    pub fn reload(&self, text: &str) {
+        let before = self.log.text().matches("configuration reloaded").count();
+        std::fs::write(&self.config, text).unwrap();
+        self.signal(libc::SIGHUP);
+        let (m, c) = &*self.log.0;
+        let g = m.lock().unwrap();
+        let (g, _) = c
+            .wait_timeout_while(g, Duration::from_secs(20), |t| {
+                t.matches("configuration reloaded").count() == before
+            })
+            .unwrap();
+        assert!(
+            g.matches("configuration reloaded").count() > before,
+            "no reload:\n{g}"
+        );
+    }
+
+    /// SIGTERM and wait; returns the exit status and the daemon's whole
+    /// stderr (the reader thread is joined, so nothing is cut off).
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let log = self.log.lock().unwrap().clone();
-        (status, log)
+        if let Some(t) = self.log_reader.take() {
+            t.join().unwrap();
+        }
+        (status, self.log.text())
     }
 }
 
-impl Drop for Daemon {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -327,6 +562,15 @@ pub struct Client {
 }
 
 impl Client {
+    pub async fn connect(path: &Path) -> Client {
+        let s = UnixStream::connect(path).await.unwrap();
+        let (r, w) = s.into_split();
+        Client {
+            lines: BufReader::new(r).lines(),
+            w,
+        }
+    }
+
     pub async fn next(&mut self) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
             .await
@@ -368,19 +612,15 @@ impl Client {
 
 /// The simulator's view of fixture person `i`.
 pub fn sim_card(i: u64, name: &str) -> SimCard {
+    let compact = |d: cardlink::Date| d.to_string().replace('-', "");
     SimCard {
         ssn: demo_ssn(i),
         card_no: demo_card_no(i),
         pan: Some(demo_pan(i)),
         name: name.into(),
         issued: "20100101".into(),
-        expires: "20340101".into(),
+        expires: compact(days_from_today(Exp::Valid.days())),
     }
-}
-
-/// Opens a pty reader at the daemon's configured path for `name`.
-pub fn plug(d: &Daemon, name: &str) -> PtyMaster {
-    PtyMaster::open(Some(&d.path(name))).unwrap()
 }
 
 /// The full SSN text of fixture person `i`.

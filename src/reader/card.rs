@@ -13,7 +13,7 @@ use firmware_protocol::record::{self, RecordError};
 use firmware_protocol::{Date, Ssn};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::ReaderItem;
+use crate::reader::codec::ReaderItem;
 
 /// Text encoding of names sent by a reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -1,0 +1,350 @@
+//! A typed async client of the display socket: what `cardlinkctl`, the
+//! tests and the browser display use to talk to `cardlinkd`.
+//!
+//! [`Client::connect`] reads the `VERSION` line, then a background task
+//! reads every line: replies go to the request that is waiting for them
+//! (by id), everything else to the event stream ([`Client::next_event`]).
+//! Requests can be made from any number of tasks at once through a
+//! cloneable [`Requester`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+use crate::protocol::{
+    Bound, Card, ErrorCode, Message, Parties, Records, Reply, Request, Status, Unbound, Version,
+};
+
+/// Events buffered for a client that does not read them; beyond this,
+/// events are dropped (and counted) so that replies keep flowing.
+pub const EVENT_BUFFER: usize = 4096;
+/// Longest line accepted from the daemon.
+const MAX_LINE: usize = 1024 * 1024;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot connect to {path} (is cardlinkd running?): {source}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Reading or writing failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon closed the connection.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// The daemon sent something that is not protocol version 1.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The daemon refused the request.
+    #[error("{code}: {message}")]
+    Refused {
+        /// The refusal code.
+        code: ErrorCode,
+        /// The daemon's explanation.
+        message: String,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// Makes requests; cheap to clone.
+#[derive(Clone)]
+pub struct Requester {
+    w: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A connection to `cardlinkd`.
+pub struct Client {
+    requests: Requester,
+    events: mpsc::Receiver<Message>,
+    version: Version,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Client {
+    /// Connects and reads the `VERSION` line.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let (r, w) = stream.into_split();
+        let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
+        let version = match next_message(&mut lines).await? {
+            Some(Message::Version(v)) => v,
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected VERSION first, got {other:?}"
+                )))
+            }
+            None => return Err(ClientError::Closed),
+        };
+        if version.proto != crate::protocol::PROTO {
+            return Err(ClientError::Protocol(format!(
+                "daemon speaks protocol {}, this client {}",
+                version.proto,
+                crate::protocol::PROTO
+            )));
+        }
+        let pending: Pending = Arc::default();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, events) = mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(route(lines, pending.clone(), tx, dropped.clone()));
+        Ok(Client {
+            requests: Requester {
+                w: Arc::new(tokio::sync::Mutex::new(w)),
+                pending,
+                next_id: Arc::new(AtomicU64::new(1)),
+            },
+            events,
+            version,
+            dropped,
+        })
+    }
+
+    /// The daemon's `VERSION` line.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// The next event (`READER`, `CARD`, `ERROR`, or a `REPLY` nobody
+    /// waits for); `None` once the daemon closed the connection.
+    pub async fn next_event(&mut self) -> Option<Message> {
+        self.events.recv().await
+    }
+
+    /// Events dropped because they were not read in time.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A handle for making requests from other tasks.
+    pub fn requester(&self) -> Requester {
+        self.requests.clone()
+    }
+
+    /// See [`Requester::request`].
+    pub async fn request(&self, req: Request) -> Result<Reply, ClientError> {
+        self.requests.request(req).await
+    }
+
+    /// See [`Requester::lookup`].
+    pub async fn lookup(&self, number: &str) -> Result<Card, ClientError> {
+        self.requests.lookup(number).await
+    }
+
+    /// See [`Requester::bind`].
+    pub async fn bind(
+        &self,
+        parties: Parties,
+        relation: &str,
+        operator: Option<&str>,
+    ) -> Result<Bound, ClientError> {
+        self.requests.bind(parties, relation, operator).await
+    }
+
+    /// See [`Requester::unbind`].
+    pub async fn unbind(
+        &self,
+        parties: Parties,
+        operator: Option<&str>,
+    ) -> Result<Unbound, ClientError> {
+        self.requests.unbind(parties, operator).await
+    }
+
+    /// See [`Requester::contributions`].
+    pub async fn contributions(
+        &self,
+        number: Option<&str>,
+        swipe: Option<u64>,
+        months: Option<u32>,
+    ) -> Result<Records, ClientError> {
+        self.requests.contributions(number, swipe, months).await
+    }
+
+    /// See [`Requester::status`].
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.requests.status().await
+    }
+}
+
+async fn next_message(
+    lines: &mut FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
+) -> Result<Option<Message>, ClientError> {
+    match lines.next().await {
+        None => Ok(None),
+        Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
+        Some(Ok(line)) => serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {line}"))),
+    }
+}
+
+/// Reads every line after `VERSION`: replies to their waiting requests,
+/// the rest to the event stream.
+async fn route(
+    mut lines: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
+    pending: Pending,
+    events: mpsc::Sender<Message>,
+    dropped: Arc<AtomicU64>,
+) {
+    loop {
+        let m = match next_message(&mut lines).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad line from cardlinkd; closing");
+                break;
+            }
+        };
+        if let Message::Reply(r) = &m {
+            let waiter = r.id.as_u64().and_then(|id| {
+                pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id)
+            });
+            if let Some(w) = waiter {
+                let _ = w.send(r.clone());
+                continue;
+            }
+        }
+        if events.try_send(m).is_err() {
+            if events.is_closed() {
+                continue;
+            }
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // Wake every request still waiting: the connection is gone.
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+fn result<T: DeserializeOwned>(reply: Reply) -> Result<T, ClientError> {
+    if !reply.ok {
+        return Err(ClientError::Refused {
+            code: reply.code.unwrap_or(ErrorCode::Internal),
+            message: reply.message.unwrap_or_default(),
+        });
+    }
+    serde_json::from_value(reply.result.unwrap_or(Value::Null))
+        .map_err(|e| ClientError::Protocol(format!("unexpected result: {e}")))
+}
+
+impl Requester {
+    /// Sends `req` with a fresh id and waits for its `REPLY` (refusals
+    /// included: `ok` tells).
+    pub async fn request(&self, mut req: Request) -> Result<Reply, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.set_id(Value::from(id));
+        let mut line =
+            serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let written = self.w.lock().await.write_all(&line).await;
+        if let Err(e) = written {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(e.into());
+        }
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Manual entry (window role).
+    pub async fn lookup(&self, number: &str) -> Result<Card, ClientError> {
+        let reply = self
+            .request(Request::Lookup {
+                id: Value::Null,
+                number: number.into(),
+            })
+            .await?;
+        match result::<Message>(reply)? {
+            Message::Card(c) => Ok(*c),
+            other => Err(ClientError::Protocol(format!("lookup answered {other:?}"))),
+        }
+    }
+
+    /// Binds a member to a holder.
+    pub async fn bind(
+        &self,
+        parties: Parties,
+        relation: &str,
+        operator: Option<&str>,
+    ) -> Result<Bound, ClientError> {
+        result(
+            self.request(Request::Bind {
+                id: Value::Null,
+                parties,
+                relation: relation.into(),
+                operator: operator.map(Into::into),
+            })
+            .await?,
+        )
+    }
+
+    /// Revokes a link.
+    pub async fn unbind(
+        &self,
+        parties: Parties,
+        operator: Option<&str>,
+    ) -> Result<Unbound, ClientError> {
+        result(
+            self.request(Request::Unbind {
+                id: Value::Null,
+                parties,
+                operator: operator.map(Into::into),
+            })
+            .await?,
+        )
+    }
+
+    /// Payment records by number (window) or swipe id.
+    pub async fn contributions(
+        &self,
+        number: Option<&str>,
+        swipe: Option<u64>,
+        months: Option<u32>,
+    ) -> Result<Records, ClientError> {
+        result(
+            self.request(Request::Contributions {
+                id: Value::Null,
+                number: number.map(Into::into),
+                swipe,
+                months,
+            })
+            .await?,
+        )
+    }
+
+    /// Daemon status.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        result(self.request(Request::Status { id: Value::Null }).await?)
+    }
+}

@@ -1,0 +1,365 @@
+//! What `cardlinkctl` does, as a library: rendering the socket's messages
+//! for a person, the `watch` loop, the registry check, sample cards for the
+//! simulator and the whole-system demo. `src/bin/cardlinkctl.rs` only parses
+//! arguments and calls these.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError};
+use crate::protocol::{Card, FamilyRole, Message, Status, WireOutcome};
+use crate::registry::demo::DemoOptions;
+use crate::registry::{OpenOptions, Registry, RegistryError};
+use crate::sim::{self, PtyMaster, SimOptions};
+use crate::Ssn;
+
+/// Errors of the operator's tool.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Talking to the daemon failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A file or terminal failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Output could not be encoded.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The daemon child process failed.
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// One `check-ssn` line for `number`, and whether it was valid.
+pub fn check_ssn_line(number: &str, full: bool) -> (String, bool) {
+    let n = number.trim();
+    let parsed = if n.len() == 15 {
+        Ssn::from_legacy15(n)
+    } else {
+        Ssn::parse(n)
+    };
+    let shown = crate::mask::identifier(n);
+    match parsed {
+        Ok(s) if full => (format!("{}: valid", s.expose()), true),
+        Ok(s) if n.len() == 15 => (format!("{shown}: valid (18-digit form {s})"), true),
+        Ok(s) => (format!("{s}: valid"), true),
+        Err(e) => (format!("{shown}: invalid: {e}"), false),
+    }
+}
+
+/// `¥1234.56`, or `-` when unknown.
+pub fn yuan(fen: Option<i64>) -> String {
+    fen.map_or("-".into(), |f| {
+        let sign = if f < 0 { "-" } else { "" };
+        format!("{sign}¥{}.{:02}", f.abs() / 100, f.abs() % 100)
+    })
+}
+
+fn or_dash(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+fn outcome_text(o: WireOutcome) -> &'static str {
+    match o {
+        WireOutcome::Ok => "OK",
+        WireOutcome::Unknown => "UNKNOWN",
+        WireOutcome::Lost => "LOST",
+        WireOutcome::Frozen => "FROZEN",
+        WireOutcome::Cancelled => "CANCELLED",
+        WireOutcome::Expired => "EXPIRED",
+        WireOutcome::Mismatch => "MISMATCH",
+        WireOutcome::NoCard => "NO_CARD",
+    }
+}
+
+fn card_text(c: &Card) -> String {
+    let mut out = format!(
+        "card   {:<10} #{} {:<9} {} {} card {}  => {}",
+        c.reader,
+        c.swipe,
+        c.source,
+        or_dash(&c.name),
+        or_dash(&c.ssn),
+        or_dash(&c.card_no),
+        outcome_text(c.outcome)
+    );
+    if c.outcome != WireOutcome::Ok {
+        return out;
+    }
+    if let (FamilyRole::Member | FamilyRole::Both, Some(p)) = (c.role, &c.payer) {
+        out += &format!(
+            "\n       paid by {} {} ({} of the holder), balance {}",
+            p.name,
+            p.ssn,
+            or_dash(&p.relation),
+            yuan(p.balance_fen)
+        );
+    }
+    match c.role {
+        FamilyRole::Holder | FamilyRole::Both => {
+            if c.role == FamilyRole::Holder {
+                out += &format!(
+                    "\n       account holder, balance {}, covers:",
+                    yuan(c.balance_fen)
+                );
+            } else {
+                out += "\n       also an account holder, covers:";
+            }
+            for m in &c.members {
+                out += &format!("\n         - {} {} ({})", m.name, m.ssn, m.relation);
+            }
+        }
+        FamilyRole::None => {
+            out += &format!(
+                "\n       pays for themself, balance {}",
+                yuan(c.balance_fen)
+            )
+        }
+        FamilyRole::Member => {}
+    }
+    out
+}
+
+/// A message as one or more lines for a person.
+pub fn render(m: &Message) -> String {
+    match m {
+        Message::Version(v) => format!(
+            "connected to cardlinkd {} (protocol {})",
+            v.release, v.proto
+        ),
+        Message::Reader(r) => {
+            let mut s = format!("reader {:<10} {} ({})", r.reader, r.state, r.path);
+            if let Some(e) = &r.error {
+                s += &format!(": {e}");
+            }
+            s
+        }
+        Message::Error(e) => format!("error  {}: {}", e.code, e.message),
+        Message::Card(c) => card_text(c),
+        Message::Reply(r) => format!("reply  {}", serde_json::to_string(r).unwrap_or_default()),
+    }
+}
+
+fn uptime(s: u64) -> String {
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m {}s", s % 60)
+    }
+}
+
+/// `cardlinkctl status`: a summary for a person.
+pub fn status_text(s: &Status) -> String {
+    let mut out = format!(
+        "cardlinkd {}, role {}, up {}\n{} client(s), {} resolution(s), {} error(s)\n",
+        s.release,
+        s.role,
+        uptime(s.uptime_s),
+        s.clients,
+        s.resolutions,
+        s.errors
+    );
+    if s.readers.is_empty() {
+        out += "no readers configured\n";
+    }
+    for r in &s.readers {
+        out += &format!(
+            "reader {} ({}, {}): {}\n  {} items, {} cards, {} duplicates, {} rejected, {} noise bytes\n  firmware: {}\n",
+            r.name,
+            r.path,
+            r.mode,
+            r.state,
+            r.items,
+            r.cards,
+            r.duplicates,
+            r.rejected,
+            r.noise_bytes,
+            r.firmware.as_deref().unwrap_or("unknown"),
+        );
+        if let Some(e) = &r.last_error {
+            out += &format!("  last error: {e}\n");
+        }
+    }
+    out
+}
+
+/// Prints the daemon's events until `stop` (or, with no events ever
+/// received, until the daemon cannot be reached for 2 s). Reconnects
+/// with backoff when the daemon goes away.
+pub async fn watch(
+    socket: &Path,
+    raw: bool,
+    out: &mut (dyn Write + Send),
+    stop: &CancellationToken,
+) -> Result<(), CtlError> {
+    let mut delay = Duration::from_millis(200);
+    let mut ever = false;
+    loop {
+        match Client::connect(socket).await {
+            Ok(mut c) => {
+                ever = true;
+                delay = Duration::from_millis(200);
+                let v = Message::Version(c.version().clone());
+                let line = |m: &Message| -> Result<String, CtlError> {
+                    Ok(if raw {
+                        serde_json::to_string(m)?
+                    } else {
+                        render(m)
+                    })
+                };
+                writeln!(out, "{}", line(&v)?)?;
+                loop {
+                    let m = tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        m = c.next_event() => m,
+                    };
+                    let Some(m) = m else { break };
+                    writeln!(out, "{}", line(&m)?)?;
+                    out.flush()?;
+                }
+                eprintln!("cardlinkctl: daemon closed the connection; reconnecting");
+            }
+            Err(e) if !ever && delay >= Duration::from_secs(2) => return Err(e.into()),
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `db check`: SQLite's integrity and foreign keys, the resolution copies
+/// and the audit chain. Empty when all is well.
+pub fn check_registry(reg: &Registry) -> Result<Vec<String>, RegistryError> {
+    let mut problems = reg.integrity()?;
+    let copies = reg.copy_mismatches()?;
+    if copies > 0 {
+        problems.push(format!(
+            "{copies} row(s) whose resolution copies disagree with their source"
+        ));
+    }
+    if let Some((id, why)) = reg.verify_audit()?.broken {
+        problems.push(format!("audit chain broken at row {id}: {why}"));
+    }
+    Ok(problems)
+}
+
+/// Opens a registry for the tool, creating its directory.
+pub fn open_registry(path: &Path, cache_mib: i64) -> Result<Registry, CtlError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let opts = OpenOptions {
+        cache_kib: cache_mib.max(1) * 1024,
+        ..OpenOptions::default()
+    };
+    Ok(Registry::open(path, &opts)?)
+}
+
+/// Writes sample cards (see [`sim::sample_cards`]) as JSON lines.
+pub fn write_sample_cards(reg: &Registry, out: &Path) -> Result<usize, CtlError> {
+    let cards = sim::sample_cards(reg, crate::Date::today_cst())?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+    for card in &cards {
+        writeln!(f, "{}", serde_json::to_string(card)?)?;
+    }
+    f.flush()?;
+    Ok(cards.len())
+}
+
+/// The demo's settings.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// Persons in the demo registry.
+    pub persons: u64,
+    /// Seconds between swipes.
+    pub every: u64,
+    /// Working directory.
+    pub dir: PathBuf,
+    /// The `cardlinkd` binary.
+    pub daemon: PathBuf,
+}
+
+/// Runs the whole system: a demo registry, `cardlinkd` on it, a simulated
+/// reader swiping sample cards, and the live view on `out`, until `stop`.
+pub async fn demo(
+    d: &Demo,
+    out: &mut (dyn Write + Send),
+    stop: &CancellationToken,
+) -> Result<(), CtlError> {
+    std::fs::create_dir_all(&d.dir)?;
+    let db = d.dir.join("registry.db");
+    let cards = d.dir.join("cards.jsonl");
+    let socket = d.dir.join("display.sock");
+    let link = d.dir.join("reader0");
+    if !db.exists() || !cards.exists() {
+        eprintln!(
+            "demo: generating a registry of {} persons in {}",
+            d.persons,
+            db.display()
+        );
+        let mut reg = open_registry(&db, 64)?;
+        reg.gen_demo(&DemoOptions {
+            persons: d.persons,
+            ..DemoOptions::default()
+        })?;
+        write_sample_cards(&reg, &cards)?;
+    }
+    let config = d.dir.join("cardlinkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = {:?}\nrole = \"window\"\n\n[socket]\npath = {:?}\nmode = \"0600\"\n\n[[reader]]\nname = \"demo\"\npath = {:?}\nmode = \"frame\"\n",
+            db, socket, link
+        ),
+    )?;
+    let master = PtyMaster::open(Some(&link))?;
+    let mut daemon = tokio::process::Command::new(&d.daemon)
+        .arg("--config")
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.daemon.display())))?;
+    eprintln!(
+        "demo: cardlinkd is up; a simulated reader swipes a card every {} s. Ctrl-C to stop.",
+        d.every
+    );
+    eprintln!(
+        "demo: try in another terminal:  cardlinkctl status --socket {}",
+        socket.display()
+    );
+    let cards = sim::load_cards(&cards)?;
+    let opts = SimOptions {
+        mode: crate::reader::codec::Mode::Frame,
+        encoding: crate::reader::card::TextEncoding::Gbk,
+        noise: 0.0,
+        drop_acks: 0.0,
+        interval: Duration::from_secs(d.every),
+        count: None,
+        seed: 7,
+    };
+    // watch gives up only if the daemon never answers; it retries meanwhile.
+    let result = tokio::select! {
+        r = sim::run(master, &cards, &opts, |_, _| {}) => r.map(|_| ()).map_err(CtlError::from),
+        r = watch(&socket, false, out, stop) => r,
+        s = daemon.wait() => Err(CtlError::Daemon(format!("cardlinkd exited: {s:?}"))),
+    };
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
+    result
+}

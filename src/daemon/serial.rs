@@ -1,0 +1,377 @@
+//! One task per serial reader, and a resolver task beside it.
+//!
+//! The reader task opens the port (through [`OpenPort`]: tokio-serial in
+//! production, in-memory pipes in tests), discards stale input, decodes
+//! with [`ReaderCodec`], ACKs every valid frame, suppresses resends, and
+//! hands card reads to its resolver task through a bounded queue. The
+//! resolver resolves and audits each read ([`Ctx::handle_read`]) in order
+//! and sends the FEEDBACK back. So the reader keeps reading, acknowledging
+//! and deduplicating while the registry is busy (another writer holding the
+//! lock for `busy_timeout_ms`); only the resolver waits. On unplug, EOF or
+//! EIO the reader reconnects with capped exponential backoff, publishing
+//! `READER` state changes with the cause; each change of cause is logged
+//! once, not each retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use firmware_protocol::frame::{Cmd, Feedback};
+use firmware_protocol::Date;
+
+use super::{Ctx, Event};
+use crate::config::{Parity, ReaderConfig};
+use crate::protocol::ErrorCode;
+use crate::reader::card::{self, CardRead, ReaderEvent};
+use crate::reader::codec::{HostFrame, Mode, ReaderCodec, ReaderItem};
+use crate::reader::dedup::Deduper;
+use crate::registry::Outcome;
+
+/// First reconnect delay.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Least time between two NAKs.
+const NAK_INTERVAL: Duration = Duration::from_millis(300);
+/// Card reads of one reader acknowledged and waiting for the registry;
+/// when this many wait, the reader task stops reading until one is done.
+pub const PENDING_READS: usize = 64;
+
+/// A reader's byte stream.
+pub trait PortIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PortIo for T {}
+
+/// An open reader port.
+pub type Port = Box<dyn PortIo>;
+
+/// Opens reader ports.
+pub trait OpenPort: Send + Sync + 'static {
+    /// Opens the port of `cfg`, with stale input discarded.
+    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port>;
+}
+
+/// Real serial ports (tokio-serial).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SerialPorts;
+
+impl OpenPort for SerialPorts {
+    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port> {
+        let parity = match cfg.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        };
+        let port = tokio_serial::new(cfg.path.to_string_lossy(), cfg.baud)
+            .parity(parity)
+            .data_bits(tokio_serial::DataBits::Eight)
+            .stop_bits(tokio_serial::StopBits::One)
+            .flow_control(tokio_serial::FlowControl::None)
+            .open_native_async()?;
+        // Whatever the reader sent while nobody listened is stale.
+        port.clear(ClearBuffer::Input)?;
+        Ok(Box::new(port))
+    }
+}
+
+/// The running reader tasks, by name.
+pub struct Readers {
+    ports: Arc<dyn OpenPort>,
+    running: HashMap<String, (ReaderConfig, CancellationToken, JoinHandle<()>)>,
+}
+
+impl Readers {
+    /// No readers yet.
+    pub fn new(ports: Arc<dyn OpenPort>) -> Readers {
+        Readers {
+            ports,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Starts, keeps or restarts tasks so that exactly `wanted` run.
+    pub fn apply(&mut self, wanted: &[ReaderConfig], ctx: &Arc<Ctx>, shutdown: &CancellationToken) {
+        let gone: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, (cfg, _, _))| !wanted.iter().any(|w| &w.name == *name && w == cfg))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some((cfg, token, _)) = self.running.remove(&name) {
+                token.cancel();
+                // The task stops without touching the state table (it checks
+                // its token first), so this is the reader's last word.
+                set_state(ctx, &cfg, "disconnected", None);
+                ctx.readers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+                tracing::info!(reader = %name, "reader removed");
+            }
+        }
+        for cfg in wanted {
+            if self.running.contains_key(&cfg.name) {
+                continue;
+            }
+            let token = shutdown.child_token();
+            ctx.with_reader(&cfg.name, |s| {
+                s.path = cfg.path.display().to_string();
+                s.mode = cfg.mode.to_string();
+                s.state = "disconnected";
+            });
+            let task = tokio::spawn(run(
+                cfg.clone(),
+                ctx.clone(),
+                self.ports.clone(),
+                token.clone(),
+            ));
+            self.running
+                .insert(cfg.name.clone(), (cfg.clone(), token, task));
+        }
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn stop(&mut self) {
+        for (_, (_, token, task)) in self.running.drain() {
+            token.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Sets a reader's state and cause; publishes `READER` and logs when
+/// either changed.
+fn set_state(ctx: &Ctx, cfg: &ReaderConfig, state: &'static str, error: Option<String>) {
+    let changed = ctx.with_reader(&cfg.name, |s| {
+        let changed = s.state != state || (error.is_some() && s.last_error != error);
+        s.state = state;
+        if error.is_some() {
+            s.last_error = error.clone();
+        }
+        changed
+    });
+    if changed {
+        match &error {
+            Some(e) => {
+                tracing::warn!(reader = %cfg.name, path = %cfg.path.display(), state, error = %e, "reader state")
+            }
+            None => {
+                tracing::info!(reader = %cfg.name, path = %cfg.path.display(), state, "reader state")
+            }
+        }
+        crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
+        ctx.publish(Event::Reader {
+            name: cfg.name.clone(),
+            state,
+            path: cfg.path.display().to_string(),
+            error,
+        });
+    }
+}
+
+/// The reader task: connect, serve, reconnect, until cancelled.
+pub async fn run(
+    cfg: ReaderConfig,
+    ctx: Arc<Ctx>,
+    ports: Arc<dyn OpenPort>,
+    stop: CancellationToken,
+) {
+    let (reads, pending) = mpsc::channel(PENDING_READS);
+    let (feedback_tx, mut feedback) = mpsc::channel(PENDING_READS);
+    let resolver = tokio::spawn(resolve_reads(
+        cfg.name.clone(),
+        ctx.clone(),
+        pending,
+        feedback_tx,
+    ));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        match ports.open(&cfg) {
+            Ok(port) => {
+                backoff = BACKOFF_MIN;
+                set_state(&ctx, &cfg, "connected", None);
+                let reason = serve(&cfg, &ctx, &stop, port, &reads, &mut feedback).await;
+                if stop.is_cancelled() {
+                    break;
+                }
+                set_state(&ctx, &cfg, "disconnected", Some(reason));
+            }
+            Err(_) if stop.is_cancelled() => break,
+            Err(e) => set_state(
+                &ctx,
+                &cfg,
+                "disconnected",
+                Some(format!("cannot open: {e}")),
+            ),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    // Reads already acknowledged are still resolved and shown.
+    drop(reads);
+    let _ = resolver.await;
+}
+
+/// The resolver beside a reader: resolves and audits reads in order and
+/// answers each with the FEEDBACK the reader should show.
+async fn resolve_reads(
+    name: String,
+    ctx: Arc<Ctx>,
+    mut reads: mpsc::Receiver<CardRead>,
+    feedback: mpsc::Sender<Feedback>,
+) {
+    while let Some(read) = reads.recv().await {
+        let fb = match ctx.handle_read(&name, read).await {
+            Ok(event) => {
+                ctx.with_reader(&name, |s| s.cards += 1);
+                if event.resolution.outcome == Outcome::Ok {
+                    Feedback::Accepted
+                } else {
+                    Feedback::Rejected
+                }
+            }
+            Err(_) => Feedback::Attention,
+        };
+        // Never wait here: the reader task may itself be waiting for room
+        // in the read queue. FEEDBACK is a beep or a light; with a whole
+        // queue of it unsent, older ones are stale anyway.
+        let _ = feedback.try_send(fb);
+    }
+}
+
+async fn serve(
+    cfg: &ReaderConfig,
+    ctx: &Ctx,
+    stop: &CancellationToken,
+    port: Port,
+    reads: &mpsc::Sender<CardRead>,
+    feedback: &mut mpsc::Receiver<Feedback>,
+) -> String {
+    // Framed keeps partial frames in its buffer across loop iterations, so
+    // racing `next()` in select! loses nothing.
+    let mut framed = Framed::new(port, ReaderCodec::new(cfg.mode));
+    let mut dedup = Deduper::default();
+    let mut host_seq: u8 = 0;
+    let mut noise_seen = 0u64;
+    let mut last_nak = Instant::now() - NAK_INTERVAL;
+    let mut tick = tokio::time::interval(NAK_INTERVAL);
+    // Feedback meant for an earlier connection is stale.
+    while feedback.try_recv().is_ok() {}
+    if cfg.mode == Mode::Frame {
+        // Ask for the firmware information; the answer lands in `status`.
+        let req = HostFrame {
+            seq: host_seq,
+            cmd: Cmd::StatusRequest,
+            payload: Vec::new(),
+        };
+        if let Err(e) = framed.send(req).await {
+            return format!("write failed: {e}");
+        }
+    }
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return "stopped".into(),
+            Some(fb) = feedback.recv() => {
+                if cfg.mode == Mode::Frame {
+                    host_seq = host_seq.wrapping_add(1);
+                    if let Err(e) = framed.send(HostFrame::feedback(host_seq, fb)).await {
+                        return format!("write failed: {e}");
+                    }
+                }
+                continue;
+            }
+            _ = tick.tick(), if cfg.mode == Mode::Frame => {
+                let noise = framed.codec().noise_bytes();
+                ctx.with_reader(&cfg.name, |s| s.noise_bytes = noise);
+                if noise > noise_seen && last_nak.elapsed() >= NAK_INTERVAL {
+                    noise_seen = noise;
+                    last_nak = Instant::now();
+                    tracing::debug!(reader = %cfg.name, noise, "line noise, sending NAK");
+                    let nak = HostFrame { seq: host_seq, cmd: Cmd::Nak, payload: Vec::new() };
+                    if let Err(e) = framed.send(nak).await {
+                        return format!("write failed: {e}");
+                    }
+                }
+                continue;
+            }
+            item = framed.next() => item,
+        };
+        let item = match item {
+            None => return "end of file".into(),
+            Some(Err(e)) => return format!("read failed: {e}"),
+            Some(Ok(item)) => item,
+        };
+        let noise = framed.codec().noise_bytes();
+        ctx.with_reader(&cfg.name, |s| {
+            s.items += 1;
+            s.noise_bytes = noise;
+        });
+        if let ReaderItem::Frame { seq, cmd, payload } = &item {
+            // ACK every valid frame, duplicates included.
+            if let Err(e) = framed.send(HostFrame::ack(*seq)).await {
+                return format!("write failed: {e}");
+            }
+            if !dedup.first_time(Instant::now(), *seq, payload) {
+                ctx.with_reader(&cfg.name, |s| s.duplicates += 1);
+                tracing::debug!(reader = %cfg.name, seq, cmd, "duplicate frame suppressed");
+                continue;
+            }
+        }
+        let now_feedback = match card::decode(&item, cfg.encoding, Date::today_cst()) {
+            Ok(ReaderEvent::Card(read)) => {
+                // A full queue is back-pressure: stop reading (so stop
+                // ACKing) until the resolver catches up. The reader resends
+                // what is not ACKed and the deduper drops the copies.
+                if reads.capacity() == 0 {
+                    tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return "stopped".into(),
+                    sent = reads.send(read) => if sent.is_err() {
+                        return "resolver stopped".into();
+                    },
+                }
+                None
+            }
+            Ok(ReaderEvent::Removed) => None,
+            Ok(ReaderEvent::Status(text)) => {
+                tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
+                ctx.with_reader(&cfg.name, |s| s.firmware = Some(text));
+                None
+            }
+            Ok(ReaderEvent::ReadError { code, text }) => {
+                ctx.publish_error(
+                    ErrorCode::ReaderReadError,
+                    format!("{}: reader error {code}: {text}", cfg.name),
+                );
+                None
+            }
+            Err(e) => {
+                ctx.with_reader(&cfg.name, |s| s.rejected += 1);
+                tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
+                ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
+                Some(Feedback::Rejected)
+            }
+        };
+        if let (Some(fb), Mode::Frame) = (now_feedback, cfg.mode) {
+            host_seq = host_seq.wrapping_add(1);
+            if let Err(e) = framed.send(HostFrame::feedback(host_seq, fb)).await {
+                return format!("write failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,819 @@
+//! The display socket protocol (version 1): newline-delimited JSON.
+//!
+//! This module is the only place that knows the wire format. Every message
+//! and request is a serde struct here; the registry's and the daemon's own
+//! types never go onto the wire directly, they are mapped in
+//! [`card_message`] and friends, so renaming a Rust field elsewhere cannot
+//! change the protocol. `docs/socket-protocol.md` is the specification; a
+//! test keeps its error-code tables and [`ErrorCode`] the same set.
+//!
+//! Server → client messages ([`Message`]) have a `class`: `VERSION`,
+//! `READER`, `CARD`, `ERROR`, `REPLY`. Client → server requests
+//! ([`Request`]) carry an `id` (any JSON value, echoed) and a `cmd`.
+//!
+//! Personal data is masked unless the client is privileged: [`Privacy`]
+//! decides, when a message is built for a client.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::daemon::CardEvent;
+use crate::mask;
+use crate::registry::{self, Contribution, Member, Outcome, Payer, Resolution};
+use crate::Ssn;
+
+/// Protocol version announced in `VERSION`.
+pub const PROTO: u32 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+        /// Every machine-readable code the daemon sends, in `ERROR` events and
+        /// failed `REPLY`s. One enum, so a refusal cannot invent a code that
+        /// the documentation does not list.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum ErrorCode {
+            $($(#[$doc])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as sent on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // Events (ERROR) about readers and the registry.
+    /// A card read failed validation; nothing was guessed.
+    BadCard = "bad_card",
+    /// The reader reported a failure.
+    ReaderReadError = "reader_read_error",
+    /// The registry could not answer (not a busy lock).
+    Registry = "registry",
+    /// Another writer held the registry longer than `busy_timeout_ms`.
+    DatabaseBusy = "database_busy",
+    /// The registry worker stopped; the daemon is shutting down or broken.
+    Internal = "internal",
+    // Events about the client's own connection.
+    /// The line was not JSON.
+    BadJson = "bad_json",
+    /// The line exceeded 64 KiB; the connection is closed.
+    LineTooLong = "line_too_long",
+    /// The client fell more than 512 events behind; the connection is closed.
+    Lagged = "lagged",
+    // Request refusals.
+    /// Unknown `cmd`.
+    UnknownCommand = "unknown_command",
+    /// Missing, ill-typed, unknown or contradictory fields.
+    BadRequest = "bad_request",
+    /// `lookup` at a kiosk.
+    ManualEntryNotAllowed = "manual_entry_not_allowed",
+    /// A typed number that is not a valid SSN, card or bank card number.
+    BadNumber = "bad_number",
+    /// A party given by number at a kiosk.
+    KioskRequiresSwipe = "kiosk_requires_swipe",
+    /// A swipe id that is unknown, failed or older than 5 minutes.
+    UnknownSwipe = "unknown_swipe",
+    /// A party's card resolved to something other than `ok`.
+    CardNotUsable = "card_not_usable",
+    // Binding rules (registry).
+    /// Holder and member are the same person.
+    SamePerson = "same_person",
+    /// The relation is not in the allowed list.
+    RelationNotAllowed = "relation_not_allowed",
+    /// The holder is not in the registry.
+    HolderUnknown = "holder_unknown",
+    /// The member is not in the registry.
+    MemberUnknown = "member_unknown",
+    /// The holder has no active employee medical insurance.
+    HolderNotEmployee = "holder_not_employee",
+    /// The holder has no active, unexpired card.
+    HolderNoActiveCard = "holder_no_active_card",
+    /// The member has no active basic medical insurance.
+    MemberNotInsured = "member_not_insured",
+    /// The member has no active, unexpired card.
+    MemberNoActiveCard = "member_no_active_card",
+    /// This link is already active.
+    AlreadyLinked = "already_linked",
+    /// The member already has another payer.
+    MemberHasPayer = "member_has_payer",
+    /// The holder is covered by the member: the link would be mutual.
+    MutualLink = "mutual_link",
+    /// `unbind` of a link that is not active.
+    NotLinked = "not_linked",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&registry::BindError> for ErrorCode {
+    fn from(e: &registry::BindError) -> ErrorCode {
+        use registry::BindError as B;
+        match e {
+            B::HolderUnknown(_) => ErrorCode::HolderUnknown,
+            B::MemberUnknown(_) => ErrorCode::MemberUnknown,
+            B::SamePerson => ErrorCode::SamePerson,
+            B::HolderNotEmployee => ErrorCode::HolderNotEmployee,
+            B::HolderNoActiveCard => ErrorCode::HolderNoActiveCard,
+            B::MemberNotInsured => ErrorCode::MemberNotInsured,
+            B::MemberNoActiveCard => ErrorCode::MemberNoActiveCard,
+            B::RelationNotAllowed(_) => ErrorCode::RelationNotAllowed,
+            B::AlreadyLinked => ErrorCode::AlreadyLinked,
+            B::MemberHasPayer => ErrorCode::MemberHasPayer,
+            B::MutualLink => ErrorCode::MutualLink,
+            B::NotLinked => ErrorCode::NotLinked,
+            B::Registry(r) => r.into(),
+        }
+    }
+}
+
+impl From<&registry::RegistryError> for ErrorCode {
+    fn from(e: &registry::RegistryError) -> ErrorCode {
+        match e {
+            registry::RegistryError::Busy(_) => ErrorCode::DatabaseBusy,
+            _ => ErrorCode::Registry,
+        }
+    }
+}
+
+/// Whether a client sees full SSNs and names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privacy {
+    /// Masked (default).
+    Masked,
+    /// Full (privileged uid).
+    Full,
+}
+
+impl Privacy {
+    fn ssn(self, s: &Ssn) -> String {
+        match self {
+            Privacy::Full => s.expose().to_string(),
+            Privacy::Masked => s.masked().to_string(),
+        }
+    }
+    fn name(self, s: &str) -> String {
+        match self {
+            Privacy::Full => s.to_string(),
+            Privacy::Masked => mask::name(s),
+        }
+    }
+    fn card_no(self, s: &str) -> String {
+        match self {
+            Privacy::Full => s.to_string(),
+            Privacy::Masked => mask::card_no(s),
+        }
+    }
+    fn pan(self, s: &str) -> String {
+        match self {
+            Privacy::Full => s.to_string(),
+            Privacy::Masked => mask::pan(s),
+        }
+    }
+}
+
+/// A server → client line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "class", rename_all = "UPPERCASE")]
+pub enum Message {
+    /// First line on every connection.
+    Version(Version),
+    /// A reader's state.
+    Reader(ReaderMsg),
+    /// A resolved card read or lookup.
+    Card(Box<Card>),
+    /// Something a display should show.
+    Error(ErrorMsg),
+    /// The answer to a request.
+    Reply(Reply),
+}
+
+/// `VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// cardlinkd's release.
+    pub release: String,
+    /// Protocol version.
+    pub proto: u32,
+}
+
+impl Version {
+    /// This daemon's version line.
+    pub fn current() -> Version {
+        Version {
+            release: env!("CARGO_PKG_VERSION").into(),
+            proto: PROTO,
+        }
+    }
+}
+
+/// `READER`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderMsg {
+    /// Reader name.
+    pub reader: String,
+    /// `connected` or `disconnected`.
+    pub state: String,
+    /// Device path.
+    pub path: String,
+    /// Why the reader is disconnected (the last open or read error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `ERROR`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable message (never a full SSN).
+    pub message: String,
+}
+
+/// `REPLY`: `ok` with a `result`, or a refusal with `code` and `message`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's id, echoed.
+    pub id: Value,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result (command-specific) when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The refusal code when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    /// The refusal message when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Reply {
+    /// A successful reply.
+    pub fn ok(id: Value, result: &impl Serialize) -> Reply {
+        match serde_json::to_value(result) {
+            Ok(v) => Reply {
+                id,
+                ok: true,
+                result: Some(v),
+                code: None,
+                message: None,
+            },
+            Err(e) => Reply::err(id, ErrorCode::Internal, format!("cannot encode reply: {e}")),
+        }
+    }
+
+    /// A refusal.
+    pub fn err(id: Value, code: ErrorCode, message: String) -> Reply {
+        Reply {
+            id,
+            ok: false,
+            result: None,
+            code: Some(code),
+            message: Some(message),
+        }
+    }
+}
+
+/// How a card resolved (the registry's outcome on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireOutcome {
+    /// Known person with a usable card.
+    Ok,
+    /// Not in the registry.
+    Unknown,
+    /// Card reported lost.
+    Lost,
+    /// Card frozen.
+    Frozen,
+    /// Card cancelled.
+    Cancelled,
+    /// Card expired.
+    Expired,
+    /// The SSN on the card is not the card owner's.
+    Mismatch,
+    /// Person known, no card.
+    NoCard,
+}
+
+impl From<Outcome> for WireOutcome {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Ok => WireOutcome::Ok,
+            Outcome::Unknown => WireOutcome::Unknown,
+            Outcome::Lost => WireOutcome::Lost,
+            Outcome::Frozen => WireOutcome::Frozen,
+            Outcome::Cancelled => WireOutcome::Cancelled,
+            Outcome::Expired => WireOutcome::Expired,
+            Outcome::Mismatch => WireOutcome::Mismatch,
+            Outcome::NoCard => WireOutcome::NoCard,
+        }
+    }
+}
+
+/// The person's part in family mutual aid, on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FamilyRole {
+    /// Their account covers members.
+    Holder,
+    /// Someone else's account pays for them.
+    Member,
+    /// Both: a payer covers them and their own account covers members.
+    Both,
+    /// Neither.
+    None,
+}
+
+impl From<registry::Role> for FamilyRole {
+    fn from(r: registry::Role) -> Self {
+        match r {
+            registry::Role::Holder => FamilyRole::Holder,
+            registry::Role::Member => FamilyRole::Member,
+            registry::Role::Both => FamilyRole::Both,
+            registry::Role::None => FamilyRole::None,
+        }
+    }
+}
+
+/// Insurance of the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Insurance {
+    /// `employee`, `resident` or `none`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `active`, `suspended` or `ended`.
+    pub status: String,
+}
+
+/// Who pays, on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayerMsg {
+    /// Payer's SSN (masked unless privileged).
+    pub ssn: String,
+    /// Payer's name (masked unless privileged).
+    pub name: String,
+    /// Relation of the person to the payer; `null` when self.
+    pub relation: Option<String>,
+    /// The paying account's balance, fen.
+    pub balance_fen: Option<i64>,
+}
+
+/// A covered member, on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberMsg {
+    /// SSN (masked unless privileged).
+    pub ssn: String,
+    /// Name (masked unless privileged).
+    pub name: String,
+    /// Relation to the holder.
+    pub relation: String,
+    /// Link made at (RFC 3339).
+    pub since: String,
+}
+
+/// `CARD`: a resolved card read (also the result of `lookup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    /// Reader name, or `manual`.
+    pub reader: String,
+    /// Swipe id.
+    pub swipe: u64,
+    /// `ic`, `magstripe` or `manual`.
+    pub source: String,
+    /// SSN.
+    pub ssn: Option<String>,
+    /// Card number.
+    pub card_no: Option<String>,
+    /// Bank card number.
+    pub pan: Option<String>,
+    /// Name (registry's, else the card's).
+    pub name: Option<String>,
+    /// Outcome.
+    pub outcome: WireOutcome,
+    /// Role.
+    pub role: FamilyRole,
+    /// Card status in the registry.
+    pub card_status: Option<String>,
+    /// Insurance, when the person is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insurance: Option<Insurance>,
+    /// Who pays (only for `ok`).
+    pub payer: Option<PayerMsg>,
+    /// Relation to the payer.
+    pub relation: Option<String>,
+    /// Balance of the paying account.
+    pub balance_fen: Option<i64>,
+    /// Members covered.
+    pub members: Vec<MemberMsg>,
+}
+
+fn payer_msg(p: &Payer, v: Privacy) -> PayerMsg {
+    PayerMsg {
+        ssn: v.ssn(&p.ssn),
+        name: v.name(&p.name),
+        relation: p.relation.clone(),
+        balance_fen: p.balance_fen,
+    }
+}
+
+fn member_msg(m: &Member, v: Privacy) -> MemberMsg {
+    MemberMsg {
+        ssn: v.ssn(&m.ssn),
+        name: v.name(&m.name),
+        relation: m.relation.clone(),
+        since: m.since.clone(),
+    }
+}
+
+/// The `CARD` message of a resolved read, for one client.
+pub fn card_message(e: &CardEvent, v: Privacy) -> Card {
+    let r: &Resolution = &e.resolution;
+    let ssn = r.person.as_ref().map(|p| p.ssn).or(e.ssn);
+    let name = r.person.as_ref().map(|p| p.name.clone()).or(e.name.clone());
+    Card {
+        reader: e.reader.clone(),
+        swipe: e.swipe,
+        source: e.source.to_string(),
+        ssn: ssn.map(|s| v.ssn(&s)),
+        card_no: e
+            .card_no
+            .clone()
+            .or(r.card_no.clone())
+            .map(|c| v.card_no(&c)),
+        pan: e.pan.as_deref().map(|p| v.pan(p)),
+        name: name.map(|n| v.name(&n)),
+        outcome: r.outcome.into(),
+        role: r.role.into(),
+        card_status: r.card_status.clone(),
+        insurance: r.person.as_ref().map(|p| Insurance {
+            kind: p.insurance_type.clone(),
+            status: p.insurance_status.clone(),
+        }),
+        payer: r.payer.as_ref().map(|p| payer_msg(p, v)),
+        relation: r.payer.as_ref().and_then(|p| p.relation.clone()),
+        balance_fen: r.payer.as_ref().and_then(|p| p.balance_fen),
+        members: r.members.iter().map(|m| member_msg(m, v)).collect(),
+    }
+}
+
+/// One month's payment record, on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Employer.
+    pub employer: String,
+    /// Contribution base, fen.
+    pub base_fen: i64,
+    /// Employee's part, fen.
+    pub employee_fen: i64,
+    /// Employer's part, fen.
+    pub employer_fen: i64,
+    /// Credited to the personal account, fen.
+    pub account_fen: i64,
+}
+
+impl From<&Contribution> for Record {
+    fn from(c: &Contribution) -> Record {
+        Record {
+            month: c.month.clone(),
+            employer: c.employer.clone(),
+            base_fen: c.base_fen,
+            employee_fen: c.employee_fen,
+            employer_fen: c.employer_fen,
+            account_fen: c.account_fen,
+        }
+    }
+}
+
+/// Result of `contributions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    /// Months asked for.
+    pub months: u32,
+    /// Records, newest first.
+    pub records: Vec<Record>,
+}
+
+/// Result of `bind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    /// Always `true`.
+    pub bound: bool,
+    /// The relation recorded.
+    pub relation: String,
+}
+
+/// Result of `unbind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unbound {
+    /// Always `true`.
+    pub unbound: bool,
+}
+
+/// One reader in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderStatus {
+    /// Name.
+    pub name: String,
+    /// Device path.
+    pub path: String,
+    /// Mode.
+    pub mode: String,
+    /// `connected` or `disconnected`.
+    pub state: String,
+    /// Valid frames or lines.
+    pub items: u64,
+    /// Card reads reported.
+    pub cards: u64,
+    /// Duplicates suppressed.
+    pub duplicates: u64,
+    /// Rejected reads.
+    pub rejected: u64,
+    /// Noise bytes dropped.
+    pub noise_bytes: u64,
+    /// Firmware from the reader's `STATUS`.
+    pub firmware: Option<String>,
+    /// The last open or read error (why it is or was disconnected).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Result of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Release.
+    pub release: String,
+    /// `window` or `kiosk`.
+    pub role: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Readers.
+    pub readers: Vec<ReaderStatus>,
+    /// Connected clients.
+    pub clients: u64,
+    /// Resolutions done.
+    pub resolutions: u64,
+    /// Errors reported.
+    pub errors: u64,
+}
+
+/// A client request.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Manual entry: a card number or an SSN typed in.
+    Lookup {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// Card number, SSN (18 or legacy 15) or PAN.
+        number: String,
+    },
+    /// Bind a member to a holder. Each party is a number (window role) or
+    /// a swipe id from a `CARD` event (both roles; required at a kiosk),
+    /// never both.
+    Bind {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// Holder and member.
+        #[serde(flatten)]
+        parties: Parties,
+        /// Relation of the member to the holder.
+        relation: String,
+        /// Operator id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operator: Option<String>,
+    },
+    /// Revoke a link.
+    Unbind {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// Holder and member.
+        #[serde(flatten)]
+        parties: Parties,
+        /// Operator id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operator: Option<String>,
+    },
+    /// Payment-record inquiry.
+    Contributions {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// SSN or card number (window role).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        number: Option<String>,
+        /// Swipe id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        swipe: Option<u64>,
+        /// Months (default 12, at most 120).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        months: Option<u32>,
+    },
+    /// Daemon status.
+    Status {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+    },
+}
+
+/// The two parties of a bind or unbind.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Parties {
+    /// Holder: SSN or card number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Member: SSN or card number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// Holder's swipe id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_swipe: Option<u64>,
+    /// Member's swipe id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_swipe: Option<u64>,
+}
+
+impl Request {
+    /// The request id.
+    pub fn id(&self) -> &Value {
+        match self {
+            Request::Lookup { id, .. }
+            | Request::Bind { id, .. }
+            | Request::Unbind { id, .. }
+            | Request::Contributions { id, .. }
+            | Request::Status { id } => id,
+        }
+    }
+
+    /// Sets the request id.
+    pub fn set_id(&mut self, new: Value) {
+        match self {
+            Request::Lookup { id, .. }
+            | Request::Bind { id, .. }
+            | Request::Unbind { id, .. }
+            | Request::Contributions { id, .. }
+            | Request::Status { id } => *id = new,
+        }
+    }
+}
+
+/// Why a request line was not a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    /// The id, when the line was JSON with one.
+    pub id: Option<Value>,
+    /// `bad_json`, `bad_request` or `unknown_command`.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+}
+
+const COMMANDS: [&str; 5] = ["lookup", "bind", "unbind", "contributions", "status"];
+const PARTY_FIELDS: [&str; 4] = ["holder", "member", "holder_swipe", "member_swipe"];
+
+/// Parses a request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| BadRequest {
+        id: None,
+        code: ErrorCode::BadJson,
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let bad = |code, message: String| BadRequest {
+        id: Some(id.clone()),
+        code,
+        message,
+    };
+    let Some(cmd) = v.get("cmd").and_then(Value::as_str) else {
+        return Err(bad(ErrorCode::BadRequest, "missing \"cmd\"".into()));
+    };
+    if !COMMANDS.contains(&cmd) {
+        return Err(bad(
+            ErrorCode::UnknownCommand,
+            format!("unknown command '{cmd}'"),
+        ));
+    }
+    // `deny_unknown_fields` does not reach into a flattened struct, so the
+    // party commands check their field names here.
+    if cmd == "bind" || cmd == "unbind" {
+        if let Some(obj) = v.as_object() {
+            let known: &[&str] = if cmd == "bind" {
+                &["id", "cmd", "relation", "operator"]
+            } else {
+                &["id", "cmd", "operator"]
+            };
+            if let Some(k) = obj
+                .keys()
+                .find(|k| !known.contains(&k.as_str()) && !PARTY_FIELDS.contains(&k.as_str()))
+            {
+                return Err(bad(ErrorCode::BadRequest, format!("unknown field `{k}`")));
+            }
+        }
+    }
+    serde_json::from_value(v).map_err(|e| bad(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// Encodes one message as a line (with the trailing `\n`).
+pub fn encode_line(m: &Message, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(&mut *out, m)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_codes_round_trip() {
+        for c in ErrorCode::ALL {
+            let v = serde_json::to_value(c).unwrap();
+            assert_eq!(v, json!(c.as_str()));
+            assert_eq!(serde_json::from_value::<ErrorCode>(v).unwrap(), *c);
+        }
+    }
+
+    #[test]
+    fn messages_have_the_documented_shape() {
+        let v = serde_json::to_value(Message::Version(Version::current())).unwrap();
+        assert_eq!(
+            v,
+            json!({"class": "VERSION", "release": env!("CARGO_PKG_VERSION"), "proto": 1})
+        );
+        let r = serde_json::to_value(Message::Reply(Reply::err(
+            json!(7),
+            ErrorCode::MemberHasPayer,
+            "x".into(),
+        )))
+        .unwrap();
+        assert_eq!(
+            r,
+            json!({"class": "REPLY", "id": 7, "ok": false, "code": "member_has_payer", "message": "x"})
+        );
+        let e = serde_json::to_value(Message::Reader(ReaderMsg {
+            reader: "r".into(),
+            state: "connected".into(),
+            path: "/p".into(),
+            error: None,
+        }))
+        .unwrap();
+        assert_eq!(
+            e,
+            json!({"class": "READER", "reader": "r", "state": "connected", "path": "/p"})
+        );
+    }
+
+    #[test]
+    fn requests_parse_and_refuse() {
+        let r = parse_request(
+            br#"{"id":1,"cmd":"bind","holder":"A","member_swipe":3,"relation":"child"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Bind {
+                id: json!(1),
+                parties: Parties {
+                    holder: Some("A".into()),
+                    member_swipe: Some(3),
+                    ..Parties::default()
+                },
+                relation: "child".into(),
+                operator: None,
+            }
+        );
+        let e = parse_request(
+            br#"{"id":2,"cmd":"bind","holder":"A","member":"B","relation":"x","channel":"kiosk"}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.id, e.code), (Some(json!(2)), ErrorCode::BadRequest));
+        assert!(e.message.contains("channel"), "{}", e.message);
+        let e = parse_request(br#"{"id":3,"cmd":"status","x":1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(parse_request(b"{").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(
+            parse_request(br#"{"cmd":"fly"}"#).unwrap_err().code,
+            ErrorCode::UnknownCommand
+        );
+    }
+}

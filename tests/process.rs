@@ -1,0 +1,58 @@
+//! The real `cardlinkd` binary where only a process will do: signals, real
+//! pseudo-terminals through tokio-serial, process locks. (Readiness,
+//! watchdog and SIGHUP are in `tests/service.rs`; everything else runs
+//! in-process in `tests/daemon.rs`.)
+
+mod common;
+
+use cardlink::sim::PtyMaster;
+use common::*;
+use firmware_protocol::frame::{encode_vec, Cmd};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_and_removes_the_socket() {
+    let (d, _ptys) = Process::start(&[], "");
+    let socket = d.socket.clone();
+    let mut c = d.client().await;
+    c.expect("VERSION").await;
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!socket.exists());
+    assert!(log.contains("cardlinkd stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_pty_unplug_and_replug_without_restart() {
+    let (d, mut ptys) = Process::start(&[("r1", "frame", "utf-8")], "");
+    let pid = d.child.id();
+    let mut c = d.client().await;
+    // The reader task opens the pty right after READY=1: wait for it.
+    while c.expect("READER").await["state"] != "connected" {}
+    drop(ptys.pop()); // unplug: the pty goes away
+    let r = c.expect("READER").await;
+    assert_eq!(
+        (r["reader"].as_str(), r["state"].as_str()),
+        (Some("r1"), Some("disconnected"))
+    );
+    assert!(r["error"].is_string(), "the cause is shown: {r}");
+    let mut pty = PtyMaster::open(Some(&d.path("r1"))).unwrap(); // replug: new pty, same path
+    let r = c.expect("READER").await;
+    assert_eq!(r["state"], "connected");
+    assert_eq!(r["path"], d.path("r1").display().to_string());
+    pty.write_all(
+        &encode_vec(
+            1,
+            Cmd::CardIc as u8,
+            sim_card(HOLDER, "张伟").record().as_bytes(),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.expect("CARD").await["outcome"], "ok");
+    assert_eq!(d.child.id(), pid);
+    let r = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["result"]["readers"][0]["state"], "connected");
+}
