@@ -398,7 +398,11 @@ async fn privileged_uid_gets_full_ssns() {
 
 #[tokio::test(start_paused = true)]
 async fn unplug_and_replug_without_restart() {
-    let (d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "").await;
+    let ports = cardlink::sim::VirtualPorts::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    let mut ptys = vec![ports.plug("r1")];
+    let d = Daemon::start_on(dir, db, &[("r1", "frame", "utf-8")], "", ports.clone()).await;
     let mut c = d.client().await;
     let r = c.expect("READER").await;
     assert_eq!(r["state"], "connected");
@@ -408,7 +412,7 @@ async fn unplug_and_replug_without_restart() {
         (r["reader"].as_str(), r["state"].as_str()),
         (Some("r1"), Some("disconnected"))
     );
-    let mut pty = d.plug("r1"); // replug: a new port under the same name
+    let mut pty = ports.plug("r1"); // replug: a new port under the same name
     let r = c.expect("READER").await;
     assert_eq!(r["state"], "connected");
     assert_eq!(r["path"], d.path("r1").display().to_string());

@@ -146,7 +146,19 @@ impl PersonRec {
         ssn_ok("ssn", &self.ssn, today)?;
         text_ok("name", &self.name, 64)?;
         one_of("sex", &self.sex, &["M", "F"])?;
-        date_ok("birth_date", &self.birth_date)?;
+        let born = date_ok("birth_date", &self.birth_date)?;
+        // GB 11643: characters 7 to 14 of the number are the birth date.
+        let in_ssn = self
+            .ssn
+            .get(6..14)
+            .and_then(|d| Date::parse_yyyymmdd(d.as_bytes()));
+        if in_ssn != Some(born) {
+            return Err(format!(
+                "birth_date: {} does not match the birth date in the SSN ({})",
+                self.birth_date,
+                in_ssn.map_or("unreadable".into(), |d| d.to_string())
+            ));
+        }
         one_of(
             "insurance_type",
             &self.insurance_type,
@@ -410,6 +422,45 @@ fn table_of(path: &Path) -> Option<Table> {
     }
 }
 
+/// The columns of each file (the header row must name them).
+const PERSON_COLUMNS: &[&str] = &[
+    "ssn",
+    "name",
+    "sex",
+    "birth_date",
+    "insurance_type",
+    "insurance_status",
+];
+const CARD_COLUMNS: &[&str] = &[
+    "card_no",
+    "pan",
+    "ssn",
+    "generation",
+    "issued",
+    "expires",
+    "status",
+];
+const LINK_COLUMNS: &[&str] = &[
+    "holder_ssn",
+    "member_ssn",
+    "relation",
+    "status",
+    "channel",
+    "operator",
+    "created_at",
+    "revoked_at",
+];
+const ACCOUNT_COLUMNS: &[&str] = &["holder_ssn", "balance_fen"];
+const CONTRIBUTION_COLUMNS: &[&str] = &[
+    "ssn",
+    "month",
+    "employer",
+    "base_fen",
+    "employee_fen",
+    "employer_fen",
+    "account_fen",
+];
+
 /// Most bad rows listed; beyond that only the count grows.
 const MAX_REPORTED: usize = 1000;
 
@@ -425,8 +476,10 @@ struct Bad {
     total: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn load<T, V, K, I>(
     path: &Path,
+    columns: &[&str],
     today: Date,
     bad: &mut Bad,
     validate: V,
@@ -437,7 +490,7 @@ where
     T: for<'de> Deserialize<'de>,
     V: Fn(&T, Date) -> Result<(), String>,
     K: Fn(&T) -> &str,
-    I: Fn(&T) -> rusqlite::Result<()>,
+    I: Fn(&T) -> Result<(), Refused>,
 {
     let file = path.display().to_string();
     let io = |source| ImportError::Io {
@@ -449,6 +502,35 @@ where
         .from_path(path)
         .map_err(io)?;
     let headers = rdr.headers().map_err(io)?.clone();
+    // A header row is required: without it the first data row would be
+    // taken for one and every row would then fail on a "missing field".
+    if headers.is_empty() {
+        push(
+            bad,
+            &file,
+            1,
+            format!("empty file; expected a header row: {}", columns.join(",")),
+        );
+        return Ok(0);
+    }
+    let missing: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h.trim() == *c))
+        .collect();
+    if !missing.is_empty() {
+        push(
+            bad,
+            &file,
+            1,
+            format!(
+                "no header row with the columns {} (missing {}); the first line must name the columns",
+                columns.join(","),
+                missing.join(",")
+            ),
+        );
+        return Ok(0);
+    }
     let mut n = 0;
     let mut raw = csv::StringRecord::new();
     let mut batch: Vec<(u64, T)> = Vec::new();
@@ -459,7 +541,8 @@ where
         for (line, rec) in batch.drain(..) {
             match insert(&rec) {
                 Ok(()) => n += 1,
-                Err(e) => push(bad, &file, line, db_reason(&e)),
+                Err(Refused::Sql(e)) => push(bad, &file, line, db_reason(&e)),
+                Err(Refused::Rule(why)) => push(bad, &file, line, why.into()),
             }
         }
     };
@@ -496,6 +579,20 @@ where
     }
     flush(&mut batch, bad);
     Ok(n)
+}
+
+/// Why a validated row could not be inserted.
+enum Refused {
+    /// The database refused it (keys, constraints).
+    Sql(rusqlite::Error),
+    /// A rule across rows refused it.
+    Rule(&'static str),
+}
+
+impl From<rusqlite::Error> for Refused {
+    fn from(e: rusqlite::Error) -> Self {
+        Refused::Sql(e)
+    }
 }
 
 fn push(bad: &mut Bad, file: &str, line: u64, reason: String) {
@@ -549,51 +646,65 @@ impl Registry {
                 Table::Persons => {
                     counts.persons += load(
                         f,
+                        PERSON_COLUMNS,
                         today,
                         &mut bad,
                         PersonRec::validate,
                         |r: &PersonRec| r.ssn.as_str(),
-                        |r| ins.person(r),
+                        |r| Ok(ins.person(r)?),
                     )?
                 }
                 Table::Cards => {
                     counts.cards += load(
                         f,
+                        CARD_COLUMNS,
                         today,
                         &mut bad,
                         CardRec::validate,
                         |r: &CardRec| r.card_no.as_str(),
-                        |r| ins.card(r),
+                        |r| Ok(ins.card(r)?),
                     )?
                 }
                 Table::Accounts => {
                     counts.accounts += load(
                         f,
+                        ACCOUNT_COLUMNS,
                         today,
                         &mut bad,
                         AccountRec::validate,
                         |r: &AccountRec| r.holder_ssn.as_str(),
-                        |r| ins.account(r),
+                        |r| Ok(ins.account(r)?),
                     )?
                 }
                 Table::Links => {
                     counts.links += load(
                         f,
+                        LINK_COLUMNS,
                         today,
                         &mut bad,
                         LinkRec::validate,
                         |r: &LinkRec| r.member_ssn.as_str(),
-                        |r| ins.link(r),
+                        |r| {
+                            ins.link(r)?;
+                            let (h, m) = (upper(&r.holder_ssn), upper(&r.member_ssn));
+                            if r.status == "active" && super::bind::covered_by(&tx, &h, &m)? {
+                                return Err(Refused::Rule(
+                                    "mutual link: the holder is covered by this member (directly or through other links)",
+                                ));
+                            }
+                            Ok(())
+                        },
                     )?
                 }
                 Table::Contributions => {
                     counts.contributions += load(
                         f,
+                        CONTRIBUTION_COLUMNS,
                         today,
                         &mut bad,
                         ContributionRec::validate,
                         |r: &ContributionRec| r.ssn.as_str(),
-                        |r| ins.contribution(r),
+                        |r| Ok(ins.contribution(r)?),
                     )?
                 }
             }

@@ -254,7 +254,6 @@ pub struct Daemon {
     pub db: PathBuf,
     /// The configuration text it runs with.
     pub config: String,
-    pub ports: Arc<VirtualPorts>,
     pub log: Log,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), daemon::DaemonError>>>,
@@ -269,7 +268,24 @@ impl Daemon {
     pub async fn start(readers: &[(&str, &str, &str)], extra: &str) -> (Daemon, Vec<VirtualPort>) {
         let dir = tempfile::tempdir().unwrap();
         let db = fixture_db(dir.path());
-        Self::start_on(dir, db, readers, extra).await
+        let ports = VirtualPorts::new();
+        let plugged = readers.iter().map(|(n, _, _)| ports.plug(n)).collect();
+        (
+            Self::start_on(dir, db, readers, extra, ports.clone()).await,
+            plugged,
+        )
+    }
+
+    /// [`Daemon::start`] with real serial ports (tokio-serial) at
+    /// `dir/NAME`, which do not exist until the test makes them.
+    pub async fn start_with_serial_ports(
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+    ) -> (Daemon, ()) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fixture_db(dir.path());
+        let d = Self::start_on(dir, db, readers, extra, Arc::new(daemon::SerialPorts)).await;
+        (d, ())
     }
 
     /// [`Daemon::start`] on an existing registry file.
@@ -278,7 +294,8 @@ impl Daemon {
         db: PathBuf,
         readers: &[(&str, &str, &str)],
         extra: &str,
-    ) -> (Daemon, Vec<VirtualPort>) {
+        ports: Arc<dyn daemon::OpenPort>,
+    ) -> Daemon {
         let log = Log::default();
         let sink = log.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -290,8 +307,6 @@ impl Daemon {
         let socket = dir.path().join("display.sock");
         let text = config_text(dir.path(), &db, &socket, readers, extra);
         let config = Config::parse(&text, "test").unwrap();
-        let ports = VirtualPorts::new();
-        let plugged = readers.iter().map(|(n, _, _)| ports.plug(n)).collect();
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let registry = cardlink::registry::Registry::open(
             &db,
@@ -308,35 +323,26 @@ impl Daemon {
                 listener,
                 registry,
                 config,
-                ports: ports.clone(),
+                ports,
                 updates: rx,
             },
             shutdown.clone(),
         ));
-        (
-            Daemon {
-                dir,
-                socket,
-                db,
-                config: text,
-                ports,
-                log,
-                shutdown,
-                task: Some(task),
-                updates,
-                _log_guard: guard,
-            },
-            plugged,
-        )
+        Daemon {
+            dir,
+            socket,
+            db,
+            config: text,
+            log,
+            shutdown,
+            task: Some(task),
+            updates,
+            _log_guard: guard,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    /// Plugs reader `name` in (again).
-    pub fn plug(&self, name: &str) -> VirtualPort {
-        self.ports.plug(name)
     }
 
     /// Applies a new configuration text, as SIGHUP does, and waits until
