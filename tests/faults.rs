@@ -324,16 +324,40 @@ fn check_config_checks_database_and_devices() {
     assert!(ok, "{err}");
 }
 
+/// Runs `cmd` and returns its output if it exits within `limit`; kills it
+/// and returns `None` otherwise.
+fn exits_within(cmd: &mut Command, limit: Duration) -> Option<std::process::Output> {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(out.unwrap()),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            None
+        }
+    }
+}
+
 #[test]
 fn a_second_daemon_on_the_same_registry_does_not_start() {
     let (d, _ptys) = Process::start(&[], "");
     // Even with the socket file gone, the registry lock holds.
     std::fs::remove_file(&d.socket).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
-        .arg("--config")
-        .arg(&d.config)
-        .output()
-        .unwrap();
+    let out = exits_within(
+        Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+            .arg("--config")
+            .arg(&d.config),
+        Duration::from_secs(20),
+    )
+    .expect("a second daemon on the same config kept running");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("in use by another running cardlinkd"), "{err}");
@@ -341,6 +365,22 @@ fn a_second_daemon_on_the_same_registry_does_not_start() {
         !d.socket.exists(),
         "the second daemon did not bind the socket"
     );
+    // Another socket, the same registry: refused as well.
+    let other = d.path("other.toml");
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("display.sock", "other.sock");
+    std::fs::write(&other, text).unwrap();
+    let out = exits_within(
+        Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+            .arg("--config")
+            .arg(&other),
+        Duration::from_secs(20),
+    )
+    .expect("a second daemon on the same registry kept running");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("registry") && err.contains("in use"), "{err}");
     // The lock goes with the process: after a kill -9 the next one starts.
     let mut d = d;
     d.child.kill().unwrap();
