@@ -104,8 +104,11 @@ async fn main() -> anyhow::Result<()> {
     println!("RSS idle: {} KiB", idle);
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let frames: Vec<Vec<u8>> = (0..5000)
-        .map(|k| {
+    // Payloads are encoded into frames per swipe with SEQ = swipe % 256: a
+    // (SEQ, payload) pair comes back only every lcm(256, 5000) = 160,000
+    // swipes, far outside the 10 s resend window, so no swipe is a resend.
+    let payloads: Vec<Vec<u8>> = (0..5000)
+        .map(|_| {
             let i = rng.random_range(0..persons);
             let card = SimCard {
                 ssn: demo_ssn(i),
@@ -113,10 +116,9 @@ async fn main() -> anyhow::Result<()> {
                 pan: None,
                 name: "测试".into(),
                 issued: "20200101".into(),
-                expires: "20300101".into(),
+                expires: "20991231".into(),
             };
-            encode_vec((k % 256) as u8, Cmd::CardIc as u8, card.record().as_bytes())
-                .unwrap_or_default()
+            card.record().into_bytes()
         })
         .collect();
 
@@ -124,8 +126,8 @@ async fn main() -> anyhow::Result<()> {
     let mut sink = [0u8; 4096];
     let t0 = Instant::now();
     for k in 0..swipes {
-        let f = &frames[k % frames.len()];
-        pty.write_all(f).await?;
+        let f = encode_vec((k % 256) as u8, Cmd::CardIc as u8, &payloads[k % payloads.len()])?;
+        pty.write_all(&f).await?;
         let sent = Instant::now();
         loop {
             tokio::select! {

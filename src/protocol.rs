@@ -753,6 +753,51 @@ mod tests {
         }
     }
 
+    /// The codes in the "Error codes" table of docs/socket-protocol.md, and
+    /// every code the document mentions in backticks next to a `code`.
+    #[test]
+    fn error_codes_match_the_documentation() {
+        let doc = include_str!("../docs/socket-protocol.md");
+        let table = doc
+            .split("\n## Error codes\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/socket-protocol.md has an '## Error codes' section");
+        let documented: std::collections::BTreeSet<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let in_code: std::collections::BTreeSet<&str> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            documented, in_code,
+            "docs/socket-protocol.md's error table and ErrorCode differ"
+        );
+        // Codes named in the request sections are in the table too.
+        for section in doc.split("\n## ").filter(|s| s.starts_with("Requests")) {
+            for word in section.split('`').skip(1).step_by(2) {
+                let looks_like_code = word.len() > 3
+                    && word.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && word.contains('_');
+                let field = [
+                    "holder_swipe",
+                    "member_swipe",
+                    "balance_fen",
+                    "uptime_s",
+                    "noise_bytes",
+                    "last_error",
+                    "busy_timeout_ms",
+                    "privileged_uids",
+                    "card_no",
+                ];
+                if looks_like_code && !field.contains(&word) {
+                    assert!(in_code.contains(word), "`{word}` is not an ErrorCode");
+                }
+            }
+        }
+    }
+
     #[test]
     fn messages_have_the_documented_shape() {
         let v = serde_json::to_value(Message::Version(Version::current())).unwrap();
