@@ -107,9 +107,12 @@ async fn main() -> anyhow::Result<()> {
     // Payloads are encoded into frames per swipe with SEQ = swipe % 256: a
     // (SEQ, payload) pair comes back only every lcm(256, 5000) = 160,000
     // swipes, far outside the 10 s resend window, so no swipe is a resend.
-    let payloads: Vec<Vec<u8>> = (0..5000)
-        .map(|_| {
-            let i = rng.random_range(0..persons);
+    // Distinct persons (a multiplier coprime to the registry size), in a
+    // random order: a repeated person would be a repeated payload.
+    let start = rng.random_range(0..persons);
+    let payloads: Vec<Vec<u8>> = (0..5000u64)
+        .map(|k| {
+            let i = (start + k * 7919) % persons;
             let card = SimCard {
                 ssn: demo_ssn(i),
                 card_no: demo_card_no(i),
@@ -126,7 +129,11 @@ async fn main() -> anyhow::Result<()> {
     let mut sink = [0u8; 4096];
     let t0 = Instant::now();
     for k in 0..swipes {
-        let f = encode_vec((k % 256) as u8, Cmd::CardIc as u8, &payloads[k % payloads.len()])?;
+        let f = encode_vec(
+            (k % 256) as u8,
+            Cmd::CardIc as u8,
+            &payloads[k % payloads.len()],
+        )?;
         pty.write_all(&f).await?;
         let sent = Instant::now();
         loop {

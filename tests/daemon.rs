@@ -151,7 +151,7 @@ async fn magstripe_mode_with_ssn_and_pan_only() {
     assert_eq!(card["ssn"], ssn(HOLDER2).masked().to_string());
     // Track 2 only: resolved through the PAN.
     ptys[0]
-        .write_all(format!(";{}=34011201000?\r\n", pan(MEMBER2)).as_bytes())
+        .write_all(format!(";{}={}1201000?\r\n", pan(MEMBER2), track2_expiry()).as_bytes())
         .await
         .unwrap();
     let card = c.expect("CARD").await;
@@ -171,6 +171,12 @@ async fn magstripe_mode_with_ssn_and_pan_only() {
     assert_eq!(card["outcome"], "mismatch");
     assert_eq!(card["role"], "none");
     assert!(card["members"].as_array().unwrap().is_empty());
+}
+
+/// YYMM of a fixture card's expiry (eight years from today).
+fn track2_expiry() -> String {
+    let e = sim_card(MEMBER2, "x").expires;
+    format!("{}{}", &e[2..4], &e[4..6])
 }
 
 fn demo_ssn_str(i: u64) -> String {

@@ -287,20 +287,42 @@ fn locked_database_waits_then_fails_clearly() {
         .unwrap_err();
     assert!(matches!(err, RegistryError::Busy(_)));
 
-    // A writer that releases the lock within the timeout is waited for.
-    let opts = OpenOptions {
-        busy_timeout: Duration::from_secs(10),
-        ..OpenOptions::default()
-    };
-    let mut patient = Registry::open(&db, &opts).unwrap();
+    // A writer that releases the lock while the bind waits is waited for:
+    // the lock is released only once the bind is seen waiting on it.
+    let patient = Registry::open(&db, &OpenOptions::default()).unwrap();
+    patient
+        .connection()
+        .busy_handler(Some(signal_and_retry))
+        .unwrap();
+    let mut patient = patient;
     let release = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        let (m, c) = &BIND_WAITING;
+        let g = c
+            .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(20), |w| !*w)
+            .unwrap()
+            .0;
+        assert!(*g, "the bind never waited for the lock");
+        drop(g);
         blocker.execute_batch("COMMIT").unwrap();
     });
     patient
         .bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default())
         .unwrap();
     release.join().unwrap();
+    assert!(*BIND_WAITING.0.lock().unwrap());
+}
+
+static BIND_WAITING: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// SQLite's busy handler: tells the test the bind is waiting, then retries
+/// every 2 ms (up to about 20 s), as `busy_timeout` would.
+fn signal_and_retry(attempt: i32) -> bool {
+    let (m, c) = &BIND_WAITING;
+    *m.lock().unwrap() = true;
+    c.notify_all();
+    std::thread::sleep(Duration::from_millis(2));
+    attempt < 10_000
 }
 
 #[test]

@@ -7,9 +7,9 @@
 //! The promise is kept by time, with a memory bound that a line cannot
 //! reach: [`CAPACITY`] entries of 17 bytes of key and a timestamp (about
 //! 1 MiB with the index). At 115,200 baud a line carries at most about
-//! 1,650 of the shortest (7-byte) frames a second, 16,500 in 10 s; only
-//! a faster line filled with empty frames could forget a frame before its
-//! 10 s are up (PROTOCOL.md, "Resends").
+//! 1,650 of the shortest (7-byte) frames a second, 16,500 in 10 s, so the
+//! window holds up to 230,400 baud; only a faster line filled with empty
+//! frames could forget a frame before its 10 s are up (PROTOCOL.md).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
