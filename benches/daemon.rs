@@ -71,6 +71,12 @@ async fn main() -> anyhow::Result<()> {
         db.display()
     );
 
+    // The daemon's SQLite page cache (the config's `cache_mib`, default 8).
+    let cache_mib: u32 = std::env::var("CARDLINK_BENCH_CACHE_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    println!("daemon page cache: {cache_mib} MiB");
     let socket = tmp.path().join("display.sock");
     let link = tmp.path().join("reader0");
     let mut pty = PtyMaster::open(Some(&link))?;
@@ -78,8 +84,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "database = {:?}\nlog_level = \"warn\"\n[socket]\npath = {:?}\n[[reader]]\nname = \"bench\"\npath = {:?}\nencoding = \"utf-8\"\n",
-            db, socket, link
+            "database = {:?}\nlog_level = \"warn\"\ncache_mib = {}\n[socket]\npath = {:?}\n[[reader]]\nname = \"bench\"\npath = {:?}\nencoding = \"utf-8\"\n",
+            db, cache_mib, socket, link
         ),
     )?;
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkd"))

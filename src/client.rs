@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -69,6 +69,7 @@ pub struct Requester {
     w: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
 }
 
 /// A connection to `cardlinkd`.
@@ -110,12 +111,20 @@ impl Client {
         let pending: Pending = Arc::default();
         let dropped = Arc::new(AtomicU64::new(0));
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
-        tokio::spawn(route(lines, pending.clone(), tx, dropped.clone()));
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(route(
+            lines,
+            pending.clone(),
+            tx,
+            dropped.clone(),
+            closed.clone(),
+        ));
         Ok(Client {
             requests: Requester {
                 w: Arc::new(tokio::sync::Mutex::new(w)),
                 pending,
                 next_id: Arc::new(AtomicU64::new(1)),
+                closed,
             },
             events,
             version,
@@ -208,6 +217,7 @@ async fn route(
     pending: Pending,
     events: mpsc::Sender<Message>,
     dropped: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
 ) {
     loop {
         let m = match next_message(&mut lines).await {
@@ -237,7 +247,9 @@ async fn route(
             dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
-    // Wake every request still waiting: the connection is gone.
+    // Wake every request still waiting, and refuse new ones: the
+    // connection is gone.
+    closed.store(true, Ordering::SeqCst);
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
@@ -266,6 +278,15 @@ impl Requester {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
+        // Checked after registering: the reader task sets `closed` before it
+        // clears the waiting requests, so one of the two always sees the other.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(ClientError::Closed);
+        }
         let written = self.w.lock().await.write_all(&line).await;
         if let Err(e) = written {
             self.pending

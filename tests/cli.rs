@@ -251,6 +251,23 @@ async fn simulate_and_socket_clients() {
         v["result"]["readers"][0]["firmware"],
         cardlink::sim::FIRMWARE
     );
+    // Without --json: a summary for a person.
+    let out = ctl().args(["status", "--socket", &sock]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "role window",
+        "up ",
+        "reader r1 (",
+        // The simulator has finished, so the reader is gone, with its cause.
+        "frame): disconnected",
+        "last error: ",
+        "3 cards",
+        &format!("firmware: {}", cardlink::sim::FIRMWARE),
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    assert!(!text.contains('{'), "not JSON:\n{text}");
     let out = ctl()
         .args(["lookup", &card(SPOUSE), "--socket", &sock])
         .output()

@@ -594,3 +594,76 @@ fn check_config_prints_the_effective_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("morse"));
 }
+
+/// The typed library client (what cardlinkctl and the displays use):
+/// a kiosk bind by two swipes, refusals as typed codes, events as a
+/// stream, and a clean error once the daemon is gone.
+#[tokio::test(start_paused = true)]
+async fn typed_client_kiosk_flow() {
+    use cardlink::client::ClientError;
+    use cardlink::protocol::{ErrorCode, FamilyRole, Message, Parties, WireOutcome};
+    let (d, mut ptys) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"").await;
+    let mut c = d.typed().await;
+    assert_eq!(c.version().proto, 1);
+    let err = c.lookup(&card(HOLDER)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused {
+                code: ErrorCode::ManualEntryNotAllowed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for (seq, i, name) in [(1, HOLDER, "张伟"), (2, CHILD, "张小明")] {
+        let f = encode_vec(seq, Cmd::CardIc as u8, &record(i, name)).unwrap();
+        ptys[0].write_all(&f).await.unwrap();
+    }
+    let mut cards = Vec::new();
+    while cards.len() < 2 {
+        match c.next_event().await.unwrap() {
+            Message::Card(card) => cards.push(*card),
+            _ => continue,
+        }
+    }
+    assert_eq!(cards[0].role, FamilyRole::Holder);
+    assert_eq!(cards[1].outcome, WireOutcome::Ok);
+    let parties = Parties {
+        holder_swipe: Some(cards[0].swipe),
+        member_swipe: Some(cards[1].swipe),
+        ..Parties::default()
+    };
+    let bound = c.bind(parties.clone(), "child", None).await.unwrap();
+    assert_eq!(bound.relation, "child");
+    let again = c.bind(parties, "child", None).await.unwrap_err();
+    assert!(
+        matches!(
+            again,
+            ClientError::Refused {
+                code: ErrorCode::AlreadyLinked,
+                ..
+            }
+        ),
+        "{again}"
+    );
+    let records = c
+        .contributions(None, Some(cards[0].swipe), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(records.records.len(), 2);
+    let status = c.status().await.unwrap();
+    assert_eq!(
+        (status.role.as_str(), status.readers[0].cards),
+        ("kiosk", 2)
+    );
+    d.stop().await;
+    assert!(
+        c.next_event().await.is_none(),
+        "the stream ends with the daemon"
+    );
+    assert!(matches!(
+        c.status().await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+}
