@@ -3,8 +3,14 @@
 //! ```toml
 //! database = "/var/lib/cardlink/registry.db"
 //! role = "window"                       # or "kiosk"
-//! relations = ["spouse", "parent", "child"]
+//! relations = ["spouse", "parent", "child", "sibling", "grandparent",
+//!              "maternal_grandparent", "grandchild", "maternal_grandchild"]
 //! log_level = "info"                    # RUST_LOG overrides
+//!
+//! [policy]                              # province rules
+//! max_members = 0                       # 0: no limit
+//! rebind_cooldown_days = 0
+//! scope = "province"                    # province | city | any
 //!
 //! [socket]
 //! path = "/run/cardlink/display.sock"
@@ -26,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reader::card::TextEncoding;
 use crate::reader::codec::Mode;
+use crate::registry::{BindPolicy, Relation, Scope};
 
 /// Default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/cardlink/cardlinkd.toml";
@@ -135,9 +142,13 @@ pub struct Config {
     /// Window or kiosk.
     #[serde(default)]
     pub role: Station,
-    /// Allowed relations for binding.
+    /// Relations allowed for binding (default: all eight close relatives
+    /// of 国办发〔2024〕38号; a province may narrow the list).
     #[serde(default = "default_relations")]
-    pub relations: Vec<String>,
+    pub relations: Vec<Relation>,
+    /// Province rules of family mutual aid.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Log level filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     #[serde(default = "default_level")]
     pub log_level: String,
@@ -158,8 +169,26 @@ pub struct Config {
 fn default_db() -> PathBuf {
     PathBuf::from("/var/lib/cardlink/registry.db")
 }
-fn default_relations() -> Vec<String> {
-    vec!["spouse".into(), "parent".into(), "child".into()]
+fn default_relations() -> Vec<Relation> {
+    Relation::ALL.to_vec()
+}
+
+/// The `[policy]` table: family-mutual-aid rules that differ by province.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Members one account may cover; 0: no limit (the default).
+    #[serde(default)]
+    pub max_members: u32,
+    /// After an unbind, days before the same member may be bound to
+    /// another payer; 0 (the default): at once.
+    #[serde(default)]
+    pub rebind_cooldown_days: u32,
+    /// `province` (default: 省内共济, in force everywhere), `city` or `any`
+    /// (cross-province, where a province allows it). Compares the insured
+    /// regions (统筹区) of holder and member, not their birthplaces.
+    #[serde(default)]
+    pub scope: Scope,
 }
 fn default_level() -> String {
     "info".into()
@@ -241,12 +270,8 @@ impl Config {
         if self.relations.is_empty() {
             return bad("relations must list at least one relation".into());
         }
-        for rel in &self.relations {
-            if rel.is_empty() || !rel.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                return bad(format!(
-                    "relation '{rel}' must be lower-case letters or '_'"
-                ));
-            }
+        if self.policy.rebind_cooldown_days > 3650 {
+            return bad("policy.rebind_cooldown_days: at most 3650".into());
         }
         self.socket_mode()?;
         crate::logging::parse_level(&self.log_level)
@@ -265,6 +290,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The binding rules this configuration sets.
+    pub fn bind_policy(&self) -> BindPolicy {
+        BindPolicy {
+            relations: self.relations.clone(),
+            max_members: self.policy.max_members,
+            rebind_cooldown_days: self.policy.rebind_cooldown_days,
+            scope: self.policy.scope,
+        }
     }
 
     /// The socket file mode as a number.

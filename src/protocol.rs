@@ -106,6 +106,12 @@ error_codes! {
     AlreadyLinked = "already_linked",
     /// The member already has another payer.
     MemberHasPayer = "member_has_payer",
+    /// The holder's account covers the most members the province allows.
+    TooManyMembers = "too_many_members",
+    /// The member was unbound from another payer within the cooldown.
+    Cooldown = "cooldown",
+    /// Holder and member are not insured in the same province (or city).
+    OutOfScope = "out_of_scope",
     /// The holder is covered by the member: the link would be mutual.
     MutualLink = "mutual_link",
     /// `unbind` of a link that is not active.
@@ -130,6 +136,9 @@ impl From<&registry::BindError> for ErrorCode {
             B::MemberNotInsured => ErrorCode::MemberNotInsured,
             B::MemberNoActiveCard => ErrorCode::MemberNoActiveCard,
             B::RelationNotAllowed(_) => ErrorCode::RelationNotAllowed,
+            B::TooManyMembers(_) => ErrorCode::TooManyMembers,
+            B::Cooldown { .. } => ErrorCode::Cooldown,
+            B::OutOfScope(_) => ErrorCode::OutOfScope,
             B::AlreadyLinked => ErrorCode::AlreadyLinked,
             B::MemberHasPayer => ErrorCode::MemberHasPayer,
             B::MutualLink => ErrorCode::MutualLink,

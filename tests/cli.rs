@@ -80,7 +80,7 @@ fn db_commands_round_trip() {
     };
     let (code, text) = run(&["init"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("schema version 3"), "{text}");
+    assert!(text.contains("schema version 4"), "{text}");
     let sample = dir.path().join("cards.jsonl");
     let (code, text) = run(&[
         "gen-demo",

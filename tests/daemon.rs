@@ -526,7 +526,9 @@ async fn garbage_and_stuck_clients_do_not_disturb_others() {
         encoding: TextEncoding::Utf8,
         noise: 0.0,
         drop_acks: 0.0,
-        interval: Duration::ZERO,
+        // 40 ms (virtual) apart: SEQ wraps every 256 swipes, and a (SEQ,
+        // payload) pair seen again within 10 s is a resend by definition.
+        interval: Duration::from_millis(40),
         count: Some(n),
         seed: 1,
     };

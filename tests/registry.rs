@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cardlink::registry::audit::Entry;
 use cardlink::registry::import::ImportError;
+use cardlink::registry::Relation;
 use cardlink::registry::{
     BindError, BindPolicy, Channel, Lookup, OpenOptions, Outcome, Registry, RegistryError, Role,
 };
@@ -21,7 +22,7 @@ fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest
     cardlink::registry::BindRequest {
         holder: ssn(h),
         member: ssn(m),
-        relation: rel,
+        relation: cardlink::registry::Relation::parse(rel).expect("a relation"),
         channel: Channel::Window,
         operator: "clerk1",
         actor: "test",
@@ -113,10 +114,14 @@ fn explicit_outcomes() {
 fn every_bind_rule_has_its_own_refusal() {
     let dir = tempfile::tempdir().unwrap();
     let mut reg = open(&fixture_db(dir.path()));
-    let policy = BindPolicy::default();
+    // A province that kept the 2021 list (spouse, parent, child).
+    let policy = BindPolicy {
+        relations: vec![Relation::Spouse, Relation::Parent, Relation::Child],
+        ..BindPolicy::default()
+    };
     let cases: Vec<(u64, u64, &str, &str)> = vec![
         (HOLDER, HOLDER, "spouse", "same_person"),
-        (HOLDER, CHILD, "cousin", "relation_not_allowed"),
+        (HOLDER, CHILD, "sibling", "relation_not_allowed"),
         (9999, CHILD, "child", "holder_unknown"),
         (HOLDER, 9999, "child", "member_unknown"),
         (SPOUSE, CHILD, "child", "holder_not_employee"),
@@ -149,7 +154,8 @@ fn every_bind_rule_has_its_own_refusal() {
     assert!(!msg.contains(ssn(HOLDER).expose()));
     // A configurable relation list.
     let wide = BindPolicy {
-        relations: vec!["grandparent".into()],
+        relations: vec![cardlink::registry::Relation::Grandparent],
+        ..BindPolicy::default()
     };
     assert_eq!(
         reg.bind(&bind_req(HOLDER, CHILD, "child"), &wide)
@@ -344,6 +350,7 @@ fn import_with_bad_rows_imports_nothing_and_names_every_row() {
     lines[4] = lines[4].replacen(",M,", ",Q,", 1).replacen(",F,", ",Q,", 1);
     std::fs::write(&files[0], lines.join("\n") + "\n").unwrap();
     let mut cards = std::fs::read_to_string(&files[1]).unwrap();
+    let appended_line = cards.lines().count() + 1;
     cards.push_str(&format!(
         "Z00000001,,{},3,2020-01-01,2030-01-01,active\n",
         demo_ssn_str(5000)
@@ -373,7 +380,7 @@ fn import_with_bad_rows_imports_nothing_and_names_every_row() {
     assert!(
         names
             .iter()
-            .any(|n| n.starts_with(&format!("{cards_file}:16:"))
+            .any(|n| n.starts_with(&format!("{cards_file}:{appended_line}:"))
                 && n.contains("not in the registry")),
         "{names:#?}"
     );

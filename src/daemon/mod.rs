@@ -187,9 +187,7 @@ impl Ctx {
             readers: Mutex::new(BTreeMap::new()),
             live: RwLock::new(Live {
                 station: cfg.role,
-                policy: BindPolicy {
-                    relations: cfg.relations.clone(),
-                },
+                policy: cfg.bind_policy(),
             }),
             privileged: RwLock::new(cfg.socket.privileged_uids.clone()),
             started: Instant::now(),
@@ -216,7 +214,7 @@ impl Ctx {
     pub fn reload(&self, cfg: &Config) {
         if let Ok(mut live) = self.live.write() {
             live.station = cfg.role;
-            live.policy.relations = cfg.relations.clone();
+            live.policy = cfg.bind_policy();
         }
         if let Ok(mut p) = self.privileged.write() {
             *p = cfg.socket.privileged_uids.clone();

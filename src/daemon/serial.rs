@@ -325,7 +325,9 @@ async fn serve(
             if let Err(e) = framed.send(HostFrame::ack(*seq)).await {
                 return format!("write failed: {e}");
             }
-            if !dedup.first_time(Instant::now(), *seq, payload) {
+            // tokio's clock (the std clock outside tests), so that tests
+            // with paused time see the 10 s window in virtual time.
+            if !dedup.first_time(tokio::time::Instant::now().into_std(), *seq, payload) {
                 ctx.with_reader(&cfg.name, |s| s.duplicates += 1);
                 tracing::debug!(reader = %cfg.name, seq, cmd, "duplicate frame suppressed");
                 continue;

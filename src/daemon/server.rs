@@ -327,6 +327,17 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
             operator,
             ..
         } => {
+            let rel = crate::registry::Relation::parse(&relation).ok_or_else(|| {
+                (
+                    ErrorCode::RelationNotAllowed,
+                    format!(
+                        "relation '{relation}' is not one of {}",
+                        crate::registry::Relation::ALL
+                            .map(|r| r.as_str())
+                            .join(", ")
+                    ),
+                )
+            })?;
             let (h, m) = parties(ctx, live.station, &p).await?;
             // Where a link was made is the daemon's to say, not the client's.
             let channel = match live.station {
@@ -335,12 +346,11 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
             };
             let operator = operator_or_actor(operator);
             let actor = actor.to_string();
-            let rel = relation.clone();
             registry(ctx, move |reg| {
                 let req = BindRequest {
                     holder: h,
                     member: m,
-                    relation: &rel,
+                    relation: rel,
                     channel,
                     operator: &operator,
                     actor: &actor,

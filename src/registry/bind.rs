@@ -4,7 +4,8 @@ use firmware_protocol::{Date, Ssn};
 use rusqlite::{params, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::audit::{append, Entry};
-use super::{iso, now_rfc3339, Registry, RegistryError};
+use super::policy::{BindPolicy, Relation};
+use super::{now_rfc3339, Registry, RegistryError};
 
 /// Where a link was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,21 +28,6 @@ impl Channel {
             Channel::Hospital => "hospital",
             Channel::Kiosk => "kiosk",
             Channel::Import => "import",
-        }
-    }
-}
-
-/// Configurable parts of the binding rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindPolicy {
-    /// Relations a member may have to the holder.
-    pub relations: Vec<String>,
-}
-
-impl Default for BindPolicy {
-    fn default() -> Self {
-        BindPolicy {
-            relations: vec!["spouse".into(), "parent".into(), "child".into()],
         }
     }
 }
@@ -73,6 +59,20 @@ pub enum BindError {
     /// The relation is not in the allowed list.
     #[error("relation '{0}' is not allowed")]
     RelationNotAllowed(String),
+    /// The holder's account already covers the configured maximum.
+    #[error("the account already covers {0} member(s), the most this province allows")]
+    TooManyMembers(u32),
+    /// The member was unbound from another payer too recently.
+    #[error("the member was unbound from another account on {since}; a new payer is possible from {until}")]
+    Cooldown {
+        /// When the earlier link was revoked (RFC 3339).
+        since: String,
+        /// When the cooldown ends (RFC 3339).
+        until: String,
+    },
+    /// Holder and member are not insured in the same province (or city).
+    #[error("{0}")]
+    OutOfScope(String),
     /// This exact link is already active.
     #[error("this family link already exists")]
     AlreadyLinked,
@@ -103,6 +103,9 @@ impl BindError {
             BindError::MemberNotInsured => "member_not_insured",
             BindError::MemberNoActiveCard => "member_no_active_card",
             BindError::RelationNotAllowed(_) => "relation_not_allowed",
+            BindError::TooManyMembers(_) => "too_many_members",
+            BindError::Cooldown { .. } => "cooldown",
+            BindError::OutOfScope(_) => "out_of_scope",
             BindError::AlreadyLinked => "already_linked",
             BindError::MemberHasPayer => "member_has_payer",
             BindError::MutualLink => "mutual_link",
@@ -121,7 +124,7 @@ pub struct BindRequest<'a> {
     /// Family member.
     pub member: Ssn,
     /// Relation of the member to the holder.
-    pub relation: &'a str,
+    pub relation: Relation,
     /// Channel.
     pub channel: Channel,
     /// Operator (clerk id, kiosk id).
@@ -139,17 +142,29 @@ fn insurance(
         .optional()
 }
 
-fn has_active_card(
+fn has_usable_card(
     tx: &rusqlite::Transaction<'_>,
     ssn: &Ssn,
-    today: &str,
+    today: Date,
 ) -> rusqlite::Result<bool> {
-    tx.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM cards WHERE ssn = ?1 AND status = 'active' AND expires >= ?2)",
-    )?
-    .query_row(params![ssn.expose(), today], |r| r.get(0))
+    Ok(super::resolve::best_card(tx, ssn.expose(), today)?.is_some_and(|c| c.usable(today)))
 }
 
+fn region(tx: &rusqlite::Transaction<'_>, ssn: &Ssn) -> rusqlite::Result<Option<String>> {
+    tx.prepare_cached("SELECT region FROM persons WHERE ssn = ?1")?
+        .query_row([ssn.expose()], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// RFC 3339 UTC time `days` before now, as stored in `revoked_at`.
+fn days_ago(days: u32) -> (String, std::time::SystemTime) {
+    let now = std::time::SystemTime::now();
+    let then = now
+        .checked_sub(std::time::Duration::from_secs(u64::from(days) * 86_400))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    (humantime::format_rfc3339_seconds(then).to_string(), now)
+}
 /// Whether `holder` is covered by `member`, directly or up a chain of
 /// payers (each person has at most one active payer, so the walk is a
 /// line; it is bounded in case the data already holds a cycle).
@@ -215,7 +230,7 @@ impl Registry {
         if req.holder == req.member {
             return Err(BindError::SamePerson);
         }
-        if !policy.relations.iter().any(|r| r == req.relation) {
+        if !policy.relations.contains(&req.relation) {
             return Err(BindError::RelationNotAllowed(req.relation.to_string()));
         }
         let t = self.busy_timeout;
@@ -224,7 +239,6 @@ impl Registry {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        let today_s = iso(today);
         match insurance(&tx, &req.holder).map_err(sql)? {
             None => return Err(BindError::HolderUnknown(req.holder)),
             Some((ty, st)) if ty != "employee" || st != "active" => {
@@ -239,10 +253,12 @@ impl Registry {
             }
             Some(_) => {}
         }
-        if !has_active_card(&tx, &req.holder, &today_s).map_err(sql)? {
+        // One definition of a usable card for resolve and bind: active and
+        // not expired today (China time), see `resolve::best_card`.
+        if !has_usable_card(&tx, &req.holder, today).map_err(sql)? {
             return Err(BindError::HolderNoActiveCard);
         }
-        if !has_active_card(&tx, &req.member, &today_s).map_err(sql)? {
+        if !has_usable_card(&tx, &req.member, today).map_err(sql)? {
             return Err(BindError::MemberNoActiveCard);
         }
         let current: Option<String> = tx
@@ -261,13 +277,75 @@ impl Registry {
         if covered_by(&tx, req.holder.expose(), req.member.expose()).map_err(sql)? {
             return Err(BindError::MutualLink);
         }
+        // Province rules (the [policy] table of the configuration).
+        let digits = policy.scope.digits();
+        if digits > 0 {
+            let h = region(&tx, &req.holder).map_err(sql)?;
+            let m = region(&tx, &req.member).map_err(sql)?;
+            match (h, m) {
+                (Some(h), Some(m)) if h.get(..digits) == m.get(..digits) => {}
+                (Some(h), Some(m)) => {
+                    return Err(BindError::OutOfScope(format!(
+                        "holder insured in region {h}, member in {m}: mutual aid is limited to the same {}",
+                        if digits == 2 { "province" } else { "city" }
+                    )))
+                }
+                (h, _) => {
+                    let who = if h.is_none() { "holder" } else { "member" };
+                    return Err(BindError::OutOfScope(format!(
+                        "the {who}'s insured region is not in the registry, so the {} rule cannot be checked",
+                        if digits == 2 { "same-province" } else { "same-city" }
+                    )));
+                }
+            }
+        }
+        if policy.max_members > 0 {
+            let n: u32 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM family_links WHERE holder_ssn = ?1 AND status = 'active'",
+                )
+                .map_err(sql)?
+                .query_row([req.holder.expose()], |r| r.get(0))
+                .map_err(sql)?;
+            if n >= policy.max_members {
+                return Err(BindError::TooManyMembers(n));
+            }
+        }
+        if policy.rebind_cooldown_days > 0 {
+            let (cutoff, _) = days_ago(policy.rebind_cooldown_days);
+            let last: Option<String> = tx
+                .prepare_cached(
+                    "SELECT max(revoked_at) FROM family_links \
+                     WHERE member_ssn = ?1 AND status = 'revoked' AND holder_ssn <> ?2 AND revoked_at > ?3",
+                )
+                .map_err(sql)?
+                .query_row(
+                    params![req.member.expose(), req.holder.expose(), cutoff],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
+            if let Some(since) = last {
+                let until = humantime::parse_rfc3339_weak(&since)
+                    .ok()
+                    .map(|t| {
+                        t + std::time::Duration::from_secs(
+                            u64::from(policy.rebind_cooldown_days) * 86_400,
+                        )
+                    })
+                    .map_or_else(
+                        || "later".to_string(),
+                        |t| humantime::format_rfc3339_seconds(t).to_string(),
+                    );
+                return Err(BindError::Cooldown { since, until });
+            }
+        }
         let inserted = tx.execute(
             "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \
              VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
             params![
                 req.holder.expose(),
                 req.member.expose(),
-                req.relation,
+                req.relation.as_str(),
                 req.channel.as_str(),
                 req.operator,
                 now_rfc3339()

@@ -129,6 +129,12 @@ struct Person {
     card_ok: bool,
 }
 
+/// Insured regions (统筹区) of the demo households: a household is insured
+/// in one region, mostly in Zhejiang, some in Beijing and Shanghai.
+const DEMO_REGIONS: [&str; 8] = [
+    "330100", "330100", "330200", "330300", "330100", "330600", "110100", "310100",
+];
+
 /// Runs the generator into `sink`.
 pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Error> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -164,6 +170,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 birth_date: born.to_string(),
                 insurance_type: ins_type.into(),
                 insurance_status: ins_status.into(),
+                region: Some(DEMO_REGIONS[((i / 4) % DEMO_REGIONS.len() as u64) as usize].into()),
             })?;
             let issued_year = rng.random_range(2016..=2024u16);
             let issued = Date::new(

@@ -31,6 +31,15 @@ pub struct PersonRec {
     pub insurance_type: String,
     /// `active`, `suspended` or `ended`.
     pub insurance_status: String,
+    /// Insured region (统筹区 code, 6 digits), for the scope of family
+    /// mutual aid; optional column (empty: unknown).
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub region: Option<String>,
+}
+
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
 }
 
 /// A row of `cards.csv`.
@@ -168,7 +177,15 @@ impl PersonRec {
             "insurance_status",
             &self.insurance_status,
             &["active", "suspended", "ended"],
-        )
+        )?;
+        if let Some(r) = &self.region {
+            if r.len() != 6 || !r.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "region: '{r}' is not a 6-digit insured-region code"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -218,7 +235,13 @@ impl LinkRec {
         if self.holder_ssn.eq_ignore_ascii_case(&self.member_ssn) {
             return Err("holder and member are the same person".into());
         }
-        text_ok("relation", &self.relation, 32)?;
+        if super::Relation::parse(&self.relation).is_none() {
+            return Err(format!(
+                "relation: '{}' is not one of {}",
+                self.relation,
+                super::Relation::ALL.map(|r| r.as_str()).join(", ")
+            ));
+        }
         one_of("status", &self.status, &["active", "revoked"])?;
         one_of(
             "channel",
@@ -273,8 +296,8 @@ impl<'c> Inserter<'c> {
     pub(crate) fn person(&self, r: &PersonRec) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status, region) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 upper(&r.ssn),
@@ -282,7 +305,8 @@ impl<'c> Inserter<'c> {
                 r.sex,
                 r.birth_date,
                 r.insurance_type,
-                r.insurance_status
+                r.insurance_status,
+                r.region
             ])
             .map(drop)
     }
@@ -774,8 +798,8 @@ impl Registry {
                 w.flush().map_err(|e| io($file)(e.into()))?;
             }};
         }
-        dump!("persons.csv", "SELECT ssn, name, sex, birth_date, insurance_type, insurance_status FROM persons ORDER BY ssn", persons, |r| PersonRec {
-            ssn: r.get(0)?, name: r.get(1)?, sex: r.get(2)?, birth_date: r.get(3)?, insurance_type: r.get(4)?, insurance_status: r.get(5)?,
+        dump!("persons.csv", "SELECT ssn, name, sex, birth_date, insurance_type, insurance_status, region FROM persons ORDER BY ssn", persons, |r| PersonRec {
+            ssn: r.get(0)?, name: r.get(1)?, sex: r.get(2)?, birth_date: r.get(3)?, insurance_type: r.get(4)?, insurance_status: r.get(5)?, region: r.get(6)?,
         });
         dump!("cards.csv", "SELECT card_no, pan, ssn, generation, issued, expires, status FROM cards ORDER BY card_no", cards, |r| CardRec {
             card_no: r.get(0)?, pan: r.get(1)?, ssn: r.get(2)?, generation: r.get(3)?, issued: r.get(4)?, expires: r.get(5)?, status: r.get(6)?,

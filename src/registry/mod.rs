@@ -15,6 +15,7 @@ pub mod audit;
 mod bind;
 pub mod demo;
 pub mod import;
+pub mod policy;
 mod resolve;
 mod schema;
 
@@ -23,7 +24,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-pub use bind::{BindError, BindPolicy, BindRequest, Channel};
+pub use bind::{BindError, BindRequest, Channel};
+pub use policy::{BindPolicy, Relation, Scope};
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 
 /// Default time a statement waits for another writer's lock.
@@ -264,11 +266,6 @@ impl Registry {
 /// Current time as RFC 3339 UTC with seconds precision.
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-/// ISO date text, as stored.
-pub(crate) fn iso(d: firmware_protocol::Date) -> String {
-    d.to_string()
 }
 
 /// Parses an ISO `YYYY-MM-DD` date as stored.

@@ -186,10 +186,40 @@ pub struct Contribution {
 }
 
 #[derive(Debug, Clone)]
-struct CardRow {
+pub(crate) struct CardRow {
     card_no: String,
     status: String,
     expires: String,
+}
+
+impl CardRow {
+    /// The one definition of a usable card, for resolve and bind: status
+    /// active and not expired today (China time).
+    pub(crate) fn usable(&self, today: Date) -> bool {
+        self.status == "active" && parse_iso(&self.expires).is_some_and(|e| e >= today)
+    }
+}
+
+/// A person's best card: a usable one first (newest generation, then
+/// newest issue), otherwise the newest card, so a person holding an expired
+/// new card and a valid old one resolves with the valid one, as bind sees it.
+pub(crate) fn best_card(
+    c: &rusqlite::Connection,
+    ssn: &str,
+    today: Date,
+) -> rusqlite::Result<Option<CardRow>> {
+    c.prepare_cached(
+        "SELECT card_no, status, expires FROM cards WHERE ssn = ?1 \
+         ORDER BY (status = 'active' AND expires >= ?2) DESC, generation DESC, issued DESC LIMIT 1",
+    )?
+    .query_row(rusqlite::params![ssn, today.to_string()], |r| {
+        Ok(CardRow {
+            card_no: r.get(0)?,
+            status: r.get(1)?,
+            expires: r.get(2)?,
+        })
+    })
+    .optional()
 }
 
 /// Far-future bound used when re-validating SSNs already in the database.
@@ -320,9 +350,14 @@ impl Registry {
             .query_row([key], Row::read)
             .optional()
             .map_err(|e| self.sql(e))?;
-        let Some(row) = found else {
+        let Some(mut row) = found else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
+        if lookup.card_no.is_none() && lookup.pan.is_none() {
+            // By SSN: the person's best card today (the row's copy is the
+            // best card as of its last write, blind to expiry since).
+            row.card = best_card(&self.conn, &row.ssn, today).map_err(|e| self.sql(e))?;
+        }
         let person = PersonInfo {
             ssn: stored_ssn(&row.ssn)?,
             name: row.name,

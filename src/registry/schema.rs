@@ -14,6 +14,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/001_init.sql")),
     M::up(include_str!("migrations/002_covering_indexes.sql")),
     M::up(include_str!("migrations/003_resolution_row.sql")),
+    M::up(include_str!("migrations/004_relations_and_region.sql")),
 ];
 
 /// Brings the database to the newest schema version.

@@ -23,6 +23,22 @@ pub const MEMBER2: u64 = 11;
 pub const NO_CARD: u64 = 12;
 pub const HOLDER_SUSPENDED: u64 = 13;
 pub const HOLDER_EXPIRED: u64 = 14;
+/// Insured in another province (Beijing).
+pub const REMOTE: u64 = 15;
+/// Insured in another city of the same province (Ningbo).
+pub const OTHER_CITY: u64 = 16;
+/// Insured region not in the registry.
+pub const NO_REGION: u64 = 17;
+
+/// The insured region (统筹区) of fixture person `i`: Hangzhou unless said.
+pub fn region(i: u64) -> &'static str {
+    match i {
+        REMOTE => "110100",
+        OTHER_CITY => "330200",
+        NO_REGION => "",
+        _ => "330100",
+    }
+}
 
 pub fn ssn(i: u64) -> Ssn {
     Ssn::parse(&demo_ssn(i)).unwrap()
@@ -69,9 +85,10 @@ pub fn days_from_today(days: i64) -> cardlink::Date {
 
 /// Writes the fixture CSV files into `dir` and returns their paths.
 pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
-    let mut persons = String::from("ssn,name,sex,birth_date,insurance_type,insurance_status\n");
+    let mut persons =
+        String::from("ssn,name,sex,birth_date,insurance_type,insurance_status,region\n");
     let mut cards = String::from("card_no,pan,ssn,generation,issued,expires,status\n");
-    let people: [(u64, &str, &str, &str, &str, Exp); 15] = [
+    let people: [(u64, &str, &str, &str, &str, Exp); 18] = [
         (HOLDER, "张伟", "employee", "active", "active", VALID),
         (SPOUSE, "李娜", "resident", "active", "active", VALID),
         (CHILD, "张小明", "resident", "active", "active", VALID),
@@ -101,6 +118,9 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
             "active",
             EXPIRED_3Y,
         ),
+        (REMOTE, "钱坤", "resident", "active", "active", VALID),
+        (OTHER_CITY, "郑华", "resident", "active", "active", VALID),
+        (NO_REGION, "冯丽", "resident", "active", "active", VALID),
     ];
     for (i, name, ty, st, card_status, expires) in people {
         let s = demo_ssn(i);
@@ -110,7 +130,10 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
             "F"
         };
         let born = format!("{}-{}-{}", &s[6..10], &s[10..12], &s[12..14]);
-        persons.push_str(&format!("{s},{name},{sex},{born},{ty},{st}\n"));
+        persons.push_str(&format!(
+            "{s},{name},{sex},{born},{ty},{st},{}\n",
+            region(i)
+        ));
         if !card_status.is_empty() {
             let expires = expires.date();
             cards.push_str(&format!(
