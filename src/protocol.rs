@@ -57,6 +57,9 @@ error_codes! {
     BadCard = "bad_card",
     /// The reader reported a failure.
     ReaderReadError = "reader_read_error",
+    /// A third-generation card the reader could not authenticate (its PSAM
+    /// lacks the key); not a bad card.
+    CardNotAuthenticated = "card_not_authenticated",
     /// The registry could not answer (not a busy lock).
     Registry = "registry",
     /// Another writer held the registry longer than `busy_timeout_ms`.
@@ -249,6 +252,40 @@ pub struct ErrorMsg {
     pub code: ErrorCode,
     /// Human-readable message (never a full SSN).
     pub message: String,
+    /// For `reader_read_error`: the reader interface's return code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_code: Option<i32>,
+    /// Its meaning in Chinese.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zh: Option<String>,
+    /// Its meaning in English.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub en: Option<String>,
+}
+
+impl ErrorMsg {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: String) -> ErrorMsg {
+        ErrorMsg {
+            code,
+            message,
+            reader_code: None,
+            zh: None,
+            en: None,
+        }
+    }
+
+    /// Adds a reader return code and its meaning
+    /// (`firmware_protocol::retcode`).
+    pub fn with_reader_code(mut self, code: Option<i32>) -> ErrorMsg {
+        if let Some(c) = code {
+            let m = firmware_protocol::retcode::meaning(c);
+            self.reader_code = Some(c);
+            self.zh = Some(m.zh.into());
+            self.en = Some(m.en.into());
+        }
+        self
+    }
 }
 
 /// `REPLY`: `ok` with a `result`, or a refusal with `code` and `message`.

@@ -11,6 +11,7 @@
 //! * [`record`]: the `|`-separated basic-info record returned by standard
 //!   social-security card reader modules (also the payload of `CARD_IC`).
 //! * [`magstripe`]: ISO 7811/7813 track 1 and track 2 lines.
+//! * [`retcode`]: the reader interface's return codes and their meanings.
 //! * [`date`]: the small calendar type the above need.
 //!
 //! Nothing in this crate allocates unless the `alloc` feature is on, and no
@@ -29,6 +30,7 @@ pub mod date;
 pub mod frame;
 pub mod magstripe;
 pub mod record;
+pub mod retcode;
 pub mod ssn;
 
 pub use date::Date;

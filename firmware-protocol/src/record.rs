@@ -69,6 +69,10 @@ pub enum RecordError {
     },
     /// The SSN field is not a valid number.
     Ssn(SsnError),
+    /// A third-generation card read by a reader whose PSAM lacks the key:
+    /// the record has region, card identification code, version and dates,
+    /// but the SSN, card number and name are empty. Not a bad card.
+    NotAuthenticated,
 }
 
 impl fmt::Display for RecordError {
@@ -80,6 +84,10 @@ impl fmt::Display for RecordError {
             }
             RecordError::Field { field, reason } => write!(f, "field {field}: {reason}"),
             RecordError::Ssn(e) => write!(f, "field ssn: {e}"),
+            RecordError::NotAuthenticated => write!(
+                f,
+                "the card could not be authenticated: SSN, card number and name are empty"
+            ),
         }
     }
 }
@@ -136,6 +144,16 @@ pub fn parse(line: &[u8], today: Date) -> Result<SsseRecord<'_>, RecordError> {
     if !PROVINCES.contains(&province) {
         return Err(field_err("region", "unknown province code"));
     }
+    let card_id = ascii("card_id", head[3], |c| c.is_ascii_alphanumeric(), 32..=32)?;
+    // The card identification code begins with the issuing region's code.
+    if card_id.as_bytes()[..6] != *region.as_bytes() {
+        return Err(field_err("card_id", "does not begin with the region code"));
+    }
+    // A third-generation card whose protected fields the reader's PSAM
+    // could not read (iReadCardBas returns them empty).
+    if head[1].is_empty() && head[2].is_empty() && name.is_empty() {
+        return Err(RecordError::NotAuthenticated);
+    }
     let ssn = Ssn::parse_on(head[1], today).map_err(RecordError::Ssn)?;
     let card_no = ascii(
         "card_no",
@@ -143,7 +161,6 @@ pub fn parse(line: &[u8], today: Date) -> Result<SsseRecord<'_>, RecordError> {
         |c| c.is_ascii_digit() || c.is_ascii_uppercase(),
         9..=9,
     )?;
-    let card_id = ascii("card_id", head[3], |c| c.is_ascii_alphanumeric(), 32..=32)?;
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(field_err("name", "empty or too long"));
     }

@@ -81,6 +81,8 @@ pub enum Event {
         code: ErrorCode,
         /// Human-readable message (no personal data).
         message: String,
+        /// The reader interface's return code, for `reader_read_error`.
+        reader_code: Option<i32>,
     },
 }
 
@@ -207,7 +209,33 @@ impl Ctx {
     /// Publishes an `ERROR` event and counts it.
     pub fn publish_error(&self, code: ErrorCode, message: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.publish(Event::Error { code, message });
+        self.publish(Event::Error {
+            code,
+            message,
+            reader_code: None,
+        });
+    }
+
+    /// Publishes a reader's failure to read a card, with the interface's
+    /// return code (its meaning is added on the wire).
+    pub fn publish_reader_error(&self, reader: &str, code: i32, text: &str) {
+        let m = firmware_protocol::retcode::meaning(code);
+        let mut message = format!("{reader}: reader error {code}: {} / {}", m.zh, m.en);
+        if !text.is_empty() {
+            message += &format!(" ({text})");
+        }
+        tracing::warn!(
+            reader,
+            code,
+            meaning = m.en,
+            "reader could not read the card"
+        );
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.publish(Event::Error {
+            code: ErrorCode::ReaderReadError,
+            message,
+            reader_code: Some(code),
+        });
     }
 
     /// Applies a reloaded configuration's live settings.

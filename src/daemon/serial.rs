@@ -356,11 +356,17 @@ async fn serve(
                 None
             }
             Ok(ReaderEvent::ReadError { code, text }) => {
-                ctx.publish_error(
-                    ErrorCode::ReaderReadError,
-                    format!("{}: reader error {code}: {text}", cfg.name),
-                );
+                ctx.publish_reader_error(&cfg.name, code, &text);
                 None
+            }
+            Err(e @ card::CardError::NotAuthenticated) => {
+                // Not a bad card: the reader is missing its PSAM key.
+                tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
+                ctx.publish_error(
+                    ErrorCode::CardNotAuthenticated,
+                    format!("{}: {e}", cfg.name),
+                );
+                Some(Feedback::Attention)
             }
             Err(e) => {
                 ctx.with_reader(&cfg.name, |s| s.rejected += 1);

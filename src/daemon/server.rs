@@ -82,7 +82,7 @@ impl Writer {
 }
 
 fn error(code: ErrorCode, message: String) -> Message {
-    Message::Error(ErrorMsg { code, message })
+    Message::Error(ErrorMsg::new(code, message))
 }
 
 fn render(e: &Event, privacy: Privacy) -> Message {
@@ -99,7 +99,11 @@ fn render(e: &Event, privacy: Privacy) -> Message {
             error: error.clone(),
         }),
         Event::Card(c) => Message::Card(Box::new(protocol::card_message(c, privacy))),
-        Event::Error { code, message } => error(*code, message.clone()),
+        Event::Error {
+            code,
+            message,
+            reader_code,
+        } => Message::Error(ErrorMsg::new(*code, message.clone()).with_reader_code(*reader_code)),
     }
 }
 

@@ -95,9 +95,11 @@ pub enum ReaderEvent {
     Removed,
     /// The reader failed to read a card.
     ReadError {
-        /// Reader's error code.
-        code: u8,
-        /// Reader's message.
+        /// The return code: negative for the reader interface's codes
+        /// (`firmware_protocol::retcode`), positive for a v1 `READ_ERROR`
+        /// code byte.
+        code: i32,
+        /// The reader's own message (may be empty).
         text: String,
     },
     /// Firmware information.
@@ -107,9 +109,13 @@ pub enum ReaderEvent {
 /// Why a reader item did not yield an event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CardError {
+    /// A third-generation card the reader could not authenticate: its PSAM
+    /// lacks the key. Not a bad card.
+    #[error("社保卡未能认证：读卡器的 PSAM 卡缺少密钥，请联系信息科配置 PSAM 密钥或加密机认证 / the card could not be authenticated: the reader's PSAM lacks the key; the reader needs the PSAM key or the HSM (加密机) flow")]
+    NotAuthenticated,
     /// The basic-info record is invalid.
     #[error("invalid card record: {0}")]
-    Record(#[from] RecordError),
+    Record(RecordError),
     /// The magnetic-stripe line is invalid.
     #[error("invalid magnetic stripe: {0}")]
     Magstripe(#[from] MagError),
@@ -125,6 +131,15 @@ pub enum CardError {
     /// A text line was longer than the limit and dropped.
     #[error("line of {0} bytes exceeds the limit, dropped")]
     Oversized(usize),
+}
+
+impl From<RecordError> for CardError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::NotAuthenticated => CardError::NotAuthenticated,
+            e => CardError::Record(e),
+        }
+    }
 }
 
 fn decode_text(bytes: &[u8], enc: TextEncoding) -> Result<String, CardError> {
@@ -181,7 +196,14 @@ pub fn from_swipe(line: &[u8], today: Date, seq: Option<u8>) -> Result<CardRead,
 /// Interprets one reader item.
 pub fn decode(item: &ReaderItem, enc: TextEncoding, today: Date) -> Result<ReaderEvent, CardError> {
     match item {
-        ReaderItem::Record(line) => from_record(line, enc, today, None).map(ReaderEvent::Card),
+        ReaderItem::Record(line) => match firmware_protocol::retcode::parse_line(line) {
+            // iReadCardBas failed: the line is its negative return code.
+            Some(code) => Ok(ReaderEvent::ReadError {
+                code,
+                text: String::new(),
+            }),
+            None => from_record(line, enc, today, None).map(ReaderEvent::Card),
+        },
         ReaderItem::Swipe(line) => from_swipe(line, today, None).map(ReaderEvent::Card),
         ReaderItem::Oversized(n) => Err(CardError::Oversized(*n)),
         ReaderItem::Frame { seq, cmd, payload } => match Cmd::from_u8(*cmd) {
@@ -195,8 +217,7 @@ pub fn decode(item: &ReaderItem, enc: TextEncoding, today: Date) -> Result<Reade
             }
             Some(Cmd::CardRemoved) => Ok(ReaderEvent::Removed),
             Some(Cmd::ReadError) => {
-                let (&code, text) = payload
-                    .split_first()
+                let (code, text) = firmware_protocol::retcode::parse_read_error(payload)
                     .ok_or(CardError::Payload("READ_ERROR"))?;
                 Ok(ReaderEvent::ReadError {
                     code,
