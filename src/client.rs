@@ -152,49 +152,13 @@ impl Client {
     pub fn requester(&self) -> Requester {
         self.requests.clone()
     }
+}
 
-    /// See [`Requester::request`].
-    pub async fn request(&self, req: Request) -> Result<Reply, ClientError> {
-        self.requests.request(req).await
-    }
-
-    /// See [`Requester::lookup`].
-    pub async fn lookup(&self, number: &str) -> Result<Card, ClientError> {
-        self.requests.lookup(number).await
-    }
-
-    /// See [`Requester::bind`].
-    pub async fn bind(
-        &self,
-        parties: Parties,
-        relation: &str,
-        operator: Option<&str>,
-    ) -> Result<Bound, ClientError> {
-        self.requests.bind(parties, relation, operator).await
-    }
-
-    /// See [`Requester::unbind`].
-    pub async fn unbind(
-        &self,
-        parties: Parties,
-        operator: Option<&str>,
-    ) -> Result<Unbound, ClientError> {
-        self.requests.unbind(parties, operator).await
-    }
-
-    /// See [`Requester::contributions`].
-    pub async fn contributions(
-        &self,
-        number: Option<&str>,
-        swipe: Option<u64>,
-        months: Option<u32>,
-    ) -> Result<Records, ClientError> {
-        self.requests.contributions(number, swipe, months).await
-    }
-
-    /// See [`Requester::status`].
-    pub async fn status(&self) -> Result<Status, ClientError> {
-        self.requests.status().await
+/// A client makes requests like a [`Requester`] (`client.lookup(..)`).
+impl std::ops::Deref for Client {
+    type Target = Requester;
+    fn deref(&self) -> &Requester {
+        &self.requests
     }
 }
 

@@ -294,18 +294,9 @@ async fn each_change_of_reader_open_error_is_logged_and_shown() {
 #[test]
 fn check_config_checks_database_and_devices() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
     let check = |text: String| {
-        std::fs::write(&cfg, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
-            .args(["--check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (ok, _, err) = check_config(&text);
+        (ok, err)
     };
     let (ok, err) = check("database = \"/nonexistent/dir/reg.db\"\n".into());
     assert!(!ok && err.contains("does not exist"), "{err}");

@@ -154,21 +154,8 @@ async fn scope_compares_insured_regions() {
 #[test]
 fn check_config_shows_the_effective_policy_and_refuses_unknown_relations() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
     let db = dir.path().join("reg.db");
-    let run = |text: String| {
-        std::fs::write(&cfg, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
-            .args(["--check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |text: String| check_config(&text);
     let (ok, text, err) = run(format!("database = {db:?}\n"));
     assert!(ok, "{err}");
     for want in [

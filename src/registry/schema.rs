@@ -34,6 +34,57 @@ mod tests {
         Migrations::from_slice(MIGRATIONS).validate().unwrap();
     }
 
+    /// A registry filled at schema version 3 (the 2021 relations) keeps its
+    /// links; afterwards only the eight relations of 2024 are accepted and
+    /// persons have an (empty) insured region.
+    #[test]
+    fn upgrade_from_version_3_keeps_links_and_closes_the_relations() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        Migrations::from_slice(MIGRATIONS)
+            .to_version(&mut conn, 3)
+            .unwrap();
+        let (holder, member, other) = (demo_ssn(1), demo_ssn(2), demo_ssn(3));
+        conn.execute_batch(&format!(
+            "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) VALUES ('{holder}', '张伟', 'M', '1980-01-01', 'employee', 'active');
+             INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) VALUES ('{member}', '李娜', 'F', '1982-02-02', 'resident', 'active');
+             INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) VALUES ('{other}', '张强', 'M', '1984-03-03', 'resident', 'active');
+             INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at)
+                  VALUES ('{holder}', '{member}', 'spouse', 'active', 'window', 'c', '2025-01-01T00:00:00Z');"
+        ))
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+        let (relation, region): (String, Option<String>) = conn
+            .query_row(
+                "SELECT l.relation, p.region FROM family_links l JOIN persons p ON p.ssn = l.member_ssn",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((relation.as_str(), region), ("spouse", None));
+        let insert = |rel: &str| {
+            conn.execute(
+                "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \
+                 VALUES (?1, ?2, ?3, 'revoked', 'window', 'c', '2025-01-01T00:00:00Z')",
+                rusqlite::params![holder, other, rel],
+            )
+        };
+        let err = insert("cousin").unwrap_err();
+        assert!(err.to_string().contains("eight close relatives"), "{err}");
+        insert("maternal_grandchild").unwrap();
+        let err = conn
+            .execute(
+                "UPDATE persons SET region = '33010' WHERE ssn = ?1",
+                [&holder],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECK"), "{err}");
+    }
+
     /// A registry filled at schema version 2 gets its resolution copies
     /// backfilled by migration 003.
     #[test]

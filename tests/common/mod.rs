@@ -245,6 +245,23 @@ impl std::io::Write for Log {
     }
 }
 
+/// Runs `cardlinkd --check-config` on `text`: (success, stdout, stderr).
+pub fn check_config(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .args(["--check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// The configuration text of a test daemon.
 pub fn config_text(
     dir: &Path,
