@@ -278,6 +278,50 @@ pub fn write_sample_cards(reg: &Registry, out: &Path) -> Result<usize, CtlError>
     Ok(cards.len())
 }
 
+/// Where `simulate` plays the reader.
+#[derive(Debug, Clone)]
+pub enum SimTarget {
+    /// A new pseudo-terminal whose device is linked at this path.
+    Pty(PathBuf),
+    /// A serial device (one end of a null-modem pair).
+    Port(PathBuf),
+}
+
+/// Plays a reader swiping `cards` on `target`, logging each swipe (card
+/// number masked) and the report on stderr.
+pub async fn simulate(
+    target: SimTarget,
+    cards: &[sim::SimCard],
+    opts: &SimOptions,
+) -> Result<sim::SimReport, CtlError> {
+    let log = |n: u64, c: &sim::SimCard| {
+        eprintln!(
+            "simulate: swipe {n}: card {}",
+            crate::mask::card_no(&c.card_no)
+        )
+    };
+    let report = match target {
+        SimTarget::Pty(link) => {
+            let master = PtyMaster::open(Some(&link))?;
+            eprintln!(
+                "simulate: reader on {} -> {}",
+                link.display(),
+                master.slave_path().display()
+            );
+            sim::run(master, cards, opts, log).await?
+        }
+        SimTarget::Port(port) => {
+            use tokio_serial::SerialPortBuilderExt;
+            let stream = tokio_serial::new(port.to_string_lossy(), 115_200)
+                .open_native_async()
+                .map_err(std::io::Error::from)?;
+            sim::run(stream, cards, opts, log).await?
+        }
+    };
+    eprintln!("simulate: {report:?}");
+    Ok(report)
+}
+
 /// The demo's settings.
 #[derive(Debug, Clone)]
 pub struct Demo {

@@ -234,15 +234,8 @@ fn mutual_links_in_links_csv_are_refused_with_file_and_line() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&links, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
-        .args(["db", "--database"])
-        .arg(dir.path().join("reg.db"))
-        .arg("import")
-        .args(&files)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = ctl_import(&dir.path().join("reg.db"), &files);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("links.csv:"), "{err}");
     assert!(err.contains("mutual link"), "{err}");
     assert!(err.contains("nothing imported"), "{err}");
@@ -437,19 +430,7 @@ async fn a_thousand_distinct_frames_sent_twice_are_reported_once() {
 // 8. CSV import: empty files, missing headers, birth dates that contradict the SSN.
 #[test]
 fn import_refuses_empty_headerless_and_contradicting_files() {
-    let run = |dir: &Path, files: &[std::path::PathBuf]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
-            .args(["db", "--database"])
-            .arg(dir.join("reg.db"))
-            .arg("import")
-            .args(files)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |dir: &Path, files: &[std::path::PathBuf]| ctl_import(&dir.join("reg.db"), files);
     let dir = tempfile::tempdir().unwrap();
     let files = fixture_csv(dir.path());
     let persons = dir.path().join("persons.csv");

@@ -302,33 +302,41 @@ fn locked_database_waits_then_fails_clearly() {
         .unwrap();
     let mut patient = patient;
     let release = std::thread::spawn(move || {
-        let (m, c) = &BIND_WAITING;
+        let (m, c) = &LOCK;
         let g = c
-            .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(20), |w| !*w)
+            .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(20), |s| !s.0)
             .unwrap()
             .0;
-        assert!(*g, "the bind never waited for the lock");
+        assert!(g.0, "the bind never waited for the lock");
         drop(g);
         blocker.execute_batch("COMMIT").unwrap();
+        m.lock().unwrap().1 = true;
+        c.notify_all();
     });
     patient
         .bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default())
         .unwrap();
     release.join().unwrap();
-    assert!(*BIND_WAITING.0.lock().unwrap());
+    assert!(LOCK.0.lock().unwrap().0);
 }
 
-static BIND_WAITING: (std::sync::Mutex<bool>, std::sync::Condvar) =
-    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+/// (the bind is waiting, the blocker has committed)
+static LOCK: (std::sync::Mutex<(bool, bool)>, std::sync::Condvar) = (
+    std::sync::Mutex::new((false, false)),
+    std::sync::Condvar::new(),
+);
 
-/// SQLite's busy handler: tells the test the bind is waiting, then retries
-/// every 2 ms (up to about 20 s), as `busy_timeout` would.
+/// SQLite's busy handler: tells the test the bind is waiting, then waits
+/// until the test has released the lock, and retries once more.
 fn signal_and_retry(attempt: i32) -> bool {
-    let (m, c) = &BIND_WAITING;
-    *m.lock().unwrap() = true;
+    let (m, c) = &LOCK;
+    m.lock().unwrap().0 = true;
     c.notify_all();
-    std::thread::sleep(Duration::from_millis(2));
-    attempt < 10_000
+    let g = c
+        .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(20), |s| !s.1)
+        .unwrap()
+        .0;
+    g.1 && attempt < 100
 }
 
 #[test]

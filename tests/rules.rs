@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::{json, Value};
 
@@ -194,15 +192,8 @@ fn import_refuses_unknown_relations_and_bad_regions_with_file_and_line() {
     let text = std::fs::read_to_string(&persons).unwrap();
     let text = text.replacen(",330100\n", ",33010\n", 1);
     std::fs::write(&persons, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
-        .args(["db", "--database"])
-        .arg(dir.path().join("reg.db"))
-        .arg("import")
-        .args(&files)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = ctl_import(&dir.path().join("reg.db"), &files);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("links.csv:2: relation: 'cousin' is not one of spouse, parent"),
         "{err}"

@@ -15,7 +15,7 @@ use cardlink::reader::card::TextEncoding;
 use cardlink::reader::codec::Mode;
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
-use cardlink::sim::{self, PtyMaster, SimOptions};
+use cardlink::sim::{self, SimOptions};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -267,9 +267,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 count,
                 seed: 1,
             };
-            runtime()?
-                .block_on(simulate(port, pty, cards, opts))
-                .map(|_| 0)
+            let target = match (port, pty) {
+                (_, Some(link)) => ctl::SimTarget::Pty(link),
+                (Some(port), None) => ctl::SimTarget::Port(port),
+                (None, None) => bail!("give --port PATH or --pty LINK"),
+            };
+            runtime()?.block_on(ctl::simulate(target, &cards, &opts))?;
+            Ok(0)
         }
         Cmd::Lookup { number, socket } => request(
             &socket,
@@ -472,35 +476,4 @@ fn request(socket: &Path, req: Request) -> anyhow::Result<i32> {
         serde_json::to_string_pretty(&Message::Reply(reply))?
     )?;
     Ok(if ok { 0 } else { 1 })
-}
-
-async fn simulate(
-    port: Option<PathBuf>,
-    pty: Option<PathBuf>,
-    cards: Vec<sim::SimCard>,
-    opts: SimOptions,
-) -> anyhow::Result<()> {
-    let log = |n: u64, c: &sim::SimCard| {
-        eprintln!(
-            "simulate: swipe {n}: card {}",
-            cardlink::mask::card_no(&c.card_no)
-        )
-    };
-    let report = if let Some(link) = pty {
-        let master = PtyMaster::open(Some(&link))?;
-        eprintln!(
-            "simulate: reader on {} -> {}",
-            link.display(),
-            master.slave_path().display()
-        );
-        sim::run(master, &cards, &opts, log).await?
-    } else if let Some(port) = port {
-        use tokio_serial::SerialPortBuilderExt;
-        let stream = tokio_serial::new(port.to_string_lossy(), 115_200).open_native_async()?;
-        sim::run(stream, &cards, &opts, log).await?
-    } else {
-        bail!("give --port PATH or --pty LINK");
-    };
-    eprintln!("simulate: {report:?}");
-    Ok(())
 }

@@ -262,6 +262,21 @@ pub fn check_config(text: &str) -> (bool, String, String) {
     )
 }
 
+/// Runs `cardlinkctl db --database DB import FILES...`: (exit code, stderr).
+pub fn ctl_import(db: &Path, files: &[PathBuf]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(["db", "--database"])
+        .arg(db)
+        .arg("import")
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// The configuration text of a test daemon.
 pub fn config_text(
     dir: &Path,
