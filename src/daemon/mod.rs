@@ -360,11 +360,13 @@ impl Ctx {
             .map(|(_, ssn, _)| *ssn)
     }
 
-    /// The `READER` messages of every reader, for a new client.
-    pub fn reader_messages(&self) -> Vec<protocol::ReaderMsg> {
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// A new client's event stream and the `READER` messages of every
+    /// reader, taken together under the readers lock (state changes are
+    /// published under it), so no change is missed or seen twice.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Event>, Vec<protocol::ReaderMsg>) {
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let events = self.events.subscribe();
+        let readers = map
             .iter()
             .map(|(name, r)| protocol::ReaderMsg {
                 reader: name.clone(),
@@ -372,7 +374,8 @@ impl Ctx {
                 path: r.path.clone(),
                 error: r.last_error.clone().filter(|_| r.state != "connected"),
             })
-            .collect()
+            .collect();
+        (events, readers)
     }
 
     /// `status` reply body.

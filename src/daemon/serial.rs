@@ -150,11 +150,22 @@ impl Readers {
 /// Sets a reader's state and cause; publishes `READER` and logs when
 /// either changed.
 fn set_state(ctx: &Ctx, cfg: &ReaderConfig, state: &'static str, error: Option<String>) {
+    // Published under the readers lock, under which a new client subscribes
+    // and takes its snapshot: it sees each change once, either in its
+    // hello lines or as an event, never both.
     let changed = ctx.with_reader(&cfg.name, |s| {
         let changed = s.state != state || (error.is_some() && s.last_error != error);
         s.state = state;
         if error.is_some() {
             s.last_error = error.clone();
+        }
+        if changed {
+            ctx.publish(Event::Reader {
+                name: cfg.name.clone(),
+                state,
+                path: cfg.path.display().to_string(),
+                error: error.clone(),
+            });
         }
         changed
     });
@@ -168,12 +179,6 @@ fn set_state(ctx: &Ctx, cfg: &ReaderConfig, state: &'static str, error: Option<S
             }
         }
         crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
-        ctx.publish(Event::Reader {
-            name: cfg.name.clone(),
-            state,
-            path: cfg.path.display().to_string(),
-            error,
-        });
     }
 }
 

@@ -121,7 +121,7 @@ async fn client(stream: UnixStream, ctx: Arc<Ctx>, shutdown: CancellationToken) 
         }
         _ => Privacy::Masked,
     };
-    let mut events = ctx.events.subscribe();
+    let (mut events, readers) = ctx.subscribe();
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(
         uid,
@@ -140,7 +140,7 @@ async fn client(stream: UnixStream, ctx: Arc<Ctx>, shutdown: CancellationToken) 
         .send(&Message::Version(protocol::Version::current()))
         .await
         .is_ok();
-    for r in ctx.reader_messages() {
+    for r in readers {
         ok &= out.send(&Message::Reader(r)).await.is_ok();
     }
     while ok {
