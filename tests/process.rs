@@ -56,3 +56,11 @@ async fn real_pty_unplug_and_replug_without_restart() {
     let r = c.request(json!({"cmd": "status"})).await;
     assert_eq!(r["result"]["readers"][0]["state"], "connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_to_a_file_or_pipe_is_plain_text() {
+    let (d, _ptys) = Process::start(&[], "");
+    let (_, log) = d.stop();
+    assert!(log.contains("cardlinkd stopped"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log:?}");
+}
