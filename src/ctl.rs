@@ -141,6 +141,7 @@ pub fn render(m: &Message) -> String {
             s
         }
         Message::Error(e) => format!("error  {}: {}", e.code, e.message),
+        Message::Removed(r) => format!("card   {:<10} removed", r.reader),
         Message::Card(c) => card_text(c),
         Message::Reply(r) => format!("reply  {}", serde_json::to_string(r).unwrap_or_default()),
     }

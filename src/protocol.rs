@@ -206,6 +206,8 @@ pub enum Message {
     Reader(ReaderMsg),
     /// A resolved card read or lookup.
     Card(Box<Card>),
+    /// A card was taken out of a reader.
+    Removed(RemovedMsg),
     /// Something a display should show.
     Error(ErrorMsg),
     /// The answer to a request.
@@ -243,6 +245,14 @@ pub struct ReaderMsg {
     /// Why the reader is disconnected (the last open or read error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `REMOVED`: the card was taken out of a reader (a kiosk returns to its
+/// idle screen).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedMsg {
+    /// Reader name.
+    pub reader: String,
 }
 
 /// `ERROR`.

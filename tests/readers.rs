@@ -177,3 +177,28 @@ async fn a_card_identification_code_from_another_region_is_a_bad_card() {
     assert_eq!(e["code"], "bad_card", "{e}");
     assert!(e["message"].as_str().unwrap().contains("card_id"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn card_removal_reaches_the_display() {
+    let (d, mut ports) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"").await;
+    let mut c = d.client().await;
+    c.expect("VERSION").await;
+    ports[0]
+        .write_all(
+            &encode_vec(
+                1,
+                Cmd::CardIc as u8,
+                sim_card(HOLDER, "张伟").record().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.expect("CARD").await["outcome"], "ok");
+    ports[0]
+        .write_all(&encode_vec(2, Cmd::CardRemoved as u8, b"").unwrap())
+        .await
+        .unwrap();
+    let r = c.expect("REMOVED").await;
+    assert_eq!(r, serde_json::json!({"class": "REMOVED", "reader": "k1"}));
+}

@@ -75,6 +75,11 @@ pub enum Event {
     },
     /// A card read (or manual lookup) was resolved and audited.
     Card(Arc<CardEvent>),
+    /// The card was taken out of a reader (frame mode `CARD_REMOVED`).
+    Removed {
+        /// Reader name.
+        reader: String,
+    },
     /// Something went wrong that a display should show.
     Error {
         /// Machine-readable code.

@@ -354,7 +354,12 @@ async fn serve(
                 }
                 None
             }
-            Ok(ReaderEvent::Removed) => None,
+            Ok(ReaderEvent::Removed) => {
+                ctx.publish(Event::Removed {
+                    reader: cfg.name.clone(),
+                });
+                None
+            }
             Ok(ReaderEvent::Status(text)) => {
                 tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
                 ctx.with_reader(&cfg.name, |s| s.firmware = Some(text));

@@ -99,6 +99,9 @@ fn render(e: &Event, privacy: Privacy) -> Message {
             error: error.clone(),
         }),
         Event::Card(c) => Message::Card(Box::new(protocol::card_message(c, privacy))),
+        Event::Removed { reader } => Message::Removed(protocol::RemovedMsg {
+            reader: reader.clone(),
+        }),
         Event::Error {
             code,
             message,
