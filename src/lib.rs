@@ -15,6 +15,7 @@ pub mod config;
 #[cfg(feature = "sim")]
 pub mod ctl;
 pub mod daemon;
+pub mod display;
 pub mod logging;
 pub mod mask;
 pub mod notify;

@@ -66,6 +66,8 @@ error_codes! {
     DatabaseBusy = "database_busy",
     /// The registry worker stopped; the daemon is shutting down or broken.
     Internal = "internal",
+    /// Sent by `cardlink-display` to its page: cardlinkd cannot be reached.
+    DaemonOffline = "daemon_offline",
     // Events about the client's own connection.
     /// The line was not JSON.
     BadJson = "bad_json",

@@ -362,6 +362,9 @@ impl Daemon {
         let socket = dir.path().join("display.sock");
         let text = config_text(dir.path(), &db, &socket, readers, extra);
         let config = Config::parse(&text, "test").unwrap();
+        // A socket file left by a daemon stopped in-process (the binary
+        // removes its own on exit).
+        let _ = std::fs::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let registry = cardlink::registry::Registry::open(
             &db,
@@ -425,6 +428,17 @@ impl Daemon {
         cardlink::client::Client::connect(&self.socket)
             .await
             .unwrap()
+    }
+
+    /// Stops the daemon and hands back its directory and registry, for a
+    /// restart on the same socket path.
+    pub async fn stop_keep(mut self) -> (tempfile::TempDir, PathBuf) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.db.clone())
     }
 
     /// Stops the daemon and returns its log.
