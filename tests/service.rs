@@ -28,38 +28,35 @@ fn systemd_analyze() -> Option<&'static str> {
     None
 }
 
-/// The shipped unit with ExecStart pointing at the binary under test.
-fn unit_under_test(dir: &Path) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/cardlinkd.service"
-    ))
+/// The shipped unit `name` with ExecStart pointing at the binary under test.
+fn unit_under_test(dir: &Path, name: &str, exe: &str) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(format!("{name}.service")),
+    )
     .unwrap();
-    let unit = unit.replace("/usr/bin/cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
-    let path = dir.join("cardlinkd.service");
+    let unit = unit.replace(&format!("/usr/bin/{name}"), exe);
+    let path = dir.join(format!("{name}.service"));
     std::fs::write(&path, unit).unwrap();
     path
 }
 
-#[test]
-fn unit_verifies_and_is_hardened() {
-    let Some(sa) = systemd_analyze() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let unit = unit_under_test(dir.path());
-    let out = Command::new(sa).arg("verify").arg(&unit).output().unwrap();
+/// `systemd-analyze verify` is clean and `security` rates the unit at most 2.0.
+fn verified_exposure(sa: &str, unit: &Path, name: &str) -> f64 {
+    let out = Command::new(sa).arg("verify").arg(unit).output().unwrap();
     let msgs = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "systemd-analyze verify failed:\n{msgs}"
     );
     assert!(
-        !msgs.contains("cardlinkd.service:"),
+        !msgs.contains(&format!("{name}.service:")),
         "warnings about the unit:\n{msgs}"
     );
-
     let out = Command::new(sa)
         .args(["security", "--offline=yes"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .unwrap();
     let text =
@@ -67,13 +64,44 @@ fn unit_verifies_and_is_hardened() {
     let level: f64 = text
         .lines()
         .find_map(|l| {
-            l.split("Overall exposure level for cardlinkd.service:")
+            l.split(&format!("Overall exposure level for {name}.service:"))
                 .nth(1)
         })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
-    assert!(level <= 2.0, "exposure {level} > 2.0:\n{text}");
+    assert!(level <= 2.0, "{name}: exposure {level} > 2.0:\n{text}");
+    level
+}
+
+#[test]
+fn display_unit_verifies_and_is_hardened() {
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(
+        dir.path(),
+        "cardlink-display",
+        env!("CARGO_BIN_EXE_cardlink-display"),
+    );
+    verified_exposure(sa, &unit, "cardlink-display");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for key in [
+        "IPAddressAllow=localhost",
+        "IPAddressDeny=any",
+        "DynamicUser=yes",
+        "SupplementaryGroups=cardlink",
+        "--listen 127.0.0.1:",
+    ] {
+        assert!(text.contains(key), "unit lacks {key}");
+    }
+}
+
+#[test]
+fn unit_verifies_and_is_hardened() {
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
+    verified_exposure(sa, &unit, "cardlinkd");
     let unit_text = std::fs::read_to_string(&unit).unwrap();
     for key in [
         "Type=notify",

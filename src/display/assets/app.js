@@ -187,11 +187,13 @@ function bindChoose(member) {
     out.id = r.ok ? "bound" : "refused";
     out.textContent = r.ok ? T("绑定成功。", "Bound.") + " " + (S.lang === "zh" ? "Bound." : "绑定成功。") : sentence(r.code, r.message);
     document.getElementById("confirm").disabled = true;
+    // The bind is over: the next swipe shows its card again.
+    S.bind = null;
   });
 }
 
 function chart(rows) {
-  const w = 600, h = 160, max = Math.max(1, ...rows.map((r) => r.account_fen));
+  const w = 600, h = 120, max = Math.max(1, ...rows.map((r) => r.account_fen));
   const bw = w / Math.max(rows.length, 1);
   const bars = rows.slice().reverse().map((r, i) => {
     const bh = Math.round((r.account_fen / max) * (h - 30));
@@ -209,11 +211,11 @@ async function records(c) {
   S.records = r.result;
   const rows = r.result.records;
   const body = rows.map((x) => `<tr><td>${esc(x.month)}</td><td>${esc(x.employer)}</td><td class="num">${yuan(x.base_fen)}</td><td class="num">${yuan(x.employee_fen)}</td><td class="num">${yuan(x.employer_fen)}</td><td class="num">${yuan(x.account_fen)}</td></tr>`).join("");
-  show("records", `<div class="panel"><h2>${T("缴费记录（近12个月）", "Payment records (last 12 months)")} · ${esc(c.name)}</h2>
+  show("records", `<div class="panel"><div class="titlebar"><h2>${T("缴费记录（近12个月）", "Payment records (last 12 months)")} · ${esc(c.name)}</h2>
+    <button id="back">${T("返回", "Back")}</button></div>
     ${rows.length ? chart(rows) : ""}
     <table id="records"><tr><th>${T("月份", "Month")}</th><th>${T("单位", "Employer")}</th><th class="num">${T("缴费基数", "Base")}</th><th class="num">${T("个人缴纳", "Employee")}</th><th class="num">${T("单位缴纳", "Employer")}</th><th class="num">${T("划入个人账户", "To the account")}</th></tr>${body}</table>
-    ${rows.length ? "" : `<p>${T("没有缴费记录。", "No payment records.")}</p>`}
-    <div class="actions"><button id="back">${T("返回", "Back")}</button></div></div>`);
+    ${rows.length ? "" : `<p>${T("没有缴费记录。", "No payment records.")}</p>`}</div>`);
   on("back", () => (S.role === "kiosk" ? result(c) : windowScreen()));
 }
 
@@ -279,7 +281,8 @@ function handle(m) {
       if (S.role === "kiosk") {
         if (S.screen === "bind" && S.bind && !S.bind.member) {
           if (m.outcome === "ok") bindChoose(m); else toast(sentence("card_not_usable"));
-        } else if (S.screen !== "bind") {
+        } else if (!(S.screen === "bind" && S.bind)) {
+          // (While the relation is being chosen, a swipe is ignored.)
           result(m);
         }
       } else {
@@ -318,9 +321,17 @@ function connect() {
   ws.onmessage = (e) => {
     let m;
     try { m = JSON.parse(e.data); } catch { return; }
-    window.__lastEventAt = performance.now();
+    const arrived = performance.timeOrigin + performance.now();
     handle(m);
-    if (m.class === "CARD") window.__lastPaintedSwipe = m.swipe;
+    if (m.class === "CARD") {
+      // For tests and the latency benchmark: when this swipe's screen was
+      // painted (after the next frame), on the same clock as the host's.
+      requestAnimationFrame(() => requestAnimationFrame(() => {
+        window.__painted = window.__painted || {};
+        window.__painted[m.swipe] = {arrived, painted: performance.timeOrigin + performance.now()};
+        document.body.dataset.painted = m.swipe;
+      }));
+    }
   };
   ws.onclose = () => {
     S.daemon = "offline";
@@ -333,7 +344,7 @@ document.getElementById("lang").addEventListener("click", () => {
   S.lang = S.lang === "zh" ? "en" : "zh";
   document.documentElement.lang = S.lang === "zh" ? "zh-CN" : "en";
   // Re-render the current screen in the other language.
-  ({idle, offline: home, window: windowScreen, result: () => result(S.card), records: () => (S.card ? records(S.card) : home()), bind: () => (S.bind && S.bind.member ? bindChoose(S.bind.member) : bindStart(S.bind.holder))}[S.screen] || home)();
+  ({idle, offline: home, window: windowScreen, result: () => result(S.card), records: () => (S.card ? records(S.card) : home()), bind: () => (!S.bind ? home() : S.bind.member ? bindChoose(S.bind.member) : bindStart(S.bind.holder))}[S.screen] || home)();
 });
 ["pointerdown", "keydown"].forEach((e) => document.addEventListener(e, touch));
 header();

@@ -1,0 +1,335 @@
+//! The kiosk screen in a real browser: the real cardlinkd with a pty
+//! reader, the real cardlink-display, headless Chromium driven through
+//! chromedriver (WebDriver). Needs Debian's `chromium` and
+//! `chromium-driver` (and `fonts-noto-cjk` for readable screenshots); when
+//! they are missing the test says it is skipped, except under `CI=true`,
+//! where it fails.
+//!
+//! Screenshots go to `target/screens/`; with `CARDLINK_UPDATE_SCREENS=1`
+//! to `docs/screens/` (committed, shown in README).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use firmware_protocol::frame::{encode_vec, Cmd};
+use tokio::io::AsyncWriteExt;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn browser_available() -> bool {
+    let found = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !found {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but chromium/chromium-driver are not installed"
+        );
+        eprintln!("skipped: chromium and chromium-driver are not installed");
+    }
+    found
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts cardlink-display on `port` for the daemon at `socket`; returns
+/// once it has sent READY=1.
+fn start_display(dir: &Path, socket: &Path, port: u16) -> Kill {
+    let notify_path = dir.join("display-notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_cardlink-display"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = recv_until(&notify, "READY=1", Duration::from_secs(20));
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    Kill(child)
+}
+
+/// Starts chromedriver; returns once it says it is listening.
+fn start_chromedriver(port: u16) -> Kill {
+    let mut child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("started successfully") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("chromedriver did not start"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Kill(child)
+}
+
+async fn browser(driver_port: u16, profile: &Path, w: u32, h: u32) -> Client {
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+                format!("--user-data-dir={}", profile.display()),
+                format!("--window-size={w},{h}"),
+            ]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("chromedriver session")
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn screen(c: &Client, name: &str) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(&format!("body[data-screen='{name}']")))
+        .await
+        .unwrap_or_else(|e| panic!("screen {name} never showed: {e}"));
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn click(c: &Client, css: &str) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+fn screens_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = if std::env::var_os("CARDLINK_UPDATE_SCREENS").is_some() {
+        root.join("docs/screens")
+    } else {
+        root.join("target/screens")
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Sizes the browser so that the page's viewport is `w`×`h`.
+async fn viewport(c: &Client, w: u32, h: u32) {
+    c.set_window_size(w, h).await.unwrap();
+    let v = c
+        .execute("return [window.innerWidth, window.innerHeight]", vec![])
+        .await
+        .unwrap();
+    let (iw, ih) = (v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32);
+    c.set_window_size(w + (w - iw), h + (h - ih)).await.unwrap();
+}
+
+/// A screenshot, after checking that nothing overflows the viewport.
+async fn shot(c: &Client, name: &str) {
+    let v = c
+        .execute(
+            "const m = document.getElementById('main'); \
+             return [document.documentElement.scrollWidth, window.innerWidth, \
+                     m.scrollHeight, m.clientHeight, window.innerHeight];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let n = |i: usize| v[i].as_u64().unwrap();
+    assert!(n(0) <= n(1), "{name}: page wider than the viewport: {v}");
+    assert!(n(2) <= n(3), "{name}: content taller than the screen: {v}");
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screens_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The page's whole text holds no full SSN of any fixture person.
+async fn no_full_ssn(c: &Client) {
+    let html = c.source().await.unwrap();
+    for i in 0..=NO_REGION {
+        assert!(
+            !html.contains(&demo_ssn_full(i)),
+            "full SSN of {i} on the kiosk page"
+        );
+    }
+}
+
+async fn swipe(pty: &mut cardlink::sim::PtyMaster, seq: u8, i: u64, name: &str) {
+    let f = encode_vec(
+        seq,
+        Cmd::CardIc as u8,
+        sim_card(i, name).record().as_bytes(),
+    )
+    .unwrap();
+    pty.write_all(&f).await.unwrap();
+}
+
+async fn remove(pty: &mut cardlink::sim::PtyMaster, seq: u8) {
+    let f = encode_vec(seq, Cmd::CardRemoved as u8, b"").unwrap();
+    pty.write_all(&f).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosk_screens_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    // A privileged display uid: the kiosk page must still show no full SSN.
+    let uid = unsafe { libc::getuid() };
+    let (mut d, mut ptys) = Process::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"");
+    let text0 = std::fs::read_to_string(&d.config).unwrap().replace(
+        "mode = \"0600\"\n",
+        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
+    );
+    d.reload(&text0);
+    let port = free_port();
+    let _display = start_display(d.dir.path(), &d.socket, port);
+    let driver_port = free_port();
+    let _driver = start_chromedriver(driver_port);
+    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
+    viewport(&c, 1280, 800).await;
+    c.goto(&format!("http://127.0.0.1:{port}/?idle=4"))
+        .await
+        .unwrap();
+    screen(&c, "idle").await;
+    assert!(text(&c, "main").await.contains("请刷社保卡"));
+    shot(&c, "kiosk-idle").await;
+    let pty = &mut ptys[0];
+
+    // A member: the payer, masked, with the relation in Chinese.
+    swipe(pty, 1, SPOUSE, "李娜").await;
+    screen(&c, "result").await;
+    let payer = text(&c, "#payer").await;
+    assert!(payer.contains("张*") && payer.contains("配偶"), "{payer}");
+    assert!(text(&c, "main").await.contains("¥1234.56"));
+    no_full_ssn(&c).await;
+    shot(&c, "kiosk-result-member").await;
+    // Taking the card out goes back to idle at once.
+    remove(pty, 2).await;
+    screen(&c, "idle").await;
+
+    // A holder: the members covered.
+    swipe(pty, 3, HOLDER, "张伟").await;
+    screen(&c, "result").await;
+    let members = text(&c, "#members").await;
+    assert!(
+        members.contains("李*") && members.contains("配偶"),
+        "{members}"
+    );
+    no_full_ssn(&c).await;
+    shot(&c, "kiosk-result-holder").await;
+
+    // Two-swipe bind: holder, then member, relation, confirm.
+    click(&c, "#start-bind").await;
+    screen(&c, "bind").await;
+    swipe(pty, 4, CHILD, "张小明").await;
+    click(&c, "button[data-rel='child']").await;
+    shot(&c, "kiosk-bind").await;
+    click(&c, "#confirm").await;
+    assert!(text(&c, "#bound").await.contains("绑定成功"));
+    // The member's next swipe shows the new payer.
+    swipe(pty, 5, CHILD, "张小明").await;
+    screen(&c, "result").await;
+    let payer = text(&c, "#payer").await;
+    assert!(payer.contains("张*") && payer.contains("子女"), "{payer}");
+
+    // A refusal in plain Chinese with the English beside it.
+    swipe(pty, 6, HOLDER, "张伟").await;
+    screen(&c, "result").await;
+    click(&c, "#start-bind").await;
+    screen(&c, "bind").await;
+    swipe(pty, 7, SPOUSE, "李娜").await;
+    click(&c, "button[data-rel='spouse']").await;
+    click(&c, "#confirm").await;
+    let refused = text(&c, "#refused").await;
+    assert!(
+        refused.contains("已经绑定过该家庭成员") && refused.contains("already bound"),
+        "{refused}"
+    );
+
+    // Payment records: a table and a chart of the monthly account credit.
+    swipe(pty, 8, HOLDER, "张伟").await;
+    screen(&c, "result").await;
+    click(&c, "#show-records").await;
+    screen(&c, "records").await;
+    let rows = c.find_all(Locator::Css("#records tr")).await.unwrap();
+    assert_eq!(rows.len(), 1 + 6, "header and six months");
+    let bars = c.find_all(Locator::Css("#chart rect")).await.unwrap();
+    assert_eq!(bars.len(), 6);
+    shot(&c, "kiosk-records").await;
+    viewport(&c, 1080, 1920).await;
+    shot(&c, "kiosk-records-portrait").await;
+    viewport(&c, 1280, 800).await;
+    // Nobody touches the screen: back to idle after the idle time.
+    screen(&c, "idle").await;
+
+    // English toggle.
+    click(&c, "#lang").await;
+    assert!(text(&c, "main").await.contains("Please swipe your card"));
+    click(&c, "#lang").await;
+
+    // The daemon goes away: offline; it comes back: idle, without a reload.
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    screen(&c, "offline").await;
+    shot(&c, "kiosk-offline").await;
+    let _again = Kill(
+        Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+            .arg("--config")
+            .arg(&d.config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    screen(&c, "idle").await;
+
+    // The portrait kiosk (1080×1920) renders too.
+    viewport(&c, 1080, 1920).await;
+    shot(&c, "kiosk-idle-portrait").await;
+    let pty = &mut ptys[0];
+    swipe(pty, 9, HOLDER, "张伟").await;
+    screen(&c, "result").await;
+    shot(&c, "kiosk-result-holder-portrait").await;
+    c.close().await.unwrap();
+}
