@@ -334,6 +334,10 @@ pub struct Demo {
     pub dir: PathBuf,
     /// The `cardlinkd` binary.
     pub daemon: PathBuf,
+    /// The `cardlink-display` binary.
+    pub display: PathBuf,
+    /// Where the display serves the screen.
+    pub display_listen: std::net::SocketAddr,
 }
 
 /// Runs the whole system: a demo registry, `cardlinkd` on it, a simulated
@@ -380,6 +384,23 @@ pub async fn demo(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.daemon.display())))?;
+    let mut display = tokio::process::Command::new(&d.display)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--listen")
+        .arg(d.display_listen.to_string())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.display.display())))?;
+    writeln!(
+        out,
+        "demo: the clerk's screen is at http://{}/ (open it in a browser)",
+        d.display_listen
+    )?;
     eprintln!(
         "demo: cardlinkd is up; a simulated reader swipes a card every {} s. Ctrl-C to stop.",
         d.every
@@ -403,7 +424,10 @@ pub async fn demo(
         r = sim::run(master, &cards, &opts, |_, _| {}) => r.map(|_| ()).map_err(CtlError::from),
         r = watch(&socket, false, out, stop) => r,
         s = daemon.wait() => Err(CtlError::Daemon(format!("cardlinkd exited: {s:?}"))),
+        s = display.wait() => Err(CtlError::Daemon(format!("cardlink-display exited: {s:?}"))),
     };
+    let _ = display.start_kill();
+    let _ = display.wait().await;
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
     result

@@ -99,6 +99,8 @@ async fn browser(driver_port: u16, profile: &Path, w: u32, h: u32) -> Client {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+                "--disable-renderer-backgrounding", "--disable-background-timer-throttling",
+                "--disable-backgrounding-occluded-windows",
                 format!("--user-data-dir={}", profile.display()),
                 format!("--window-size={w},{h}"),
             ]
@@ -331,5 +333,114 @@ async fn kiosk_screens_in_headless_chromium() {
     swipe(pty, 9, HOLDER, "张伟").await;
     screen(&c, "result").await;
     shot(&c, "kiosk-result-holder-portrait").await;
+    c.close().await.unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) {
+    let e = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.clear().await.unwrap();
+    e.send_keys(text).await.unwrap();
+}
+
+/// The clerk's screen at a window: live swipes and reader states, manual
+/// entry, bind and unbind by numbers with the operator id, payment records;
+/// a swipe arriving while the clerk types does not wipe the form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_screen_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let (d, mut ptys) = Process::start(&[("w1", "frame", "utf-8")], "role = \"window\"");
+    let port = free_port();
+    let _display = start_display(d.dir.path(), &d.socket, port);
+    let driver_port = free_port();
+    let _driver = start_chromedriver(driver_port);
+    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
+    viewport(&c, 1280, 800).await;
+    c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+    screen(&c, "window").await;
+    let pty = &mut ptys[0];
+    // Half-typed bind form; then a swipe arrives.
+    type_into(&c, "#link input[name='holder']", &card(HOLDER)).await;
+    swipe(pty, 1, SPOUSE, "李娜").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath("//ul[@id='swipes']/li[contains(., '李*')]"))
+        .await
+        .unwrap();
+    let kept = c
+        .find(Locator::Css("#link input[name='holder']"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some(card(HOLDER).as_str()),
+        "the form survived the swipe"
+    );
+    assert!(text(&c, "#readers").await.contains("w1: 已连接"));
+    // Manual entry.
+    type_into(&c, "#lookup input[name='number']", &card(PARENT)).await;
+    click(&c, "#lookup button.primary").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//ul[@id='swipes']/li[contains(., 'manual')]",
+        ))
+        .await
+        .unwrap();
+    // Bind and unbind by numbers with the operator id.
+    type_into(&c, "#link input[name='member']", &card(CHILD)).await;
+    type_into(&c, "#link input[name='operator']", "clerk7").await;
+    c.find(Locator::Css(
+        "#link select[name='relation'] option[value='child']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    click(&c, "#link button[data-act='bind']").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//div[@id='link-outcome'][contains(., '已完成')]",
+        ))
+        .await
+        .unwrap();
+    click(&c, "#link button[data-act='bind']").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//div[@id='link-outcome'][contains(., '已经绑定过')]",
+        ))
+        .await
+        .unwrap();
+    shot(&c, "window").await;
+    click(&c, "#unbind").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//div[@id='link-outcome'][contains(., '已完成')]",
+        ))
+        .await
+        .unwrap();
+    // Payment records by number.
+    type_into(&c, "#lookup input[name='number']", &card(HOLDER)).await;
+    click(&c, "#win-records").await;
+    screen(&c, "records").await;
+    assert_eq!(
+        c.find_all(Locator::Css("#records tr")).await.unwrap().len(),
+        7
+    );
+    click(&c, "#back").await;
+    screen(&c, "window").await;
     c.close().await.unwrap();
 }

@@ -349,8 +349,23 @@ async fn simulate_and_socket_clients() {
 #[test]
 fn demo_command_shows_swipes_resolving_into_families() {
     let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
     let mut demo = ctl()
-        .args(["demo", "--persons", "600", "--every", "1", "--dir"])
+        .args([
+            "demo",
+            "--persons",
+            "600",
+            "--every",
+            "1",
+            "--display-listen",
+            &listen,
+            "--dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -378,10 +393,28 @@ fn demo_command_shows_swipes_resolving_into_families() {
             }
         }
     }
+    // The screen is served while the demo runs.
+    let page = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(page.contains("\"daemon\":\"connected\""), "{page}");
     unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
     let _ = demo.wait();
     let text = seen.join("\n");
     assert!(text.contains("connected to cardlinkd"), "{text}");
+    assert!(
+        text.contains(&format!("http://{listen}/")),
+        "the URL is printed:\n{text}"
+    );
     assert!(
         text.contains("reader demo") && text.contains("connected"),
         "{text}"

@@ -158,6 +158,9 @@ enum Cmd {
         /// Working directory (default: a new temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Where cardlink-display serves the screen.
+        #[arg(long, default_value = "127.0.0.1:8780")]
+        display_listen: std::net::SocketAddr,
     },
 }
 
@@ -344,14 +347,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             persons,
             every,
             dir,
+            display_listen,
         } => {
+            let exe = std::env::current_exe()?;
             let demo = Demo {
                 persons,
                 every,
                 dir: dir.unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("cardlink-demo-{}", std::process::id()))
                 }),
-                daemon: std::env::current_exe()?.with_file_name("cardlinkd"),
+                daemon: exe.with_file_name("cardlinkd"),
+                display: exe.with_file_name("cardlink-display"),
+                display_listen,
             };
             runtime()?.block_on(async {
                 let stop = ctrl_c();

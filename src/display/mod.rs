@@ -74,6 +74,8 @@ struct Shared {
     requester: RwLock<Option<Requester>>,
     /// Lines for every page (already masked for the role).
     lines: broadcast::Sender<String>,
+    /// The last `READER` line of each reader, for pages that connect later.
+    readers: RwLock<std::collections::BTreeMap<String, String>>,
     /// Host names the WebSocket accepts (`host:port`).
     hosts: Vec<String>,
 }
@@ -114,6 +116,7 @@ pub async fn serve(
         health,
         requester: RwLock::new(None),
         lines,
+        readers: RwLock::default(),
         hosts: allowed_hosts(addr),
     });
     tokio::spawn(daemon_link(socket, shared.clone(), shutdown.clone()));
@@ -199,11 +202,21 @@ fn display_line(h: &Health) -> String {
 
 /// One page: relays lines to it and its requests to the daemon.
 async fn page(mut socket: WebSocket, s: Arc<Shared>) {
+    // Subscribed before the snapshot: a change in between may come twice
+    // (harmless, a state), never not at all.
     let mut lines = s.lines.subscribe();
     let mut health = s.health.subscribe();
-    let first = display_line(&health.borrow_and_update());
-    if socket.send(WsMessage::Text(first.into())).await.is_err() {
-        return;
+    let mut first = vec![display_line(&health.borrow_and_update())];
+    first.extend(
+        s.readers
+            .read()
+            .map(|r| r.values().cloned().collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    for l in first {
+        if socket.send(WsMessage::Text(l.into())).await.is_err() {
+            return;
+        }
     }
     loop {
         let out = tokio::select! {
@@ -358,7 +371,13 @@ async fn daemon_link(socket: PathBuf, s: Arc<Shared>, shutdown: CancellationToke
                         mask_card(card);
                     }
                 }
-                let _ = s.lines.send(line(&m));
+                let l = line(&m);
+                if let Message::Reader(r) = &m {
+                    if let Ok(mut readers) = s.readers.write() {
+                        readers.insert(r.reader.clone(), l.clone());
+                    }
+                }
+                let _ = s.lines.send(l);
             }
             tracing::warn!("cardlinkd closed the connection; reconnecting");
             if let Ok(mut r) = s.requester.write() {

@@ -220,13 +220,29 @@ async function records(c) {
 }
 
 // ---- window (clerk) screen ----------------------------------------------
+function swipeItems() {
+  return S.swipes.map((c) => `<li>#${c.swipe} ${esc(c.reader)} · ${esc(c.name)} ${esc(c.ssn)} · <b>${esc(T(...(OUTCOMES[c.outcome] || [c.outcome, c.outcome])))}</b>${c.outcome === "ok" ? ` · ${T("支付", "paid by")} ${payerText(c)} ${yuan(c.balance_fen)}` : ""}</li>`).join("")
+    || `<li>${T("暂无", "none yet")}</li>`;
+}
+
+function readerItems() {
+  return Object.values(S.readers).map((r) => `<li>${esc(r.reader)}: ${r.state === "connected" ? T("已连接", "connected") : T("未连接", "disconnected")}${r.error ? " · " + esc(r.error) : ""}</li>`).join("")
+    || `<li>${T("无", "none")}</li>`;
+}
+
+// Events update the lists only, so that what the clerk is typing stays.
+function refreshWindowLists() {
+  const s = document.getElementById("swipes");
+  const r = document.getElementById("readers");
+  if (s) s.innerHTML = swipeItems();
+  if (r) r.innerHTML = readerItems();
+}
+
 function windowScreen() {
-  const swipes = S.swipes.map((c) => `<li>#${c.swipe} ${esc(c.reader)} · ${esc(c.name)} ${esc(c.ssn)} · <b>${esc(T(...(OUTCOMES[c.outcome] || [c.outcome, c.outcome])))}</b>${c.outcome === "ok" ? ` · ${T("支付", "paid by")} ${payerText(c)} ${yuan(c.balance_fen)}` : ""}</li>`).join("");
-  const readers = Object.values(S.readers).map((r) => `<li>${esc(r.reader)}: ${r.state === "connected" ? T("已连接", "connected") : T("未连接", "disconnected")}${r.error ? " · " + esc(r.error) : ""}</li>`).join("");
   const options = Object.keys(RELATIONS).map((r) => `<option value="${r}">${rel(r)}</option>`).join("");
   show("window", `<div class="grid2">
-    <div><div class="panel"><h2>${T("刷卡记录", "Swipes")}</h2><ul class="swipes" id="swipes">${swipes || `<li>${T("暂无", "none yet")}</li>`}</ul></div>
-      <div class="panel"><h2>${T("读卡器", "Readers")}</h2><ul class="swipes">${readers || `<li>${T("无", "none")}</li>`}</ul></div></div>
+    <div><div class="panel"><h2>${T("刷卡记录", "Swipes")}</h2><ul class="swipes" id="swipes">${swipeItems()}</ul></div>
+      <div class="panel"><h2>${T("读卡器", "Readers")}</h2><ul class="swipes" id="readers">${readerItems()}</ul></div></div>
     <div><div class="panel"><h2>${T("手工查询", "Look up")}</h2>
       <form id="lookup"><input name="number" placeholder="${T("社会保障号码或卡号", "SSN or card number")}" required><button class="primary">${T("查询", "Look up")}</button><button type="button" id="win-records">${T("缴费记录", "Payment records")}</button></form></div>
     <div class="panel"><h2>${T("绑定 / 解绑", "Bind / unbind")}</h2>
@@ -275,7 +291,7 @@ function handle(m) {
       break;
     case "READER":
       S.readers[m.reader] = m;
-      if (S.screen === "window") windowScreen();
+      if (S.screen === "window") refreshWindowLists();
       break;
     case "CARD":
       if (S.role === "kiosk") {
@@ -287,7 +303,7 @@ function handle(m) {
         }
       } else {
         S.swipes.unshift(m); S.swipes.length = Math.min(S.swipes.length, 50);
-        if (S.screen === "window") windowScreen();
+        if (S.screen === "window") refreshWindowLists();
       }
       touch();
       break;

@@ -1,0 +1,161 @@
+//! From the last byte of a frame on the reader's pty to the result painted
+//! in the kiosk page: the real cardlinkd (kiosk role), the real
+//! cardlink-display, headless Chromium through chromedriver.
+//!
+//! `cargo bench --bench display` (needs chromium and chromium-driver).
+//! The page stamps each CARD's arrival and its paint (two animation frames
+//! after rendering) with `performance.timeOrigin + performance.now()`, on
+//! the same clock as the host's `SystemTime` here.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cardlink::registry::demo::{demo_card_no, demo_ssn, DemoOptions};
+use cardlink::registry::{OpenOptions, Registry};
+use cardlink::sim::{PtyMaster, SimCard};
+use fantoccini::{ClientBuilder, Locator};
+use firmware_protocol::frame::{encode_vec, Cmd};
+use tokio::io::AsyncWriteExt;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let swipes: u64 = std::env::var("CARDLINK_BENCH_SWIPES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let tmp = tempfile::tempdir()?;
+    let db = tmp.path().join("registry.db");
+    Registry::open(&db, &OpenOptions::default())?.gen_demo(&DemoOptions {
+        persons: 1000,
+        months: 12,
+        seed: 3,
+    })?;
+    let socket = tmp.path().join("display.sock");
+    let link = tmp.path().join("reader0");
+    let mut pty = PtyMaster::open(Some(&link))?;
+    let config = tmp.path().join("cardlinkd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = {db:?}\nrole = \"kiosk\"\nlog_level = \"warn\"\n[socket]\npath = {socket:?}\n[[reader]]\nname = \"k1\"\npath = {link:?}\nencoding = \"utf-8\"\n"
+        ),
+    )?;
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .arg("--config")
+        .arg(&config)
+        .spawn()?;
+    while !socket.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let port = free_port()?;
+    let mut display = Command::new(env!("CARGO_BIN_EXE_cardlink-display"))
+        .args(["--socket"])
+        .arg(&socket)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+        ])
+        .spawn()?;
+    let driver_port = free_port()?;
+    let mut driver = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={driver_port}"))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = driver
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(out).lines();
+    for l in lines.by_ref() {
+        if l?.contains("started successfully") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let caps = serde_json::json!({"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows", format!("--user-data-dir={}", tmp.path().join("profile").display()),
+        "--window-size=1280,800"]}});
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().cloned().unwrap_or_default())
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await?;
+    c.goto(&format!("http://127.0.0.1:{port}/?idle=600"))
+        .await?;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("body[data-screen='idle']"))
+        .await?;
+
+    let (mut total, mut to_page, mut in_page) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..swipes {
+        let i = (k * 37) % 1000;
+        let card = SimCard {
+            ssn: demo_ssn(i),
+            card_no: demo_card_no(i),
+            pan: None,
+            name: "测试".into(),
+            issued: "20200101".into(),
+            expires: "20991231".into(),
+        };
+        let frame = encode_vec((k % 256) as u8, Cmd::CardIc as u8, card.record().as_bytes())?;
+        pty.write_all(&frame).await?;
+        let written = now_ms();
+        let swipe = k + 1;
+        c.wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(&format!("body[data-painted='{swipe}']")))
+            .await?;
+        let t = c
+            .execute(&format!("return window.__painted[{swipe}]"), vec![])
+            .await?;
+        let arrived = t["arrived"].as_f64().unwrap_or(f64::NAN);
+        let painted = t["painted"].as_f64().unwrap_or(f64::NAN);
+        total.push(painted - written);
+        to_page.push(arrived - written);
+        in_page.push(painted - arrived);
+    }
+    let n = total.len();
+    println!("{n} swipes, frame written on the pty -> result painted in the kiosk page:");
+    for (name, v) in [
+        ("total", &mut total),
+        ("pty -> WebSocket message in the page", &mut to_page),
+        ("message -> painted", &mut in_page),
+    ] {
+        println!(
+            "  {name:<38} median {:6.1} ms   p99 {:6.1} ms   max {:6.1} ms",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        );
+    }
+    c.close().await?;
+    let _ = driver.kill();
+    let _ = display.kill();
+    let _ = daemon.kill();
+    Ok(())
+}
