@@ -186,6 +186,20 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screens_dir().join(format!("{name}.png")), png).unwrap();
 }
 
+/// Every button a patient can touch is at least 48×48 CSS pixels.
+async fn touch_targets(c: &Client) {
+    let small = c
+        .execute(
+            "return [...document.querySelectorAll('button')].filter(b => { \
+               const r = b.getBoundingClientRect(); return r.width < 48 || r.height < 48; \
+             }).map(b => b.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(small, serde_json::json!([]), "buttons under 48 px");
+}
+
 /// The page's whole text holds no full SSN of any fixture person.
 async fn no_full_ssn(c: &Client) {
     let html = c.source().await.unwrap();
@@ -260,6 +274,7 @@ async fn kiosk_screens_in_headless_chromium() {
         "{members}"
     );
     no_full_ssn(&c).await;
+    touch_targets(&c).await;
     shot(&c, "kiosk-result-holder").await;
 
     // Two-swipe bind: holder, then member, relation, confirm.
@@ -267,6 +282,8 @@ async fn kiosk_screens_in_headless_chromium() {
     screen(&c, "bind").await;
     swipe(pty, 4, CHILD, "张小明").await;
     click(&c, "button[data-rel='child']").await;
+    no_full_ssn(&c).await;
+    touch_targets(&c).await;
     shot(&c, "kiosk-bind").await;
     click(&c, "#confirm").await;
     assert!(text(&c, "#bound").await.contains("绑定成功"));
@@ -299,6 +316,7 @@ async fn kiosk_screens_in_headless_chromium() {
     assert_eq!(rows.len(), 1 + 6, "header and six months");
     let bars = c.find_all(Locator::Css("#chart rect")).await.unwrap();
     assert_eq!(bars.len(), 6);
+    no_full_ssn(&c).await;
     shot(&c, "kiosk-records").await;
     viewport(&c, 1080, 1920).await;
     shot(&c, "kiosk-records-portrait").await;
