@@ -91,6 +91,9 @@ pub struct ReaderConfig {
     /// Text encoding of names.
     #[serde(default)]
     pub encoding: TextEncoding,
+    /// Record this reader's raw traffic (PROTOCOL.md §6) into `capture_dir`.
+    #[serde(default)]
+    pub capture: bool,
 }
 
 fn default_baud() -> u32 {
@@ -158,6 +161,12 @@ pub struct Config {
     /// SQLite page cache of the daemon, MiB (bounds its memory).
     #[serde(default = "default_cache")]
     pub cache_mib: u32,
+    /// Where reader captures are written (0600 files).
+    #[serde(default = "default_capture_dir")]
+    pub capture_dir: PathBuf,
+    /// Size of one capture file, MiB, before it is rotated (one older file is kept).
+    #[serde(default = "default_capture_mib")]
+    pub capture_max_mib: u32,
     /// Display socket.
     #[serde(default)]
     pub socket: SocketConfig,
@@ -198,6 +207,12 @@ fn default_busy() -> u64 {
 }
 fn default_cache() -> u32 {
     8
+}
+fn default_capture_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cardlink/captures")
+}
+fn default_capture_mib() -> u32 {
+    16
 }
 
 /// Configuration errors.

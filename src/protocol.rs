@@ -121,6 +121,8 @@ error_codes! {
     MutualLink = "mutual_link",
     /// `unbind` of a link that is not active.
     NotLinked = "not_linked",
+    /// A request only a privileged client may make (`capture`).
+    NotPrivileged = "not_privileged",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -691,6 +693,28 @@ pub enum Request {
         #[serde(default)]
         id: Value,
     },
+    /// Record a reader's raw traffic for N minutes (privileged clients).
+    Capture {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// Reader name.
+        reader: String,
+        /// Minutes (default 10, at most 1440).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minutes: Option<u32>,
+    },
+}
+
+/// Result of `capture`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capturing {
+    /// The reader.
+    pub reader: String,
+    /// The file being written.
+    pub path: String,
+    /// Minutes from now.
+    pub minutes: u32,
 }
 
 /// The two parties of a bind or unbind.
@@ -718,7 +742,8 @@ impl Request {
             | Request::Bind { id, .. }
             | Request::Unbind { id, .. }
             | Request::Contributions { id, .. }
-            | Request::Status { id } => id,
+            | Request::Status { id }
+            | Request::Capture { id, .. } => id,
         }
     }
 
@@ -729,7 +754,8 @@ impl Request {
             | Request::Bind { id, .. }
             | Request::Unbind { id, .. }
             | Request::Contributions { id, .. }
-            | Request::Status { id } => *id = new,
+            | Request::Status { id }
+            | Request::Capture { id, .. } => *id = new,
         }
     }
 }
@@ -745,7 +771,14 @@ pub struct BadRequest {
     pub message: String,
 }
 
-const COMMANDS: [&str; 5] = ["lookup", "bind", "unbind", "contributions", "status"];
+const COMMANDS: [&str; 6] = [
+    "lookup",
+    "bind",
+    "unbind",
+    "contributions",
+    "status",
+    "capture",
+];
 const PARTY_FIELDS: [&str; 4] = ["holder", "member", "holder_swipe", "member_swipe"];
 
 /// Parses a request line.

@@ -246,6 +246,9 @@ async fn a_window_page_looks_up_and_sees_readers_and_removals() {
     assert_eq!(r["code"], "out_of_scope", "refusals pass through: {r}");
     let r = ask(&mut p, 3, json!({"cmd": "fly"})).await;
     assert_eq!(r["code"], "unknown_command");
+    // A web page never starts a capture of raw traffic.
+    let r = ask(&mut p, 4, json!({"cmd": "capture", "reader": "w1"})).await;
+    assert_eq!(r["code"], "not_privileged", "{r}");
 }
 
 #[tokio::test(start_paused = true)]

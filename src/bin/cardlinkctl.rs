@@ -139,6 +139,11 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Reader traffic captures (PROTOCOL.md §6).
+    Capture {
+        #[command(subcommand)]
+        cmd: CaptureCmd,
+    },
     /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -161,6 +166,21 @@ enum Cmd {
         /// Where cardlink-display serves the screen.
         #[arg(long, default_value = "127.0.0.1:8780")]
         display_listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaptureCmd {
+    /// Record a reader's raw traffic for some minutes (privileged clients).
+    Start {
+        /// Reader name, as in the configuration.
+        #[arg(long)]
+        reader: String,
+        /// Minutes to record.
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
 }
 
@@ -332,6 +352,21 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 number: Some(number),
                 swipe: None,
                 months: Some(months),
+            },
+        ),
+        Cmd::Capture {
+            cmd:
+                CaptureCmd::Start {
+                    reader,
+                    minutes,
+                    socket,
+                },
+        } => request(
+            &socket,
+            Request::Capture {
+                id: Value::Null,
+                reader,
+                minutes: Some(minutes),
             },
         ),
         Cmd::Status { socket, json } => {

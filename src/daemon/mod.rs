@@ -15,6 +15,7 @@
 //! [`Ctx`] is the shared state they meet in: the event bus, reader states,
 //! counters and the recent-swipe table used for kiosk binding.
 
+pub mod capture;
 pub mod serial;
 pub mod server;
 pub mod worker;
@@ -173,6 +174,8 @@ pub struct Ctx {
     pub resolutions: AtomicU64,
     /// Errors reported.
     pub errors: AtomicU64,
+    /// Each reader's capture switch.
+    pub captures: Mutex<std::collections::HashMap<String, Arc<capture::Capture>>>,
 }
 
 /// Why a read could not be shown.
@@ -203,6 +206,7 @@ impl Ctx {
             clients: AtomicU64::new(0),
             resolutions: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            captures: Mutex::default(),
         })
     }
 
@@ -477,7 +481,7 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
     } = d;
     let worker = Worker::start(registry);
     let ctx = Ctx::new(worker, &cfg);
-    let mut readers = serial::Readers::new(ports);
+    let mut readers = serial::Readers::new(ports, &cfg);
     readers.apply(&cfg.readers, &ctx, &shutdown);
     tracing::info!(
         readers = cfg.readers.len(),
@@ -496,6 +500,7 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
             u = updates.recv(), if updates_open => match u {
                 Some(Update { config, applied }) => {
                     ctx.reload(&config);
+                    readers.set_capture(&config);
                     readers.apply(&config.readers, &ctx, &shutdown);
                     tracing::info!(readers = config.readers.len(), "configuration reloaded");
                     if let Some(done) = applied {

@@ -84,16 +84,26 @@ impl OpenPort for SerialPorts {
 /// The running reader tasks, by name.
 pub struct Readers {
     ports: Arc<dyn OpenPort>,
+    capture_dir: std::path::PathBuf,
+    capture_max_mib: u32,
     running: HashMap<String, (ReaderConfig, CancellationToken, JoinHandle<()>)>,
 }
 
 impl Readers {
     /// No readers yet.
-    pub fn new(ports: Arc<dyn OpenPort>) -> Readers {
+    pub fn new(ports: Arc<dyn OpenPort>, cfg: &crate::config::Config) -> Readers {
         Readers {
             ports,
+            capture_dir: cfg.capture_dir.clone(),
+            capture_max_mib: cfg.capture_max_mib,
             running: HashMap::new(),
         }
+    }
+
+    /// Capture settings for readers started from now on.
+    pub fn set_capture(&mut self, cfg: &crate::config::Config) {
+        self.capture_dir = cfg.capture_dir.clone();
+        self.capture_max_mib = cfg.capture_max_mib;
     }
 
     /// Starts, keeps or restarts tasks so that exactly `wanted` run.
@@ -114,6 +124,10 @@ impl Readers {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&name);
+                ctx.captures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
                 tracing::info!(reader = %name, "reader removed");
             }
         }
@@ -127,10 +141,17 @@ impl Readers {
                 s.mode = cfg.mode.to_string();
                 s.state = "disconnected";
             });
+            let capture =
+                super::capture::Capture::new(cfg, &self.capture_dir, self.capture_max_mib);
+            ctx.captures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cfg.name.clone(), capture.clone());
             let task = tokio::spawn(run(
                 cfg.clone(),
                 ctx.clone(),
                 self.ports.clone(),
+                capture,
                 token.clone(),
             ));
             self.running
@@ -187,6 +208,7 @@ pub async fn run(
     cfg: ReaderConfig,
     ctx: Arc<Ctx>,
     ports: Arc<dyn OpenPort>,
+    capture: Arc<super::capture::Capture>,
     stop: CancellationToken,
 ) {
     let (reads, pending) = mpsc::channel(PENDING_READS);
@@ -204,6 +226,7 @@ pub async fn run(
         }
         match ports.open(&cfg) {
             Ok(port) => {
+                let port = super::capture::CapturePort::wrap(port, capture.clone());
                 backoff = BACKOFF_MIN;
                 set_state(&ctx, &cfg, "connected", None);
                 let reason = serve(&cfg, &ctx, &stop, port, &reads, &mut feedback).await;

@@ -312,6 +312,34 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
     let operator_or_actor = |op: Option<String>| op.unwrap_or_else(|| actor.to_string());
     match req {
         Request::Status { .. } => to_value(&ctx.status()),
+        Request::Capture {
+            reader, minutes, ..
+        } => {
+            // Raw traffic holds full SSNs and names: privileged clients only.
+            if privacy != Privacy::Full {
+                return Err((
+                    ErrorCode::NotPrivileged,
+                    "only a privileged client may start a capture".into(),
+                ));
+            }
+            let capture = ctx
+                .captures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&reader)
+                .cloned()
+                .ok_or_else(|| (ErrorCode::BadRequest, format!("no reader named '{reader}'")))?;
+            let minutes = minutes.unwrap_or(10).clamp(1, 1440);
+            capture.record_until(
+                tokio::time::Instant::now() + Duration::from_secs(u64::from(minutes) * 60),
+            );
+            tracing::info!(reader = %reader, minutes, actor, "capture started");
+            to_value(&protocol::Capturing {
+                reader,
+                path: capture.path().display().to_string(),
+                minutes,
+            })
+        }
         Request::Lookup { number, .. } => {
             if live.station == Station::Kiosk {
                 return Err((

@@ -274,6 +274,15 @@ async fn answer(s: &Shared, text: &str) -> Message {
         }
     };
     let id = req.id().clone();
+    // Raw captures hold personal data: never started from a web page, in
+    // either role, whatever uid the display runs as.
+    if matches!(req, Request::Capture { .. }) {
+        return Message::Reply(Reply::err(
+            id,
+            ErrorCode::NotPrivileged,
+            "captures are started with cardlinkctl, not from a screen".into(),
+        ));
+    }
     if s.kiosk() {
         if let Err((code, why)) = kiosk_allows(&req) {
             return Message::Reply(Reply::err(id, code, why.into()));
