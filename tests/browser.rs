@@ -354,6 +354,15 @@ async fn kiosk_screens_in_headless_chromium() {
     c.close().await.unwrap();
 }
 
+/// Waits until an element matching `xpath` is on the page.
+async fn until_xpath(c: &Client, xpath: &str) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(xpath))
+        .await
+        .unwrap_or_else(|e| panic!("{xpath}: {e}"));
+}
+
 async fn type_into(c: &Client, css: &str, text: &str) {
     let e = c
         .wait()
@@ -386,11 +395,7 @@ async fn window_screen_in_headless_chromium() {
     // Half-typed bind form; then a swipe arrives.
     type_into(&c, "#link input[name='holder']", &card(HOLDER)).await;
     swipe(pty, 1, SPOUSE, "李娜").await;
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath("//ul[@id='swipes']/li[contains(., '李*')]"))
-        .await
-        .unwrap();
+    until_xpath(&c, "//ul[@id='swipes']/li[contains(., '李*')]").await;
     let kept = c
         .find(Locator::Css("#link input[name='holder']"))
         .await
@@ -407,13 +412,7 @@ async fn window_screen_in_headless_chromium() {
     // Manual entry.
     type_into(&c, "#lookup input[name='number']", &card(PARENT)).await;
     click(&c, "#lookup button.primary").await;
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(
-            "//ul[@id='swipes']/li[contains(., 'manual')]",
-        ))
-        .await
-        .unwrap();
+    until_xpath(&c, "//ul[@id='swipes']/li[contains(., 'manual')]").await;
     // Bind and unbind by numbers with the operator id.
     type_into(&c, "#link input[name='member']", &card(CHILD)).await;
     type_into(&c, "#link input[name='operator']", "clerk7").await;
@@ -426,30 +425,12 @@ async fn window_screen_in_headless_chromium() {
     .await
     .unwrap();
     click(&c, "#link button[data-act='bind']").await;
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(
-            "//div[@id='link-outcome'][contains(., '已完成')]",
-        ))
-        .await
-        .unwrap();
+    until_xpath(&c, "//div[@id='link-outcome'][contains(., '已完成')]").await;
     click(&c, "#link button[data-act='bind']").await;
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(
-            "//div[@id='link-outcome'][contains(., '已经绑定过')]",
-        ))
-        .await
-        .unwrap();
+    until_xpath(&c, "//div[@id='link-outcome'][contains(., '已经绑定过')]").await;
     shot(&c, "window").await;
     click(&c, "#unbind").await;
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(
-            "//div[@id='link-outcome'][contains(., '已完成')]",
-        ))
-        .await
-        .unwrap();
+    until_xpath(&c, "//div[@id='link-outcome'][contains(., '已完成')]").await;
     // Payment records by number.
     type_into(&c, "#lookup input[name='number']", &card(HOLDER)).await;
     click(&c, "#win-records").await;

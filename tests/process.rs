@@ -7,7 +7,6 @@ mod common;
 
 use cardlink::sim::PtyMaster;
 use common::*;
-use firmware_protocol::frame::{encode_vec, Cmd};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -41,16 +40,7 @@ async fn real_pty_unplug_and_replug_without_restart() {
     let r = c.expect("READER").await;
     assert_eq!(r["state"], "connected");
     assert_eq!(r["path"], d.path("r1").display().to_string());
-    pty.write_all(
-        &encode_vec(
-            1,
-            Cmd::CardIc as u8,
-            sim_card(HOLDER, "张伟").record().as_bytes(),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    pty.write_all(&card_frame(1, HOLDER, "张伟")).await.unwrap();
     assert_eq!(c.expect("CARD").await["outcome"], "ok");
     assert_eq!(d.child.id(), pid);
     let r = c.request(json!({"cmd": "status"})).await;

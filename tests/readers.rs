@@ -184,14 +184,7 @@ async fn card_removal_reaches_the_display() {
     let mut c = d.client().await;
     c.expect("VERSION").await;
     ports[0]
-        .write_all(
-            &encode_vec(
-                1,
-                Cmd::CardIc as u8,
-                sim_card(HOLDER, "张伟").record().as_bytes(),
-            )
-            .unwrap(),
-        )
+        .write_all(&card_frame(1, HOLDER, "张伟"))
         .await
         .unwrap();
     assert_eq!(c.expect("CARD").await["outcome"], "ok");

@@ -182,14 +182,7 @@ async fn notifies_ready_status_and_watchdog_which_stops_when_the_registry_is_stu
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut c = d.client().await;
     ptys[0]
-        .write_all(
-            &encode_vec(
-                1,
-                Cmd::CardIc as u8,
-                sim_card(HOLDER, "张伟").record().as_bytes(),
-            )
-            .unwrap(),
-        )
+        .write_all(&card_frame(1, HOLDER, "张伟"))
         .await
         .unwrap();
     // The daemon says when a ping is withheld; pings sent before the stall
@@ -258,16 +251,7 @@ async fn sighup_reloads_readers_and_relations_without_dropping_clients() {
         ]
     );
     // Same client connection still works and sees the new reader's swipes.
-    r2.write_all(
-        &encode_vec(
-            1,
-            Cmd::CardIc as u8,
-            sim_card(HOLDER, "张伟").record().as_bytes(),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    r2.write_all(&card_frame(1, HOLDER, "张伟")).await.unwrap();
     let card = c.expect("CARD").await;
     assert_eq!(card["reader"], "r2");
     let r = c.request(json!({"cmd": "bind", "holder": card_no(HOLDER), "member": card_no(PARENT), "relation": "parent"})).await;

@@ -698,6 +698,16 @@ pub fn sim_card(i: u64, name: &str) -> SimCard {
     }
 }
 
+/// A `CARD_IC` frame with fixture person `i`'s card, named `name`.
+pub fn card_frame(seq: u8, i: u64, name: &str) -> Vec<u8> {
+    firmware_protocol::frame::encode_vec(
+        seq,
+        firmware_protocol::frame::Cmd::CardIc as u8,
+        sim_card(i, name).record().as_bytes(),
+    )
+    .unwrap()
+}
+
 /// The full SSN text of fixture person `i`.
 pub fn demo_ssn_full(i: u64) -> String {
     demo_ssn(i)
