@@ -43,6 +43,16 @@ impl Drop for Kill {
     }
 }
 
+/// chromedriver and the browsers it starts, in a process group of their
+/// own: killed together, also when a test fails before closing its session.
+struct KillGroup(Child);
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -71,9 +81,11 @@ fn start_display(dir: &Path, socket: &Path, port: u16) -> Kill {
 }
 
 /// Starts chromedriver; returns once it says it is listening.
-fn start_chromedriver(port: u16) -> Kill {
+fn start_chromedriver(port: u16) -> KillGroup {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -88,7 +100,7 @@ fn start_chromedriver(port: u16) -> Kill {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Kill(child)
+    KillGroup(child)
 }
 
 async fn browser(driver_port: u16, profile: &Path, w: u32, h: u32) -> Client {
