@@ -321,17 +321,14 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A successful reply.
-    pub fn ok(id: Value, result: &impl Serialize) -> Reply {
-        match serde_json::to_value(result) {
-            Ok(v) => Reply {
-                id,
-                ok: true,
-                result: Some(v),
-                code: None,
-                message: None,
-            },
-            Err(e) => Reply::err(id, ErrorCode::Internal, format!("cannot encode reply: {e}")),
+    /// A successful reply with its (already encoded) result.
+    pub fn ok(id: Value, result: Value) -> Reply {
+        Reply {
+            id,
+            ok: true,
+            result: Some(result),
+            code: None,
+            message: None,
         }
     }
 

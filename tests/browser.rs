@@ -136,26 +136,21 @@ async fn screen(c: &Client, name: &str) {
         .unwrap_or_else(|e| panic!("screen {name} never showed: {e}"));
 }
 
-async fn text(c: &Client, css: &str) -> String {
+/// The element matching `css`, once it is on the page.
+async fn element(c: &Client, css: &str) -> fantoccini::elements::Element {
     c.wait()
         .at_most(WAIT)
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    element(c, css).await.text().await.unwrap()
 }
 
 async fn click(c: &Client, css: &str) {
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    element(c, css).await.click().await.unwrap();
 }
 
 fn screens_dir() -> PathBuf {
@@ -376,12 +371,7 @@ async fn until_xpath(c: &Client, xpath: &str) {
 }
 
 async fn type_into(c: &Client, css: &str, text: &str) {
-    let e = c
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    let e = element(c, css).await;
     e.clear().await.unwrap();
     e.send_keys(text).await.unwrap();
 }

@@ -292,13 +292,7 @@ where
 async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Reply {
     let id = req.id().clone();
     match answer(ctx, req, actor, privacy).await {
-        Ok(result) => Reply {
-            id,
-            ok: true,
-            result: Some(result),
-            code: None,
-            message: None,
-        },
+        Ok(result) => Reply::ok(id, result),
         Err((code, message)) => Reply::err(id, code, message),
     }
 }
