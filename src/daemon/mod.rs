@@ -266,10 +266,53 @@ impl Ctx {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Updates a reader's state entry.
-    pub fn with_reader<T>(&self, name: &str, f: impl FnOnce(&mut ReaderState) -> T) -> T {
+    /// Updates the state entry of a running reader task. `stop` is the
+    /// task's token, checked under the lock: once the task is cancelled
+    /// (removed or restarted by a reload), it can no longer touch the
+    /// table, neither its old entry nor a new one under the same name.
+    pub fn update_reader<T>(
+        &self,
+        name: &str,
+        stop: &CancellationToken,
+        f: impl FnOnce(&mut ReaderState) -> T,
+    ) -> Option<T> {
         let mut map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        f(map.entry(name.to_string()).or_default())
+        if stop.is_cancelled() {
+            return None;
+        }
+        map.get_mut(name).map(f)
+    }
+
+    /// Adds (or resets) a reader's entry, `disconnected` until its task
+    /// opens the port.
+    pub fn add_reader(&self, name: &str, path: String, mode: String) {
+        let mut map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            name.to_string(),
+            ReaderState {
+                path,
+                mode,
+                state: "disconnected",
+                ..ReaderState::default()
+            },
+        );
+    }
+
+    /// Removes a reader: its last `READER disconnected` event and the
+    /// removal happen under one lock, so a client that has seen the event
+    /// never finds the reader in `status` afterwards.
+    pub fn remove_reader(&self, name: &str) {
+        let mut map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.remove(name) {
+            if s.state != "disconnected" {
+                self.publish(Event::Reader {
+                    name: name.to_string(),
+                    state: "disconnected",
+                    path: s.path,
+                    error: None,
+                });
+            }
+        }
     }
 
     /// Resolves a card read through the registry, writes its audit row,

@@ -115,15 +115,11 @@ impl Readers {
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
-            if let Some((cfg, token, _)) = self.running.remove(&name) {
+            if let Some((_, token, _)) = self.running.remove(&name) {
+                // Cancelled first: from here on the old task cannot touch
+                // the state table (see `Ctx::update_reader`).
                 token.cancel();
-                // The task stops without touching the state table (it checks
-                // its token first), so this is the reader's last word.
-                set_state(ctx, &cfg, "disconnected", None);
-                ctx.readers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
+                ctx.remove_reader(&name);
                 ctx.captures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -136,11 +132,11 @@ impl Readers {
                 continue;
             }
             let token = shutdown.child_token();
-            ctx.with_reader(&cfg.name, |s| {
-                s.path = cfg.path.display().to_string();
-                s.mode = cfg.mode.to_string();
-                s.state = "disconnected";
-            });
+            ctx.add_reader(
+                &cfg.name,
+                cfg.path.display().to_string(),
+                cfg.mode.to_string(),
+            );
             let capture =
                 super::capture::Capture::new(cfg, &self.capture_dir, self.capture_max_mib);
             ctx.captures
@@ -170,26 +166,34 @@ impl Readers {
 
 /// Sets a reader's state and cause; publishes `READER` and logs when
 /// either changed.
-fn set_state(ctx: &Ctx, cfg: &ReaderConfig, state: &'static str, error: Option<String>) {
+fn set_state(
+    ctx: &Ctx,
+    cfg: &ReaderConfig,
+    stop: &CancellationToken,
+    state: &'static str,
+    error: Option<String>,
+) {
     // Published under the readers lock, under which a new client subscribes
     // and takes its snapshot: it sees each change once, either in its
     // hello lines or as an event, never both.
-    let changed = ctx.with_reader(&cfg.name, |s| {
-        let changed = s.state != state || (error.is_some() && s.last_error != error);
-        s.state = state;
-        if error.is_some() {
-            s.last_error = error.clone();
-        }
-        if changed {
-            ctx.publish(Event::Reader {
-                name: cfg.name.clone(),
-                state,
-                path: cfg.path.display().to_string(),
-                error: error.clone(),
-            });
-        }
-        changed
-    });
+    let changed = ctx
+        .update_reader(&cfg.name, stop, |s| {
+            let changed = s.state != state || (error.is_some() && s.last_error != error);
+            s.state = state;
+            if error.is_some() {
+                s.last_error = error.clone();
+            }
+            if changed {
+                ctx.publish(Event::Reader {
+                    name: cfg.name.clone(),
+                    state,
+                    path: cfg.path.display().to_string(),
+                    error: error.clone(),
+                });
+            }
+            changed
+        })
+        .unwrap_or(false);
     if changed {
         match &error {
             Some(e) => {
@@ -216,6 +220,7 @@ pub async fn run(
     let resolver = tokio::spawn(resolve_reads(
         cfg.name.clone(),
         ctx.clone(),
+        stop.clone(),
         pending,
         feedback_tx,
     ));
@@ -228,17 +233,18 @@ pub async fn run(
             Ok(port) => {
                 let port = super::capture::CapturePort::wrap(port, capture.clone());
                 backoff = BACKOFF_MIN;
-                set_state(&ctx, &cfg, "connected", None);
+                set_state(&ctx, &cfg, &stop, "connected", None);
                 let reason = serve(&cfg, &ctx, &stop, port, &reads, &mut feedback).await;
                 if stop.is_cancelled() {
                     break;
                 }
-                set_state(&ctx, &cfg, "disconnected", Some(reason));
+                set_state(&ctx, &cfg, &stop, "disconnected", Some(reason));
             }
             Err(_) if stop.is_cancelled() => break,
             Err(e) => set_state(
                 &ctx,
                 &cfg,
+                &stop,
                 "disconnected",
                 Some(format!("cannot open: {e}")),
             ),
@@ -259,13 +265,14 @@ pub async fn run(
 async fn resolve_reads(
     name: String,
     ctx: Arc<Ctx>,
+    stop: CancellationToken,
     mut reads: mpsc::Receiver<CardRead>,
     feedback: mpsc::Sender<Feedback>,
 ) {
     while let Some(read) = reads.recv().await {
         let fb = match ctx.handle_read(&name, read).await {
             Ok(event) => {
-                ctx.with_reader(&name, |s| s.cards += 1);
+                ctx.update_reader(&name, &stop, |s| s.cards += 1);
                 if event.resolution.outcome == Outcome::Ok {
                     Feedback::Accepted
                 } else {
@@ -324,7 +331,7 @@ async fn serve(
             }
             _ = tick.tick(), if cfg.mode == Mode::Frame => {
                 let noise = framed.codec().noise_bytes();
-                ctx.with_reader(&cfg.name, |s| s.noise_bytes = noise);
+                ctx.update_reader(&cfg.name, stop, |s| s.noise_bytes = noise);
                 if noise > noise_seen && last_nak.elapsed() >= NAK_INTERVAL {
                     noise_seen = noise;
                     last_nak = Instant::now();
@@ -344,7 +351,7 @@ async fn serve(
             Some(Ok(item)) => item,
         };
         let noise = framed.codec().noise_bytes();
-        ctx.with_reader(&cfg.name, |s| {
+        ctx.update_reader(&cfg.name, stop, |s| {
             s.items += 1;
             s.noise_bytes = noise;
         });
@@ -356,7 +363,7 @@ async fn serve(
             // tokio's clock (the std clock outside tests), so that tests
             // with paused time see the 10 s window in virtual time.
             if !dedup.first_time(tokio::time::Instant::now().into_std(), *seq, payload) {
-                ctx.with_reader(&cfg.name, |s| s.duplicates += 1);
+                ctx.update_reader(&cfg.name, stop, |s| s.duplicates += 1);
                 tracing::debug!(reader = %cfg.name, seq, cmd, "duplicate frame suppressed");
                 continue;
             }
@@ -385,7 +392,7 @@ async fn serve(
             }
             Ok(ReaderEvent::Status(text)) => {
                 tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
-                ctx.with_reader(&cfg.name, |s| s.firmware = Some(text));
+                ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
                 None
             }
             Ok(ReaderEvent::ReadError { code, text }) => {
@@ -402,7 +409,7 @@ async fn serve(
                 Some(Feedback::Attention)
             }
             Err(e) => {
-                ctx.with_reader(&cfg.name, |s| s.rejected += 1);
+                ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
                 tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
                 ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
                 Some(Feedback::Rejected)
