@@ -244,16 +244,45 @@ pub async fn watch(
 /// and the audit chain. Empty when all is well.
 pub fn check_registry(reg: &Registry) -> Result<Vec<String>, RegistryError> {
     let mut problems = reg.integrity()?;
-    let copies = reg.copy_mismatches()?;
-    if copies > 0 {
+    let drift = reg.drift()?;
+    if drift.total() > 0 {
         problems.push(format!(
-            "{copies} row(s) whose resolution copies disagree with their source"
+            "read model out of date: {} person(s) without a resolution row, {} stale row(s), {} row(s) of persons that no longer exist (e.g. {}); run `cardlinkctl db repair`",
+            drift.missing,
+            drift.stale,
+            drift.orphaned,
+            drift
+                .examples
+                .iter()
+                .map(|s| crate::mask::identifier(s))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if let Some((id, why)) = reg.verify_audit()?.broken {
         problems.push(format!("audit chain broken at row {id}: {why}"));
     }
     Ok(problems)
+}
+
+/// `db repair`'s report.
+pub fn repair_text(r: &crate::registry::Repair) -> String {
+    let d = &r.drift;
+    if d.total() == 0 {
+        return "read model up to date: nothing to repair".into();
+    }
+    format!(
+        "read model repaired{}: {} row(s) added, {} stale row(s) rewritten, {} row(s) of persons that no longer exist removed (e.g. {})",
+        if r.rebuilt { " (rebuilt in full)" } else { "" },
+        d.missing,
+        d.stale,
+        d.orphaned,
+        d.examples
+            .iter()
+            .map(|s| crate::mask::identifier(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Opens a registry for the tool, creating its directory.

@@ -10,7 +10,8 @@ use cardlink::registry::audit::Entry;
 use cardlink::registry::import::ImportError;
 use cardlink::registry::Relation;
 use cardlink::registry::{
-    BindError, BindPolicy, Channel, Lookup, OpenOptions, Outcome, Registry, RegistryError, Role,
+    BindError, BindPolicy, Channel, Drift, Lookup, OpenOptions, Outcome, Registry, RegistryError,
+    Role,
 };
 use common::*;
 
@@ -495,15 +496,15 @@ fn gen_demo_is_deterministic_and_consistent() {
     assert_eq!(counts[0], counts[1]);
     assert_eq!(counts[0].persons, 3000);
     let reg = open(&dir.path().join("d0.db"));
-    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    assert_eq!(reg.drift().unwrap(), Drift::default());
     assert!(counts[0].active_links > 500, "{:?}", counts[0]);
 }
 
 #[test]
-fn resolution_copies_follow_every_change() {
+fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits() {
     let dir = tempfile::tempdir().unwrap();
     let mut reg = open(&fixture_db(dir.path()));
-    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    assert_eq!(reg.drift().unwrap(), Drift::default());
     let policy = BindPolicy::default();
     reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy)
         .unwrap();
@@ -512,9 +513,13 @@ fn resolution_copies_follow_every_change() {
     reg.unbind(&ssn(HOLDER), &ssn(SPOUSE), "t", "t").unwrap();
     reg.bind(&bind_req(HOLDER2, SPOUSE, "spouse"), &policy)
         .unwrap();
-    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    // Binds and unbinds keep the read model exact.
+    assert_eq!(reg.drift().unwrap(), Drift::default());
+    let r = reg.resolve(&Lookup::card_no(card(SPOUSE))).unwrap();
+    assert_eq!(r.payer.unwrap().ssn, ssn(HOLDER2));
+    // Changes made with plain SQL (an administrator's fix) are found by
+    // the check and taken over by a repair.
     let c = reg.connection();
-    // Changes made with plain SQL (an administrator's fix) are followed too.
     c.execute(
         "UPDATE accounts SET balance_fen = 42 WHERE holder_ssn = ?1",
         [ssn(HOLDER2).expose()],
@@ -540,7 +545,27 @@ fn resolution_copies_follow_every_change() {
         [ssn(MEMBER2).expose()],
     )
     .unwrap();
-    assert_eq!(reg.copy_mismatches().unwrap(), 0);
+    c.execute(
+        "UPDATE persons SET name = '张卫' WHERE ssn = ?1",
+        [ssn(HOLDER).expose()],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE cards SET status = 'lost' WHERE ssn = ?1",
+        [ssn(CHILD).expose()],
+    )
+    .unwrap();
+    let drift = reg.drift().unwrap();
+    // HOLDER2 (balance, member names, lost member), PARENT (own balance;
+    // payer balance unchanged), SPOUSE (payer balance), CHILD (relation,
+    // payer name, card), HOLDER (member list, name of nobody; relation of
+    // CHILD), MEMBER2 (payer gone).
+    assert_eq!((drift.missing, drift.orphaned), (0, 0), "{drift:?}");
+    assert!(drift.stale >= 5, "{drift:?}");
+    let repair = reg.repair("test").unwrap();
+    assert_eq!(repair.drift, drift);
+    assert!(!repair.rebuilt);
+    assert_eq!(reg.drift().unwrap(), Drift::default());
     assert!(reg.integrity().unwrap().is_empty());
     let r = reg.resolve(&Lookup::card_no(card(HOLDER2))).unwrap();
     assert_eq!(r.payer.unwrap().balance_fen, Some(42));
@@ -553,47 +578,51 @@ fn resolution_copies_follow_every_change() {
     let r = reg.resolve(&Lookup::card_no(card(MEMBER2))).unwrap();
     assert_eq!(r.role, Role::None);
     let r = reg.resolve(&Lookup::card_no(card(CHILD))).unwrap();
-    assert_eq!(r.payer.unwrap().relation.as_deref(), Some("parent"));
-    // A holder's rename reaches their members' payer name.
+    assert_eq!(r.outcome, Outcome::Lost);
+    let r = reg.resolve(&Lookup::card_no(card(HOLDER))).unwrap();
+    assert_eq!(r.members[0].relation, "parent");
+    // A person inserted with plain SQL resolves before any repair (from
+    // the view), and the repair then adds their row; a deleted person's
+    // row goes.
+    let c = reg.connection();
+    let new = demo_ssn_str(900);
     c.execute(
-        "UPDATE persons SET name = '张卫' WHERE ssn = ?1",
-        [ssn(HOLDER).expose()],
+        "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) \
+         VALUES (?1, '王新', 'F', '1990-01-01', 'resident', 'active')",
+        [&new],
     )
     .unwrap();
-    let r = reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap();
-    assert_eq!(r.payer.unwrap().name, "张卫");
-    // Cards: the best card follows losses, replacements and deletions.
-    c.execute(
-        "UPDATE cards SET status = 'lost' WHERE ssn = ?1",
-        [ssn(CHILD).expose()],
-    )
-    .unwrap();
-    assert_eq!(
-        reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap().outcome,
-        Outcome::Lost
-    );
     c.execute(
         "INSERT INTO cards VALUES ('Z00000001', NULL, ?1, 3, '2026-01-01', '2036-01-01', 'active')",
-        [ssn(CHILD).expose()],
+        [&new],
     )
     .unwrap();
-    let r = reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap();
-    assert_eq!(
-        (r.outcome, r.card_no.as_deref()),
-        (Outcome::Ok, Some("Z00000001"))
-    );
-    c.execute("DELETE FROM cards WHERE card_no = 'Z00000001'", [])
-        .unwrap();
-    assert_eq!(
-        reg.resolve(&Lookup::ssn(ssn(CHILD))).unwrap().outcome,
-        Outcome::Lost
-    );
-    assert_eq!(reg.copy_mismatches().unwrap(), 0);
-    // Bypassing the triggers is detected.
+    let r = reg.resolve(&Lookup::card_no("Z00000001")).unwrap();
+    assert_eq!((r.outcome, r.role), (Outcome::Ok, Role::None));
     c.execute(
-        "UPDATE persons SET members = '[]' WHERE ssn = ?1",
-        [ssn(HOLDER2).expose()],
+        "DELETE FROM family_links WHERE member_ssn = ?1 OR holder_ssn = ?1",
+        [ssn(NO_CARD).expose()],
     )
     .unwrap();
-    assert_eq!(reg.copy_mismatches().unwrap(), 1);
+    c.execute(
+        "DELETE FROM persons WHERE ssn = ?1",
+        [ssn(NO_CARD).expose()],
+    )
+    .unwrap();
+    let drift = reg.drift().unwrap();
+    assert_eq!(
+        (drift.missing, drift.stale, drift.orphaned),
+        (1, 0, 1),
+        "{drift:?}"
+    );
+    reg.repair("test").unwrap();
+    assert_eq!(reg.drift().unwrap(), Drift::default());
+    // Edits to the derived table itself are drift too.
+    reg.connection()
+        .execute(
+            "UPDATE resolution SET members = '[]' WHERE ssn = ?1",
+            [ssn(HOLDER2).expose()],
+        )
+        .unwrap();
+    assert_eq!(reg.drift().unwrap().stale, 1);
 }

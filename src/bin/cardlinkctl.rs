@@ -199,8 +199,12 @@ enum DbCmd {
     Stats,
     /// Verify the audit hash chain.
     VerifyAudit,
-    /// Check the database: SQLite integrity, foreign keys, resolution copies, audit chain.
+    /// Check the database: SQLite integrity, foreign keys, the read model, audit chain.
     Check,
+    /// Rebuild the read model (the `resolution` table) where it differs
+    /// from the tables, e.g. after an edit with the sqlite3 shell; report
+    /// what changed.
+    Repair,
     /// Write a deterministic synthetic registry.
     GenDemo {
         #[arg(long, default_value_t = 5000)]
@@ -468,6 +472,10 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
                 }
                 return Ok(1);
             }
+        }
+        DbCmd::Repair => {
+            let r = open()?.repair("cardlinkctl")?;
+            println!("{}", ctl::repair_text(&r));
         }
         DbCmd::GenDemo {
             persons,

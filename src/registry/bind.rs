@@ -358,6 +358,7 @@ impl Registry {
             }
             return Err(sql(e));
         }
+        super::derived::refresh(&tx, &[req.holder.expose(), req.member.expose()]).map_err(sql)?;
         append(
             &tx,
             &Entry {
@@ -399,6 +400,9 @@ impl Registry {
                 params![holder.expose(), member.expose(), now_rfc3339()],
             )
             .map_err(sql)?;
+        if n > 0 {
+            super::derived::refresh(&tx, &[holder.expose(), member.expose()]).map_err(sql)?;
+        }
         let outcome = if n == 0 {
             "refused:not_linked".to_string()
         } else {

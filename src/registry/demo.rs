@@ -357,6 +357,7 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         generate(opts, &mut DbSink(Inserter::new(&tx))).map_err(sql)?;
+        super::derived::rebuild(&tx).map_err(sql)?;
         super::audit::append(
             &tx,
             &super::audit::Entry {

@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::audit::{append, Entry};
+use super::derived::Touched;
 use super::{parse_iso, Registry, RegistryError};
 
 /// A row of `persons.csv`.
@@ -660,6 +661,25 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let ins = Inserter::new(&tx);
+        // Into an empty registry the read model is rebuilt set-based at the
+        // end; otherwise the persons the rows touch are noted as they go in
+        // and refreshed with their neighbours.
+        let empty: bool = tx
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM persons)", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql)?;
+        let touched = if empty {
+            None
+        } else {
+            Some(Touched::new(&tx).map_err(sql)?)
+        };
+        let touch = |ssn: &str| -> Result<(), Refused> {
+            if let Some(t) = &touched {
+                t.add(&upper(ssn))?;
+            }
+            Ok(())
+        };
         let mut counts = ImportCounts::default();
         let mut bad = Bad {
             rows: Vec::new(),
@@ -675,7 +695,10 @@ impl Registry {
                         &mut bad,
                         PersonRec::validate,
                         |r: &PersonRec| r.ssn.as_str(),
-                        |r| Ok(ins.person(r)?),
+                        |r| {
+                            ins.person(r)?;
+                            touch(&r.ssn)
+                        },
                     )?
                 }
                 Table::Cards => {
@@ -686,7 +709,10 @@ impl Registry {
                         &mut bad,
                         CardRec::validate,
                         |r: &CardRec| r.card_no.as_str(),
-                        |r| Ok(ins.card(r)?),
+                        |r| {
+                            ins.card(r)?;
+                            touch(&r.ssn)
+                        },
                     )?
                 }
                 Table::Accounts => {
@@ -697,7 +723,10 @@ impl Registry {
                         &mut bad,
                         AccountRec::validate,
                         |r: &AccountRec| r.holder_ssn.as_str(),
-                        |r| Ok(ins.account(r)?),
+                        |r| {
+                            ins.account(r)?;
+                            touch(&r.holder_ssn)
+                        },
                     )?
                 }
                 Table::Links => {
@@ -710,6 +739,8 @@ impl Registry {
                         |r: &LinkRec| r.member_ssn.as_str(),
                         |r| {
                             ins.link(r)?;
+                            touch(&r.holder_ssn)?;
+                            touch(&r.member_ssn)?;
                             let (h, m) = (upper(&r.holder_ssn), upper(&r.member_ssn));
                             if r.status == "active" && super::bind::covered_by(&tx, &h, &m)? {
                                 return Err(Refused::Rule(
@@ -742,6 +773,10 @@ impl Registry {
                 total: bad.total,
             });
         }
+        match touched {
+            Some(t) => t.refresh().map_err(sql)?,
+            None => super::derived::rebuild(&tx).map_err(sql)?,
+        };
         append(
             &tx,
             &Entry {

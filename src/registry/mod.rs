@@ -14,6 +14,7 @@
 pub mod audit;
 mod bind;
 pub mod demo;
+pub mod derived;
 pub mod import;
 pub mod policy;
 mod resolve;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use bind::{BindError, BindRequest, Channel};
+pub use derived::{Drift, Repair};
 pub use policy::{BindPolicy, Relation, Scope};
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 
@@ -209,28 +211,6 @@ impl Registry {
             contributions: count("SELECT count(*) FROM contributions")?,
             audit: count("SELECT count(*) FROM audit")?,
         })
-    }
-
-    /// Person rows whose resolution copies (migration 003: best card,
-    /// balance, payer, member list) disagree with the tables they copy, as
-    /// defined by the views `copy_card`, `copy_payer` and `copy_members`.
-    /// Always 0 unless the triggers were bypassed.
-    pub fn copy_mismatches(&self) -> Result<u64, RegistryError> {
-        let n: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM persons p WHERE \
-                 (p.card_no, p.card_status, p.card_expires) IS NOT \
-                   (SELECT card_no, card_status, card_expires FROM copy_card v WHERE v.ssn = p.ssn) \
-                 OR p.balance_fen IS NOT (SELECT balance_fen FROM accounts WHERE holder_ssn = p.ssn) \
-                 OR (p.payer_ssn, p.payer_name, p.payer_relation, p.payer_balance_fen) IS NOT \
-                   (SELECT payer_ssn, payer_name, payer_relation, payer_balance_fen FROM copy_payer v WHERE v.ssn = p.ssn) \
-                 OR p.members IS NOT (SELECT members FROM copy_members v WHERE v.ssn = p.ssn)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(n as u64)
     }
 
     /// SQLite's own checks: `integrity_check` and `foreign_key_check`.

@@ -210,7 +210,7 @@ pub(crate) fn best_card(
 ) -> rusqlite::Result<Option<CardRow>> {
     c.prepare_cached(
         "SELECT card_no, status, expires FROM cards WHERE ssn = ?1 \
-         ORDER BY (status = 'active' AND expires >= ?2) DESC, generation DESC, issued DESC LIMIT 1",
+         ORDER BY (status = 'active' AND expires >= ?2) DESC, generation DESC, issued DESC, card_no DESC LIMIT 1",
     )?
     .query_row(rusqlite::params![ssn, today.to_string()], |r| {
         Ok(CardRow {
@@ -233,8 +233,8 @@ pub(crate) fn stored_ssn(s: &str) -> Result<Ssn, RegistryError> {
         .map_err(|e| RegistryError::Corrupt(format!("invalid SSN in database: {e}")))
 }
 
-/// Reads a person row's `members` copy: a JSON array of
-/// `[ssn, name, relation, since]` in link order (see migration 003).
+/// Reads a derived `members` list: a JSON array of
+/// `[ssn, name, relation, since]` in link order (see migration 005).
 fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
     if json == "[]" {
         return Ok(Vec::new());
@@ -253,39 +253,57 @@ fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
         .collect()
 }
 
-/// Everything `resolve` needs, from one person row: the row carries copies
-/// of the person's best card, balance, payer and member list (migration 003
-/// keeps them exact with triggers). By card number or PAN the card read is
-/// the card's own row, joined to its person.
+/// Everything `resolve` needs in one statement: the person row and its
+/// derived row in `resolution` (best card, balances, payer, member list;
+/// see [`super::derived`]), by card number or PAN also the card's own row.
+/// `$derived` is `resolution`, or the view `resolution_source` that defines
+/// it for a person who has no row yet.
 macro_rules! resolve_sql {
-    ($card:literal, $from:literal, $filter:literal) => {
+    ($derived:literal, $card:literal, $from:literal, $filter:literal) => {
         concat!(
             "SELECT p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status, ",
             $card,
-            ", p.balance_fen, p.payer_ssn, p.payer_name, p.payer_relation, p.payer_balance_fen, p.members FROM ",
+            ", r.balance_fen, r.payer_ssn, r.payer_name, r.payer_relation, r.payer_balance_fen, r.members FROM ",
             $from,
-            " WHERE ",
+            " LEFT JOIN ",
+            $derived,
+            " r ON r.ssn = p.ssn WHERE ",
             $filter
         )
     };
 }
 
-const BY_CARD_NO: &str = resolve_sql!(
-    "c.card_no, c.status, c.expires",
-    "cards c JOIN persons p ON p.ssn = c.ssn",
-    "c.card_no = ?1"
-);
-const BY_PAN: &str = resolve_sql!(
-    "c.card_no, c.status, c.expires",
-    "cards c JOIN persons p ON p.ssn = c.ssn",
-    "c.pan = ?1"
-);
-/// A typed SSN: the person's best card (active first, newest generation).
-const BY_SSN: &str = resolve_sql!(
-    "p.card_no, p.card_status, p.card_expires",
-    "persons p",
-    "p.ssn = ?1"
-);
+macro_rules! resolve_statements {
+    ($derived:literal) => {
+        [
+            resolve_sql!(
+                $derived,
+                "c.card_no, c.status, c.expires",
+                "cards c JOIN persons p ON p.ssn = c.ssn",
+                "c.card_no = ?1"
+            ),
+            resolve_sql!(
+                $derived,
+                "c.card_no, c.status, c.expires",
+                "cards c JOIN persons p ON p.ssn = c.ssn",
+                "c.pan = ?1"
+            ),
+            // A typed SSN: the derived row's best card, checked against
+            // today below.
+            resolve_sql!(
+                $derived,
+                "r.card_no, r.card_status, r.card_expires",
+                "persons p",
+                "p.ssn = ?1"
+            ),
+        ]
+    };
+}
+
+/// By card number, by PAN, by SSN; reading the table.
+const FROM_TABLE: [&str; 3] = resolve_statements!("resolution");
+/// The same, computing the derived row from its definition.
+const FROM_VIEW: [&str; 3] = resolve_statements!("resolution_source");
 
 /// One row of the resolve statement.
 struct Row {
@@ -297,8 +315,8 @@ struct Row {
     card: Option<CardRow>,
     own_balance: Option<i64>,
     payer: Option<(String, String, String, Option<i64>)>,
-    /// The `members` JSON copy.
-    members: String,
+    /// The `members` JSON list; `None` when the person has no derived row.
+    members: Option<String>,
 }
 
 impl Row {
@@ -334,22 +352,27 @@ impl Row {
 impl Registry {
     /// Resolves a card read or a typed identifier, judging expiry against `today`.
     pub fn resolve_on(&self, lookup: &Lookup, today: Date) -> Result<Resolution, RegistryError> {
-        let (sql, key) = if let Some(card_no) = &lookup.card_no {
-            (BY_CARD_NO, card_no.as_str())
+        let (which, key) = if let Some(card_no) = &lookup.card_no {
+            (0, card_no.as_str())
         } else if let Some(pan) = &lookup.pan {
-            (BY_PAN, pan.as_str())
+            (1, pan.as_str())
         } else if let Some(ssn) = &lookup.ssn {
-            (BY_SSN, ssn.expose())
+            (2, ssn.expose())
         } else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
-        let found = self
-            .conn
-            .prepare_cached(sql)
-            .map_err(|e| self.sql(e))?
-            .query_row([key], Row::read)
-            .optional()
-            .map_err(|e| self.sql(e))?;
+        let query = |sql: &str| {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut st| st.query_row([key], Row::read).optional())
+                .map_err(|e| self.sql(e))
+        };
+        let mut found = query(FROM_TABLE[which])?;
+        if found.as_ref().is_some_and(|r| r.members.is_none()) {
+            // No derived row (a person added outside cardlink and not yet
+            // repaired): compute it from its definition.
+            found = query(FROM_VIEW[which])?;
+        }
         let Some(mut row) = found else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
@@ -392,7 +415,7 @@ impl Registry {
         if outcome != Outcome::Ok {
             return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
         }
-        let members = parse_members(&row.members)?;
+        let members = parse_members(row.members.as_deref().unwrap_or("[]"))?;
         let self_payer = || Payer {
             ssn: person.ssn,
             name: person.name.clone(),
@@ -435,10 +458,12 @@ impl Registry {
     pub fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
         let json: Option<String> = self
             .conn
-            .prepare_cached("SELECT members FROM persons WHERE ssn = ?1")
+            .prepare_cached(
+                "SELECT coalesce((SELECT members FROM resolution WHERE ssn = ?1), \
+                                 (SELECT members FROM resolution_source WHERE ssn = ?1))",
+            )
             .map_err(|e| self.sql(e))?
             .query_row([holder.expose()], |r| r.get(0))
-            .optional()
             .map_err(|e| self.sql(e))?;
         json.map_or(Ok(Vec::new()), |j| parse_members(&j))
     }

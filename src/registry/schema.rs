@@ -15,6 +15,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/002_covering_indexes.sql")),
     M::up(include_str!("migrations/003_resolution_row.sql")),
     M::up(include_str!("migrations/004_relations_and_region.sql")),
+    M::up(include_str!("migrations/005_resolution_table.sql")),
 ];
 
 /// Brings the database to the newest schema version.
@@ -57,7 +58,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
         let (relation, region): (String, Option<String>) = conn
             .query_row(
                 "SELECT l.relation, p.region FROM family_links l JOIN persons p ON p.ssn = l.member_ssn",
@@ -111,7 +112,7 @@ mod tests {
             conn,
             busy_timeout: std::time::Duration::from_secs(1),
         };
-        assert_eq!(reg.copy_mismatches().unwrap(), 0);
+        assert_eq!(reg.drift().unwrap().total(), 0);
         let r = reg.resolve(&Lookup::card_no(member_card)).unwrap();
         assert_eq!(r.role, Role::Member);
         let payer = r.payer.unwrap();
