@@ -11,14 +11,19 @@
 //! By default the registry is opened with the daemon's settings (8 MiB page
 //! cache, no memory mapping).
 //!
-//! Steps: `gen-demo --csv` writes persons/cards/accounts/links CSV files;
-//! `import` loads them (timed, one all-or-nothing transaction); then 200,000
+//! Steps: `gen-demo --csv` writes the five CSV files (`CARDLINK_BENCH_MONTHS`
+//! months of contributions, default 12); `import` loads them (timed, one
+//! all-or-nothing transaction per step, persons, then cards + accounts +
+//! links, then contributions), and so does the floor: the `sqlite3` shell's
+//! `.import` of the same files into the same tables (see [`floor`]); then 200,000
 //! `resolve` calls by SSN and by card number on random persons, each timed
 //! alone, side by side with a plain indexed point query
 //! (`SELECT ... FROM persons WHERE ssn = ?`, `... FROM cards WHERE card_no = ?`)
 //! on the same file and connection settings.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cardlink::registry::demo::{demo_card_no, demo_ssn, generate, CsvSink, DemoOptions};
@@ -42,6 +47,74 @@ fn report(name: &str, mut v: Vec<Duration>) -> (Duration, Duration) {
     (m, p99)
 }
 
+/// The floor: Debian's `sqlite3` shell `.import`s the same CSV files into
+/// the same tables and indexes (the registry schema, made by cardlink, with
+/// its two relation triggers dropped), with the same journal settings (WAL,
+/// synchronous NORMAL, foreign keys on, 3 GiB page cache, temporary
+/// storage in memory). Columns that need NULL for an empty field (cards.pan,
+/// family_links.revoked_at) and the links' generated id go through a
+/// staging table. Returns the seconds for persons, cards + accounts +
+/// links, and contributions, each one shell run (checkpoint at close).
+fn floor(csv: &Path, db: &Path) -> anyhow::Result<Option<(f64, f64, f64)>> {
+    if Command::new("sqlite3").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let _ = std::fs::remove_file(db);
+    drop(Registry::open(db, &OpenOptions::default())?);
+    let settings = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                    PRAGMA foreign_keys = ON; PRAGMA cache_size = -3145728; PRAGMA temp_store = MEMORY;\n";
+    let run = |script: String| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let mut child = Command::new("sqlite3")
+            .arg("-bail")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+            // Dot-commands must start their line.
+            .write_all(
+                format!("{settings}{script}")
+                    .lines()
+                    .map(|l| l.trim_start().to_string() + "\n")
+                    .collect::<String>()
+                    .as_bytes(),
+            )?;
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "sqlite3 failed: {status}");
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let f = |n: &str| csv.join(format!("{n}.csv")).display().to_string();
+    run(
+        "DROP TRIGGER family_links_relation_insert; DROP TRIGGER family_links_relation_update;\n"
+            .into(),
+    )?;
+    let persons = run(format!(".import --csv --skip 1 {} persons\n", f("persons")))?;
+    let cal = run(format!(
+        "CREATE TEMP TABLE cards_in (card_no, pan, ssn, generation, issued, expires, status);
+         CREATE TEMP TABLE links_in (holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at);
+         .import --csv --skip 1 {cards} cards_in
+         .import --csv --skip 1 {accounts} accounts
+         .import --csv --skip 1 {links} links_in
+         BEGIN;
+         INSERT INTO cards SELECT card_no, NULLIF(pan, ''), ssn, generation, issued, expires, status FROM cards_in;
+         INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at)
+              SELECT holder_ssn, member_ssn, relation, status, channel, operator, created_at, NULLIF(revoked_at, '') FROM links_in;
+         COMMIT;\n",
+        cards = f("cards"),
+        accounts = f("accounts"),
+        links = f("links"),
+    ))?;
+    let contributions = run(format!(
+        ".import --csv --skip 1 {} contributions\n",
+        f("contributions")
+    ))?;
+    Ok(Some((persons, cal, contributions)))
+}
+
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
@@ -58,13 +131,17 @@ fn main() -> anyhow::Result<()> {
     let db = dir.join(format!("registry-{persons}.db"));
     println!("registry benchmark: {persons} persons in {}", dir.display());
 
+    let months: u32 = std::env::var("CARDLINK_BENCH_MONTHS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
     if !csv_dir.join("persons.csv").exists() {
         let t = Instant::now();
         let mut sink = CsvSink::create(&csv_dir)?;
         generate(
             &DemoOptions {
                 persons,
-                months: 0,
+                months,
                 seed: 1,
             },
             &mut sink,
@@ -73,7 +150,18 @@ fn main() -> anyhow::Result<()> {
         println!("gen-demo --csv: {:.1} s", t.elapsed().as_secs_f64());
     }
     if !db.exists() {
-        // A large page cache for the bulk load, as `cardlinkctl db --cache-mib 3072 import`.
+        let csv = |n: &str| csv_dir.join(format!("{n}.csv"));
+        let sizes: Vec<String> = ["persons", "cards", "accounts", "links", "contributions"]
+            .iter()
+            .map(|n| {
+                let mib = std::fs::metadata(csv(n)).map(|m| m.len()).unwrap_or(0) >> 20;
+                format!("{n}.csv {mib} MiB")
+            })
+            .collect();
+        println!("{}", sizes.join(", "));
+        // cardlink: `cardlinkctl db --cache-mib 3072 import`, each step one
+        // all-or-nothing transaction, then a WAL checkpoint (the shell
+        // below checkpoints when it closes).
         let mut reg = Registry::open(
             &db,
             &OpenOptions {
@@ -81,30 +169,52 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             },
         )?;
-        let csv = |n: &str| csv_dir.join(format!("{n}.csv"));
+        let checkpoint = |reg: &Registry| {
+            reg.connection()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        };
         let t = Instant::now();
         let p = reg.import(&[csv("persons")], "bench")?;
-        let secs = t.elapsed().as_secs_f64();
+        checkpoint(&reg)?;
+        let ours_p = t.elapsed().as_secs_f64();
         println!(
-            "import persons.csv: {} persons in {secs:.1} s ({:.0} rows/s)",
-            p.persons,
-            p.persons as f64 / secs
+            "cardlink import persons.csv: {} persons in {ours_p:.1} s",
+            p.persons
         );
         let t = Instant::now();
         let c = reg.import(&[csv("cards"), csv("accounts"), csv("links")], "bench")?;
-        let secs = t.elapsed().as_secs_f64();
-        let rows = c.cards + c.accounts + c.links;
+        checkpoint(&reg)?;
+        let ours_cal = t.elapsed().as_secs_f64();
         println!(
-            "import cards/accounts/links.csv: {} cards, {} accounts, {} links in {secs:.1} s ({:.0} rows/s)",
-            c.cards, c.accounts, c.links, rows as f64 / secs
+            "cardlink import cards/accounts/links.csv: {} cards, {} accounts, {} links in {ours_cal:.1} s",
+            c.cards, c.accounts, c.links
         );
         let t = Instant::now();
-        reg.connection()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        let k = reg.import(&[csv("contributions")], "bench")?;
+        checkpoint(&reg)?;
+        let ours_k = t.elapsed().as_secs_f64();
         println!(
-            "checkpoint after import: {:.1} s",
-            t.elapsed().as_secs_f64()
+            "cardlink import contributions.csv: {} rows in {ours_k:.1} s",
+            k.contributions
         );
+        drop(reg);
+        match floor(&csv_dir, &dir.join(format!("floor-{persons}.db")))? {
+            Some((fp, fcal, fk)) => {
+                println!(
+                    "floor (sqlite3 shell .import): persons {fp:.1} s, cards/accounts/links {fcal:.1} s, contributions {fk:.1} s"
+                );
+                println!(
+                    "ratio to the floor: persons+cards+accounts+links {:.2}x ({:.1} s / {:.1} s), contributions {:.2}x ({:.1} s / {:.1} s)",
+                    (ours_p + ours_cal) / (fp + fcal),
+                    ours_p + ours_cal,
+                    fp + fcal,
+                    ours_k / fk,
+                    ours_k,
+                    fk
+                );
+            }
+            None => println!("floor: skipped (no sqlite3 shell)"),
+        }
     }
 
     // The daemon's settings unless CARDLINK_BENCH_CACHE_MIB says otherwise.

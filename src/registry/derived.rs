@@ -1,15 +1,17 @@
-//! The read model: the `resolution` table, one row per person with every
-//! fact `resolve` reports that lives in other tables (best card, balances,
-//! payer, member list).
+//! The read model: the `resolution` table, one row per person with all
+//! that `resolve` reports: the person's own name, sex and insurance, and
+//! the facts that live in other tables (best card, balances, payer, member
+//! list).
 //!
 //! Each of those facts is defined once, by the view `resolution_source`
 //! (migration 005). This module is the only writer of `resolution`, and it
 //! only ever copies rows of that view:
 //! - [`refresh`]: the rows of the given persons, in the transaction of the
 //!   change that moves them (bind, unbind);
-//! - [`Touched`]: after an import into a non-empty registry, the persons
+//! - [`Touched`]: after an import into a populated registry, the persons
 //!   the imported rows touch and their neighbours (payer, members);
-//! - [`rebuild`]: everything, set-based in key order, after a bulk load;
+//! - [`rebuild`]: everything, set-based in key order, after a bulk load
+//!   (an import into an empty registry, or one touching many persons);
 //! - [`Registry::repair`] / [`Registry::drift`]: compare the table with the
 //!   view row by row in key order (constant memory on any size) and fix
 //!   what differs.
@@ -28,9 +30,10 @@ use super::audit::{append, Entry};
 use super::{Registry, RegistryError};
 
 /// The columns of `resolution` and `resolution_source`, in order.
-pub(crate) const COLUMNS: &str = "ssn, card_no, card_status, card_expires, balance_fen, \
+pub(crate) const COLUMNS: &str = "ssn, name, sex, insurance_type, insurance_status, \
+     card_no, card_status, card_expires, balance_fen, \
      payer_ssn, payer_name, payer_relation, payer_balance_fen, members";
-const WIDTH: usize = 10;
+const WIDTH: usize = 14;
 
 /// Rewrites the derived rows of `ssns` from the view (and removes the row
 /// of a person who no longer exists).
@@ -59,22 +62,36 @@ pub(crate) fn rebuild(c: &Connection) -> rusqlite::Result<u64> {
     Ok(n as u64)
 }
 
-/// Persons touched by an incremental import, collected in a temporary
-/// table while the rows go in, refreshed (with their neighbours) at the end.
+/// Persons touched by an import into a populated registry, collected in a
+/// temporary table while the rows go in and refreshed (with their
+/// neighbours) at the end; past `limit` of them the whole table is rebuilt
+/// instead, which is cheaper per row (one pass in key order).
 pub(crate) struct Touched<'c> {
     conn: &'c Connection,
+    noted: std::cell::Cell<u64>,
+    limit: u64,
 }
 
 impl<'c> Touched<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+    /// `limit`: above this many noted rows, [`Touched::finish`] rebuilds.
+    pub(crate) fn new(conn: &'c Connection, limit: u64) -> rusqlite::Result<Self> {
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS touched (ssn TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
              DELETE FROM temp.touched;",
         )?;
-        Ok(Touched { conn })
+        Ok(Touched {
+            conn,
+            noted: std::cell::Cell::new(0),
+            limit,
+        })
     }
 
     pub(crate) fn add(&self, ssn: &str) -> rusqlite::Result<()> {
+        let n = self.noted.get();
+        if n > self.limit {
+            return Ok(());
+        }
+        self.noted.set(n + 1);
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO temp.touched VALUES (?1)")?
             .execute([ssn])?;
@@ -83,8 +100,13 @@ impl<'c> Touched<'c> {
 
     /// Refreshes the touched persons, the members they cover (whose payer
     /// name or balance may have moved) and their payers (whose member list
-    /// shows their name). Returns the rows written.
-    pub(crate) fn refresh(self) -> rusqlite::Result<u64> {
+    /// shows their name), or everything past the limit. Returns the rows
+    /// written.
+    pub(crate) fn finish(self) -> rusqlite::Result<u64> {
+        if self.noted.get() > self.limit {
+            self.conn.execute("DELETE FROM temp.touched", [])?;
+            return rebuild(self.conn);
+        }
         self.conn.execute_batch(
             "INSERT OR IGNORE INTO temp.touched
                  SELECT member_ssn FROM family_links

@@ -661,9 +661,11 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let ins = Inserter::new(&tx);
-        // Into an empty registry the read model is rebuilt set-based at the
-        // end; otherwise the persons the rows touch are noted as they go in
-        // and refreshed with their neighbours.
+        // The read model: the persons the rows touch are noted as they go
+        // in and refreshed with their neighbours at the end; into an empty
+        // registry, or past 200,000 noted rows, it is rebuilt set-based
+        // instead (one pass in key order costs less per row than refreshing
+        // that many persons one by one).
         let empty: bool = tx
             .query_row("SELECT NOT EXISTS (SELECT 1 FROM persons)", [], |r| {
                 r.get(0)
@@ -672,7 +674,7 @@ impl Registry {
         let touched = if empty {
             None
         } else {
-            Some(Touched::new(&tx).map_err(sql)?)
+            Some(Touched::new(&tx, 200_000).map_err(sql)?)
         };
         let touch = |ssn: &str| -> Result<(), Refused> {
             if let Some(t) = &touched {
@@ -774,7 +776,7 @@ impl Registry {
             });
         }
         match touched {
-            Some(t) => t.refresh().map_err(sql)?,
+            Some(t) => t.finish().map_err(sql)?,
             None => super::derived::rebuild(&tx).map_err(sql)?,
         };
         append(

@@ -253,98 +253,98 @@ fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
         .collect()
 }
 
-/// Everything `resolve` needs in one statement: the person row and its
-/// derived row in `resolution` (best card, balances, payer, member list;
-/// see [`super::derived`]), by card number or PAN also the card's own row.
-/// `$derived` is `resolution`, or the view `resolution_source` that defines
-/// it for a person who has no row yet.
-macro_rules! resolve_sql {
-    ($derived:literal, $card:literal, $from:literal, $filter:literal) => {
-        concat!(
-            "SELECT p.ssn, p.name, p.sex, p.insurance_type, p.insurance_status, ",
-            $card,
-            ", r.balance_fen, r.payer_ssn, r.payer_name, r.payer_relation, r.payer_balance_fen, r.members FROM ",
-            $from,
-            " LEFT JOIN ",
-            $derived,
-            " r ON r.ssn = p.ssn WHERE ",
-            $filter
-        )
+/// The derived row's columns after the card columns (see
+/// [`super::derived`]): everything `resolve` reports about a person.
+macro_rules! derived_columns {
+    () => {
+        "r.ssn, r.name, r.sex, r.insurance_type, r.insurance_status, \
+         r.balance_fen, r.payer_ssn, r.payer_name, r.payer_relation, r.payer_balance_fen, r.members"
     };
 }
 
-macro_rules! resolve_statements {
-    ($derived:literal) => {
-        [
-            resolve_sql!(
-                $derived,
-                "c.card_no, c.status, c.expires",
-                "cards c JOIN persons p ON p.ssn = c.ssn",
-                "c.card_no = ?1"
-            ),
-            resolve_sql!(
-                $derived,
-                "c.card_no, c.status, c.expires",
-                "cards c JOIN persons p ON p.ssn = c.ssn",
-                "c.pan = ?1"
-            ),
-            // A typed SSN: the derived row's best card, checked against
-            // today below.
-            resolve_sql!(
-                $derived,
-                "r.card_no, r.card_status, r.card_expires",
-                "persons p",
-                "p.ssn = ?1"
-            ),
-        ]
-    };
-}
+/// By card number or PAN: the card's own row and its owner's derived row
+/// (two row reads).
+const BY_CARD_NO: &str = concat!(
+    "SELECT c.card_no, c.status, c.expires, c.ssn, ",
+    derived_columns!(),
+    " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = ?1"
+);
+const BY_PAN: &str = concat!(
+    "SELECT c.card_no, c.status, c.expires, c.ssn, ",
+    derived_columns!(),
+    " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.pan = ?1"
+);
+/// By SSN: the derived row alone, with its best card (one row read).
+const BY_SSN: &str = concat!(
+    "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
+    derived_columns!(),
+    " FROM resolution r WHERE r.ssn = ?1"
+);
+/// A person's derived row computed from its definition, for a person who
+/// has no row (added outside cardlink and not yet repaired).
+const FROM_VIEW: &str = concat!(
+    "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
+    derived_columns!(),
+    " FROM resolution_source r WHERE r.ssn = ?1"
+);
 
-/// By card number, by PAN, by SSN; reading the table.
-const FROM_TABLE: [&str; 3] = resolve_statements!("resolution");
-/// The same, computing the derived row from its definition.
-const FROM_VIEW: [&str; 3] = resolve_statements!("resolution_source");
-
-/// One row of the resolve statement.
+/// One row of the resolve statements.
 struct Row {
+    card: Option<CardRow>,
+    /// The card's owner (by card) or the SSN looked up.
+    owner: String,
+    /// The derived row, when there is one.
+    derived: Option<Derived>,
+}
+
+/// A `resolution` row.
+struct Derived {
     ssn: String,
     name: String,
     sex: String,
     insurance_type: String,
     insurance_status: String,
-    card: Option<CardRow>,
     own_balance: Option<i64>,
     payer: Option<(String, String, String, Option<i64>)>,
-    /// The `members` JSON list; `None` when the person has no derived row.
-    members: Option<String>,
+    members: String,
 }
 
 impl Row {
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-        let card_no: Option<String> = r.get(5)?;
+        let card_no: Option<String> = r.get(0)?;
         let card = match card_no {
             Some(card_no) => Some(CardRow {
                 card_no,
-                status: r.get(6)?,
-                expires: r.get(7)?,
+                status: r.get(1)?,
+                expires: r.get(2)?,
             }),
             None => None,
         };
-        let holder: Option<String> = r.get(9)?;
-        let payer = match holder {
-            Some(h) => Some((h, r.get(10)?, r.get(11)?, r.get(12)?)),
+        let ssn: Option<String> = r.get(4)?;
+        let derived = match ssn {
+            Some(ssn) => {
+                let holder: Option<String> = r.get(10)?;
+                let payer = match holder {
+                    Some(h) => Some((h, r.get(11)?, r.get(12)?, r.get(13)?)),
+                    None => None,
+                };
+                Some(Derived {
+                    ssn,
+                    name: r.get(5)?,
+                    sex: r.get(6)?,
+                    insurance_type: r.get(7)?,
+                    insurance_status: r.get(8)?,
+                    own_balance: r.get(9)?,
+                    payer,
+                    members: r.get(14)?,
+                })
+            }
             None => None,
         };
         Ok(Row {
-            ssn: r.get(0)?,
-            name: r.get(1)?,
-            sex: r.get(2)?,
-            insurance_type: r.get(3)?,
-            insurance_status: r.get(4)?,
             card,
-            own_balance: r.get(8)?,
-            payer,
-            members: r.get(13)?,
+            owner: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            derived,
         })
     }
 }
@@ -352,41 +352,60 @@ impl Row {
 impl Registry {
     /// Resolves a card read or a typed identifier, judging expiry against `today`.
     pub fn resolve_on(&self, lookup: &Lookup, today: Date) -> Result<Resolution, RegistryError> {
-        let (which, key) = if let Some(card_no) = &lookup.card_no {
-            (0, card_no.as_str())
+        let (sql, key) = if let Some(card_no) = &lookup.card_no {
+            (BY_CARD_NO, card_no.as_str())
         } else if let Some(pan) = &lookup.pan {
-            (1, pan.as_str())
+            (BY_PAN, pan.as_str())
         } else if let Some(ssn) = &lookup.ssn {
-            (2, ssn.expose())
+            (BY_SSN, ssn.expose())
         } else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
-        let query = |sql: &str| {
+        let query = |sql: &str, key: &str| {
             self.conn
                 .prepare_cached(sql)
                 .and_then(|mut st| st.query_row([key], Row::read).optional())
                 .map_err(|e| self.sql(e))
         };
-        let mut found = query(FROM_TABLE[which])?;
-        if found.as_ref().is_some_and(|r| r.members.is_none()) {
-            // No derived row (a person added outside cardlink and not yet
-            // repaired): compute it from its definition.
-            found = query(FROM_VIEW[which])?;
+        let by_card = lookup.card_no.is_some() || lookup.pan.is_some();
+        let mut row = query(sql, key)?;
+        if row.as_ref().is_none_or(|r| r.derived.is_none()) {
+            // No derived row: a person added outside cardlink (and not yet
+            // repaired), or nobody. Compute it from its definition.
+            let owner = match &row {
+                Some(r) => r.owner.clone(),
+                None if by_card => String::new(),
+                None => key.to_string(),
+            };
+            if !owner.is_empty() {
+                let computed = query(FROM_VIEW, &owner)?;
+                row = match (row, computed) {
+                    (Some(card), Some(view)) if by_card => Some(Row {
+                        derived: view.derived,
+                        ..card
+                    }),
+                    (_, view) => view,
+                };
+            }
         }
-        let Some(mut row) = found else {
+        let Some(mut row) = row else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
-        if lookup.card_no.is_none() && lookup.pan.is_none() {
-            // By SSN: the person's best card today (the row's copy is the
-            // best card as of its last write, blind to expiry since).
-            row.card = best_card(&self.conn, &row.ssn, today).map_err(|e| self.sql(e))?;
+        let Some(d) = row.derived else {
+            return Ok(Resolution::refused(Outcome::Unknown, None, None));
+        };
+        if !by_card && !row.card.as_ref().is_none_or(|c| c.usable(today)) {
+            // By SSN the derived row holds the first card in (active,
+            // generation, issue) order; when that one is usable today it is
+            // the best card. Otherwise another, older card may be usable.
+            row.card = best_card(&self.conn, &d.ssn, today).map_err(|e| self.sql(e))?;
         }
         let person = PersonInfo {
-            ssn: stored_ssn(&row.ssn)?,
-            name: row.name,
-            sex: row.sex,
-            insurance_type: row.insurance_type,
-            insurance_status: row.insurance_status,
+            ssn: stored_ssn(&d.ssn)?,
+            name: d.name,
+            sex: d.sex,
+            insurance_type: d.insurance_type,
+            insurance_status: d.insurance_status,
         };
         if let Some(read) = &lookup.ssn {
             if *read != person.ssn {
@@ -415,14 +434,14 @@ impl Registry {
         if outcome != Outcome::Ok {
             return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
         }
-        let members = parse_members(row.members.as_deref().unwrap_or("[]"))?;
+        let members = parse_members(&d.members)?;
         let self_payer = || Payer {
             ssn: person.ssn,
             name: person.name.clone(),
             relation: None,
-            balance_fen: row.own_balance,
+            balance_fen: d.own_balance,
         };
-        let payer = match row.payer {
+        let payer = match d.payer {
             Some((ssn, name, relation, balance_fen)) => Some(Payer {
                 ssn: stored_ssn(&ssn)?,
                 name,

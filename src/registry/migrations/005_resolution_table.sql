@@ -7,7 +7,10 @@
 -- refused the whole file. This migration replaces all of it:
 --
 -- * `resolution_source` (a view) is the one definition of every derived
---   fact, per person:
+--   fact, per person; with the person's own name, sex and insurance the
+--   row is all `resolve` needs:
+--     name, sex, insurance_type,           copied from persons
+--     insurance_status
 --     card_no, card_status, card_expires   the best card (active first,
 --                                          newest generation, newest issue)
 --     balance_fen                          their own account balance
@@ -57,6 +60,8 @@ ALTER TABLE persons DROP COLUMN members;
 
 CREATE VIEW resolution_source AS
 SELECT p.ssn AS ssn,
+       p.name AS name, p.sex AS sex,
+       p.insurance_type AS insurance_type, p.insurance_status AS insurance_status,
        c.card_no AS card_no, c.status AS card_status, c.expires AS card_expires,
        a.balance_fen AS balance_fen,
        l.holder_ssn AS payer_ssn, h.name AS payer_name, l.relation AS payer_relation,
@@ -78,6 +83,10 @@ SELECT p.ssn AS ssn,
 
 CREATE TABLE resolution (
     ssn               TEXT PRIMARY KEY NOT NULL,
+    name              TEXT NOT NULL,
+    sex               TEXT NOT NULL,
+    insurance_type    TEXT NOT NULL,
+    insurance_status  TEXT NOT NULL,
     card_no           TEXT,
     card_status       TEXT,
     card_expires      TEXT,
