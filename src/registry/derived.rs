@@ -31,9 +31,9 @@ use super::{Registry, RegistryError};
 
 /// The columns of `resolution` and `resolution_source`, in order.
 pub(crate) const COLUMNS: &str = "ssn, name, sex, insurance_type, insurance_status, \
-     card_no, card_status, card_expires, balance_fen, \
+     card_no, card_status, card_expires, cards, balance_fen, \
      payer_ssn, payer_name, payer_relation, payer_balance_fen, members";
-const WIDTH: usize = 14;
+const WIDTH: usize = 15;
 
 /// Rewrites the derived rows of `ssns` from the view (and removes the row
 /// of a person who no longer exists).

@@ -258,7 +258,7 @@ fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
 macro_rules! derived_columns {
     () => {
         "r.ssn, r.name, r.sex, r.insurance_type, r.insurance_status, \
-         r.balance_fen, r.payer_ssn, r.payer_name, r.payer_relation, r.payer_balance_fen, r.members"
+         r.balance_fen, r.payer_ssn, r.payer_name, r.payer_relation, r.payer_balance_fen, r.members, r.cards"
     };
 }
 
@@ -307,6 +307,8 @@ struct Derived {
     own_balance: Option<i64>,
     payer: Option<(String, String, String, Option<i64>)>,
     members: String,
+    /// How many cards the person holds.
+    cards: i64,
 }
 
 impl Row {
@@ -337,6 +339,7 @@ impl Row {
                     own_balance: r.get(9)?,
                     payer,
                     members: r.get(14)?,
+                    cards: r.get(15)?,
                 })
             }
             None => None,
@@ -394,7 +397,7 @@ impl Registry {
         let Some(d) = row.derived else {
             return Ok(Resolution::refused(Outcome::Unknown, None, None));
         };
-        if !by_card && !row.card.as_ref().is_none_or(|c| c.usable(today)) {
+        if !by_card && d.cards > 1 && !row.card.as_ref().is_none_or(|c| c.usable(today)) {
             // By SSN the derived row holds the first card in (active,
             // generation, issue) order; when that one is usable today it is
             // the best card. Otherwise another, older card may be usable.

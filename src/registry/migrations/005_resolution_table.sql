@@ -13,6 +13,7 @@
 --     insurance_status
 --     card_no, card_status, card_expires   the best card (active first,
 --                                          newest generation, newest issue)
+--     cards                                how many cards they hold
 --     balance_fen                          their own account balance
 --     payer_ssn, payer_name,               the holder whose account pays
 --     payer_relation, payer_balance_fen    for them (active link)
@@ -63,6 +64,7 @@ SELECT p.ssn AS ssn,
        p.name AS name, p.sex AS sex,
        p.insurance_type AS insurance_type, p.insurance_status AS insurance_status,
        c.card_no AS card_no, c.status AS card_status, c.expires AS card_expires,
+       (SELECT count(*) FROM cards WHERE ssn = p.ssn) AS cards,
        a.balance_fen AS balance_fen,
        l.holder_ssn AS payer_ssn, h.name AS payer_name, l.relation AS payer_relation,
        ha.balance_fen AS payer_balance_fen,
@@ -90,6 +92,7 @@ CREATE TABLE resolution (
     card_no           TEXT,
     card_status       TEXT,
     card_expires      TEXT,
+    cards             INTEGER NOT NULL,
     balance_fen       INTEGER,
     payer_ssn         TEXT,
     payer_name        TEXT,
