@@ -34,6 +34,15 @@ pub enum CtlError {
     /// The daemon child process failed.
     #[error("{0}")]
     Daemon(String),
+    /// A capture file could not be read.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    /// A capture could not be redacted.
+    #[error(transparent)]
+    Redact(#[from] crate::capture::redact::RedactError),
+    /// A replay failed.
+    #[error(transparent)]
+    Replay(#[from] crate::capture::replay::ReplayError),
 }
 
 /// One `check-ssn` line for `number`, and whether it was valid.
@@ -460,4 +469,129 @@ pub async fn demo(
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
     result
+}
+
+/// The registry a capture check replays against: `gen-demo` with these
+/// options, so the persons the captures of `tests/captures/` show exist.
+pub const REPLAY_REGISTRY: crate::registry::demo::DemoOptions =
+    crate::registry::demo::DemoOptions {
+        persons: 2000,
+        months: 2,
+        seed: 20261125,
+    };
+
+/// `capture redact IN OUT`: writes the redacted capture (mode 0600) and
+/// returns its report line.
+pub fn redact_capture(input: &Path, output: &Path) -> Result<String, CtlError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = crate::capture::CaptureFile::read(input)?;
+    let redactor =
+        crate::capture::redact::Redactor::new(file.header.encoding, crate::Date::today_cst());
+    let (out, r) = redactor.redact_file(&file)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(output)?;
+    f.write_all(out.to_text().as_bytes())?;
+    Ok(format!(
+        "{}: replaced {} SSN(s), {} name(s), {} card number(s) and identification code(s), {} PAN(s); the key was random and is not kept",
+        output.display(),
+        r.ssns,
+        r.names,
+        r.cards,
+        r.pans
+    ))
+}
+
+/// What `replay --check` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The events match `FILE.chk`.
+    Match(usize),
+    /// They differ (the report).
+    Differ(String),
+    /// `--regen` wrote `FILE.chk` with this many events.
+    Written(usize),
+}
+
+/// `replay --check FILE [--regen]`: replays `capture` against an
+/// in-process daemon on a new demo registry ([`REPLAY_REGISTRY`], or a
+/// copy of `registry`) and compares the masked events with `FILE.chk` (or
+/// writes it). Call on a runtime with paused time.
+pub async fn replay_check(
+    capture: &Path,
+    regen: bool,
+    registry: Option<&Path>,
+) -> Result<CheckOutcome, CtlError> {
+    let file = crate::capture::CaptureFile::read(capture)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("registry.db");
+    let reg = match registry {
+        Some(src) => {
+            std::fs::copy(src, &db)?;
+            Registry::open(&db, &crate::registry::OpenOptions::default())?
+        }
+        None => {
+            let mut reg = Registry::open(&db, &crate::registry::OpenOptions::default())?;
+            reg.gen_demo(&REPLAY_REGISTRY)?;
+            reg
+        }
+    };
+    let events = crate::capture::replay::check(&file, reg, dir.path()).await?;
+    let mut chk = capture.as_os_str().to_owned();
+    chk.push(".chk");
+    let chk = PathBuf::from(chk);
+    if regen {
+        let mut text = events.join("\n");
+        text.push('\n');
+        std::fs::write(&chk, text)?;
+        return Ok(CheckOutcome::Written(events.len()));
+    }
+    let expected = std::fs::read_to_string(&chk).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: {e} (write it with --regen)", chk.display()),
+        )
+    })?;
+    Ok(match crate::capture::replay::diff(&expected, &events) {
+        None => CheckOutcome::Match(events.len()),
+        Some(d) => CheckOutcome::Differ(d),
+    })
+}
+
+/// `replay FILE`: plays the capture's reader side into a new
+/// pseudo-terminal linked at `link`, at `speed` times its timing. In frame
+/// mode it first waits for the host to open the port (its first bytes).
+pub async fn replay_pty(
+    capture: &Path,
+    link: &Path,
+    speed: f64,
+) -> Result<crate::capture::replay::PlayReport, CtlError> {
+    use tokio::io::AsyncReadExt;
+    let file = crate::capture::CaptureFile::read(capture)?;
+    let mut pty = sim::PtyMaster::open(Some(link))?;
+    eprintln!(
+        "replay: {} ({} mode) on {} -> {}",
+        capture.display(),
+        file.header.mode,
+        link.display(),
+        pty.slave_path().display()
+    );
+    if file.header.mode == crate::reader::codec::Mode::Frame {
+        eprintln!("replay: waiting for cardlinkd to open {}", link.display());
+        let mut first = [0u8; 64];
+        let _ = pty.read(&mut first).await?;
+    }
+    let link = link.to_path_buf();
+    let (_pty, report) = crate::capture::replay::play(&file, pty, speed, || {
+        let link = link.clone();
+        async move {
+            eprintln!("replay: unplugging and plugging in again");
+            sim::PtyMaster::open(Some(&link))
+        }
+    })
+    .await?;
+    Ok(report)
 }

@@ -10,6 +10,7 @@
 //! ([`protocol`]), wired together by [`daemon`]; [`client`] is the other
 //! end of the socket.
 
+pub mod capture;
 pub mod client;
 pub mod config;
 #[cfg(feature = "sim")]

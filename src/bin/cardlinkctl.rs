@@ -144,6 +144,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaptureCmd,
     },
+    /// Play a capture back: as a reader on a new pseudo-terminal, or with
+    /// --check through an in-process daemon, compared with FILE.chk.
+    Replay {
+        /// The capture file.
+        file: PathBuf,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Where the pseudo-terminal is linked (point a reader of
+        /// cardlinkd's configuration at it).
+        #[arg(long, default_value = "/tmp/cardlink-replay")]
+        pty: PathBuf,
+        /// Replay against an in-process daemon on a demo registry and compare
+        /// the masked socket events with FILE.chk.
+        #[arg(long)]
+        check: bool,
+        /// With --check: write FILE.chk instead of comparing.
+        #[arg(long, requires = "check")]
+        regen: bool,
+        /// With --check: replay against a copy of this registry instead of
+        /// the demo registry.
+        #[arg(long, requires = "check")]
+        database: Option<PathBuf>,
+    },
     /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -181,6 +205,15 @@ enum CaptureCmd {
         minutes: u32,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+    },
+    /// Replace every SSN, name, card number and PAN in a capture with
+    /// consistent synthetic ones (valid check characters, same length and
+    /// encoding), so that it can be shared.
+    Redact {
+        /// The capture as recorded.
+        input: PathBuf,
+        /// The redacted capture to write (mode 0600).
+        output: PathBuf,
     },
 }
 
@@ -373,6 +406,50 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 minutes: Some(minutes),
             },
         ),
+        Cmd::Capture {
+            cmd: CaptureCmd::Redact { input, output },
+        } => {
+            println!("{}", ctl::redact_capture(&input, &output)?);
+            Ok(0)
+        }
+        Cmd::Replay {
+            file,
+            speed,
+            pty,
+            check,
+            regen,
+            database,
+        } => {
+            if check {
+                // Paused time: the capture's timing passes in virtual time
+                // and the check ends when the daemon is idle.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .start_paused(true)
+                    .build()?;
+                let outcome = rt.block_on(ctl::replay_check(&file, regen, database.as_deref()))?;
+                return Ok(match outcome {
+                    ctl::CheckOutcome::Match(n) => {
+                        println!("{}: {n} events match", file.display());
+                        0
+                    }
+                    ctl::CheckOutcome::Written(n) => {
+                        println!("{}.chk: {n} events written", file.display());
+                        0
+                    }
+                    ctl::CheckOutcome::Differ(d) => {
+                        println!("{}: events differ from the .chk\n{d}", file.display());
+                        1
+                    }
+                });
+            }
+            let r = runtime()?.block_on(ctl::replay_pty(&file, &pty, speed))?;
+            eprintln!(
+                "replay: {} chunks, {} bytes written, {} bytes from the host, {} unplug(s)",
+                r.chunks, r.bytes, r.host_bytes, r.unplugs
+            );
+            Ok(0)
+        }
         Cmd::Status { socket, json } => {
             if json {
                 return request(&socket, Request::Status { id: Value::Null });

@@ -22,17 +22,7 @@ use tokio::time::Instant;
 use super::serial::{Port, PortIo};
 use crate::config::ReaderConfig;
 
-/// First line of every capture file.
-pub const MAGIC: &str = "# cardlink capture 1";
-
-/// Which way bytes went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the reader to the host (`<`).
-    FromReader,
-    /// From the host to the reader (`>`).
-    ToReader,
-}
+pub use crate::capture::{Direction, MAGIC};
 
 struct Open {
     file: File,
@@ -129,6 +119,16 @@ impl Capture {
 
     /// Appends one chunk of traffic when the switch is on.
     pub fn record(&self, dir: Direction, bytes: &[u8]) {
+        self.append(|t| crate::capture::chunk_line(t, dir, bytes));
+    }
+
+    /// Notes that the port closed (`# SECONDS unplugged: WHY`), so a replay
+    /// unplugs there too.
+    pub fn unplugged(&self, why: &str) {
+        self.append(|t| crate::capture::unplug_line(t, why));
+    }
+
+    fn append(&self, line: impl FnOnce(std::time::Duration) -> String) {
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if !self.on(now) {
@@ -145,12 +145,7 @@ impl Capture {
             }
         }
         let Some(o) = open.as_mut() else { return };
-        let t = now.saturating_duration_since(o.started).as_secs_f64();
-        let arrow = match dir {
-            Direction::FromReader => '<',
-            Direction::ToReader => '>',
-        };
-        let line = format!("{t:.6} {arrow} {}\n", hex::encode(bytes));
+        let line = line(now.saturating_duration_since(o.started));
         if let Err(e) = o.file.write_all(line.as_bytes()) {
             tracing::warn!(reader = %self.reader.name, error = %e, "cannot write the capture");
             *open = None;
@@ -188,12 +183,19 @@ impl AsyncRead for CapturePort {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let got = &buf.filled()[before..];
-            if !got.is_empty() {
-                self.capture.record(Direction::FromReader, got);
+        match &r {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    self.capture.record(Direction::FromReader, got);
+                } else if room {
+                    self.capture.unplugged("end of file");
+                }
             }
+            Poll::Ready(Err(e)) => self.capture.unplugged(&e.to_string()),
+            Poll::Pending => {}
         }
         r
     }

@@ -172,13 +172,10 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 insurance_status: ins_status.into(),
                 region: Some(DEMO_REGIONS[((i / 4) % DEMO_REGIONS.len() as u64) as usize].into()),
             })?;
-            let issued_year = rng.random_range(2016..=2024u16);
-            let issued = Date::new(
-                issued_year,
-                rng.random_range(1..=12),
-                rng.random_range(1..=28),
-            )
-            .unwrap_or(Date::EPOCH);
+            // Dates relative to today, so that what resolves `ok` today
+            // still does next year (a card valid now expires 1.8 to 10
+            // years from now; an expired one 10 to 400 days ago).
+            let issued_back = rng.random_range(30..=3000i64);
             let roll = rng.random_range(0..1000);
             let (status, expired) = match roll {
                 0..=19 if j > 0 || roll < 5 => ("lost", false),
@@ -187,11 +184,14 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 40..=59 => ("active", true),
                 _ => ("active", false),
             };
-            let expires = if expired {
-                let back = rng.random_range(10..400);
+            let day = |back: i64| {
                 Date::from_days_since_epoch(today.days_since_epoch() - back).unwrap_or(Date::EPOCH)
+            };
+            let (issued, expires) = if expired {
+                let back = rng.random_range(10..400);
+                (day(back + 3652), day(back))
             } else {
-                Date::new(issued.year() + 10, issued.month(), issued.day()).unwrap_or(Date::EPOCH)
+                (day(issued_back), day(issued_back - 3652))
             };
             let pan = idx.is_multiple_of(2).then(|| demo_pan(idx));
             sink.card(&CardRec {

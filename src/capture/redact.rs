@@ -1,0 +1,531 @@
+//! Redaction of a capture: every SSN, name, card number, card
+//! identification code and PAN the reader sent is replaced by a synthetic
+//! one, so that a capture can leave the hospital.
+//!
+//! - **Consistent.** The synthetic value is drawn from a keyed hash of the
+//!   real one (SHA-256 over a random key, the kind of value and the value),
+//!   so the same real value becomes the same synthetic one everywhere in
+//!   the file (a resend stays a resend, two tracks that agree still agree,
+//!   two that differ still differ). The key lives in memory only: a
+//!   redacted file cannot be mapped back, not even by whoever redacted it.
+//! - **Same shape.** Same length and encoding (a GBK hanzi becomes another
+//!   GBK hanzi, two bytes; a letter a letter, a digit a digit), valid check
+//!   characters where the original's were valid (SSN MOD 11-2, PAN Luhn),
+//!   and an invalid SSN or PAN stays invalid in the same way (the same
+//!   [`SsnError`] kind, a failing Luhn digit). Region codes, dates, ATR,
+//!   versions and terminal numbers are not personal and stay.
+//! - **Everything else as it was.** Values are rewritten in place, byte for
+//!   byte, in the reader's stream; frame CRCs are recomputed (a frame with a
+//!   bad CRC keeps the same error: the stored CRC is off from the new one by
+//!   what it was off before), lengths do not change, and noise, timing,
+//!   chunking, host bytes and undecodable bytes are kept.
+//!
+//! After rewriting, the redactor looks for every original value it saw in
+//! the output bytes and refuses to write the file if one is left.
+
+use std::collections::{HashMap, HashSet};
+
+use firmware_protocol::frame::{Cmd, CRC16, ETX, MAX_PAYLOAD, OVERHEAD, STX};
+use firmware_protocol::ssn::{check_char, SsnError};
+use firmware_protocol::{Date, Ssn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use super::{CaptureFile, Direction, Line};
+use crate::reader::card::TextEncoding;
+use crate::reader::codec::Mode;
+
+/// Why a capture could not be redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    /// The safety check found an original value in the output.
+    #[error("redaction incomplete: {0} original value(s) still present; the file was not written")]
+    Leftover(usize),
+}
+
+/// What a redaction replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Distinct SSNs replaced.
+    pub ssns: usize,
+    /// Distinct names replaced.
+    pub names: usize,
+    /// Distinct card numbers and card identification codes replaced.
+    pub cards: usize,
+    /// Distinct PANs replaced.
+    pub pans: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Ssn,
+    Name,
+    CardNo,
+    CardId,
+    Pan,
+    Digits,
+}
+
+/// Common hanzi of names (GB 2312 level 1, so two bytes in GBK and three
+/// in UTF-8), the pool synthetic names are drawn from.
+const HANZI: &str = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建文辉力";
+
+/// Regions (6-digit codes with a valid province) for synthetic SSNs.
+const REGIONS: [&str; 8] = [
+    "110105", "310115", "330106", "440305", "420111", "510107", "320106", "370102",
+];
+
+/// The redactor of one file: its key, and what it replaced.
+pub struct Redactor {
+    key: [u8; 32],
+    today: Date,
+    encoding: TextEncoding,
+    map: HashMap<(Kind, Vec<u8>), Vec<u8>>,
+    originals: HashSet<(Kind, Vec<u8>)>,
+}
+
+impl Redactor {
+    /// A redactor with a fresh random key.
+    pub fn new(encoding: TextEncoding, today: Date) -> Redactor {
+        Redactor::with_key(rand::rng().random(), encoding, today)
+    }
+
+    /// A redactor with a given key (tests).
+    pub fn with_key(key: [u8; 32], encoding: TextEncoding, today: Date) -> Redactor {
+        Redactor {
+            key,
+            today,
+            encoding,
+            map: HashMap::new(),
+            originals: HashSet::new(),
+        }
+    }
+
+    /// Redacts a whole capture file.
+    pub fn redact_file(mut self, file: &CaptureFile) -> Result<(CaptureFile, Report), RedactError> {
+        self.encoding = file.header.encoding;
+        // The reader's bytes as one stream, rewritten in place, then cut
+        // back into the original chunks.
+        let mut stream = Vec::new();
+        for c in file.chunks() {
+            if c.dir == Direction::FromReader {
+                stream.extend_from_slice(&c.bytes);
+            }
+        }
+        match file.header.mode {
+            Mode::Frame => self.frames(&mut stream),
+            Mode::SsseText => self.lines(&mut stream, |r, line| r.record(line)),
+            Mode::Magstripe => self.lines(&mut stream, |r, line| r.magstripe(line)),
+        }
+        let mut out = file.clone();
+        let mut at = 0;
+        for line in &mut out.lines {
+            if let Line::Chunk(c) = line {
+                if c.dir == Direction::FromReader {
+                    let n = c.bytes.len();
+                    c.bytes.copy_from_slice(&stream[at..at + n]);
+                    at += n;
+                }
+            }
+        }
+        let left = self.leftovers(&out);
+        if left > 0 {
+            return Err(RedactError::Leftover(left));
+        }
+        let count = |kinds: &[Kind]| {
+            self.originals
+                .iter()
+                .filter(|(k, _)| kinds.contains(k))
+                .count()
+        };
+        let report = Report {
+            ssns: count(&[Kind::Ssn]),
+            names: count(&[Kind::Name]),
+            cards: count(&[Kind::CardNo, Kind::CardId]),
+            pans: count(&[Kind::Pan]),
+        };
+        Ok((out, report))
+    }
+
+    /// Originals (of at least 4 bytes) still found anywhere in the output.
+    fn leftovers(&self, out: &CaptureFile) -> usize {
+        let mut bytes = Vec::new();
+        for c in out.chunks() {
+            bytes.extend_from_slice(&c.bytes);
+        }
+        self.originals
+            .iter()
+            .filter(|(k, v)| *k != Kind::Digits && v.len() >= 4)
+            .filter(|(_, v)| bytes.windows(v.len()).any(|w| w == v.as_slice()))
+            .count()
+    }
+
+    fn rng(&self, kind: Kind, value: &[u8], attempt: u32) -> ChaCha8Rng {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update([kind as u8]);
+        h.update(attempt.to_le_bytes());
+        h.update(value);
+        ChaCha8Rng::from_seed(h.finalize().into())
+    }
+
+    /// The synthetic value for `value`, remembered for the file.
+    fn synthetic(&mut self, kind: Kind, value: &[u8]) -> Vec<u8> {
+        if let Some(s) = self.map.get(&(kind, value.to_vec())) {
+            return s.clone();
+        }
+        let s = match kind {
+            Kind::Ssn => self.make_ssn(value),
+            Kind::Name => self.make_name(value),
+            Kind::CardNo | Kind::Digits => self.shape(kind, value, 0),
+            Kind::CardId => {
+                // The region prefix stays (it must match the record's region).
+                let keep = value.len().min(6);
+                let mut s = value[..keep].to_vec();
+                s.extend(self.shape(kind, &value[keep..], 0));
+                s
+            }
+            Kind::Pan => self.make_pan(value),
+        };
+        debug_assert_eq!(s.len(), value.len());
+        // What stays on purpose (a card identification code cut off
+        // within its region prefix) is not an original to look for.
+        if s != value {
+            self.originals.insert((kind, value.to_vec()));
+        }
+        self.map.insert((kind, value.to_vec()), s.clone());
+        s
+    }
+
+    /// Same classes of characters: digits to digits, upper-case letters to
+    /// upper-case letters, lower to lower; anything else stays.
+    fn shape(&self, kind: Kind, value: &[u8], attempt: u32) -> Vec<u8> {
+        let mut rng = self.rng(kind, value, attempt);
+        value
+            .iter()
+            .map(|&b| match b {
+                b'0'..=b'9' => b'0' + rng.random_range(0..10u8),
+                b'A'..=b'Z' => b'A' + rng.random_range(0..26u8),
+                b'a'..=b'z' => b'a' + rng.random_range(0..26u8),
+                other => other,
+            })
+            .collect()
+    }
+
+    fn make_ssn(&self, value: &[u8]) -> Vec<u8> {
+        let class = |s: &[u8]| Ssn::parse_on(s, self.today).map(|_| ()).map_err(kind_of);
+        let valid = |attempt: u32| -> Vec<u8> {
+            let mut rng = self.rng(Kind::Ssn, value, attempt);
+            let mut s = REGIONS[rng.random_range(0..REGIONS.len())]
+                .as_bytes()
+                .to_vec();
+            let born = Date::from_days_since_epoch(rng.random_range(-10_957..16_000))
+                .unwrap_or(Date::EPOCH);
+            s.extend(format!("{:04}{:02}{:02}", born.year(), born.month(), born.day()).bytes());
+            // The sequence number's parity is the sex: keep it.
+            let odd = value
+                .get(16)
+                .is_some_and(|b| b.is_ascii_digit() && (b - b'0') % 2 == 1);
+            let seq = rng.random_range(0..500u16) * 2 + u16::from(odd);
+            s.extend(format!("{seq:03}").bytes());
+            let check = check_char(&s).unwrap_or(b'0');
+            s.push(check);
+            s
+        };
+        match class(value) {
+            Ok(()) => valid(0),
+            Err(SsnKind::CheckDigit) => {
+                let mut s = valid(0);
+                let right = s[17];
+                s[17] = if right == b'0' { b'1' } else { b'0' };
+                s
+            }
+            Err(kind) => {
+                // Digits drawn again until the number fails the same way
+                // (other characters, and so their positions, stay).
+                for attempt in 0..10_000 {
+                    let s = self.shape(Kind::Ssn, value, attempt);
+                    if class(&s) == Err(kind) {
+                        return s;
+                    }
+                }
+                self.shape(Kind::Ssn, value, 0)
+            }
+        }
+    }
+
+    fn make_pan(&self, value: &[u8]) -> Vec<u8> {
+        // The first six digits name the bank (BIN), not the person: keep them.
+        let keep = value.len().min(6);
+        let mut s = value[..keep].to_vec();
+        s.extend(self.shape(Kind::Pan, &value[keep..], 0));
+        if s.len() >= 2 && s.iter().all(u8::is_ascii_digit) {
+            let n = s.len();
+            let was_ok = firmware_protocol::magstripe::luhn_ok(value);
+            for d in b'0'..=b'9' {
+                s[n - 1] = d;
+                if firmware_protocol::magstripe::luhn_ok(&s) == was_ok {
+                    break;
+                }
+            }
+        }
+        s
+    }
+
+    fn make_name(&self, value: &[u8]) -> Vec<u8> {
+        let mut rng = self.rng(Kind::Name, value, 0);
+        let pool: Vec<char> = HANZI.chars().collect();
+        let mut hanzi = || pool[rng.random_range(0..pool.len())];
+        let mut out = Vec::with_capacity(value.len());
+        let mut i = 0;
+        while i < value.len() {
+            let b = value[i];
+            if b < 0x80 {
+                out.push(match b {
+                    b'A'..=b'Z' | b'a'..=b'z' => {
+                        let base = if b.is_ascii_uppercase() { b'A' } else { b'a' };
+                        base + (hanzi() as u32 % 26) as u8
+                    }
+                    other => other,
+                });
+                i += 1;
+                continue;
+            }
+            let width = match self.encoding {
+                TextEncoding::Gbk => 2,
+                TextEncoding::Utf8 => utf8_width(b),
+            };
+            let ch = value.get(i..i + width).filter(|c| c.len() == width);
+            let replace = match (self.encoding, ch) {
+                // GBK hanzi: leads 0x81–0xA0 and 0xB0–0xFE (0xA1–0xA9 are
+                // symbols such as the middle dot, kept).
+                (TextEncoding::Gbk, Some(c)) => (0x81..=0xA0).contains(&c[0]) || c[0] >= 0xB0,
+                (TextEncoding::Utf8, Some(c)) => std::str::from_utf8(c)
+                    .ok()
+                    .and_then(|s| s.chars().next())
+                    .is_some_and(|ch| ('\u{3400}'..='\u{9FFF}').contains(&ch)),
+                _ => false,
+            };
+            match (replace, ch) {
+                (true, Some(_)) => {
+                    let h = hanzi();
+                    match self.encoding {
+                        TextEncoding::Gbk => {
+                            let mut buf = [0; 4];
+                            let (enc, _, _) = encoding_rs::GBK.encode(h.encode_utf8(&mut buf));
+                            out.extend_from_slice(&enc);
+                        }
+                        TextEncoding::Utf8 => {
+                            out.extend_from_slice(h.encode_utf8(&mut [0; 4]).as_bytes())
+                        }
+                    }
+                    i += width;
+                }
+                (false, Some(c)) => {
+                    out.extend_from_slice(c);
+                    i += width;
+                }
+                (_, None) => {
+                    // A character cut off (or an undecodable byte): kept.
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces `field` in place with its synthetic value.
+    fn replace(&mut self, kind: Kind, field: &mut [u8]) {
+        if field.is_empty() {
+            return;
+        }
+        let s = self.synthetic(kind, field);
+        field.copy_from_slice(&s);
+    }
+
+    /// A basic-info record (§2), complete or cut off: SSN, card number,
+    /// card identification code and name.
+    fn record(&mut self, rec: &mut [u8]) {
+        let bars: Vec<usize> = rec
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'|')
+            .map(|(i, _)| i)
+            .collect();
+        let len = rec.len();
+        let field = |i: usize| -> Option<(usize, usize)> {
+            let start = if i == 0 { 0 } else { bars.get(i - 1)? + 1 };
+            let end = bars.get(i).copied().unwrap_or(len);
+            Some((start, end))
+        };
+        for (i, kind) in [(1, Kind::Ssn), (2, Kind::CardNo), (3, Kind::CardId)] {
+            if let Some((s, e)) = field(i) {
+                self.replace(kind, &mut rec[s..e]);
+            }
+        }
+        // The name lies between the fourth bar and the sixth from the right
+        // (a GBK name may itself hold 0x7C); in a cut-off record, up to the
+        // next bar or the end.
+        let Some(&start) = bars.get(3) else { return };
+        let start = start + 1;
+        let trailing = rec.last() == Some(&b'|');
+        let from_right = if trailing { 7 } else { 6 };
+        let end = if bars.len() >= 4 + from_right {
+            bars[bars.len() - from_right]
+        } else {
+            bars.get(4).copied().unwrap_or(rec.len())
+        };
+        if start < end {
+            self.replace(Kind::Name, &mut rec[start..end]);
+        }
+    }
+
+    /// A magnetic-stripe line (§3): PANs, the track-1 name and an SSN at
+    /// the start of track 1's discretionary data.
+    fn magstripe(&mut self, line: &mut [u8]) {
+        let mut i = 0;
+        while i < line.len() {
+            match line[i] {
+                b'%' if line.get(i + 1) == Some(&b'B') => {
+                    let pan_start = i + 2;
+                    let pan_end = find(line, pan_start, b'^');
+                    self.replace(Kind::Pan, &mut line[pan_start..pan_end]);
+                    if pan_end >= line.len() {
+                        return;
+                    }
+                    let name_start = pan_end + 1;
+                    let name_end = find(line, name_start, b'^');
+                    self.replace(Kind::Name, &mut line[name_start..name_end]);
+                    // ^YYMM SSS then discretionary data up to '?'.
+                    let disc = (name_end + 8).min(line.len());
+                    let end = find(line, disc, b'?');
+                    let ssn_end = (disc + 18).min(end);
+                    if ssn_end - disc == 18 {
+                        self.replace(Kind::Ssn, &mut line[disc..ssn_end]);
+                    }
+                    self.replace(Kind::Digits, &mut line[ssn_end..end]);
+                    i = end;
+                }
+                b';' => {
+                    let pan_start = i + 1;
+                    let pan_end = find_any(line, pan_start, b"=?");
+                    self.replace(Kind::Pan, &mut line[pan_start..pan_end]);
+                    i = pan_end;
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// Line modes: each CR LF line (and a last line cut off) on its own.
+    fn lines(&mut self, stream: &mut [u8], mut each: impl FnMut(&mut Self, &mut [u8])) {
+        let mut start = 0;
+        while start < stream.len() {
+            let end = find_any(stream, start, b"\r\n");
+            let line = &mut stream[start..end];
+            // A return-code line (`-2201`) holds nothing personal.
+            if line.contains(&b'|') || line.contains(&b'%') || line.contains(&b';') {
+                each(self, line);
+            }
+            start = end + 1;
+        }
+    }
+
+    /// Frame mode: every `CARD_IC` and `CARD_MAG` frame, complete (CRC
+    /// recomputed, an error kept) or cut off.
+    fn frames(&mut self, stream: &mut [u8]) {
+        let mut i = 0;
+        while let Some(off) = stream[i..].iter().position(|&b| b == STX) {
+            let at = i + off;
+            i = at + 1;
+            if stream.len() < at + 5 {
+                break;
+            }
+            let len = u16::from_be_bytes([stream[at + 1], stream[at + 2]]) as usize;
+            let cmd = stream[at + 4];
+            if len > MAX_PAYLOAD || (cmd != Cmd::CardIc as u8 && cmd != Cmd::CardMag as u8) {
+                continue;
+            }
+            let start = at + 5;
+            let complete = at + len + OVERHEAD <= stream.len() && stream[at + len + 7] == ETX;
+            // A frame cut off (an unplug) ends where the next one begins:
+            // text payloads never hold 0x02.
+            let end = if complete {
+                start + len
+            } else {
+                find(stream, start, STX).min(start + len)
+            };
+            // Text payloads only: a record starts with its region digits,
+            // a stripe with % or ; (so 0x02 in noise is left alone).
+            let plausible = match cmd {
+                c if c == Cmd::CardIc as u8 => {
+                    stream[start..end].iter().take(6).all(u8::is_ascii_digit)
+                }
+                _ => matches!(stream.get(start), Some(b'%') | Some(b';')),
+            };
+            if !plausible || start == end {
+                continue;
+            }
+            let crc_off = complete.then(|| {
+                let stored = u16::from_be_bytes([stream[start + len], stream[start + len + 1]]);
+                stored ^ CRC16.checksum(&stream[at + 1..start + len])
+            });
+            let payload = &mut stream[start..end];
+            if cmd == Cmd::CardIc as u8 {
+                self.record(payload);
+            } else {
+                self.magstripe(payload);
+            }
+            if let Some(off) = crc_off {
+                let crc = CRC16.checksum(&stream[at + 1..start + len]) ^ off;
+                stream[start + len..start + len + 2].copy_from_slice(&crc.to_be_bytes());
+                i = at + len + OVERHEAD;
+            }
+        }
+    }
+}
+
+/// [`SsnError`] without its details: the way a number is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SsnKind {
+    Length,
+    Character,
+    Province,
+    BirthDate,
+    FutureBirthDate,
+    CheckDigit,
+}
+
+fn kind_of(e: SsnError) -> SsnKind {
+    match e {
+        SsnError::Length { .. } => SsnKind::Length,
+        SsnError::Character { .. } => SsnKind::Character,
+        SsnError::Province { .. } => SsnKind::Province,
+        SsnError::BirthDate => SsnKind::BirthDate,
+        SsnError::FutureBirthDate => SsnKind::FutureBirthDate,
+        SsnError::CheckDigit { .. } => SsnKind::CheckDigit,
+    }
+}
+
+fn utf8_width(b: u8) -> usize {
+    match b {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 1,
+    }
+}
+
+fn find(s: &[u8], from: usize, b: u8) -> usize {
+    s.get(from..)
+        .and_then(|t| t.iter().position(|&c| c == b))
+        .map_or(s.len(), |p| from + p)
+}
+
+fn find_any(s: &[u8], from: usize, set: &[u8]) -> usize {
+    s.get(from..)
+        .and_then(|t| t.iter().position(|c| set.contains(c)))
+        .map_or(s.len(), |p| from + p)
+}
