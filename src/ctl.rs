@@ -562,35 +562,47 @@ pub async fn replay_check(
 }
 
 /// `replay FILE`: plays the capture's reader side into a new
-/// pseudo-terminal linked at `link`, at `speed` times its timing. In frame
-/// mode it first waits for the host to open the port (its first bytes).
+/// pseudo-terminal linked at `link`, at `speed` times its timing. It
+/// starts once cardlinkd has the port open: in frame mode at the host's
+/// first bytes (its STATUS_REQUEST on connecting), in the text modes, where
+/// the host sends nothing, after `text_start` (longer than cardlinkd's
+/// longest reconnect backoff, 5 s). The same after each unplug.
 pub async fn replay_pty(
     capture: &Path,
     link: &Path,
     speed: f64,
+    text_start: Duration,
 ) -> Result<crate::capture::replay::PlayReport, CtlError> {
     use tokio::io::AsyncReadExt;
     let file = crate::capture::CaptureFile::read(capture)?;
-    let mut pty = sim::PtyMaster::open(Some(link))?;
+    let frame = file.header.mode == crate::reader::codec::Mode::Frame;
+    let open = move |link: PathBuf| async move {
+        let mut pty = sim::PtyMaster::open(Some(&link))?;
+        eprintln!(
+            "replay: {} -> {}; waiting for cardlinkd to open it",
+            link.display(),
+            pty.slave_path().display()
+        );
+        if frame {
+            let mut first = [0u8; 64];
+            let _ = pty.read(&mut first).await?;
+        } else {
+            tokio::time::sleep(text_start).await;
+        }
+        eprintln!("replay: playing");
+        Ok::<_, std::io::Error>(pty)
+    };
     eprintln!(
-        "replay: {} ({} mode) on {} -> {}",
+        "replay: {} ({} mode, {} chunks) at {speed}x",
         capture.display(),
         file.header.mode,
-        link.display(),
-        pty.slave_path().display()
+        file.chunks().count()
     );
-    if file.header.mode == crate::reader::codec::Mode::Frame {
-        eprintln!("replay: waiting for cardlinkd to open {}", link.display());
-        let mut first = [0u8; 64];
-        let _ = pty.read(&mut first).await?;
-    }
+    let pty = open(link.to_path_buf()).await?;
     let link = link.to_path_buf();
     let (_pty, report) = crate::capture::replay::play(&file, pty, speed, || {
-        let link = link.clone();
-        async move {
-            eprintln!("replay: unplugging and plugging in again");
-            sim::PtyMaster::open(Some(&link))
-        }
+        eprintln!("replay: unplugged; plugging in again");
+        open(link.clone())
     })
     .await?;
     Ok(report)

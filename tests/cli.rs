@@ -198,6 +198,52 @@ fn db_commands_round_trip() {
     assert!(text.contains("nothing to repair"), "{text}");
 }
 
+/// `cardlinkctl replay` plays a capture into a new pty the daemon reads
+/// like a reader, at 10x speed, unplugging and plugging in again where the
+/// capture says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_plays_a_capture_into_a_pty_and_replugs() {
+    use cardlink::capture::{chunk_line, unplug_line, Direction, MAGIC};
+    let (d, ptys) = Process::start(&[("r1", "frame", "gbk")], "");
+    drop(ptys); // the replay makes its own pty at the same path
+    let mut c = d.client().await;
+    let at = Duration::from_secs_f64;
+    let cap = d.path("field.cap");
+    let text = format!(
+        "{MAGIC}\n# reader=window1 mode=frame baud=115200 parity=none encoding=gbk version=0.1.0 started=2026-11-27T08:00:00Z\n{}{}{}{}",
+        chunk_line(at(0.0), Direction::ToReader, &[0x02, 0, 0, 0, 0x31, 0xa2, 0xb2, 0x03]),
+        chunk_line(at(1.0), Direction::FromReader, &card_frame(1, HOLDER, "张伟")),
+        unplug_line(at(1.5), "end of file"),
+        chunk_line(at(3.0), Direction::FromReader, &card_frame(2, SPOUSE, "李娜")),
+    );
+    std::fs::write(&cap, text).unwrap();
+    let replay = ctl()
+        .args(["replay", "--speed", "10", "--pty"])
+        .arg(d.path("r1"))
+        .arg(&cap)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(card["role"], "holder");
+    // The unplug, and the reader back.
+    loop {
+        let r = c.expect("READER").await;
+        if r["state"] == "connected" {
+            break;
+        }
+    }
+    let card = c.expect("CARD").await;
+    assert_eq!(card["role"], "member");
+    let out = replay.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("2 chunks") && err.contains("1 unplug(s)"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_and_socket_clients() {
     let (d, ptys) = Process::start(&[("r1", "frame", "gbk")], "");

@@ -167,6 +167,11 @@ enum Cmd {
         /// the demo registry.
         #[arg(long, requires = "check")]
         database: Option<PathBuf>,
+        /// Text modes: milliseconds to give cardlinkd to open the new
+        /// pseudo-terminal before playing (frame mode waits for its first
+        /// bytes instead).
+        #[arg(long, default_value_t = 5500)]
+        text_start_ms: u64,
     },
     /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
@@ -419,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             check,
             regen,
             database,
+            text_start_ms,
         } => {
             if check {
                 // Paused time: the capture's timing passes in virtual time
@@ -443,7 +449,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     }
                 });
             }
-            let r = runtime()?.block_on(ctl::replay_pty(&file, &pty, speed))?;
+            let r = runtime()?.block_on(ctl::replay_pty(
+                &file,
+                &pty,
+                speed,
+                std::time::Duration::from_millis(text_start_ms),
+            ))?;
             eprintln!(
                 "replay: {} chunks, {} bytes written, {} bytes from the host, {} unplug(s)",
                 r.chunks, r.bytes, r.host_bytes, r.unplugs
