@@ -779,3 +779,38 @@ fn write_the_suite() {
     }
     k.write("frame-every-outcome");
 }
+
+proptest::proptest! {
+    /// Any bytes at all (noise, cut frames, half records) redact without a
+    /// panic and keep their chunking and lengths.
+    #[test]
+    fn redaction_never_panics_on_arbitrary_traffic(
+        chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 0..12),
+        seeds in proptest::collection::vec(0usize..4, 12),
+        mode in 0usize..3,
+    ) {
+        let modes = ["frame", "ssse-text", "magstripe"];
+        let mut text = format!("{MAGIC}\n# reader=x mode={} baud=9600 encoding=gbk\n", modes[mode]);
+        for (i, c) in chunks.iter().enumerate() {
+            // Mix in real-looking pieces: a frame start, a record, a stripe.
+            let prefix: &[u8] = match seeds[i % seeds.len()] {
+                0 => &[0x02, 0x00, 0x40, 0x01, 0x10],
+                1 => b"330100|11010519491231002X|A1234",
+                2 => b"%B6222021234567890128^ZHANG/SAN^3012",
+                _ => b"",
+            };
+            let mut bytes = prefix.to_vec();
+            bytes.extend_from_slice(c);
+            text.push_str(&chunk_line(Duration::from_millis(i as u64), Direction::FromReader, &bytes));
+        }
+        let file = CaptureFile::parse(&text, "p").unwrap();
+        if let Ok((red, _)) = Redactor::with_key([3; 32], TextEncoding::Gbk, Date::today_cst()).redact_file(&file) {
+            let a: Vec<usize> = file.chunks().map(|c| c.bytes.len()).collect();
+            let b: Vec<usize> = red.chunks().map(|c| c.bytes.len()).collect();
+            proptest::prop_assert_eq!(a, b);
+            // The SSN of the record pieces goes wherever it stood.
+            let all: Vec<u8> = red.chunks().flat_map(|c| c.bytes.clone()).collect();
+            proptest::prop_assert!(!all.windows(18).any(|w| w == b"11010519491231002X"));
+        }
+    }
+}

@@ -113,11 +113,18 @@ impl Redactor {
                 stream.extend_from_slice(&c.bytes);
             }
         }
-        match file.header.mode {
+        let frames = match file.header.mode {
             Mode::Frame => self.frames(&mut stream),
-            Mode::SsseText => self.lines(&mut stream, |r, line| r.record(line)),
-            Mode::Magstripe => self.lines(&mut stream, |r, line| r.magstripe(line)),
-        }
+            Mode::SsseText => {
+                self.lines(&mut stream, |r, line| r.record(line));
+                Vec::new()
+            }
+            Mode::Magstripe => {
+                self.lines(&mut stream, |r, line| r.magstripe(line));
+                Vec::new()
+            }
+        };
+        self.sweep_ssns(&mut stream, &frames);
         let mut out = file.clone();
         let mut at = 0;
         for line in &mut out.lines {
@@ -433,9 +440,48 @@ impl Redactor {
         }
     }
 
+    /// Whatever still looks like an SSN (a run of 17 digits and a digit or
+    /// X, not part of a longer number) outside complete frames, where no
+    /// field told us (a record in noise, a stray line), is replaced too;
+    /// synthetic values are left alone.
+    fn sweep_ssns(&mut self, stream: &mut [u8], frames: &[(usize, usize)]) {
+        let synthetic: HashSet<Vec<u8>> = self
+            .map
+            .iter()
+            .filter(|((k, _), _)| *k == Kind::Ssn)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut i = 0;
+        while i + 18 <= stream.len() {
+            if let Some(&(_, end)) = frames.iter().find(|(s, e)| (*s..*e).contains(&i)) {
+                i = end;
+                continue;
+            }
+            let w = &stream[i..i + 18];
+            // A whole run: not part of a longer number (a PAN, a date run).
+            let alone = (i == 0 || !stream[i - 1].is_ascii_digit())
+                && stream
+                    .get(i + 18)
+                    .is_none_or(|b| !b.is_ascii_alphanumeric());
+            let shaped = alone
+                && w[..17].iter().all(u8::is_ascii_digit)
+                && (w[17].is_ascii_digit() || w[17] == b'X');
+            let inside_frame = frames.iter().any(|(s, e)| i < *e && i + 18 > *s);
+            if shaped && !inside_frame && !synthetic.contains(w) {
+                let s = self.synthetic(Kind::Ssn, w);
+                stream[i..i + 18].copy_from_slice(&s);
+                i += 18;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Frame mode: every `CARD_IC` and `CARD_MAG` frame, complete (CRC
-    /// recomputed, an error kept) or cut off.
-    fn frames(&mut self, stream: &mut [u8]) {
+    /// recomputed, an error kept) or cut off. Returns the spans of the
+    /// complete frames.
+    fn frames(&mut self, stream: &mut [u8]) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
         let mut i = 0;
         while let Some(off) = stream[i..].iter().position(|&b| b == STX) {
             let at = i + off;
@@ -445,7 +491,20 @@ impl Redactor {
             }
             let len = u16::from_be_bytes([stream[at + 1], stream[at + 2]]) as usize;
             let cmd = stream[at + 4];
-            if len > MAX_PAYLOAD || (cmd != Cmd::CardIc as u8 && cmd != Cmd::CardMag as u8) {
+            if len > MAX_PAYLOAD {
+                continue;
+            }
+            if cmd != Cmd::CardIc as u8 && cmd != Cmd::CardMag as u8 {
+                // Other valid frames (STATUS, READ_ERROR, …) stay as they are.
+                let end = at + len + OVERHEAD;
+                if end <= stream.len()
+                    && stream[end - 1] == ETX
+                    && CRC16.checksum(&stream[at + 1..at + 5 + len])
+                        == u16::from_be_bytes([stream[at + 5 + len], stream[at + 6 + len]])
+                {
+                    spans.push((at, end));
+                    i = end;
+                }
                 continue;
             }
             let start = at + 5;
@@ -482,8 +541,10 @@ impl Redactor {
                 let crc = CRC16.checksum(&stream[at + 1..start + len]) ^ off;
                 stream[start + len..start + len + 2].copy_from_slice(&crc.to_be_bytes());
                 i = at + len + OVERHEAD;
+                spans.push((at, i));
             }
         }
+        spans
     }
 }
 
