@@ -600,10 +600,25 @@ pub async fn replay_pty(
     );
     let pty = open(link.to_path_buf()).await?;
     let link = link.to_path_buf();
-    let (_pty, report) = crate::capture::replay::play(&file, pty, speed, || {
+    let (mut pty, report) = crate::capture::replay::play(&file, pty, speed, || {
         eprintln!("replay: unplugged; plugging in again");
         open(link.clone())
     })
     .await?;
+    // Closing the pty discards what the host has not read yet: linger
+    // until it has taken every byte and then stayed quiet for a while (its
+    // ACKs of the last frames arrive in that time), at most 30 s.
+    let limit = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 256];
+    while tokio::time::Instant::now() < limit {
+        if pty.unread()? > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        tokio::select! {
+            n = pty.read(&mut buf) => if matches!(n, Ok(0) | Err(_)) { break },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => break,
+        }
+    }
     Ok(report)
 }

@@ -335,6 +335,19 @@ impl PtyMaster {
         })
     }
 
+    /// Bytes written to the master that the slave side has not read yet
+    /// (`FIONREAD` on the slave): 0 once the host has taken everything.
+    pub fn unread(&self) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which
+        // points at `n`, alive for the call; the fd is our open slave.
+        let r = unsafe { libc::ioctl(self._slave.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// Path of the slave device (`/dev/pts/N`).
     pub fn slave_path(&self) -> &Path {
         &self.slave_path

@@ -233,7 +233,19 @@ async fn replay_plays_a_capture_into_a_pty_and_replugs() {
             break;
         }
     }
-    let card = c.expect("CARD").await;
+    let card = match tokio::time::timeout(Duration::from_secs(8), c.expect("CARD")).await {
+        Ok(card) => card,
+        Err(_) => {
+            let mut replay = replay;
+            let _ = replay.kill();
+            let out = replay.wait_with_output().unwrap();
+            panic!(
+                "no second CARD; replay said:\n{}\ndaemon log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                d.log.text()
+            );
+        }
+    };
     assert_eq!(card["role"], "member");
     let out = replay.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
