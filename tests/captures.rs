@@ -87,16 +87,19 @@ async fn a_changed_chk_is_a_failure() {
     }
 }
 
+/// The reader's bytes of a capture, in order.
+fn reader_stream(file: &CaptureFile) -> Vec<u8> {
+    file.chunks()
+        .filter(|c| c.dir == Direction::FromReader)
+        .flat_map(|c| c.bytes.iter().copied())
+        .collect()
+}
+
 /// Values a capture holds, found independently of the redactor: the
 /// fields of every record and stripe that the protocol crate parses, and
 /// every SSN-shaped run of characters.
 fn personal_values(file: &CaptureFile) -> BTreeSet<Vec<u8>> {
-    let mut stream = Vec::new();
-    for c in file.chunks() {
-        if c.dir == Direction::FromReader {
-            stream.extend_from_slice(&c.bytes);
-        }
-    }
+    let stream = reader_stream(file);
     let mut out = BTreeSet::new();
     // Every maximal run of 17 digits followed by a digit or X.
     for w in stream.windows(18) {
@@ -207,12 +210,7 @@ fn redaction_leaves_no_original_value_and_keeps_the_shape() {
 /// entry per frame or line, `Ok(kind)` or the error's kind.
 fn decode_all(file: &CaptureFile, today: Date) -> Vec<String> {
     use cardlink::reader::codec::Mode;
-    let mut stream = Vec::new();
-    for c in file.chunks() {
-        if c.dir == Direction::FromReader {
-            stream.extend_from_slice(&c.bytes);
-        }
-    }
+    let stream = reader_stream(file);
     let shape = |r: Result<String, String>| match r {
         Ok(k) => format!("ok {k}"),
         Err(e) => format!("err {e}"),

@@ -263,7 +263,7 @@ fn parse_chunk(line: &str) -> Result<Chunk, String> {
         ">" => Direction::ToReader,
         other => return Err(format!("direction '{other}' is neither '<' nor '>'")),
     };
-    let bytes = unhex(hex_text.unwrap_or("")).ok_or("the bytes are not hex")?;
+    let bytes = hex::decode(hex_text.unwrap_or("")).map_err(|_| "the bytes are not hex")?;
     Ok(Chunk {
         at: Duration::from_secs_f64(secs),
         at_text: at_text.to_string(),
@@ -275,10 +275,6 @@ fn parse_chunk(line: &str) -> Result<Chunk, String> {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    hex::decode(s).ok()
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use firmware_protocol::frame::{Cmd, CRC16, ETX, MAX_PAYLOAD, OVERHEAD, STX};
+use firmware_protocol::frame::{
+    scan, Cmd, Scan, CRC16, ETX, MAX_FRAME, MAX_PAYLOAD, OVERHEAD, STX,
+};
 use firmware_protocol::ssn::{check_char, SsnError};
 use firmware_protocol::{Date, Ssn};
 use rand::{Rng, SeedableRng};
@@ -495,15 +497,17 @@ impl Redactor {
                 continue;
             }
             if cmd != Cmd::CardIc as u8 && cmd != Cmd::CardMag as u8 {
-                // Other valid frames (STATUS, READ_ERROR, …) stay as they are.
-                let end = at + len + OVERHEAD;
-                if end <= stream.len()
-                    && stream[end - 1] == ETX
-                    && CRC16.checksum(&stream[at + 1..at + 5 + len])
-                        == u16::from_be_bytes([stream[at + 5 + len], stream[at + 6 + len]])
+                // Other valid frames (STATUS, READ_ERROR, …) stay as they
+                // are: the decoder's own scan says whether one starts here.
+                let window = &stream[at..(at + MAX_FRAME).min(stream.len())];
+                if let Scan::Frame {
+                    skipped: 0,
+                    consumed,
+                    ..
+                } = scan(window)
                 {
-                    spans.push((at, end));
-                    i = end;
+                    spans.push((at, at + consumed));
+                    i = at + consumed;
                 }
                 continue;
             }

@@ -149,10 +149,7 @@ pub async fn check(
         h.reader,
         dir.join("port"),
         h.mode,
-        match h.encoding {
-            crate::reader::card::TextEncoding::Gbk => "gbk",
-            crate::reader::card::TextEncoding::Utf8 => "utf-8",
-        }
+        h.encoding
     );
     let config = Config::parse(&text, "replay").map_err(|e| ReplayError::Config(e.to_string()))?;
     let _ = std::fs::remove_file(&socket);

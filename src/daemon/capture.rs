@@ -82,15 +82,12 @@ impl Capture {
             crate::config::Parity::Even => "even",
             crate::config::Parity::Odd => "odd",
         };
-        let encoding = match r.encoding {
-            crate::reader::card::TextEncoding::Gbk => "gbk",
-            crate::reader::card::TextEncoding::Utf8 => "utf-8",
-        };
         format!(
-            "{MAGIC}\n# reader={} mode={} baud={} parity={parity} encoding={encoding} version={} started={}\n",
+            "{MAGIC}\n# reader={} mode={} baud={} parity={parity} encoding={} version={} started={}\n",
             r.name,
             r.mode,
             r.baud,
+            r.encoding,
             env!("CARGO_PKG_VERSION"),
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         )

@@ -27,6 +27,16 @@ pub enum TextEncoding {
     Utf8,
 }
 
+impl std::fmt::Display for TextEncoding {
+    /// As in the configuration and capture headers: `gbk`, `utf-8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TextEncoding::Gbk => "gbk",
+            TextEncoding::Utf8 => "utf-8",
+        })
+    }
+}
+
 impl std::str::FromStr for TextEncoding {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

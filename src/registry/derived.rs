@@ -182,22 +182,20 @@ fn compare(
     let mut w = row(want.next()?)?;
     let mut h = row(have.next()?)?;
     let mut drift = Drift::default();
-    let key = |r: &[Value]| match &r[0] {
-        Value::Text(s) => s.clone(),
-        other => format!("{other:?}"),
-    };
+    // The SSN column (TEXT PRIMARY KEY NOT NULL in both).
+    fn key(r: &[Value]) -> &str {
+        match &r[0] {
+            Value::Text(s) => s,
+            _ => "",
+        }
+    }
     loop {
         let order = match (&w, &h) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some(a), Some(b)) => key(a).cmp(&key(b)),
+            (Some(a), Some(b)) => key(a).cmp(key(b)),
         };
-        let ssn = match order {
-            Ordering::Less => w.as_deref().map(key),
-            _ => h.as_deref().map(key),
-        }
-        .unwrap_or_default();
         let differs = match order {
             Ordering::Less => {
                 drift.missing += 1;
@@ -216,10 +214,15 @@ fn compare(
             }
         };
         if differs {
-            if drift.examples.len() < Drift::EXAMPLES {
-                drift.examples.push(ssn.clone());
+            let ssn = match order {
+                Ordering::Less => w.as_deref().map(key),
+                _ => h.as_deref().map(key),
             }
-            each(&ssn, order)?;
+            .unwrap_or_default();
+            if drift.examples.len() < Drift::EXAMPLES {
+                drift.examples.push(ssn.to_string());
+            }
+            each(ssn, order)?;
         }
         if order != Ordering::Greater {
             w = row(want.next()?)?;
