@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reader::card::TextEncoding;
 use crate::reader::codec::Mode;
-use crate::registry::{BindPolicy, Relation, Scope};
+use crate::registry::{BindPolicy, Database, Relation, Scope};
 
 /// Default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/cardlink/cardlinkd.toml";
@@ -141,7 +141,7 @@ impl Default for SocketConfig {
 pub struct Config {
     /// Registry database.
     #[serde(default = "default_db")]
-    pub database: PathBuf,
+    pub database: Database,
     /// Window or kiosk.
     #[serde(default)]
     pub role: Station,
@@ -175,8 +175,8 @@ pub struct Config {
     pub readers: Vec<ReaderConfig>,
 }
 
-fn default_db() -> PathBuf {
-    PathBuf::from("/var/lib/cardlink/registry.db")
+fn default_db() -> Database {
+    Database::Sqlite(PathBuf::from("/var/lib/cardlink/registry.db"))
 }
 fn default_relations() -> Vec<Relation> {
     Relation::ALL.to_vec()

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, ClientError};
 use crate::protocol::{Card, FamilyRole, Message, Status, WireOutcome};
 use crate::registry::demo::DemoOptions;
-use crate::registry::{OpenOptions, Registry, RegistryError};
+use crate::registry::{Database, OpenOptions, Registry, RegistryError};
+use std::os::unix::fs::DirBuilderExt;
 use crate::sim::{self, PtyMaster, SimOptions};
 use crate::Ssn;
 
@@ -294,16 +295,154 @@ pub fn repair_text(r: &crate::registry::Repair) -> String {
     )
 }
 
-/// Opens a registry for the tool, creating its directory.
-pub fn open_registry(path: &Path, cache_mib: i64) -> Result<Registry, CtlError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// Opens a registry for the tool, creating a SQLite file's directory.
+pub fn open_registry(db: &Database, cache_mib: i64) -> Result<Registry, CtlError> {
+    if let Some(dir) = db
+        .path()
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)?;
     }
     let opts = OpenOptions {
         cache_kib: cache_mib.max(1) * 1024,
         ..OpenOptions::default()
     };
-    Ok(Registry::open(path, &opts)?)
+    Ok(Registry::open_database(db, &opts)?)
+}
+
+/// What `db migrate` copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Rows of each table (as exported from the source).
+    pub counts: crate::registry::import::ImportCounts,
+    /// Audit rows copied as they were (the chain), before the target's own
+    /// `import` and `migrate` rows.
+    pub audit_rows: u64,
+}
+
+/// Why `db migrate` refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The target already holds data.
+    #[error("the target registry {0} is not empty ({1}); migrate into a new, empty registry")]
+    TargetNotEmpty(String, String),
+    /// The source's audit chain is broken; copying it would hide that.
+    #[error("the source's audit chain is broken at row {0}: {1}; run `db verify-audit` and resolve it first")]
+    SourceChainBroken(i64, String),
+    /// Both ends are PostgreSQL.
+    #[error("both registries are PostgreSQL; copy between servers with pg_dump and pg_restore")]
+    BothPostgres,
+    /// After the copy, the target does not match the source.
+    #[error("the copy does not match the source: {0}")]
+    Mismatch(String),
+    /// An export or import step failed.
+    #[error(transparent)]
+    Import(#[from] crate::registry::import::ImportError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A temporary file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Opening the target.
+    #[error(transparent)]
+    Open(#[from] CtlError),
+}
+
+/// `db migrate --from A --to B`: copies a registry into a new, empty one
+/// on the other backend, keeping its audit chain: the source's audit rows
+/// are copied as they are (ids, times, hashes), then its tables through the
+/// import format, which appends the target's `import` row to the same
+/// chain, and a `migrate` row. Checks the result: counts equal, chain
+/// intact, read model exact.
+pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, MigrateError> {
+    if matches!((from, to), (Database::Postgres(_), Database::Postgres(_))) {
+        return Err(MigrateError::BothPostgres);
+    }
+    let source = Registry::open_database(
+        from,
+        &OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        },
+    )?;
+    let mut target = open_registry(to, 64)?;
+    let before = target.stats()?;
+    if before.persons + before.cards + before.audit + before.contributions > 0 {
+        return Err(MigrateError::TargetNotEmpty(
+            to.to_string(),
+            serde_json::to_string(&before).unwrap_or_default(),
+        ));
+    }
+    if let Some((id, why)) = source.verify_audit()?.broken {
+        return Err(MigrateError::SourceChainBroken(id, why));
+    }
+    let stats = source.stats()?;
+    // The chain first, in batches (it may hold millions of swipes).
+    let mut batch = Vec::with_capacity(10_000);
+    let audit_rows = source.audit_rows(&mut |row| {
+        batch.push(row);
+        if batch.len() == 10_000 {
+            target.load_audit(&batch)?;
+            batch.clear();
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        target.load_audit(&batch)?;
+    }
+    // The tables through the import format, in a private directory.
+    let dir = std::env::temp_dir().join(format!("cardlink-migrate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&dir)?;
+    let result = (|| {
+        let counts = source.export(&dir)?;
+        let files: Vec<PathBuf> = ["persons", "cards", "accounts", "links", "contributions"]
+            .iter()
+            .map(|t| dir.join(format!("{t}.csv")))
+            .collect();
+        target.import(&files, actor)?;
+        Ok::<_, MigrateError>(counts)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let counts = result?;
+    target.record(&crate::registry::Entry {
+        actor,
+        action: "migrate",
+        ssn: None,
+        outcome: &format!("ok from={from} audit_rows={audit_rows}"),
+    })?;
+    let after = target.stats()?;
+    let same = after.persons == stats.persons
+        && after.cards == stats.cards
+        && after.active_links == stats.active_links
+        && after.accounts == stats.accounts
+        && after.contributions == stats.contributions
+        && after.audit == stats.audit + 2;
+    if !same {
+        return Err(MigrateError::Mismatch(format!(
+            "source {} target {}",
+            serde_json::to_string(&stats).unwrap_or_default(),
+            serde_json::to_string(&after).unwrap_or_default()
+        )));
+    }
+    if let Some((id, why)) = target.verify_audit()?.broken {
+        return Err(MigrateError::Mismatch(format!(
+            "the target's audit chain breaks at row {id}: {why}"
+        )));
+    }
+    let drift = target.drift()?;
+    if drift.total() > 0 {
+        return Err(MigrateError::Mismatch(format!(
+            "the target's read model differs in {} rows",
+            drift.total()
+        )));
+    }
+    Ok(Migrated { counts, audit_rows })
 }
 
 /// Writes sample cards (see [`sim::sample_cards`]) as JSON lines.
@@ -396,7 +535,7 @@ pub async fn demo(
             d.persons,
             db.display()
         );
-        let mut reg = open_registry(&db, 64)?;
+        let mut reg = open_registry(&Database::from(db.clone()), 64)?;
         reg.gen_demo(&DemoOptions {
             persons: d.persons,
             ..DemoOptions::default()

@@ -64,6 +64,9 @@ error_codes! {
     Registry = "registry",
     /// Another writer held the registry longer than `busy_timeout_ms`.
     DatabaseBusy = "database_busy",
+    /// The shared (PostgreSQL) registry cannot be reached; the daemon
+    /// retries with backoff and keeps reading cards.
+    RegistryUnavailable = "registry_unavailable",
     /// The registry worker stopped; the daemon is shutting down or broken.
     Internal = "internal",
     /// Sent by `cardlink-display` to its page: cardlinkd cannot be reached.
@@ -159,6 +162,7 @@ impl From<&registry::RegistryError> for ErrorCode {
     fn from(e: &registry::RegistryError) -> ErrorCode {
         match e {
             registry::RegistryError::Busy(_) => ErrorCode::DatabaseBusy,
+            registry::RegistryError::Unavailable(_) => ErrorCode::RegistryUnavailable,
             _ => ErrorCode::Registry,
         }
     }

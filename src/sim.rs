@@ -467,37 +467,22 @@ pub fn sample_cards(
     reg: &crate::registry::Registry,
     today: crate::Date,
 ) -> Result<Vec<SimCard>, crate::registry::RegistryError> {
-    const CARD: &str = "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires \
-                        FROM cards c JOIN persons p ON p.ssn = c.ssn WHERE ";
-    let usable = "c.status = 'active' AND c.expires >= ?1";
-    let queries = [
-        format!("{CARD}{usable} AND c.ssn IN (SELECT holder_ssn FROM family_links WHERE status = 'active') LIMIT 4"),
-        format!("{CARD}{usable} AND c.ssn IN (SELECT member_ssn FROM family_links WHERE status = 'active') LIMIT 4"),
-        format!("{CARD}{usable} AND c.ssn NOT IN (SELECT holder_ssn FROM family_links) AND c.ssn NOT IN (SELECT member_ssn FROM family_links) LIMIT 2"),
-        format!("{CARD}(c.status = 'lost' OR c.status = 'frozen') AND ?1 = ?1 LIMIT 2"),
-        format!("{CARD}c.status = 'active' AND c.expires < ?1 LIMIT 1"),
-    ];
-    let today = today.to_string();
-    let c = reg.connection();
-    let sql = |e| crate::registry::RegistryError::Sql(e);
-    let mut groups: Vec<Vec<SimCard>> = Vec::new();
-    for q in &queries {
-        let mut st = c.prepare(q).map_err(sql)?;
-        let rows = st
-            .query_map([&today], |r| {
-                let d = |s: String| s.replace('-', "");
-                Ok(SimCard {
-                    ssn: r.get(0)?,
-                    card_no: r.get(1)?,
-                    pan: r.get(2)?,
-                    name: r.get(3)?,
-                    issued: d(r.get(4)?),
-                    expires: d(r.get(5)?),
+    let mut groups: Vec<Vec<SimCard>> = reg
+        .sample_cards(today)?
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .map(|c| SimCard {
+                    ssn: c.ssn,
+                    card_no: c.card_no,
+                    pan: c.pan,
+                    name: c.name,
+                    issued: c.issued.replace('-', ""),
+                    expires: c.expires.replace('-', ""),
                 })
-            })
-            .map_err(sql)?;
-        groups.push(rows.collect::<Result<_, _>>().map_err(sql)?);
-    }
+                .collect()
+        })
+        .collect();
     groups.push(vec![SimCard {
         ssn: "11010519491231002X".into(),
         card_no: "Z99999999".into(),

@@ -15,9 +15,22 @@ use cardlink::registry::{
 };
 use common::*;
 
-fn open(path: &std::path::Path) -> Registry {
-    Registry::open(path, &OpenOptions::default()).unwrap()
-}
+on_both_backends!(
+    holder_swipe_lists_members_and_balance,
+    member_swipe_names_the_payer,
+    explicit_outcomes,
+    every_bind_rule_has_its_own_refusal,
+    bind_then_unbind,
+    concurrent_binds_for_one_member_exactly_one_wins,
+    import_with_bad_rows_imports_nothing_and_names_every_row,
+    audit_tampering_is_detected,
+    contributions_newest_first,
+    gen_demo_is_deterministic_and_consistent,
+    read_model_follows_binds_and_is_repaired_after_plain_sql_edits,
+    an_import_into_a_populated_registry_keeps_the_read_model_exact,
+    export_then_import_gives_the_same_registry,
+    copy_to_the_other_backend_keeps_the_audit_chain,
+);
 
 fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest<'a> {
     cardlink::registry::BindRequest {
@@ -30,10 +43,11 @@ fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest
     }
 }
 
-#[test]
-fn holder_swipe_lists_members_and_balance() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(&fixture_db(dir.path()));
+fn holder_swipe_lists_members_and_balance(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "holder_swipe_lists_members_and_balance") else {
+        return;
+    };
+    let reg = fx.open();
     for lookup in [
         Lookup::card_no(card(HOLDER)),
         Lookup::ssn(ssn(HOLDER)),
@@ -53,10 +67,11 @@ fn holder_swipe_lists_members_and_balance() {
     }
 }
 
-#[test]
-fn member_swipe_names_the_payer() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(&fixture_db(dir.path()));
+fn member_swipe_names_the_payer(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "member_swipe_names_the_payer") else {
+        return;
+    };
+    let reg = fx.open();
     let r = reg.resolve(&Lookup::card_no(card(SPOUSE))).unwrap();
     assert_eq!(r.outcome, Outcome::Ok);
     assert_eq!(r.role, Role::Member);
@@ -68,10 +83,11 @@ fn member_swipe_names_the_payer() {
     assert!(r.members.is_empty());
 }
 
-#[test]
-fn explicit_outcomes() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(&fixture_db(dir.path()));
+fn explicit_outcomes(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "explicit_outcomes") else {
+        return;
+    };
+    let reg = fx.open();
     let outcome = |l: Lookup| reg.resolve(&l).unwrap();
     assert_eq!(
         outcome(Lookup::card_no("Z99999999")).outcome,
@@ -111,10 +127,11 @@ fn explicit_outcomes() {
     assert_eq!((none.outcome, none.role), (Outcome::Ok, Role::None));
 }
 
-#[test]
-fn every_bind_rule_has_its_own_refusal() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = open(&fixture_db(dir.path()));
+fn every_bind_rule_has_its_own_refusal(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "every_bind_rule_has_its_own_refusal") else {
+        return;
+    };
+    let mut reg = fx.open();
     // A province that kept the 2021 list (spouse, parent, child).
     let policy = BindPolicy {
         relations: vec![Relation::Spouse, Relation::Parent, Relation::Child],
@@ -141,14 +158,10 @@ fn every_bind_rule_has_its_own_refusal() {
         assert_eq!(err.code(), code, "bind {h} -> {m} as {rel}: {err}");
     }
     // The refusals are audited.
-    let refusals: i64 = reg
-        .connection()
-        .query_row(
-            "SELECT count(*) FROM audit WHERE outcome LIKE 'refused:%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let refusals = fx.count(
+        "SELECT count(*) FROM audit WHERE outcome LIKE 'refused:%'",
+        &[],
+    );
     assert_eq!(refusals, 14);
     // Messages never carry a full SSN.
     let msg = BindError::HolderUnknown(ssn(HOLDER)).to_string();
@@ -166,10 +179,11 @@ fn every_bind_rule_has_its_own_refusal() {
     );
 }
 
-#[test]
-fn bind_then_unbind() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = open(&fixture_db(dir.path()));
+fn bind_then_unbind(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "bind_then_unbind") else {
+        return;
+    };
+    let mut reg = fx.open();
     let policy = BindPolicy::default();
     reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy)
         .unwrap();
@@ -200,14 +214,10 @@ fn bind_then_unbind() {
         Role::None
     );
     // Revoked links stay in the table with their revocation time.
-    let revoked: i64 = reg
-        .connection()
-        .query_row(
-            "SELECT count(*) FROM family_links WHERE status='revoked' AND revoked_at IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let revoked = fx.count(
+        "SELECT count(*) FROM family_links WHERE status='revoked' AND revoked_at IS NOT NULL",
+        &[],
+    );
     assert_eq!(revoked, 1);
     // Now another holder may take the child.
     reg.bind(&bind_req(HOLDER2, CHILD, "child"), &policy)
@@ -215,19 +225,20 @@ fn bind_then_unbind() {
     assert!(reg.verify_audit().unwrap().broken.is_none());
 }
 
-#[test]
-fn concurrent_binds_for_one_member_exactly_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = fixture_db(dir.path());
+fn concurrent_binds_for_one_member_exactly_one_wins(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "concurrent_binds_for_one_member_exactly_one_wins") else {
+        return;
+    };
+    let fx = Arc::new(fx);
     for round in 0..10 {
         let barrier = Arc::new(Barrier::new(2));
         let handles: Vec<_> = [HOLDER, HOLDER2]
             .into_iter()
             .map(|holder| {
-                let db = db.clone();
+                let fx = fx.clone();
                 let barrier = barrier.clone();
                 std::thread::spawn(move || {
-                    let mut reg = open(&db);
+                    let mut reg = fx.open();
                     barrier.wait();
                     reg.bind(&bind_req(holder, CHILD, "child"), &BindPolicy::default())
                         .map_err(|e| e.code())
@@ -239,15 +250,11 @@ fn concurrent_binds_for_one_member_exactly_one_wins() {
         assert_eq!(wins, 1, "round {round}: {results:?}");
         let loser = results.iter().find_map(|r| r.err()).unwrap();
         assert_eq!(loser, "member_has_payer");
-        let mut reg = open(&db);
-        let active: i64 = reg
-            .connection()
-            .query_row(
-                "SELECT count(*) FROM family_links WHERE member_ssn = ?1 AND status='active'",
-                [ssn(CHILD).expose()],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let mut reg = fx.open();
+        let active = fx.count(
+            "SELECT count(*) FROM family_links WHERE member_ssn = $1 AND status='active'",
+            &[ssn(CHILD).expose()],
+        );
         assert_eq!(active, 1);
         // Reset for the next round.
         let payer = reg
@@ -340,12 +347,12 @@ fn signal_and_retry(attempt: i32) -> bool {
     g.1 && attempt < 100
 }
 
-#[test]
-fn import_with_bad_rows_imports_nothing_and_names_every_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("r.db");
-    let mut reg = open(&db);
-    let files = fixture_csv(dir.path());
+fn import_with_bad_rows_imports_nothing_and_names_every_row(b: Backend) {
+    let Some(fx) = Fx::empty(b, "import_with_bad_rows_imports_nothing_and_names_every_row") else {
+        return;
+    };
+    let mut reg = fx.open();
+    let files = fixture_csv(fx.dir.path());
     // Corrupt persons.csv: a bad check digit (line 3), a bad sex (line 5),
     // and cards.csv: a card for an unknown person (appended line 17).
     let persons = std::fs::read_to_string(&files[0]).unwrap();
@@ -414,11 +421,11 @@ fn demo_ssn_str(i: u64) -> String {
     cardlink::registry::demo::demo_ssn(i)
 }
 
-#[test]
-fn audit_tampering_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = fixture_db(dir.path());
-    let mut reg = open(&db);
+fn audit_tampering_is_detected(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "audit_tampering_is_detected") else {
+        return;
+    };
+    let mut reg = fx.open();
     for i in 0..5 {
         reg.record(&Entry {
             actor: "reader0",
@@ -431,22 +438,27 @@ fn audit_tampering_is_detected() {
     let v = reg.verify_audit().unwrap();
     assert_eq!((v.rows, v.broken.clone()), (6, None));
     // The triggers refuse edits...
-    let c = reg.connection();
-    assert!(c
-        .execute("UPDATE audit SET outcome = 'lost' WHERE id = 3", [])
-        .is_err());
-    assert!(c.execute("DELETE FROM audit WHERE id = 3", []).is_err());
+    let refused = |sql: &str| {
+        let fx = &fx;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fx.exec(sql, &[]))).is_err()
+    };
+    assert!(refused("UPDATE audit SET outcome = 'lost' WHERE id = 3"));
+    assert!(refused("DELETE FROM audit WHERE id = 3"));
     // ...and an edit made around them is caught by the chain.
-    c.execute_batch(
-        "DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'unknown' WHERE id = 3;",
-    )
-    .unwrap();
+    let (no_update, no_delete) = match b {
+        Backend::Sqlite => ("DROP TRIGGER audit_no_update", "DROP TRIGGER audit_no_delete"),
+        Backend::Postgres => (
+            "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+            "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        ),
+    };
+    fx.exec(no_update, &[]);
+    fx.exec("UPDATE audit SET outcome = 'unknown' WHERE id = 3", &[]);
     let v = reg.verify_audit().unwrap();
     assert_eq!(v.broken.as_ref().map(|b| b.0), Some(3));
     // Deleting a middle row is caught as well.
-    let dir2 = tempfile::tempdir().unwrap();
-    let db2 = fixture_db(dir2.path());
-    let mut reg2 = open(&db2);
+    let fx2 = Fx::fixture(b, "audit_tampering_is_detected").unwrap();
+    let mut reg2 = fx2.open();
     for i in 0..3 {
         reg2.record(&Entry {
             actor: "r",
@@ -456,16 +468,16 @@ fn audit_tampering_is_detected() {
         })
         .unwrap();
     }
-    reg2.connection()
-        .execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id = 2;")
-        .unwrap();
+    fx2.exec(no_delete, &[]);
+    fx2.exec("DELETE FROM audit WHERE id = 2", &[]);
     assert_eq!(reg2.verify_audit().unwrap().broken.map(|b| b.0), Some(3));
 }
 
-#[test]
-fn contributions_newest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(&fixture_db(dir.path()));
+fn contributions_newest_first(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "contributions_newest_first") else {
+        return;
+    };
+    let reg = fx.open();
     let c = reg.contributions(&ssn(HOLDER), 3).unwrap();
     let months: Vec<_> = c.iter().map(|c| c.month.as_str()).collect();
     assert_eq!(months, vec!["2026-06", "2026-05", "2026-04"]);
@@ -473,37 +485,41 @@ fn contributions_newest_first() {
     assert!(reg.contributions(&ssn(CHILD), 12).unwrap().is_empty());
 }
 
-#[test]
-fn gen_demo_is_deterministic_and_consistent() {
-    let dir = tempfile::tempdir().unwrap();
+fn gen_demo_is_deterministic_and_consistent(b: Backend) {
     let opts = cardlink::registry::demo::DemoOptions {
         persons: 3000,
         months: 2,
         seed: 7,
     };
     let mut counts = Vec::new();
-    for n in 0..2 {
-        let mut reg = open(&dir.path().join(format!("d{n}.db")));
+    let mut fxs = Vec::new();
+    for _ in 0..2 {
+        let Some(fx) = Fx::empty(b, "gen_demo_is_deterministic_and_consistent") else {
+            return;
+        };
+        let mut reg = fx.open();
         reg.gen_demo(&opts).unwrap();
         counts.push(reg.stats().unwrap());
         // Every active link satisfies the binding rules' data invariants.
-        let holders_ok: i64 = reg.connection().query_row(
+        let holders_ok = fx.count(
             "SELECT count(*) FROM family_links l JOIN persons p ON p.ssn = l.holder_ssn \
              WHERE l.status='active' AND NOT (p.insurance_type='employee' AND p.insurance_status='active')",
-            [], |r| r.get(0)).unwrap();
+            &[]);
         assert_eq!(holders_ok, 0);
+        fxs.push(fx);
     }
     assert_eq!(counts[0], counts[1]);
     assert_eq!(counts[0].persons, 3000);
-    let reg = open(&dir.path().join("d0.db"));
+    let reg = fxs[0].open();
     assert_eq!(reg.drift().unwrap(), Drift::default());
     assert!(counts[0].active_links > 500, "{:?}", counts[0]);
 }
 
-#[test]
-fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = open(&fixture_db(dir.path()));
+fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "read_model_follows_binds_and_is_repaired_after_plain_sql_edits") else {
+        return;
+    };
+    let mut reg = fx.open();
     assert_eq!(reg.drift().unwrap(), Drift::default());
     let policy = BindPolicy::default();
     reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy)
@@ -519,42 +535,34 @@ fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits() {
     assert_eq!(r.payer.unwrap().ssn, ssn(HOLDER2));
     // Changes made with plain SQL (an administrator's fix) are found by
     // the check and taken over by a repair.
-    let c = reg.connection();
-    c.execute(
-        "UPDATE accounts SET balance_fen = 42 WHERE holder_ssn = ?1",
-        [ssn(HOLDER2).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "DELETE FROM accounts WHERE holder_ssn = ?1",
-        [ssn(PARENT).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "UPDATE persons SET name = '李娜娜' WHERE ssn = ?1",
-        [ssn(SPOUSE).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "UPDATE family_links SET relation = 'parent' WHERE member_ssn = ?1 AND status = 'active'",
-        [ssn(CHILD).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "DELETE FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
-        [ssn(MEMBER2).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "UPDATE persons SET name = '张卫' WHERE ssn = ?1",
-        [ssn(HOLDER).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "UPDATE cards SET status = 'lost' WHERE ssn = ?1",
-        [ssn(CHILD).expose()],
-    )
-    .unwrap();
+    fx.exec(
+        "UPDATE accounts SET balance_fen = 42 WHERE holder_ssn = $1",
+        &[ssn(HOLDER2).expose()],
+    );
+    fx.exec(
+        "DELETE FROM accounts WHERE holder_ssn = $1",
+        &[ssn(PARENT).expose()],
+    );
+    fx.exec(
+        "UPDATE persons SET name = '李娜娜' WHERE ssn = $1",
+        &[ssn(SPOUSE).expose()],
+    );
+    fx.exec(
+        "UPDATE family_links SET relation = 'parent' WHERE member_ssn = $1 AND status = 'active'",
+        &[ssn(CHILD).expose()],
+    );
+    fx.exec(
+        "DELETE FROM family_links WHERE member_ssn = $1 AND status = 'active'",
+        &[ssn(MEMBER2).expose()],
+    );
+    fx.exec(
+        "UPDATE persons SET name = '张卫' WHERE ssn = $1",
+        &[ssn(HOLDER).expose()],
+    );
+    fx.exec(
+        "UPDATE cards SET status = 'lost' WHERE ssn = $1",
+        &[ssn(CHILD).expose()],
+    );
     let drift = reg.drift().unwrap();
     // HOLDER2 (balance, member names, lost member), PARENT (own balance;
     // payer balance unchanged), SPOUSE (payer balance), CHILD (relation,
@@ -584,31 +592,26 @@ fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits() {
     // A person inserted with plain SQL resolves before any repair (from
     // the view), and the repair then adds their row; a deleted person's
     // row goes.
-    let c = reg.connection();
     let new = demo_ssn_str(900);
-    c.execute(
+    fx.exec(
         "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status) \
-         VALUES (?1, '王新', 'F', '1990-01-01', 'resident', 'active')",
-        [&new],
-    )
-    .unwrap();
-    c.execute(
-        "INSERT INTO cards VALUES ('Z00000001', NULL, ?1, 3, '2026-01-01', '2036-01-01', 'active')",
-        [&new],
-    )
-    .unwrap();
+         VALUES ($1, '王新', 'F', '1990-01-01', 'resident', 'active')",
+        &[new.as_str()],
+    );
+    fx.exec(
+        "INSERT INTO cards VALUES ('Z00000001', NULL, $1, 3, '2026-01-01', '2036-01-01', 'active')",
+        &[new.as_str()],
+    );
     let r = reg.resolve(&Lookup::card_no("Z00000001")).unwrap();
     assert_eq!((r.outcome, r.role), (Outcome::Ok, Role::None));
-    c.execute(
-        "DELETE FROM family_links WHERE member_ssn = ?1 OR holder_ssn = ?1",
-        [ssn(NO_CARD).expose()],
-    )
-    .unwrap();
-    c.execute(
-        "DELETE FROM persons WHERE ssn = ?1",
-        [ssn(NO_CARD).expose()],
-    )
-    .unwrap();
+    fx.exec(
+        "DELETE FROM family_links WHERE member_ssn = $1 OR holder_ssn = $1",
+        &[ssn(NO_CARD).expose()],
+    );
+    fx.exec(
+        "DELETE FROM persons WHERE ssn = $1",
+        &[ssn(NO_CARD).expose()],
+    );
     let drift = reg.drift().unwrap();
     assert_eq!(
         (drift.missing, drift.stale, drift.orphaned),
@@ -618,23 +621,22 @@ fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits() {
     reg.repair("test").unwrap();
     assert_eq!(reg.drift().unwrap(), Drift::default());
     // Edits to the derived table itself are drift too.
-    reg.connection()
-        .execute(
-            "UPDATE resolution SET members = '[]' WHERE ssn = ?1",
-            [ssn(HOLDER2).expose()],
-        )
-        .unwrap();
+    fx.exec(
+        "UPDATE resolution SET members = '[]' WHERE ssn = $1",
+        &[ssn(HOLDER2).expose()],
+    );
     assert_eq!(reg.drift().unwrap().stale, 1);
 }
 
 /// An import into a populated registry refreshes the derived rows of the
 /// persons it touches and of their neighbours (a holder whose member list
 /// now names a new member; a renamed payer's members), and only those.
-#[test]
-fn an_import_into_a_populated_registry_keeps_the_read_model_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = open(&fixture_db(dir.path()));
-    let csv = dir.path().join("more");
+fn an_import_into_a_populated_registry_keeps_the_read_model_exact(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "an_import_into_a_populated_registry_keeps_the_read_model_exact") else {
+        return;
+    };
+    let mut reg = fx.open();
+    let csv = fx.dir.path().join("more");
     std::fs::create_dir_all(&csv).unwrap();
     let newcomer = demo_ssn_str(900);
     let birth = format!(
@@ -688,4 +690,84 @@ fn an_import_into_a_populated_registry_keeps_the_read_model_exact() {
         "{:?}",
         r.members
     );
+}
+
+/// Export writes the import format: a registry exported and imported into
+/// an empty one has the same rows and resolves the same.
+fn export_then_import_gives_the_same_registry(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "export_then_import_gives_the_same_registry") else {
+        return;
+    };
+    let mut reg = fx.open();
+    reg.unbind(&ssn(HOLDER2), &ssn(MEMBER2), "t", "t").unwrap();
+    let out = fx.dir.path().join("export");
+    let counts = reg.export(&out).unwrap();
+    assert_eq!((counts.persons, counts.cards, counts.links, counts.accounts, counts.contributions), (18, 17, 2, 3, 6));
+    let copy = Fx::empty(b, "export_then_import_gives_the_same_registry").unwrap();
+    let mut other = copy.open();
+    let files: Vec<_> = ["persons", "cards", "links", "accounts", "contributions"]
+        .iter()
+        .map(|t| out.join(format!("{t}.csv")))
+        .collect();
+    assert_eq!(other.import(&files, "test").unwrap(), counts);
+    let (a, z) = (reg.stats().unwrap(), other.stats().unwrap());
+    assert_eq!((a.persons, a.cards, a.active_links, a.accounts, a.contributions), (z.persons, z.cards, z.active_links, z.accounts, z.contributions));
+    for i in [HOLDER, SPOUSE, MEMBER2, LOST, NO_CARD] {
+        assert_eq!(
+            reg.resolve(&Lookup::ssn(ssn(i))).unwrap(),
+            other.resolve(&Lookup::ssn(ssn(i))).unwrap()
+        );
+    }
+    assert_eq!(other.drift().unwrap(), Drift::default());
+}
+
+/// `db migrate`: a registry copied to the other backend (SQLite to
+/// PostgreSQL and back) keeps every row, resolves the same and continues
+/// the same audit chain.
+fn copy_to_the_other_backend_keeps_the_audit_chain(b: Backend) {
+    let test = "copy_to_the_other_backend_keeps_the_audit_chain";
+    let Some(source) = Fx::fixture(b, test) else {
+        return;
+    };
+    let other = match b {
+        Backend::Sqlite => Backend::Postgres,
+        Backend::Postgres => Backend::Sqlite,
+    };
+    let Some(target) = Fx::empty(other, test) else {
+        return;
+    };
+    let mut reg = source.open();
+    reg.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default()).unwrap();
+    reg.unbind(&ssn(HOLDER2), &ssn(MEMBER2), "t", "t").unwrap();
+    reg.record(&Entry { actor: "reader0", action: "resolve", ssn: Some(&ssn(SPOUSE)), outcome: "ok" }).unwrap();
+    let mut chain = Vec::new();
+    reg.audit_rows(&mut |r| {
+        chain.push(r);
+        Ok(())
+    })
+    .unwrap();
+    let m = cardlink::ctl::migrate(&source.db, &target.db, "test").unwrap();
+    assert_eq!(m.audit_rows, chain.len() as u64);
+    let copy = target.open();
+    let mut copied = Vec::new();
+    copy.audit_rows(&mut |r| {
+        copied.push(r);
+        Ok(())
+    })
+    .unwrap();
+    // The source's chain, row for row, then the import and the migration.
+    assert_eq!(&copied[..chain.len()], &chain[..]);
+    let tail: Vec<_> = copied[chain.len()..].iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(tail, ["import", "migrate"]);
+    assert!(copy.verify_audit().unwrap().broken.is_none());
+    for i in [HOLDER, SPOUSE, CHILD, MEMBER2, LOST, NO_CARD, EXPIRED] {
+        assert_eq!(
+            reg.resolve(&Lookup::ssn(ssn(i))).unwrap(),
+            copy.resolve(&Lookup::ssn(ssn(i))).unwrap()
+        );
+    }
+    assert_eq!(copy.contributions(&ssn(HOLDER), 12).unwrap(), reg.contributions(&ssn(HOLDER), 12).unwrap());
+    // A second copy into the same (now populated) registry is refused.
+    let e = cardlink::ctl::migrate(&source.db, &target.db, "test").unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
 }

@@ -15,6 +15,7 @@ use cardlink::reader::card::TextEncoding;
 use cardlink::reader::codec::Mode;
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
+use cardlink::registry::Database;
 use cardlink::sim::{self, SimOptions};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -46,9 +47,10 @@ enum Cmd {
     },
     /// Manage the registry database.
     Db {
-        /// Database file.
-        #[arg(long, default_value = DEFAULT_DB)]
-        database: PathBuf,
+        /// The registry: a SQLite file, or a `postgres://` URL (a shared
+        /// PostgreSQL registry; see README, "A shared registry").
+        #[arg(long, default_value = DEFAULT_DB, value_parser = parse_database)]
+        database: Database,
         /// SQLite page cache in MiB; large imports are much faster when the
         /// tables fit (10M persons: 2048).
         #[arg(long, default_value_t = 64)]
@@ -243,6 +245,17 @@ enum DbCmd {
     /// from the tables, e.g. after an edit with the sqlite3 shell; report
     /// what changed.
     Repair,
+    /// Copy a registry into a new, empty one on the other backend (SQLite
+    /// to PostgreSQL or back), audit chain included; `--database` is not
+    /// used.
+    Migrate {
+        /// The registry to copy (file path or postgres:// URL).
+        #[arg(long, value_parser = parse_database)]
+        from: Database,
+        /// The new registry (file path or postgres:// URL); must be empty.
+        #[arg(long, value_parser = parse_database)]
+        to: Database,
+    },
     /// Write a deterministic synthetic registry.
     GenDemo {
         #[arg(long, default_value_t = 5000)]
@@ -258,6 +271,10 @@ enum DbCmd {
         #[arg(long)]
         sample_cards: Option<PathBuf>,
     },
+}
+
+fn parse_database(s: &str) -> Result<Database, String> {
+    Ok(Database::parse(s))
 }
 
 fn main() {
@@ -496,15 +513,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
+fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
     let open = || ctl::open_registry(path, cache_mib);
     match cmd {
         DbCmd::Init => {
             let reg = open()?;
             println!(
-                "{}: schema version {}",
-                path.display(),
+                "{path}: {} schema version {}",
+                reg.backend_name(),
                 reg.schema_version()?
+            );
+        }
+        DbCmd::Migrate { from, to } => {
+            let m = ctl::migrate(&from, &to, "cardlinkctl migrate")?;
+            let c = m.counts;
+            println!(
+                "copied {from} to {to}: {} persons, {} cards, {} links, {} accounts, {} contributions, {} audit rows (chain verified)",
+                c.persons, c.cards, c.links, c.accounts, c.contributions, m.audit_rows
             );
         }
         DbCmd::Import { files } => {
@@ -553,7 +578,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
         DbCmd::Check => {
             let problems = ctl::check_registry(&open()?)?;
             if problems.is_empty() {
-                println!("{}: OK", path.display());
+                println!("{path}: OK");
             } else {
                 for p in &problems {
                     println!("{p}");
@@ -585,11 +610,7 @@ fn db(path: &Path, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             } else {
                 let mut reg = open()?;
                 reg.gen_demo(&opts)?;
-                println!(
-                    "{}: {}",
-                    path.display(),
-                    serde_json::to_string(&reg.stats()?)?
-                );
+                println!("{path}: {}", serde_json::to_string(&reg.stats()?)?);
                 if let Some(out) = sample_cards {
                     let n = ctl::write_sample_cards(&reg, &out)?;
                     println!("wrote {n} sample cards to {}", out.display());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use cardlink::config::{Config, DEFAULT_PATH};
 use cardlink::daemon::{self, Daemon, SerialPorts, Update};
-use cardlink::registry::{OpenOptions, Registry};
+use cardlink::registry::{Database, OpenOptions, Registry};
 use cardlink::{logging, notify};
 use clap::Parser;
 use tokio::net::UnixListener;
@@ -54,7 +54,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// That the registry opens, without creating or changing anything.
-fn check_registry(path: &Path) -> anyhow::Result<()> {
+fn check_registry(db: &Database) -> anyhow::Result<()> {
+    let path = match db {
+        Database::Sqlite(p) => p,
+        Database::Postgres(_) => {
+            let opts = OpenOptions {
+                read_only: true,
+                ..OpenOptions::default()
+            };
+            let reg = Registry::open_database(db, &opts)
+                .with_context(|| format!("registry {db}"))?;
+            reg.schema_version()
+                .with_context(|| format!("registry {db} is not a cardlink registry"))?;
+            return Ok(());
+        }
+    };
     if path.exists() {
         if path.is_dir() {
             bail!("database {} is a directory, not a file", path.display());
@@ -134,13 +148,17 @@ fn bind(cfg: &Config) -> anyhow::Result<(UnixListener, File)> {
 
 async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    // The registry first: a second daemon on the same registry stops here,
-    // before it touches the socket of the first.
-    let db_lock = lock(
-        &with_suffix(&cfg.database, ".cardlinkd.lock"),
-        &format!("registry {}", cfg.database.display()),
-    )?;
-    let registry = Registry::open(
+    // The registry first: a second daemon on the same SQLite registry stops
+    // here, before it touches the socket of the first. (Many daemons share
+    // a PostgreSQL registry: that is what it is for.)
+    let db_lock = match &cfg.database {
+        Database::Sqlite(path) => Some(lock(
+            &with_suffix(path, ".cardlinkd.lock"),
+            &format!("registry {}", path.display()),
+        )?),
+        Database::Postgres(_) => None,
+    };
+    let registry = Registry::open_database(
         &cfg.database,
         &OpenOptions {
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
@@ -173,7 +191,7 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         notify::notify("STOPPING=1");
         stop.cancel();
     });
-    tracing::info!(socket = %socket.display(), database = %cfg.database.display(), "starting");
+    tracing::info!(socket = %socket.display(), database = %cfg.database, "starting");
     notify::notify("READY=1\nSTATUS=serving");
     let result = daemon::run(
         Daemon {

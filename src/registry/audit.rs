@@ -18,7 +18,7 @@ use firmware_protocol::Ssn;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
-use super::{now_rfc3339, Registry, RegistryError};
+use super::{now_rfc3339, RegistryError, Sqlite};
 
 /// `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -36,7 +36,7 @@ pub struct Entry<'a> {
     pub outcome: &'a str,
 }
 
-fn row_hash(
+pub(crate) fn row_hash(
     prev: &str,
     id: i64,
     at: &str,
@@ -58,33 +58,162 @@ fn row_hash(
     hex::encode(h.finalize())
 }
 
+/// One stored audit row, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Position in the chain, from 1.
+    pub id: i64,
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// Reader or client.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// The person concerned, if any.
+    pub ssn: Option<String>,
+    /// Outcome text.
+    pub outcome: String,
+    /// The previous row's hash ([`GENESIS`] for the first).
+    pub prev_hash: String,
+    /// This row's hash.
+    pub hash: String,
+}
+
+impl Row {
+    /// The row that follows `last` (`(id, hash)` of the chain's head, if
+    /// any) for event `e`, written now.
+    pub(crate) fn next(last: Option<(i64, String)>, e: &Entry<'_>) -> Row {
+        let (id, prev_hash) = match last {
+            Some((id, hash)) => (id + 1, hash),
+            None => (1, GENESIS.to_string()),
+        };
+        let at = now_rfc3339();
+        let ssn = e.ssn.map(|s| s.expose().to_string());
+        let hash = row_hash(
+            &prev_hash,
+            id,
+            &at,
+            e.actor,
+            e.action,
+            ssn.as_deref().unwrap_or(""),
+            e.outcome,
+        );
+        Row {
+            id,
+            at,
+            actor: e.actor.to_string(),
+            action: e.action.to_string(),
+            ssn,
+            outcome: e.outcome.to_string(),
+            prev_hash,
+            hash,
+        }
+    }
+}
+
+/// Checks rows one by one, in id order, against the chain: the one
+/// definition of a valid chain for both backends.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    prev: String,
+    expect_id: i64,
+    rows: u64,
+}
+
+impl Chain {
+    pub(crate) fn new() -> Chain {
+        Chain {
+            prev: GENESIS.to_string(),
+            expect_id: 1,
+            rows: 0,
+        }
+    }
+
+    /// `Some(reason)` when `r` breaks the chain.
+    pub(crate) fn check(&mut self, r: &Row) -> Option<String> {
+        self.rows += 1;
+        let broken = if r.id != self.expect_id {
+            Some(format!(
+                "row id {} where {} was expected (rows removed or inserted)",
+                r.id, self.expect_id
+            ))
+        } else if r.prev_hash != self.prev {
+            Some("prev_hash does not match the previous row".to_string())
+        } else if row_hash(
+            &self.prev,
+            r.id,
+            &r.at,
+            &r.actor,
+            &r.action,
+            r.ssn.as_deref().unwrap_or(""),
+            &r.outcome,
+        ) != r.hash
+        {
+            Some("row content does not match its hash".to_string())
+        } else {
+            None
+        };
+        self.prev.clone_from(&r.hash);
+        self.expect_id += 1;
+        broken
+    }
+
+    /// The result after the last row.
+    pub(crate) fn verification(self, broken: Option<(i64, String)>) -> Verification {
+        Verification {
+            rows: self.rows,
+            broken,
+        }
+    }
+}
+
 /// Appends a row inside the caller's (write) transaction.
 pub(crate) fn append(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<()> {
     let last: Option<(i64, String)> = conn
         .prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (id, prev) = match last {
-        Some((id, hash)) => (id + 1, hash),
-        None => (1, GENESIS.to_string()),
-    };
-    let at = now_rfc3339();
-    let ssn = e.ssn.map(|s| s.expose()).unwrap_or("");
-    let hash = row_hash(&prev, id, &at, e.actor, e.action, ssn, e.outcome);
+    insert(conn, &Row::next(last, e))
+}
+
+fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit (id, at, actor, action, ssn, outcome, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        id,
-        at,
-        e.actor,
-        e.action,
-        e.ssn.map(|s| s.expose()),
-        e.outcome,
-        prev,
-        hash
+        r.id,
+        r.at,
+        r.actor,
+        r.action,
+        r.ssn,
+        r.outcome,
+        r.prev_hash,
+        r.hash
     ])?;
+    Ok(())
+}
+
+/// Checks that `rows` continue the chain whose head is `head` (`(id,
+/// hash)` of its last row; `None` for an empty log): what
+/// [`crate::registry::Registry::load_audit`] accepts.
+pub(crate) fn check_continues(
+    head: Option<(i64, String)>,
+    rows: &[Row],
+) -> Result<(), RegistryError> {
+    let mut chain = Chain::new();
+    if let Some((id, hash)) = head {
+        chain.prev = hash;
+        chain.expect_id = id + 1;
+    }
+    for r in rows {
+        if let Some(why) = chain.check(r) {
+            return Err(RegistryError::Corrupt(format!(
+                "audit row {} of the source breaks the chain: {why}",
+                r.id
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -97,7 +226,7 @@ pub struct Verification {
     pub broken: Option<(i64, String)>,
 }
 
-impl Registry {
+impl Sqlite {
     /// Appends one audit row in its own transaction.
     pub fn record(&mut self, e: &Entry<'_>) -> Result<(), RegistryError> {
         let t = self.busy_timeout;
@@ -112,53 +241,66 @@ impl Registry {
 
     /// Recomputes the whole chain.
     pub fn verify_audit(&self) -> Result<Verification, RegistryError> {
+        let mut chain = Chain::new();
+        let mut broken = None;
+        self.audit_rows(&mut |r| {
+            if broken.is_none() {
+                broken = chain.check(&r).map(|why| (r.id, why));
+            }
+            Ok(())
+        })?;
+        Ok(chain.verification(broken))
+    }
+
+    /// Every row in id order.
+    pub fn audit_rows(
+        &self,
+        each: &mut dyn FnMut(Row) -> Result<(), RegistryError>,
+    ) -> Result<u64, RegistryError> {
         let mut st = self
             .conn
-            .prepare("SELECT id, at, actor, action, ifnull(ssn, ''), outcome, prev_hash, hash FROM audit ORDER BY id")
+            .prepare("SELECT id, at, actor, action, ssn, outcome, prev_hash, hash FROM audit ORDER BY id")
             .map_err(|e| self.sql(e))?;
         let mut rows = st.query([]).map_err(|e| self.sql(e))?;
-        let mut prev = GENESIS.to_string();
-        let mut expect_id = 1i64;
-        let mut n = 0u64;
+        let mut n = 0;
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
-            let get = |i| r.get::<_, String>(i);
-            let id: i64 = r.get(0).map_err(|e| self.sql(e))?;
-            let (at, actor, action, ssn, outcome, prev_hash, hash) = (|| {
-                Ok::<_, rusqlite::Error>((
-                    get(1)?,
-                    get(2)?,
-                    get(3)?,
-                    get(4)?,
-                    get(5)?,
-                    get(6)?,
-                    get(7)?,
-                ))
+            let row = (|| {
+                Ok::<_, rusqlite::Error>(Row {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    ssn: r.get(4)?,
+                    outcome: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
             })()
             .map_err(|e| self.sql(e))?;
             n += 1;
-            let broken = if id != expect_id {
-                Some(format!(
-                    "row id {id} where {expect_id} was expected (rows removed or inserted)"
-                ))
-            } else if prev_hash != prev {
-                Some("prev_hash does not match the previous row".to_string())
-            } else if row_hash(&prev, id, &at, &actor, &action, &ssn, &outcome) != hash {
-                Some("row content does not match its hash".to_string())
-            } else {
-                None
-            };
-            if let Some(reason) = broken {
-                return Ok(Verification {
-                    rows: n,
-                    broken: Some((id, reason)),
-                });
-            }
-            prev = hash;
-            expect_id += 1;
+            each(row)?;
         }
-        Ok(Verification {
-            rows: n,
-            broken: None,
-        })
+        Ok(n)
+    }
+
+    /// Writes `rows` as they are, if they continue the chain.
+    pub fn load_audit(&mut self, rows: &[Row]) -> Result<(), RegistryError> {
+        let t = self.busy_timeout;
+        let sql = |e| RegistryError::from_sql(e, t);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let head: Option<(i64, String)> = tx
+            .query_row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql)?;
+        check_continues(head, rows)?;
+        for r in rows {
+            insert(&tx, r).map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
     }
 }

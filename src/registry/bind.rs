@@ -5,7 +5,8 @@ use rusqlite::{params, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::audit::{append, Entry};
 use super::policy::{BindPolicy, Relation};
-use super::{now_rfc3339, Registry, RegistryError};
+use super::resolve::CardRow;
+use super::{now_rfc3339, RegistryError, Sqlite};
 
 /// Where a link was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,7 @@ impl BindError {
             BindError::MutualLink => "mutual_link",
             BindError::NotLinked => "not_linked",
             BindError::Registry(RegistryError::Busy(_)) => "database_busy",
+            BindError::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
             BindError::Registry(_) => "database_error",
         }
     }
@@ -133,30 +135,6 @@ pub struct BindRequest<'a> {
     pub actor: &'a str,
 }
 
-fn insurance(
-    tx: &rusqlite::Transaction<'_>,
-    ssn: &Ssn,
-) -> rusqlite::Result<Option<(String, String)>> {
-    tx.prepare_cached("SELECT insurance_type, insurance_status FROM persons WHERE ssn = ?1")?
-        .query_row([ssn.expose()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-}
-
-fn has_usable_card(
-    tx: &rusqlite::Transaction<'_>,
-    ssn: &Ssn,
-    today: Date,
-) -> rusqlite::Result<bool> {
-    Ok(super::resolve::best_card(tx, ssn.expose(), today)?.is_some_and(|c| c.usable(today)))
-}
-
-fn region(tx: &rusqlite::Transaction<'_>, ssn: &Ssn) -> rusqlite::Result<Option<String>> {
-    tx.prepare_cached("SELECT region FROM persons WHERE ssn = ?1")?
-        .query_row([ssn.expose()], |r| r.get(0))
-        .optional()
-        .map(Option::flatten)
-}
-
 /// RFC 3339 UTC time `days` before now, as stored in `revoked_at`.
 fn days_ago(days: u32) -> (String, std::time::SystemTime) {
     let now = std::time::SystemTime::now();
@@ -165,20 +143,41 @@ fn days_ago(days: u32) -> (String, std::time::SystemTime) {
         .unwrap_or(std::time::UNIX_EPOCH);
     (humantime::format_rfc3339_seconds(then).to_string(), now)
 }
+/// The facts the binding rules look at, as a backend answers them inside
+/// its write transaction. Async so that PostgreSQL awaits its round trips;
+/// SQLite's answers are ready at once.
+pub(crate) trait Facts {
+    /// `(insurance_type, insurance_status)` of a person, `None` if unknown.
+    async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError>;
+    /// The person's best card (`resolve::best_card`).
+    async fn best_card(&mut self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError>;
+    /// The holder whose account actively covers `member`.
+    async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError>;
+    /// The person's insured region.
+    async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError>;
+    /// Members the holder's account actively covers.
+    async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError>;
+    /// The latest `revoked_at` after `cutoff` of a link of `member` to a
+    /// holder other than `holder`.
+    async fn revoked_since(
+        &mut self,
+        member: &str,
+        holder: &str,
+        cutoff: &str,
+    ) -> Result<Option<String>, RegistryError>;
+}
+
 /// Whether `holder` is covered by `member`, directly or up a chain of
 /// payers (each person has at most one active payer, so the walk is a
 /// line; it is bounded in case the data already holds a cycle).
-pub(crate) fn covered_by(
-    c: &rusqlite::Connection,
+pub(crate) async fn covered_by(
+    f: &mut impl Facts,
     holder: &str,
     member: &str,
-) -> rusqlite::Result<bool> {
-    let mut st = c.prepare_cached(
-        "SELECT holder_ssn FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
-    )?;
+) -> Result<bool, RegistryError> {
     let mut who = holder.to_string();
     for _ in 0..64 {
-        match st.query_row([&who], |r| r.get::<_, String>(0)).optional()? {
+        match f.payer_of(&who).await? {
             Some(payer) if payer == member => return Ok(true),
             Some(payer) if payer == holder => return Ok(false),
             Some(payer) => who = payer,
@@ -188,7 +187,180 @@ pub(crate) fn covered_by(
     Ok(false)
 }
 
-impl Registry {
+/// The binding rules, in the order their refusals are reported: the one
+/// definition for both backends. Sources: 国办发〔2024〕38号 (who may be
+/// covered: the close relatives; only employee insurance has a personal
+/// account; the member must be insured) and the province rules of the
+/// `[policy]` table (scope, members, cooldown); see `policy.rs`.
+pub(crate) async fn check_rules(
+    f: &mut impl Facts,
+    req: &BindRequest<'_>,
+    policy: &BindPolicy,
+    today: Date,
+) -> Result<(), BindError> {
+    if req.holder == req.member {
+        return Err(BindError::SamePerson);
+    }
+    if !policy.relations.contains(&req.relation) {
+        return Err(BindError::RelationNotAllowed(req.relation.to_string()));
+    }
+    let (holder, member) = (req.holder.expose(), req.member.expose());
+    match f.insurance(holder).await? {
+        None => return Err(BindError::HolderUnknown(req.holder)),
+        Some((ty, st)) if ty != "employee" || st != "active" => {
+            return Err(BindError::HolderNotEmployee)
+        }
+        Some(_) => {}
+    }
+    match f.insurance(member).await? {
+        None => return Err(BindError::MemberUnknown(req.member)),
+        Some((ty, st)) if ty == "none" || st != "active" => return Err(BindError::MemberNotInsured),
+        Some(_) => {}
+    }
+    // One definition of a usable card for resolve and bind: active and
+    // not expired today (China time), see `resolve::best_card`.
+    if !f.best_card(holder, today).await?.is_some_and(|c| c.usable(today)) {
+        return Err(BindError::HolderNoActiveCard);
+    }
+    if !f.best_card(member, today).await?.is_some_and(|c| c.usable(today)) {
+        return Err(BindError::MemberNoActiveCard);
+    }
+    match f.payer_of(member).await? {
+        Some(h) if h == holder => return Err(BindError::AlreadyLinked),
+        Some(_) => return Err(BindError::MemberHasPayer),
+        None => {}
+    }
+    if covered_by(f, holder, member).await? {
+        return Err(BindError::MutualLink);
+    }
+    // Province rules (the [policy] table of the configuration).
+    let digits = policy.scope.digits();
+    if digits > 0 {
+        let h = f.region(holder).await?;
+        let m = f.region(member).await?;
+        match (h, m) {
+            (Some(h), Some(m)) if h.get(..digits) == m.get(..digits) => {}
+            (Some(h), Some(m)) => {
+                return Err(BindError::OutOfScope(format!(
+                    "holder insured in region {h}, member in {m}: mutual aid is limited to the same {}",
+                    if digits == 2 { "province" } else { "city" }
+                )))
+            }
+            (h, _) => {
+                let who = if h.is_none() { "holder" } else { "member" };
+                return Err(BindError::OutOfScope(format!(
+                    "the {who}'s insured region is not in the registry, so the {} rule cannot be checked",
+                    if digits == 2 { "same-province" } else { "same-city" }
+                )));
+            }
+        }
+    }
+    if policy.max_members > 0 {
+        let n = f.active_members(holder).await?;
+        if n >= policy.max_members {
+            return Err(BindError::TooManyMembers(n));
+        }
+    }
+    if policy.rebind_cooldown_days > 0 {
+        let (cutoff, _) = days_ago(policy.rebind_cooldown_days);
+        if let Some(since) = f.revoked_since(member, holder, &cutoff).await? {
+            let until = humantime::parse_rfc3339_weak(&since)
+                .ok()
+                .map(|t| {
+                    t + std::time::Duration::from_secs(
+                        u64::from(policy.rebind_cooldown_days) * 86_400,
+                    )
+                })
+                .map_or_else(
+                    || "later".to_string(),
+                    |t| humantime::format_rfc3339_seconds(t).to_string(),
+                );
+            return Err(BindError::Cooldown { since, until });
+        }
+    }
+    Ok(())
+}
+
+/// The audit outcome of a bind that went through.
+pub(crate) fn bind_outcome(req: &BindRequest<'_>) -> String {
+    format!(
+        "ok holder={} relation={} channel={} operator={}",
+        req.holder.expose(),
+        req.relation,
+        req.channel.as_str(),
+        req.operator
+    )
+}
+
+/// SQLite's answers to [`Facts`], inside the bind's transaction.
+pub(crate) struct SqliteFacts<'c> {
+    pub(crate) conn: &'c rusqlite::Connection,
+    pub(crate) timeout: std::time::Duration,
+}
+
+impl SqliteFacts<'_> {
+    fn one<T: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<T>, RegistryError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_row(params, |r| r.get(0)).optional())
+            .map_err(|e| RegistryError::from_sql(e, self.timeout))
+    }
+}
+
+impl Facts for SqliteFacts<'_> {
+    async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError> {
+        self.conn
+            .prepare_cached("SELECT insurance_type, insurance_status FROM persons WHERE ssn = ?1")
+            .and_then(|mut st| {
+                st.query_row([ssn], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| RegistryError::from_sql(e, self.timeout))
+    }
+    async fn best_card(&mut self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
+        super::resolve::best_card(self.conn, ssn, today)
+            .map_err(|e| RegistryError::from_sql(e, self.timeout))
+    }
+    async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError> {
+        self.one(
+            "SELECT holder_ssn FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
+            [member],
+        )
+    }
+    async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .one::<Option<String>>("SELECT region FROM persons WHERE ssn = ?1", [ssn])?
+            .flatten())
+    }
+    async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError> {
+        Ok(self
+            .one(
+                "SELECT count(*) FROM family_links WHERE holder_ssn = ?1 AND status = 'active'",
+                [holder],
+            )?
+            .unwrap_or(0))
+    }
+    async fn revoked_since(
+        &mut self,
+        member: &str,
+        holder: &str,
+        cutoff: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .one::<Option<String>>(
+                "SELECT max(revoked_at) FROM family_links \
+                 WHERE member_ssn = ?1 AND status = 'revoked' AND holder_ssn <> ?2 AND revoked_at > ?3",
+                params![member, holder, cutoff],
+            )?
+            .flatten())
+    }
+}
+
+impl Sqlite {
     /// Binds `member` to `holder`'s account, enforcing every rule, judging
     /// card expiry against `today`. The link and its audit row are one
     /// transaction; refusals are audited too.
@@ -216,129 +388,27 @@ impl Registry {
         result
     }
 
-    /// [`Registry::bind_on`] with today's date.
-    pub fn bind(&mut self, req: &BindRequest<'_>, policy: &BindPolicy) -> Result<(), BindError> {
-        self.bind_on(req, policy, Date::today_cst())
-    }
-
     fn try_bind(
         &mut self,
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: Date,
     ) -> Result<(), BindError> {
-        if req.holder == req.member {
-            return Err(BindError::SamePerson);
-        }
-        if !policy.relations.contains(&req.relation) {
-            return Err(BindError::RelationNotAllowed(req.relation.to_string()));
-        }
         let t = self.busy_timeout;
         let sql = |e| BindError::Registry(RegistryError::from_sql(e, t));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        match insurance(&tx, &req.holder).map_err(sql)? {
-            None => return Err(BindError::HolderUnknown(req.holder)),
-            Some((ty, st)) if ty != "employee" || st != "active" => {
-                return Err(BindError::HolderNotEmployee)
-            }
-            Some(_) => {}
-        }
-        match insurance(&tx, &req.member).map_err(sql)? {
-            None => return Err(BindError::MemberUnknown(req.member)),
-            Some((ty, st)) if ty == "none" || st != "active" => {
-                return Err(BindError::MemberNotInsured)
-            }
-            Some(_) => {}
-        }
-        // One definition of a usable card for resolve and bind: active and
-        // not expired today (China time), see `resolve::best_card`.
-        if !has_usable_card(&tx, &req.holder, today).map_err(sql)? {
-            return Err(BindError::HolderNoActiveCard);
-        }
-        if !has_usable_card(&tx, &req.member, today).map_err(sql)? {
-            return Err(BindError::MemberNoActiveCard);
-        }
-        let current: Option<String> = tx
-            .prepare_cached(
-                "SELECT holder_ssn FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
-            )
-            .map_err(sql)?
-            .query_row([req.member.expose()], |r| r.get(0))
-            .optional()
-            .map_err(sql)?;
-        match current {
-            Some(h) if h == req.holder.expose() => return Err(BindError::AlreadyLinked),
-            Some(_) => return Err(BindError::MemberHasPayer),
-            None => {}
-        }
-        if covered_by(&tx, req.holder.expose(), req.member.expose()).map_err(sql)? {
-            return Err(BindError::MutualLink);
-        }
-        // Province rules (the [policy] table of the configuration).
-        let digits = policy.scope.digits();
-        if digits > 0 {
-            let h = region(&tx, &req.holder).map_err(sql)?;
-            let m = region(&tx, &req.member).map_err(sql)?;
-            match (h, m) {
-                (Some(h), Some(m)) if h.get(..digits) == m.get(..digits) => {}
-                (Some(h), Some(m)) => {
-                    return Err(BindError::OutOfScope(format!(
-                        "holder insured in region {h}, member in {m}: mutual aid is limited to the same {}",
-                        if digits == 2 { "province" } else { "city" }
-                    )))
-                }
-                (h, _) => {
-                    let who = if h.is_none() { "holder" } else { "member" };
-                    return Err(BindError::OutOfScope(format!(
-                        "the {who}'s insured region is not in the registry, so the {} rule cannot be checked",
-                        if digits == 2 { "same-province" } else { "same-city" }
-                    )));
-                }
-            }
-        }
-        if policy.max_members > 0 {
-            let n: u32 = tx
-                .prepare_cached(
-                    "SELECT count(*) FROM family_links WHERE holder_ssn = ?1 AND status = 'active'",
-                )
-                .map_err(sql)?
-                .query_row([req.holder.expose()], |r| r.get(0))
-                .map_err(sql)?;
-            if n >= policy.max_members {
-                return Err(BindError::TooManyMembers(n));
-            }
-        }
-        if policy.rebind_cooldown_days > 0 {
-            let (cutoff, _) = days_ago(policy.rebind_cooldown_days);
-            let last: Option<String> = tx
-                .prepare_cached(
-                    "SELECT max(revoked_at) FROM family_links \
-                     WHERE member_ssn = ?1 AND status = 'revoked' AND holder_ssn <> ?2 AND revoked_at > ?3",
-                )
-                .map_err(sql)?
-                .query_row(
-                    params![req.member.expose(), req.holder.expose(), cutoff],
-                    |r| r.get(0),
-                )
-                .map_err(sql)?;
-            if let Some(since) = last {
-                let until = humantime::parse_rfc3339_weak(&since)
-                    .ok()
-                    .map(|t| {
-                        t + std::time::Duration::from_secs(
-                            u64::from(policy.rebind_cooldown_days) * 86_400,
-                        )
-                    })
-                    .map_or_else(
-                        || "later".to_string(),
-                        |t| humantime::format_rfc3339_seconds(t).to_string(),
-                    );
-                return Err(BindError::Cooldown { since, until });
-            }
-        }
+        futures::executor::block_on(check_rules(
+            &mut SqliteFacts {
+                conn: &tx,
+                timeout: t,
+            },
+            req,
+            policy,
+            today,
+        ))?;
         let inserted = tx.execute(
             "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \
              VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
@@ -365,13 +435,7 @@ impl Registry {
                 actor: req.actor,
                 action: "bind",
                 ssn: Some(&req.member),
-                outcome: &format!(
-                    "ok holder={} relation={} channel={} operator={}",
-                    req.holder.expose(),
-                    req.relation,
-                    req.channel.as_str(),
-                    req.operator
-                ),
+                outcome: &bind_outcome(req),
             },
         )
         .map_err(sql)?;

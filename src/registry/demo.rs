@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rusqlite::TransactionBehavior;
 
 use super::import::{AccountRec, CardRec, ContributionRec, Inserter, LinkRec, PersonRec};
-use super::{Registry, RegistryError};
+use super::{RegistryError, Sqlite};
 
 /// Options of the generator.
 #[derive(Debug, Clone)]
@@ -347,7 +347,7 @@ impl Sink for CsvSink {
     }
 }
 
-impl Registry {
+impl Sqlite {
     /// Fills the registry with demo data in one transaction.
     pub fn gen_demo(&mut self, opts: &DemoOptions) -> Result<(), RegistryError> {
         let t = self.busy_timeout;
@@ -372,6 +372,67 @@ impl Registry {
         )
         .map_err(sql)?;
         tx.commit().map_err(sql)
+    }
+}
+
+/// A card for the simulator: its owner, numbers, name and dates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleCard {
+    /// Owner's SSN.
+    pub ssn: String,
+    /// Card number.
+    pub card_no: String,
+    /// Bank PAN.
+    pub pan: Option<String>,
+    /// Owner's name.
+    pub name: String,
+    /// `YYYY-MM-DD`.
+    pub issued: String,
+    /// `YYYY-MM-DD`.
+    pub expires: String,
+}
+
+/// The groups of [`crate::registry::Registry::sample_cards`], each a query
+/// on `cards c JOIN persons p` with `$1` today; the same SQL on both
+/// backends (SQLite reads `$1` as the first parameter).
+pub(crate) fn sample_queries() -> [String; 5] {
+    const CARD: &str = "SELECT c.ssn, c.card_no, c.pan, p.name, c.issued, c.expires \
+                        FROM cards c JOIN persons p ON p.ssn = c.ssn WHERE ";
+    let usable = "c.status = 'active' AND c.expires >= $1";
+    [
+        format!("{CARD}{usable} AND c.ssn IN (SELECT holder_ssn FROM family_links WHERE status = 'active') ORDER BY c.card_no LIMIT 4"),
+        format!("{CARD}{usable} AND c.ssn IN (SELECT member_ssn FROM family_links WHERE status = 'active') ORDER BY c.card_no LIMIT 4"),
+        format!("{CARD}{usable} AND c.ssn NOT IN (SELECT holder_ssn FROM family_links) AND c.ssn NOT IN (SELECT member_ssn FROM family_links) ORDER BY c.card_no LIMIT 2"),
+        format!("{CARD}(c.status = 'lost' OR c.status = 'frozen') AND $1 = $1 ORDER BY c.card_no LIMIT 2"),
+        format!("{CARD}c.status = 'active' AND c.expires < $1 ORDER BY c.card_no LIMIT 1"),
+    ]
+}
+
+impl Sqlite {
+    /// See [`crate::registry::Registry::sample_cards`].
+    pub fn sample_cards(
+        &self,
+        today: firmware_protocol::Date,
+    ) -> Result<Vec<Vec<SampleCard>>, RegistryError> {
+        let today = today.to_string();
+        let mut groups = Vec::new();
+        for q in &sample_queries() {
+            let mut st = self.conn.prepare(q).map_err(|e| self.sql(e))?;
+            let rows = st
+                .query_map([&today], |r| {
+                    Ok(SampleCard {
+                        ssn: r.get(0)?,
+                        card_no: r.get(1)?,
+                        pan: r.get(2)?,
+                        name: r.get(3)?,
+                        issued: r.get(4)?,
+                        expires: r.get(5)?,
+                    })
+                })
+                .map_err(|e| self.sql(e))?;
+            groups.push(rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?);
+        }
+        Ok(groups)
     }
 }
 

@@ -27,7 +27,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::audit::{append, Entry};
-use super::{Registry, RegistryError};
+use super::{RegistryError, Sqlite};
 
 /// The columns of `resolution` and `resolution_source`, in order.
 pub(crate) const COLUMNS: &str = "ssn, name, sex, insurance_type, insurance_status, \
@@ -234,7 +234,7 @@ fn compare(
     Ok(drift)
 }
 
-impl Registry {
+impl Sqlite {
     /// How the read model differs from its definition (the view
     /// `resolution_source`). Zero unless the tables were changed behind
     /// cardlink's back.

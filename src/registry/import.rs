@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{append, Entry};
 use super::derived::Touched;
-use super::{parse_iso, Registry, RegistryError};
+use super::{parse_iso, RegistryError, Sqlite};
 
 /// A row of `persons.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,7 +280,7 @@ impl ContributionRec {
     }
 }
 
-fn upper(s: &str) -> String {
+pub(crate) fn upper(s: &str) -> String {
     s.to_ascii_uppercase()
 }
 
@@ -428,7 +428,7 @@ pub struct ImportCounts {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Table {
+pub(crate) enum Table {
     Persons,
     Cards,
     Accounts,
@@ -436,7 +436,18 @@ enum Table {
     Contributions,
 }
 
-fn table_of(path: &Path) -> Option<Table> {
+/// The files in dependency order (persons first), each with its table.
+pub(crate) fn in_order(files: &[PathBuf]) -> Result<Vec<(Table, &PathBuf)>, ImportError> {
+    let mut sorted = Vec::new();
+    for f in files {
+        let t = table_of(f).ok_or_else(|| ImportError::UnknownFile(f.display().to_string()))?;
+        sorted.push((t, f));
+    }
+    sorted.sort_by_key(|(t, _)| *t);
+    Ok(sorted)
+}
+
+pub(crate) fn table_of(path: &Path) -> Option<Table> {
     match path.file_stem()?.to_str()? {
         "persons" => Some(Table::Persons),
         "cards" => Some(Table::Cards),
@@ -448,7 +459,7 @@ fn table_of(path: &Path) -> Option<Table> {
 }
 
 /// The columns of each file (the header row must name them).
-const PERSON_COLUMNS: &[&str] = &[
+pub(crate) const PERSON_COLUMNS: &[&str] = &[
     "ssn",
     "name",
     "sex",
@@ -456,7 +467,7 @@ const PERSON_COLUMNS: &[&str] = &[
     "insurance_type",
     "insurance_status",
 ];
-const CARD_COLUMNS: &[&str] = &[
+pub(crate) const CARD_COLUMNS: &[&str] = &[
     "card_no",
     "pan",
     "ssn",
@@ -465,7 +476,7 @@ const CARD_COLUMNS: &[&str] = &[
     "expires",
     "status",
 ];
-const LINK_COLUMNS: &[&str] = &[
+pub(crate) const LINK_COLUMNS: &[&str] = &[
     "holder_ssn",
     "member_ssn",
     "relation",
@@ -475,8 +486,8 @@ const LINK_COLUMNS: &[&str] = &[
     "created_at",
     "revoked_at",
 ];
-const ACCOUNT_COLUMNS: &[&str] = &["holder_ssn", "balance_fen"];
-const CONTRIBUTION_COLUMNS: &[&str] = &[
+pub(crate) const ACCOUNT_COLUMNS: &[&str] = &["holder_ssn", "balance_fen"];
+pub(crate) const CONTRIBUTION_COLUMNS: &[&str] = &[
     "ssn",
     "month",
     "employer",
@@ -496,13 +507,29 @@ const MAX_REPORTED: usize = 1000;
 const BATCH: usize = 256 * 1024;
 
 /// Bad rows found so far.
-struct Bad {
-    rows: Vec<BadRow>,
-    total: u64,
+#[derive(Default)]
+pub(crate) struct Bad {
+    pub(crate) rows: Vec<BadRow>,
+    pub(crate) total: u64,
+}
+
+impl Bad {
+    /// The import's error when any row was bad (sorted by file and line).
+    pub(crate) fn into_error(self) -> Option<ImportError> {
+        if self.total == 0 {
+            return None;
+        }
+        let mut rows = self.rows;
+        rows.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        Some(ImportError::BadRows {
+            rows,
+            total: self.total,
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn load<T, V, K, I>(
+pub(crate) fn load<T, V, K, I>(
     path: &Path,
     columns: &[&str],
     today: Date,
@@ -515,7 +542,7 @@ where
     T: for<'de> Deserialize<'de>,
     V: Fn(&T, Date) -> Result<(), String>,
     K: Fn(&T) -> &str,
-    I: Fn(&T) -> Result<(), Refused>,
+    I: Fn(u64, &T) -> Result<(), Refused>,
 {
     let file = path.display().to_string();
     let io = |source| ImportError::Io {
@@ -564,9 +591,9 @@ where
         // fewer moves of the records.
         batch.sort_unstable_by(|a, b| key(&a.1).cmp(key(&b.1)).then(a.0.cmp(&b.0)));
         for (line, rec) in batch.drain(..) {
-            match insert(&rec) {
+            match insert(line, &rec) {
                 Ok(()) => n += 1,
-                Err(Refused::Sql(e)) => push(bad, &file, line, db_reason(&e)),
+                Err(Refused::Db(why)) => push(bad, &file, line, why),
                 Err(Refused::Rule(why)) => push(bad, &file, line, why.into()),
             }
         }
@@ -607,20 +634,20 @@ where
 }
 
 /// Why a validated row could not be inserted.
-enum Refused {
-    /// The database refused it (keys, constraints).
-    Sql(rusqlite::Error),
+pub(crate) enum Refused {
+    /// The database refused it (keys, constraints): the reason.
+    Db(String),
     /// A rule across rows refused it.
     Rule(&'static str),
 }
 
 impl From<rusqlite::Error> for Refused {
     fn from(e: rusqlite::Error) -> Self {
-        Refused::Sql(e)
+        Refused::Db(db_reason(&e))
     }
 }
 
-fn push(bad: &mut Bad, file: &str, line: u64, reason: String) {
+pub(crate) fn push(bad: &mut Bad, file: &str, line: u64, reason: String) {
     bad.total += 1;
     if bad.rows.len() < MAX_REPORTED {
         bad.rows.push(BadRow {
@@ -644,15 +671,10 @@ fn db_reason(e: &rusqlite::Error) -> String {
     }
 }
 
-impl Registry {
+impl Sqlite {
     /// Imports CSV files all-or-nothing; see the module docs.
     pub fn import(&mut self, files: &[PathBuf], actor: &str) -> Result<ImportCounts, ImportError> {
-        let mut sorted = Vec::new();
-        for f in files {
-            let t = table_of(f).ok_or_else(|| ImportError::UnknownFile(f.display().to_string()))?;
-            sorted.push((t, f));
-        }
-        sorted.sort_by_key(|(t, _)| *t);
+        let sorted = in_order(files)?;
         let today = Date::today_cst();
         let timeout = self.busy_timeout;
         let sql = |e| ImportError::Registry(RegistryError::from_sql(e, timeout));
@@ -683,10 +705,7 @@ impl Registry {
             Ok(())
         };
         let mut counts = ImportCounts::default();
-        let mut bad = Bad {
-            rows: Vec::new(),
-            total: 0,
-        };
+        let mut bad = Bad::default();
         for (t, f) in sorted {
             match t {
                 Table::Persons => {
@@ -697,7 +716,7 @@ impl Registry {
                         &mut bad,
                         PersonRec::validate,
                         |r: &PersonRec| r.ssn.as_str(),
-                        |r| {
+                        |_, r| {
                             ins.person(r)?;
                             touch(&r.ssn)
                         },
@@ -711,7 +730,7 @@ impl Registry {
                         &mut bad,
                         CardRec::validate,
                         |r: &CardRec| r.card_no.as_str(),
-                        |r| {
+                        |_, r| {
                             ins.card(r)?;
                             touch(&r.ssn)
                         },
@@ -725,7 +744,7 @@ impl Registry {
                         &mut bad,
                         AccountRec::validate,
                         |r: &AccountRec| r.holder_ssn.as_str(),
-                        |r| {
+                        |_, r| {
                             ins.account(r)?;
                             touch(&r.holder_ssn)
                         },
@@ -738,13 +757,25 @@ impl Registry {
                         today,
                         &mut bad,
                         LinkRec::validate,
-                        |r: &LinkRec| r.member_ssn.as_str(),
-                        |r| {
+                        // File order: link ids (and so each holder's
+                        // member list) keep the order of the file, which
+                        // export writes in id order.
+                        |_: &LinkRec| "",
+                        |_, r| {
                             ins.link(r)?;
                             touch(&r.holder_ssn)?;
                             touch(&r.member_ssn)?;
                             let (h, m) = (upper(&r.holder_ssn), upper(&r.member_ssn));
-                            if r.status == "active" && super::bind::covered_by(&tx, &h, &m)? {
+                            let mut facts = super::bind::SqliteFacts {
+                                conn: &tx,
+                                timeout,
+                            };
+                            let mutual = r.status == "active"
+                                && futures::executor::block_on(super::bind::covered_by(
+                                    &mut facts, &h, &m,
+                                ))
+                                .map_err(|e| Refused::Db(e.to_string()))?;
+                            if mutual {
                                 return Err(Refused::Rule(
                                     "mutual link: the holder is covered by this member (directly or through other links)",
                                 ));
@@ -761,19 +792,14 @@ impl Registry {
                         &mut bad,
                         ContributionRec::validate,
                         |r: &ContributionRec| r.ssn.as_str(),
-                        |r| Ok(ins.contribution(r)?),
+                        |_, r| Ok(ins.contribution(r)?),
                     )?
                 }
             }
         }
-        if bad.total > 0 {
+        if let Some(e) = bad.into_error() {
             tx.rollback().map_err(sql)?;
-            let mut rows = bad.rows;
-            rows.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-            return Err(ImportError::BadRows {
-                rows,
-                total: bad.total,
-            });
+            return Err(e);
         }
         match touched {
             Some(t) => t.finish().map_err(sql)?,
@@ -801,7 +827,7 @@ impl Registry {
     }
 }
 
-impl Registry {
+impl Sqlite {
     /// Writes every table as CSV files (the import format) into `dir`.
     pub fn export(&self, dir: &Path) -> Result<ImportCounts, ImportError> {
         let io = |file: &str| {

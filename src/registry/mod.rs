@@ -1,4 +1,6 @@
-//! The family-link registry: a local SQLite database (rusqlite, bundled).
+//! The family-link registry: a local SQLite database (rusqlite, bundled)
+//! on one box, or a PostgreSQL database that many boxes share
+//! ([`Database`] says which; [`pg`] is that backend).
 //!
 //! It answers "who is this card, whose account pays for them, whom does
 //! their account cover" ([`Registry::resolve`]), enforces the binding rules
@@ -6,21 +8,31 @@
 //! ([`Registry::contributions`]) and an append-only, hash-chained audit log
 //! ([`audit`]). It knows nothing of sockets or readers.
 //!
-//! Each [`Registry`] owns one connection; the daemon keeps one for its
+//! [`Registry`] is the seam: the daemon, the CLI and the display call its
+//! methods and never learn which backend answers. Both backends enforce
+//! the same rules with the same code: the binding rules
+//! ([`bind::check_rules`]), the resolution ([`resolve::resolve_with`]) and
+//! the audit chain ([`audit::Chain`]) are written once against small
+//! traits that each backend implements with its own SQL.
+//!
+//! A SQLite [`Registry`] owns one connection; the daemon keeps one for its
 //! blocking worker, `cardlinkctl` opens its own. Concurrency between them is
 //! SQLite's: WAL mode, `busy_timeout`, and write transactions started with
-//! `BEGIN IMMEDIATE` so two writers never deadlock.
+//! `BEGIN IMMEDIATE` so two writers never deadlock. A PostgreSQL registry
+//! holds a small connection pool; writers of every box serialise on one
+//! advisory lock (see [`pg`]).
 
 pub mod audit;
-mod bind;
+pub(crate) mod bind;
 pub mod demo;
 pub mod derived;
 pub mod import;
+pub mod pg;
 pub mod policy;
-mod resolve;
+pub(crate) mod resolve;
 mod schema;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -28,6 +40,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 pub use bind::{BindError, BindRequest, Channel};
 pub use derived::{Drift, Repair};
 pub use policy::{BindPolicy, Relation, Scope};
+pub use audit::Entry;
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 
 /// Default time a statement waits for another writer's lock.
@@ -56,6 +69,16 @@ pub enum RegistryError {
     /// Any other SQLite error.
     #[error("database error: {0}")]
     Sql(rusqlite::Error),
+    /// The shared registry cannot be reached (server down, network, TLS,
+    /// login); the daemon keeps serving and retries with backoff.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// Any other PostgreSQL error (the server's message).
+    #[error("database error: {0}")]
+    Pg(String),
+    /// The `database` setting is not usable.
+    #[error("bad database setting: {0}")]
+    Config(String),
 }
 
 impl RegistryError {
@@ -95,11 +118,91 @@ impl Default for OpenOptions {
     }
 }
 
-/// A connection to the registry.
+/// Where the registry lives: the `database` setting (config and
+/// `cardlinkctl --database`). A `postgres://` or `postgresql://` URL is a
+/// shared PostgreSQL registry; anything else is the path of a SQLite file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (libpq syntax; see [`pg::Target`]).
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads a `database` setting.
+    pub fn parse(s: &str) -> Database {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Database::Postgres(s.to_string())
+        } else {
+            Database::Sqlite(PathBuf::from(s))
+        }
+    }
+
+    /// The SQLite path, if this is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Database::Sqlite(p) => Some(p),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
+impl From<String> for Database {
+    fn from(s: String) -> Self {
+        Database::parse(&s)
+    }
+}
+
+impl From<Database> for String {
+    fn from(d: Database) -> String {
+        match d {
+            Database::Sqlite(p) => p.display().to_string(),
+            Database::Postgres(u) => u,
+        }
+    }
+}
+
+impl From<&Path> for Database {
+    fn from(p: &Path) -> Self {
+        Database::Sqlite(p.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for Database {
+    fn from(p: PathBuf) -> Self {
+        Database::Sqlite(p)
+    }
+}
+
+/// For logs and messages: the path, or the URL without its password.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "{}", p.display()),
+            Database::Postgres(u) => f.write_str(&pg::redact_url(u)),
+        }
+    }
+}
+
+/// A SQLite registry: one connection.
 #[derive(Debug)]
-pub struct Registry {
+pub struct Sqlite {
     pub(crate) conn: Connection,
     pub(crate) busy_timeout: Duration,
+}
+
+/// The registry, on either backend.
+#[derive(Debug)]
+pub struct Registry {
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(pg::Postgres),
 }
 
 /// Counts of the main tables.
@@ -119,9 +222,200 @@ pub struct Stats {
     pub audit: u64,
 }
 
+/// Calls the same method on whichever backend this is.
+macro_rules! dispatch {
+    ($self:ident . $($call:tt)*) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$($call)*,
+            Backend::Postgres(b) => b.$($call)*,
+        }
+    };
+}
+macro_rules! dispatch_mut {
+    ($self:ident . $($call:tt)*) => {
+        match &mut $self.backend {
+            Backend::Sqlite(b) => b.$($call)*,
+            Backend::Postgres(b) => b.$($call)*,
+        }
+    };
+}
+
 impl Registry {
-    /// Opens (creating if needed) and migrates the database at `path`.
+    /// Opens (creating if needed) and migrates the registry at `db`: a
+    /// SQLite file, or a PostgreSQL database (whose schema is created or
+    /// upgraded unless `read_only`).
+    pub fn open_database(db: &Database, opts: &OpenOptions) -> Result<Registry, RegistryError> {
+        let backend = match db {
+            Database::Sqlite(p) => Backend::Sqlite(Sqlite::open(p, opts)?),
+            Database::Postgres(url) => Backend::Postgres(pg::Postgres::connect(url, opts)?),
+        };
+        Ok(Registry { backend })
+    }
+
+    /// Opens (creating if needed) and migrates the SQLite database at `path`.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            backend: Backend::Sqlite(Sqlite::open(path, opts)?),
+        })
+    }
+
+    /// A registry on an open SQLite connection.
+    pub fn from_sqlite(s: Sqlite) -> Registry {
+        Registry {
+            backend: Backend::Sqlite(s),
+        }
+    }
+
+    /// An in-memory SQLite registry (tests, simulations).
+    pub fn open_in_memory() -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            backend: Backend::Sqlite(Sqlite::open_in_memory()?),
+        })
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// The SQLite connection, for tests, benchmarks and tools that compare
+    /// raw SQL; `None` on PostgreSQL.
+    pub fn sqlite_connection(&self) -> Option<&Connection> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(&s.conn),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The SQLite connection.
+    ///
+    /// # Panics
+    /// On a PostgreSQL registry; tests and benchmarks only.
+    #[doc(hidden)]
+    pub fn connection(&self) -> &Connection {
+        match &self.backend {
+            Backend::Sqlite(s) => &s.conn,
+            Backend::Postgres(_) => panic!("connection() is SQLite's; this registry is PostgreSQL"),
+        }
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<i64, RegistryError> {
+        dispatch!(self.schema_version())
+    }
+
+    /// Row counts.
+    pub fn stats(&self) -> Result<Stats, RegistryError> {
+        dispatch!(self.stats())
+    }
+
+    /// The database's own checks (SQLite: `integrity_check` and
+    /// `foreign_key_check`; PostgreSQL: the references). Returns the
+    /// problems found (empty when sound).
+    pub fn integrity(&self) -> Result<Vec<String>, RegistryError> {
+        dispatch!(self.integrity())
+    }
+
+    /// Resolves a card read or a typed identifier, judging expiry against `today`.
+    pub fn resolve_on(&self, lookup: &Lookup, today: firmware_protocol::Date) -> Result<Resolution, RegistryError> {
+        dispatch!(self.resolve_on(lookup, today))
+    }
+
+    /// [`Registry::resolve_on`] with today's date (China Standard Time).
+    pub fn resolve(&self, lookup: &Lookup) -> Result<Resolution, RegistryError> {
+        self.resolve_on(lookup, firmware_protocol::Date::today_cst())
+    }
+
+    /// Members currently covered by `holder`'s account.
+    pub fn members(&self, holder: &firmware_protocol::Ssn) -> Result<Vec<Member>, RegistryError> {
+        dispatch!(self.members(holder))
+    }
+
+    /// The person's payment records of the last `months` months that have
+    /// records, newest first.
+    pub fn contributions(&self, ssn: &firmware_protocol::Ssn, months: u32) -> Result<Vec<Contribution>, RegistryError> {
+        dispatch!(self.contributions(ssn, months))
+    }
+
+    /// Binds `member` to `holder`'s account, enforcing every rule, judging
+    /// card expiry against `today`. The link and its audit row are one
+    /// transaction; refusals are audited too.
+    pub fn bind_on(&mut self, req: &BindRequest<'_>, policy: &BindPolicy, today: firmware_protocol::Date) -> Result<(), BindError> {
+        dispatch_mut!(self.bind_on(req, policy, today))
+    }
+
+    /// [`Registry::bind_on`] with today's date.
+    pub fn bind(&mut self, req: &BindRequest<'_>, policy: &BindPolicy) -> Result<(), BindError> {
+        self.bind_on(req, policy, firmware_protocol::Date::today_cst())
+    }
+
+    /// Revokes the active link between `holder` and `member`.
+    pub fn unbind(&mut self, holder: &firmware_protocol::Ssn, member: &firmware_protocol::Ssn, operator: &str, actor: &str) -> Result<(), BindError> {
+        dispatch_mut!(self.unbind(holder, member, operator, actor))
+    }
+
+    /// Appends one audit row in its own transaction.
+    pub fn record(&mut self, e: &audit::Entry<'_>) -> Result<(), RegistryError> {
+        dispatch_mut!(self.record(e))
+    }
+
+    /// Recomputes the whole audit chain.
+    pub fn verify_audit(&self) -> Result<audit::Verification, RegistryError> {
+        dispatch!(self.verify_audit())
+    }
+
+    /// How the read model differs from its definition (the view
+    /// `resolution_source`). Zero unless the tables were changed behind
+    /// cardlink's back.
+    pub fn drift(&self) -> Result<Drift, RegistryError> {
+        dispatch!(self.drift())
+    }
+
+    /// Rebuilds what differs in the read model, in one transaction with an
+    /// audit row, and reports what it changed.
+    pub fn repair(&mut self, actor: &str) -> Result<Repair, RegistryError> {
+        dispatch_mut!(self.repair(actor))
+    }
+
+    /// Imports CSV files all-or-nothing; see [`import`].
+    pub fn import(&mut self, files: &[PathBuf], actor: &str) -> Result<import::ImportCounts, import::ImportError> {
+        dispatch_mut!(self.import(files, actor))
+    }
+
+    /// Writes every table as CSV files (the import format) into `dir`.
+    pub fn export(&self, dir: &Path) -> Result<import::ImportCounts, import::ImportError> {
+        dispatch!(self.export(dir))
+    }
+
+    /// Fills the registry with demo data in one transaction.
+    pub fn gen_demo(&mut self, opts: &demo::DemoOptions) -> Result<(), RegistryError> {
+        dispatch_mut!(self.gen_demo(opts))
+    }
+
+    /// Cards that show every outcome (see `sim::sample_cards`), by group.
+    pub fn sample_cards(&self, today: firmware_protocol::Date) -> Result<Vec<Vec<demo::SampleCard>>, RegistryError> {
+        dispatch!(self.sample_cards(today))
+    }
+
+    /// Every audit row in chain order, for copying a registry.
+    pub fn audit_rows(&self, each: &mut dyn FnMut(audit::Row) -> Result<(), RegistryError>) -> Result<u64, RegistryError> {
+        dispatch!(self.audit_rows(each))
+    }
+
+    /// Appends audit rows exactly as given (ids, times, hashes) to an
+    /// empty audit log, checking that they form one valid chain: the first
+    /// step of copying a registry with its history.
+    pub fn load_audit(&mut self, rows: &[audit::Row]) -> Result<(), RegistryError> {
+        dispatch_mut!(self.load_audit(rows))
+    }
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Sqlite, RegistryError> {
         let path = path.as_ref();
         let flags = if opts.read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -139,7 +433,7 @@ impl Registry {
     }
 
     /// An in-memory registry (tests, simulations).
-    pub fn open_in_memory() -> Result<Registry, RegistryError> {
+    pub fn open_in_memory() -> Result<Sqlite, RegistryError> {
         let conn = Connection::open_in_memory().map_err(|source| RegistryError::Open {
             path: ":memory:".into(),
             source,
@@ -147,7 +441,7 @@ impl Registry {
         Self::setup(conn, &OpenOptions::default())
     }
 
-    fn setup(mut conn: Connection, opts: &OpenOptions) -> Result<Registry, RegistryError> {
+    fn setup(mut conn: Connection, opts: &OpenOptions) -> Result<Sqlite, RegistryError> {
         let t = opts.busy_timeout;
         let sql = |e| RegistryError::from_sql(e, t);
         conn.busy_timeout(t).map_err(sql)?;
@@ -178,7 +472,7 @@ impl Registry {
             schema::migrate(&mut conn)?;
         }
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Registry {
+        Ok(Sqlite {
             conn,
             busy_timeout: t,
         })
@@ -235,11 +529,6 @@ impl Registry {
             .map_err(|e| self.sql(e))?,
         );
         Ok(problems)
-    }
-
-    /// The underlying connection, for benchmarks and tools that compare raw SQL.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
     }
 }
 

@@ -3,7 +3,7 @@
 use firmware_protocol::{Date, Ssn};
 use rusqlite::{params, OptionalExtension};
 
-use super::{parse_iso, Registry, RegistryError};
+use super::{parse_iso, RegistryError, Sqlite};
 
 /// What to look up. At least one field must be set. When a card identifier
 /// (card number or PAN) and an SSN are both given, the card is looked up and
@@ -187,9 +187,9 @@ pub struct Contribution {
 
 #[derive(Debug, Clone)]
 pub(crate) struct CardRow {
-    card_no: String,
-    status: String,
-    expires: String,
+    pub(crate) card_no: String,
+    pub(crate) status: String,
+    pub(crate) expires: String,
 }
 
 impl CardRow {
@@ -235,7 +235,7 @@ pub(crate) fn stored_ssn(s: &str) -> Result<Ssn, RegistryError> {
 
 /// Reads a derived `members` list: a JSON array of
 /// `[ssn, name, relation, since]` in link order (see migration 005).
-fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
+pub(crate) fn parse_members(json: &str) -> Result<Vec<Member>, RegistryError> {
     if json == "[]" {
         return Ok(Vec::new());
     }
@@ -264,51 +264,95 @@ macro_rules! derived_columns {
 
 /// By card number or PAN: the card's own row and its owner's derived row
 /// (two row reads).
-const BY_CARD_NO: &str = concat!(
+pub(crate) const BY_CARD_NO: &str = concat!(
     "SELECT c.card_no, c.status, c.expires, c.ssn, ",
     derived_columns!(),
     " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = ?1"
 );
-const BY_PAN: &str = concat!(
+pub(crate) const BY_PAN: &str = concat!(
     "SELECT c.card_no, c.status, c.expires, c.ssn, ",
     derived_columns!(),
     " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.pan = ?1"
 );
 /// By SSN: the derived row alone, with its best card (one row read).
-const BY_SSN: &str = concat!(
+pub(crate) const BY_SSN: &str = concat!(
     "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
     derived_columns!(),
     " FROM resolution r WHERE r.ssn = ?1"
 );
 /// A person's derived row computed from its definition, for a person who
 /// has no row (added outside cardlink and not yet repaired).
-const FROM_VIEW: &str = concat!(
+pub(crate) const FROM_VIEW: &str = concat!(
     "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
     derived_columns!(),
     " FROM resolution_source r WHERE r.ssn = ?1"
 );
 
+/// The statements of a resolution; each backend has its own SQL for each,
+/// returning the same columns (see the SQLite ones above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Query {
+    /// [`BY_CARD_NO`].
+    ByCardNo,
+    /// [`BY_PAN`].
+    ByPan,
+    /// [`BY_SSN`].
+    BySsn,
+    /// [`FROM_VIEW`].
+    FromView,
+}
+
+/// What a backend answers for [`resolve_with`]. Async so that PostgreSQL
+/// awaits its round trips; SQLite's answers are ready at once.
+pub(crate) trait Source {
+    /// One row of `q` for `key`.
+    async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError>;
+    /// The person's best card (see [`best_card`]).
+    async fn best_card(&self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError>;
+}
+
 /// One row of the resolve statements.
-struct Row {
-    card: Option<CardRow>,
+pub(crate) struct Row {
+    pub(crate) card: Option<CardRow>,
     /// The card's owner (by card) or the SSN looked up.
-    owner: String,
+    pub(crate) owner: String,
     /// The derived row, when there is one.
-    derived: Option<Derived>,
+    pub(crate) derived: Option<Derived>,
 }
 
 /// A `resolution` row.
-struct Derived {
-    ssn: String,
-    name: String,
-    sex: String,
-    insurance_type: String,
-    insurance_status: String,
-    own_balance: Option<i64>,
-    payer: Option<(String, String, String, Option<i64>)>,
-    members: String,
+pub(crate) struct Derived {
+    pub(crate) ssn: String,
+    pub(crate) name: String,
+    pub(crate) sex: String,
+    pub(crate) insurance_type: String,
+    pub(crate) insurance_status: String,
+    pub(crate) own_balance: Option<i64>,
+    pub(crate) payer: Option<(String, String, String, Option<i64>)>,
+    pub(crate) members: String,
     /// How many cards the person holds.
-    cards: i64,
+    pub(crate) cards: i64,
+}
+
+struct SqliteSource<'a>(&'a Sqlite);
+
+impl Source for SqliteSource<'_> {
+    async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError> {
+        let sql = match q {
+            Query::ByCardNo => BY_CARD_NO,
+            Query::ByPan => BY_PAN,
+            Query::BySsn => BY_SSN,
+            Query::FromView => FROM_VIEW,
+        };
+        self.0
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_row([key], Row::read).optional())
+            .map_err(|e| self.0.sql(e))
+    }
+    async fn best_card(&self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
+        best_card(&self.0.conn, ssn, today).map_err(|e| self.0.sql(e))
+    }
 }
 
 impl Row {
@@ -352,128 +396,127 @@ impl Row {
     }
 }
 
-impl Registry {
+/// Resolves `lookup` with `src`'s answers: the one definition of a
+/// resolution for both backends.
+pub(crate) async fn resolve_with(
+    src: &impl Source,
+    lookup: &Lookup,
+    today: Date,
+) -> Result<Resolution, RegistryError> {
+    let (q, key) = if let Some(card_no) = &lookup.card_no {
+        (Query::ByCardNo, card_no.as_str())
+    } else if let Some(pan) = &lookup.pan {
+        (Query::ByPan, pan.as_str())
+    } else if let Some(ssn) = &lookup.ssn {
+        (Query::BySsn, ssn.expose())
+    } else {
+        return Ok(Resolution::refused(Outcome::Unknown, None, None));
+    };
+    let by_card = lookup.card_no.is_some() || lookup.pan.is_some();
+    let mut row = src.row(q, key).await?;
+    if row.as_ref().is_none_or(|r| r.derived.is_none()) {
+        // No derived row: a person added outside cardlink (and not yet
+        // repaired), or nobody. Compute it from its definition.
+        let owner = match &row {
+            Some(r) => r.owner.clone(),
+            None if by_card => String::new(),
+            None => key.to_string(),
+        };
+        if !owner.is_empty() {
+            let computed = src.row(Query::FromView, &owner).await?;
+            row = match (row, computed) {
+                (Some(card), Some(view)) if by_card => Some(Row {
+                    derived: view.derived,
+                    ..card
+                }),
+                (_, view) => view,
+            };
+        }
+    }
+    let Some(mut row) = row else {
+        return Ok(Resolution::refused(Outcome::Unknown, None, None));
+    };
+    let Some(d) = row.derived else {
+        return Ok(Resolution::refused(Outcome::Unknown, None, None));
+    };
+    if !by_card && d.cards > 1 && !row.card.as_ref().is_none_or(|c| c.usable(today)) {
+        // By SSN the derived row holds the first card in (active,
+        // generation, issue) order; when that one is usable today it is
+        // the best card. Otherwise another, older card may be usable.
+        row.card = src.best_card(&d.ssn, today).await?;
+    }
+    let person = PersonInfo {
+        ssn: stored_ssn(&d.ssn)?,
+        name: d.name,
+        sex: d.sex,
+        insurance_type: d.insurance_type,
+        insurance_status: d.insurance_status,
+    };
+    if let Some(read) = &lookup.ssn {
+        if *read != person.ssn {
+            return Ok(Resolution::refused(Outcome::Mismatch, None, row.card));
+        }
+    }
+    let Some(card_row) = row.card else {
+        return Ok(Resolution::refused(Outcome::NoCard, Some(person), None));
+    };
+    let outcome = match card_row.status.as_str() {
+        "active" => match parse_iso(&card_row.expires) {
+            Some(exp) if exp < today => Outcome::Expired,
+            Some(_) => Outcome::Ok,
+            None => {
+                return Err(RegistryError::Corrupt(format!(
+                    "card expiry '{}' is not a date",
+                    card_row.expires
+                )))
+            }
+        },
+        "lost" => Outcome::Lost,
+        "frozen" => Outcome::Frozen,
+        "cancelled" => Outcome::Cancelled,
+        other => return Err(RegistryError::Corrupt(format!("card status '{other}'"))),
+    };
+    if outcome != Outcome::Ok {
+        return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
+    }
+    let members = parse_members(&d.members)?;
+    let self_payer = || Payer {
+        ssn: person.ssn,
+        name: person.name.clone(),
+        relation: None,
+        balance_fen: d.own_balance,
+    };
+    let payer = match d.payer {
+        Some((ssn, name, relation, balance_fen)) => Some(Payer {
+            ssn: stored_ssn(&ssn)?,
+            name,
+            relation: Some(relation),
+            balance_fen,
+        }),
+        None => None,
+    };
+    // A person covered by someone and covering others shows both sides.
+    let (role, payer) = match (members.is_empty(), payer) {
+        (false, Some(p)) => (Role::Both, p),
+        (false, None) => (Role::Holder, self_payer()),
+        (true, Some(p)) => (Role::Member, p),
+        (true, None) => (Role::None, self_payer()),
+    };
+    Ok(Resolution {
+        outcome,
+        person: Some(person),
+        card_no: Some(card_row.card_no),
+        card_status: Some(card_row.status),
+        role,
+        payer: Some(payer),
+        members,
+    })
+}
+
+impl Sqlite {
     /// Resolves a card read or a typed identifier, judging expiry against `today`.
     pub fn resolve_on(&self, lookup: &Lookup, today: Date) -> Result<Resolution, RegistryError> {
-        let (sql, key) = if let Some(card_no) = &lookup.card_no {
-            (BY_CARD_NO, card_no.as_str())
-        } else if let Some(pan) = &lookup.pan {
-            (BY_PAN, pan.as_str())
-        } else if let Some(ssn) = &lookup.ssn {
-            (BY_SSN, ssn.expose())
-        } else {
-            return Ok(Resolution::refused(Outcome::Unknown, None, None));
-        };
-        let query = |sql: &str, key: &str| {
-            self.conn
-                .prepare_cached(sql)
-                .and_then(|mut st| st.query_row([key], Row::read).optional())
-                .map_err(|e| self.sql(e))
-        };
-        let by_card = lookup.card_no.is_some() || lookup.pan.is_some();
-        let mut row = query(sql, key)?;
-        if row.as_ref().is_none_or(|r| r.derived.is_none()) {
-            // No derived row: a person added outside cardlink (and not yet
-            // repaired), or nobody. Compute it from its definition.
-            let owner = match &row {
-                Some(r) => r.owner.clone(),
-                None if by_card => String::new(),
-                None => key.to_string(),
-            };
-            if !owner.is_empty() {
-                let computed = query(FROM_VIEW, &owner)?;
-                row = match (row, computed) {
-                    (Some(card), Some(view)) if by_card => Some(Row {
-                        derived: view.derived,
-                        ..card
-                    }),
-                    (_, view) => view,
-                };
-            }
-        }
-        let Some(mut row) = row else {
-            return Ok(Resolution::refused(Outcome::Unknown, None, None));
-        };
-        let Some(d) = row.derived else {
-            return Ok(Resolution::refused(Outcome::Unknown, None, None));
-        };
-        if !by_card && d.cards > 1 && !row.card.as_ref().is_none_or(|c| c.usable(today)) {
-            // By SSN the derived row holds the first card in (active,
-            // generation, issue) order; when that one is usable today it is
-            // the best card. Otherwise another, older card may be usable.
-            row.card = best_card(&self.conn, &d.ssn, today).map_err(|e| self.sql(e))?;
-        }
-        let person = PersonInfo {
-            ssn: stored_ssn(&d.ssn)?,
-            name: d.name,
-            sex: d.sex,
-            insurance_type: d.insurance_type,
-            insurance_status: d.insurance_status,
-        };
-        if let Some(read) = &lookup.ssn {
-            if *read != person.ssn {
-                return Ok(Resolution::refused(Outcome::Mismatch, None, row.card));
-            }
-        }
-        let Some(card_row) = row.card else {
-            return Ok(Resolution::refused(Outcome::NoCard, Some(person), None));
-        };
-        let outcome = match card_row.status.as_str() {
-            "active" => match parse_iso(&card_row.expires) {
-                Some(exp) if exp < today => Outcome::Expired,
-                Some(_) => Outcome::Ok,
-                None => {
-                    return Err(RegistryError::Corrupt(format!(
-                        "card expiry '{}' is not a date",
-                        card_row.expires
-                    )))
-                }
-            },
-            "lost" => Outcome::Lost,
-            "frozen" => Outcome::Frozen,
-            "cancelled" => Outcome::Cancelled,
-            other => return Err(RegistryError::Corrupt(format!("card status '{other}'"))),
-        };
-        if outcome != Outcome::Ok {
-            return Ok(Resolution::refused(outcome, Some(person), Some(card_row)));
-        }
-        let members = parse_members(&d.members)?;
-        let self_payer = || Payer {
-            ssn: person.ssn,
-            name: person.name.clone(),
-            relation: None,
-            balance_fen: d.own_balance,
-        };
-        let payer = match d.payer {
-            Some((ssn, name, relation, balance_fen)) => Some(Payer {
-                ssn: stored_ssn(&ssn)?,
-                name,
-                relation: Some(relation),
-                balance_fen,
-            }),
-            None => None,
-        };
-        // A person covered by someone and covering others shows both sides.
-        let (role, payer) = match (members.is_empty(), payer) {
-            (false, Some(p)) => (Role::Both, p),
-            (false, None) => (Role::Holder, self_payer()),
-            (true, Some(p)) => (Role::Member, p),
-            (true, None) => (Role::None, self_payer()),
-        };
-        Ok(Resolution {
-            outcome,
-            person: Some(person),
-            card_no: Some(card_row.card_no),
-            card_status: Some(card_row.status),
-            role,
-            payer: Some(payer),
-            members,
-        })
-    }
-
-    /// [`Registry::resolve_on`] with today's date (China Standard Time).
-    pub fn resolve(&self, lookup: &Lookup) -> Result<Resolution, RegistryError> {
-        self.resolve_on(lookup, Date::today_cst())
+        futures::executor::block_on(resolve_with(&SqliteSource(self), lookup, today))
     }
 
     /// Members currently covered by `holder`'s account.

@@ -28,7 +28,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 mod tests {
     use super::*;
     use crate::registry::demo::{demo_card_no, demo_ssn};
-    use crate::registry::{Lookup, Registry, Role};
+    use crate::registry::{Lookup, Registry, Role, Sqlite};
 
     #[test]
     fn migrations_are_valid() {
@@ -108,10 +108,10 @@ mod tests {
         ))
         .unwrap();
         migrate(&mut conn).unwrap();
-        let reg = Registry {
+        let reg = Registry::from_sqlite(Sqlite {
             conn,
             busy_timeout: std::time::Duration::from_secs(1),
-        };
+        });
         assert_eq!(reg.drift().unwrap().total(), 0);
         let r = reg.resolve(&Lookup::card_no(member_card)).unwrap();
         assert_eq!(r.role, Role::Member);

@@ -183,6 +183,119 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+pub mod pg;
+
+/// The registry backends the behavioural suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A registry for one test on either backend: a SQLite file in a
+/// temporary directory, or a new database on the suite's PostgreSQL.
+pub struct Fx {
+    pub db: cardlink::registry::Database,
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    _pg: Option<pg::TestDb>,
+}
+
+impl Fx {
+    /// An empty registry; `None` when the backend is not available here
+    /// (the test then says it was skipped).
+    pub fn empty(backend: Backend, test: &str) -> Option<Fx> {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, pg) = match backend {
+            Backend::Sqlite => (dir.path().join("registry.db").into(), None),
+            Backend::Postgres => {
+                let t = pg::database(test)?;
+                (cardlink::registry::Database::Postgres(t.url.clone()), Some(t))
+            }
+        };
+        let fx = Fx {
+            db,
+            backend,
+            dir,
+            _pg: pg,
+        };
+        drop(fx.open());
+        Some(fx)
+    }
+
+    /// A registry with the fixture imported.
+    pub fn fixture(backend: Backend, test: &str) -> Option<Fx> {
+        let fx = Self::empty(backend, test)?;
+        let csv_dir = fx.dir.path().join("csv");
+        std::fs::create_dir_all(&csv_dir).unwrap();
+        fx.open().import(&fixture_csv(&csv_dir), "test").unwrap();
+        Some(fx)
+    }
+
+    pub fn open(&self) -> Registry {
+        self.open_with(&OpenOptions::default())
+    }
+
+    pub fn open_with(&self, opts: &OpenOptions) -> Registry {
+        Registry::open_database(&self.db, opts).unwrap()
+    }
+
+    /// The `database` setting's text.
+    pub fn setting(&self) -> String {
+        String::from(self.db.clone())
+    }
+
+    /// Plain SQL (an administrator's edit) with `$1`.. text parameters, on
+    /// a connection of its own; returns the rows changed.
+    pub fn exec(&self, sql: &str, params: &[&str]) -> i64 {
+        self.run(sql, params, false)
+    }
+
+    /// The first column (an integer) of a query's one row.
+    pub fn count(&self, sql: &str, params: &[&str]) -> i64 {
+        self.run(sql, params, true)
+    }
+
+    fn run(&self, sql: &str, params: &[&str], count: bool) -> i64 {
+        match &self.db {
+            cardlink::registry::Database::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.pragma_update(None, "foreign_keys", true).unwrap();
+                let p = rusqlite::params_from_iter(params.iter());
+                if count {
+                    c.query_row(sql, p, |r| r.get(0)).unwrap()
+                } else {
+                    c.execute(sql, p).unwrap() as i64
+                }
+            }
+            cardlink::registry::Database::Postgres(url) => {
+                let params: Vec<String> = params.iter().map(|s| s.to_string()).collect();
+                pg::run(url, sql, &params, count)
+            }
+        }
+    }
+}
+
+/// Runs a behavioural test `fn name(Backend)` on both backends: the tests
+/// `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite)
+                }
+                #[test]
+                fn postgres() {
+                    super::$name($crate::common::Backend::Postgres)
+                }
+            }
+        )*
+    };
+}
+
 /// A registry file with the fixture imported.
 pub fn fixture_db(dir: &Path) -> PathBuf {
     let db = dir.join("registry.db");
