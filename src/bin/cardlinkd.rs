@@ -158,14 +158,20 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         )?),
         Database::Postgres(_) => None,
     };
-    let registry = Registry::open_database(
-        &cfg.database,
-        &OpenOptions {
+    // Opening blocks (a PostgreSQL registry connects and migrates on a
+    // runtime of its own), so off this runtime's threads.
+    let (database, opts) = (
+        cfg.database.clone(),
+        OpenOptions {
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
             cache_kib: i64::from(cfg.cache_mib.max(1)) * 1024,
             ..OpenOptions::default()
         },
-    )?;
+    );
+    let registry = tokio::task::spawn_blocking(move || Registry::open_database(&database, &opts))
+        .await
+        .context("opening the registry")?
+        .with_context(|| format!("registry {}", cfg.database))?;
     let (listener, socket_lock) = bind(&cfg)?;
     let socket = cfg.socket.path.clone();
     let shutdown = CancellationToken::new();

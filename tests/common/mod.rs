@@ -393,14 +393,15 @@ pub fn ctl_import(db: &Path, files: &[PathBuf]) -> (Option<i32>, String) {
 /// The configuration text of a test daemon.
 pub fn config_text(
     dir: &Path,
-    db: &Path,
+    db: impl Into<cardlink::registry::Database>,
     socket: &Path,
     readers: &[(&str, &str, &str)],
     extra: &str,
 ) -> String {
     let mut text = format!(
         "database = {:?}\n{extra}\n[socket]\npath = {:?}\nmode = \"0600\"\n",
-        db, socket
+        String::from(db.into()),
+        socket
     );
     for (name, mode, enc) in readers {
         text.push_str(&reader_toml(dir, name, mode, enc));
@@ -473,7 +474,7 @@ impl Daemon {
             .finish();
         let guard = tracing::subscriber::set_default(subscriber);
         let socket = dir.path().join("display.sock");
-        let text = config_text(dir.path(), &db, &socket, readers, extra);
+        let text = config_text(dir.path(), db.clone(), &socket, readers, extra);
         let config = Config::parse(&text, "test").unwrap();
         // A socket file left by a daemon stopped in-process (the binary
         // removes its own on exit).
@@ -638,6 +639,19 @@ impl Process {
     ) -> (Process, Vec<PtyMaster>) {
         let dir = tempfile::tempdir().unwrap();
         let db = fixture_db(dir.path());
+        Self::start_on(dir, db.clone().into(), db, readers, extra, env)
+    }
+
+    /// [`Process::start_env`] on the registry `database` (`db` is its
+    /// file when it is SQLite's).
+    pub fn start_on(
+        dir: tempfile::TempDir,
+        database: cardlink::registry::Database,
+        db: PathBuf,
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+        env: &[(&str, String)],
+    ) -> (Process, Vec<PtyMaster>) {
         let socket = dir.path().join("display.sock");
         let config = dir.path().join("cardlinkd.toml");
         let ptys = readers
@@ -646,7 +660,7 @@ impl Process {
             .collect();
         std::fs::write(
             &config,
-            config_text(dir.path(), &db, &socket, readers, extra),
+            config_text(dir.path(), database, &socket, readers, extra),
         )
         .unwrap();
         let notify_path = dir.path().join("notify.sock");

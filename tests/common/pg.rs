@@ -92,6 +92,10 @@ pub struct Server {
     pub port: u16,
     bin: PathBuf,
     extra: Vec<String>,
+    /// The server stops when the thread that started it ends (the suite's
+    /// server, started from a thread that lives as long as the process);
+    /// a test's own server stops when it is dropped.
+    die_with_starter: bool,
     child: Mutex<Option<Child>>,
 }
 
@@ -104,6 +108,15 @@ impl Server {
     }
 
     fn init_in(dir: tempfile::TempDir, hba: Option<&str>, extra: &[&str]) -> Option<Server> {
+        Self::init_with(dir, hba, extra, false)
+    }
+
+    fn init_with(
+        dir: tempfile::TempDir,
+        hba: Option<&str>,
+        extra: &[&str],
+        die_with_starter: bool,
+    ) -> Option<Server> {
         let bin = bindir()?;
         chown(dir.path());
         let data = dir.path().join("data");
@@ -129,6 +142,7 @@ impl Server {
             dir,
             bin,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            die_with_starter,
             child: Mutex::new(None),
         };
         s.start();
@@ -154,7 +168,7 @@ impl Server {
             .args(self.extra.iter().flat_map(|e| ["-c", e.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        as_server_user(&mut cmd, true);
+        as_server_user(&mut cmd, self.die_with_starter);
         let child = cmd.spawn().unwrap();
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
@@ -234,7 +248,7 @@ fn suite_server() -> Result<String, String> {
                 .tempdir()
                 .unwrap();
             // Never dropped: the directory stays until a later run removes it.
-            let server = Server::init_in(dir, None, &[]).expect("PostgreSQL binaries");
+            let server = Server::init_with(dir, None, &[], true).expect("PostgreSQL binaries");
             tx.send(server.url("postgres")).unwrap();
             loop {
                 std::thread::park();
