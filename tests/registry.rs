@@ -30,6 +30,7 @@ on_both_backends!(
     an_import_into_a_populated_registry_keeps_the_read_model_exact,
     export_then_import_gives_the_same_registry,
     copy_to_the_other_backend_keeps_the_audit_chain,
+    concurrent_writers_keep_one_audit_chain,
 );
 
 fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest<'a> {
@@ -770,4 +771,38 @@ fn copy_to_the_other_backend_keeps_the_audit_chain(b: Backend) {
     // A second copy into the same (now populated) registry is refused.
     let e = cardlink::ctl::migrate(&source.db, &target.db, "test").unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
+}
+
+/// Writers on separate connections (on PostgreSQL: as from separate boxes)
+/// append to one audit chain at the same time: every row is written, the
+/// chain stays one valid line.
+fn concurrent_writers_keep_one_audit_chain(b: Backend) {
+    let Some(fx) = Fx::fixture(b, "concurrent_writers_keep_one_audit_chain") else {
+        return;
+    };
+    let fx = Arc::new(fx);
+    let barrier = Arc::new(Barrier::new(4));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (fx, barrier) = (fx.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut reg = fx.open();
+                barrier.wait();
+                for i in 0..40 {
+                    reg.record(&Entry {
+                        actor: &format!("box{w}"),
+                        action: "resolve",
+                        ssn: Some(&ssn(i % 18)),
+                        outcome: "ok",
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let v = fx.open().verify_audit().unwrap();
+    assert_eq!((v.rows, v.broken), (1 + 4 * 40, None));
 }
