@@ -119,6 +119,62 @@ fn unit_verifies_and_is_hardened() {
     }
 }
 
+/// The PostgreSQL drop-in, applied with a registry address as README says:
+/// the unit still verifies and rates at most 2.0, and the drop-in opens
+/// TCP to that address only (the main unit's IPAddressDeny=any stays).
+#[test]
+fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/cardlinkd-postgresql.conf"
+    ))
+    .unwrap();
+    let settings: Vec<&str> = shipped
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            "[Service]",
+            "PrivateNetwork=no",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "IPAddressAllow=REGISTRY_ADDRESS"
+        ]
+    );
+    let dropins = dir.path().join("cardlinkd.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("postgresql.conf"),
+        shipped.replace("REGISTRY_ADDRESS", "10.20.0.5"),
+    )
+    .unwrap();
+    let out = Command::new(sa)
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // The drop-in is in effect...
+    assert!(
+        text.lines()
+            .any(|l| l.contains("PrivateNetwork=") && l.contains("access to the host's network")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("IPAddressDeny=") && l.contains("allow list with non-localhost")),
+        "{text}"
+    );
+    // ...and the unit is still verified and hardened.
+    verified_exposure(sa, &unit, "cardlinkd");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    assert!(unit_text.contains("IPAddressDeny=any"));
+}
+
 #[test]
 fn udev_rules_and_tmpfiles_are_well_formed() {
     let rules = std::fs::read_to_string(concat!(
