@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! CARDLINK_BENCH_DB=/var/tmp/clbench/registry-10000000.db cargo bench --bench daemon
+//! CARDLINK_BENCH_DB=postgres://postgres@127.0.0.1:5433/bench cargo bench --bench daemon
 //! ```
 //!
 //! Without `CARDLINK_BENCH_DB` a 100,000-person registry is generated in a
@@ -12,11 +13,10 @@
 //! independent): swiped cards are demo persons `0..N`. Set
 //! `CARDLINK_BENCH_SWIPES` to change the 100,000.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cardlink::registry::demo::{demo_card_no, demo_ssn, DemoOptions};
-use cardlink::registry::{OpenOptions, Registry};
+use cardlink::registry::{Database, OpenOptions, Registry};
 use cardlink::sim::{PtyMaster, SimCard};
 use firmware_protocol::frame::{encode_vec, Cmd};
 use rand::{Rng, SeedableRng};
@@ -44,16 +44,25 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let (db, persons) = match std::env::var_os("CARDLINK_BENCH_DB") {
-        Some(p) => {
-            let db = PathBuf::from(p);
-            let reg = Registry::open(&db, &OpenOptions::default())?;
-            let n = reg.stats()?.persons;
+    let (db, persons) = match std::env::var("CARDLINK_BENCH_DB") {
+        Ok(p) => {
+            // A file or a postgres:// URL; opened off the runtime (a
+            // PostgreSQL registry blocks on a runtime of its own).
+            let db = Database::parse(&p);
+            let open = db.clone();
+            let n = tokio::task::spawn_blocking(move || {
+                Registry::open_database(&open, &OpenOptions::default())?.stats()
+            })
+            .await??
+            .persons;
             (db, n)
         }
-        None => {
-            let db = tmp.path().join("registry.db");
-            let mut reg = Registry::open(&db, &OpenOptions::default())?;
+        Err(_) => {
+            let db = Database::from(tmp.path().join("registry.db"));
+            let Some(path) = db.path() else {
+                unreachable!("a file")
+            };
+            let mut reg = Registry::open(path, &OpenOptions::default())?;
             reg.gen_demo(&DemoOptions {
                 persons: 100_000,
                 months: 0,
@@ -66,10 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
-    println!(
-        "daemon benchmark: registry {} ({persons} persons)",
-        db.display()
-    );
+    println!("daemon benchmark: registry {db} ({persons} persons)");
 
     // The daemon's SQLite page cache (the config's `cache_mib`, default 8).
     let cache_mib: u32 = std::env::var("CARDLINK_BENCH_CACHE_MIB")
@@ -85,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
         &config,
         format!(
             "database = {:?}\nlog_level = \"warn\"\ncache_mib = {}\n[socket]\npath = {:?}\n[[reader]]\nname = \"bench\"\npath = {:?}\nencoding = \"utf-8\"\n",
-            db, cache_mib, socket, link
+            String::from(db.clone()),
+            cache_mib,
+            socket,
+            link
         ),
     )?;
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkd"))

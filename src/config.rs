@@ -1,7 +1,7 @@
 //! `cardlinkd.toml`: the daemon's configuration.
 //!
 //! ```toml
-//! database = "/var/lib/cardlink/registry.db"
+//! database = "/var/lib/cardlink/registry.db"   # or postgres://…: a shared registry
 //! role = "window"                       # or "kiosk"
 //! relations = ["spouse", "parent", "child", "sibling", "grandparent",
 //!              "maternal_grandparent", "grandchild", "maternal_grandchild"]
@@ -331,8 +331,14 @@ impl Config {
     }
 
     /// The effective configuration as TOML.
+    /// The effective configuration as TOML, with a registry URL's password
+    /// shown as `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut shown = self.clone();
+        if let Database::Postgres(url) = &self.database {
+            shown.database = Database::Postgres(crate::registry::pg::redact_url(url));
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 

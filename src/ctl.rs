@@ -13,9 +13,9 @@ use crate::client::{Client, ClientError};
 use crate::protocol::{Card, FamilyRole, Message, Status, WireOutcome};
 use crate::registry::demo::DemoOptions;
 use crate::registry::{Database, OpenOptions, Registry, RegistryError};
-use std::os::unix::fs::DirBuilderExt;
 use crate::sim::{self, PtyMaster, SimOptions};
 use crate::Ssn;
+use std::os::unix::fs::DirBuilderExt;
 
 /// Errors of the operator's tool.
 #[derive(Debug, thiserror::Error)]

@@ -60,10 +60,16 @@ fn check_ssn_prints_one_line_per_number() {
     assert!(out.status.success());
 }
 
-#[test]
-fn db_commands_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("a.db");
+on_both_backends!(db_commands_round_trip);
+
+/// `cardlinkctl db` on a file and on a postgres:// URL alike.
+fn db_commands_round_trip(b: Backend) {
+    let test = "db_commands_round_trip";
+    let Some(fx) = Fx::empty(b, test) else {
+        return;
+    };
+    let dir = &fx.dir;
+    let db = fx.setting();
     let run = |args: &[&str]| {
         let out = ctl()
             .arg("db")
@@ -80,7 +86,11 @@ fn db_commands_round_trip() {
     };
     let (code, text) = run(&["init"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("schema version 5"), "{text}");
+    let version = match b {
+        Backend::Sqlite => "sqlite schema version 5",
+        Backend::Postgres => "postgresql schema version 1",
+    };
+    assert!(text.contains(version), "{text}");
     let sample = dir.path().join("cards.jsonl");
     let (code, text) = run(&[
         "gen-demo",
@@ -107,7 +117,8 @@ fn db_commands_round_trip() {
     let out_dir = dir.path().join("export");
     let (code, text) = run(&["export", out_dir.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
-    let db2 = dir.path().join("b.db");
+    let fx2 = Fx::empty(b, test).unwrap();
+    let db2 = fx2.setting();
     let files: Vec<_> = ["persons", "cards", "links", "accounts", "contributions"]
         .iter()
         .map(|n| out_dir.join(format!("{n}.csv")))
@@ -125,7 +136,7 @@ fn db_commands_round_trip() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stats = |p: &std::path::Path| {
+    let stats = |p: &str| {
         let out = ctl()
             .arg("db")
             .arg("--database")
@@ -146,7 +157,8 @@ fn db_commands_round_trip() {
     // A bad file: exit 1, file:line on stderr, nothing imported.
     let bad = dir.path().join("persons.csv");
     std::fs::write(&bad, "ssn,name,sex,birth_date,insurance_type,insurance_status\n110105194912310021,X,M,1949-12-31,employee,active\n").unwrap();
-    let db3 = dir.path().join("c.db");
+    let fx3 = Fx::empty(b, test).unwrap();
+    let db3 = fx3.setting();
     let out = ctl()
         .arg("db")
         .arg("--database")
@@ -164,10 +176,22 @@ fn db_commands_round_trip() {
         )),
         "{err}"
     );
-    // Tampering shows in verify-audit.
-    let c = rusqlite::Connection::open(&db).unwrap();
-    c.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'x' WHERE id = 1;")
+    // Nothing was imported.
+    let out = ctl()
+        .args(["db", "--database", &db3, "stats"])
+        .output()
         .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["persons"], 0);
+    // Tampering shows in verify-audit.
+    fx.exec(
+        match b {
+            Backend::Sqlite => "DROP TRIGGER audit_no_update",
+            Backend::Postgres => "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        },
+        &[],
+    );
+    fx.exec("UPDATE audit SET outcome = 'x' WHERE id = 1", &[]);
     let (code, text) = run(&["verify-audit"]);
     assert_eq!(code, Some(1));
     assert!(text.contains("BROKEN at row 1"), "{text}");
@@ -175,12 +199,10 @@ fn db_commands_round_trip() {
     assert_eq!(code, Some(1));
     assert!(text.contains("audit chain broken at row 1"), "{text}");
     // So does a derived row changed behind cardlink's back, until a repair.
-    let stale = c
-        .execute(
-            "UPDATE resolution SET payer_name = 'x' WHERE payer_ssn IS NOT NULL",
-            [],
-        )
-        .unwrap();
+    let stale = fx.exec(
+        "UPDATE resolution SET payer_name = 'x' WHERE payer_ssn IS NOT NULL",
+        &[],
+    );
     assert!(stale > 0);
     let (code, text) = run(&["check"]);
     assert_eq!(code, Some(1));

@@ -349,7 +349,10 @@ fn signal_and_retry(attempt: i32) -> bool {
 }
 
 fn import_with_bad_rows_imports_nothing_and_names_every_row(b: Backend) {
-    let Some(fx) = Fx::empty(b, "import_with_bad_rows_imports_nothing_and_names_every_row") else {
+    let Some(fx) = Fx::empty(
+        b,
+        "import_with_bad_rows_imports_nothing_and_names_every_row",
+    ) else {
         return;
     };
     let mut reg = fx.open();
@@ -447,7 +450,10 @@ fn audit_tampering_is_detected(b: Backend) {
     assert!(refused("DELETE FROM audit WHERE id = 3"));
     // ...and an edit made around them is caught by the chain.
     let (no_update, no_delete) = match b {
-        Backend::Sqlite => ("DROP TRIGGER audit_no_update", "DROP TRIGGER audit_no_delete"),
+        Backend::Sqlite => (
+            "DROP TRIGGER audit_no_update",
+            "DROP TRIGGER audit_no_delete",
+        ),
         Backend::Postgres => (
             "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
             "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
@@ -517,7 +523,10 @@ fn gen_demo_is_deterministic_and_consistent(b: Backend) {
 }
 
 fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits(b: Backend) {
-    let Some(fx) = Fx::fixture(b, "read_model_follows_binds_and_is_repaired_after_plain_sql_edits") else {
+    let Some(fx) = Fx::fixture(
+        b,
+        "read_model_follows_binds_and_is_repaired_after_plain_sql_edits",
+    ) else {
         return;
     };
     let mut reg = fx.open();
@@ -633,7 +642,10 @@ fn read_model_follows_binds_and_is_repaired_after_plain_sql_edits(b: Backend) {
 /// persons it touches and of their neighbours (a holder whose member list
 /// now names a new member; a renamed payer's members), and only those.
 fn an_import_into_a_populated_registry_keeps_the_read_model_exact(b: Backend) {
-    let Some(fx) = Fx::fixture(b, "an_import_into_a_populated_registry_keeps_the_read_model_exact") else {
+    let Some(fx) = Fx::fixture(
+        b,
+        "an_import_into_a_populated_registry_keeps_the_read_model_exact",
+    ) else {
         return;
     };
     let mut reg = fx.open();
@@ -703,7 +715,16 @@ fn export_then_import_gives_the_same_registry(b: Backend) {
     reg.unbind(&ssn(HOLDER2), &ssn(MEMBER2), "t", "t").unwrap();
     let out = fx.dir.path().join("export");
     let counts = reg.export(&out).unwrap();
-    assert_eq!((counts.persons, counts.cards, counts.links, counts.accounts, counts.contributions), (18, 17, 2, 3, 6));
+    assert_eq!(
+        (
+            counts.persons,
+            counts.cards,
+            counts.links,
+            counts.accounts,
+            counts.contributions
+        ),
+        (18, 17, 2, 3, 6)
+    );
     let copy = Fx::empty(b, "export_then_import_gives_the_same_registry").unwrap();
     let mut other = copy.open();
     let files: Vec<_> = ["persons", "cards", "links", "accounts", "contributions"]
@@ -712,7 +733,22 @@ fn export_then_import_gives_the_same_registry(b: Backend) {
         .collect();
     assert_eq!(other.import(&files, "test").unwrap(), counts);
     let (a, z) = (reg.stats().unwrap(), other.stats().unwrap());
-    assert_eq!((a.persons, a.cards, a.active_links, a.accounts, a.contributions), (z.persons, z.cards, z.active_links, z.accounts, z.contributions));
+    assert_eq!(
+        (
+            a.persons,
+            a.cards,
+            a.active_links,
+            a.accounts,
+            a.contributions
+        ),
+        (
+            z.persons,
+            z.cards,
+            z.active_links,
+            z.accounts,
+            z.contributions
+        )
+    );
     for i in [HOLDER, SPOUSE, MEMBER2, LOST, NO_CARD] {
         assert_eq!(
             reg.resolve(&Lookup::ssn(ssn(i))).unwrap(),
@@ -738,9 +774,16 @@ fn copy_to_the_other_backend_keeps_the_audit_chain(b: Backend) {
         return;
     };
     let mut reg = source.open();
-    reg.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default()).unwrap();
+    reg.bind(&bind_req(HOLDER, CHILD, "child"), &BindPolicy::default())
+        .unwrap();
     reg.unbind(&ssn(HOLDER2), &ssn(MEMBER2), "t", "t").unwrap();
-    reg.record(&Entry { actor: "reader0", action: "resolve", ssn: Some(&ssn(SPOUSE)), outcome: "ok" }).unwrap();
+    reg.record(&Entry {
+        actor: "reader0",
+        action: "resolve",
+        ssn: Some(&ssn(SPOUSE)),
+        outcome: "ok",
+    })
+    .unwrap();
     let mut chain = Vec::new();
     reg.audit_rows(&mut |r| {
         chain.push(r);
@@ -758,7 +801,10 @@ fn copy_to_the_other_backend_keeps_the_audit_chain(b: Backend) {
     .unwrap();
     // The source's chain, row for row, then the import and the migration.
     assert_eq!(&copied[..chain.len()], &chain[..]);
-    let tail: Vec<_> = copied[chain.len()..].iter().map(|r| r.action.as_str()).collect();
+    let tail: Vec<_> = copied[chain.len()..]
+        .iter()
+        .map(|r| r.action.as_str())
+        .collect();
     assert_eq!(tail, ["import", "migrate"]);
     assert!(copy.verify_audit().unwrap().broken.is_none());
     for i in [HOLDER, SPOUSE, CHILD, MEMBER2, LOST, NO_CARD, EXPIRED] {
@@ -767,7 +813,10 @@ fn copy_to_the_other_backend_keeps_the_audit_chain(b: Backend) {
             copy.resolve(&Lookup::ssn(ssn(i))).unwrap()
         );
     }
-    assert_eq!(copy.contributions(&ssn(HOLDER), 12).unwrap(), reg.contributions(&ssn(HOLDER), 12).unwrap());
+    assert_eq!(
+        copy.contributions(&ssn(HOLDER), 12).unwrap(),
+        reg.contributions(&ssn(HOLDER), 12).unwrap()
+    );
     // A second copy into the same (now populated) registry is refused.
     let e = cardlink::ctl::migrate(&source.db, &target.db, "test").unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");

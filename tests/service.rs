@@ -212,7 +212,10 @@ fn udev_rules_and_tmpfiles_are_well_formed() {
     )))
     .unwrap();
     assert_eq!(cfg.socket.path, Path::new("/run/cardlink/display.sock"));
-    assert_eq!(cfg.database, Path::new("/var/lib/cardlink/registry.db").into());
+    assert_eq!(
+        cfg.database,
+        Path::new("/var/lib/cardlink/registry.db").into()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,18 @@ fn daemon(db: &Database, extra: &str, env: &[(&str, String)]) -> (Process, PtyMa
 
 use cardlink::sim::PtyMaster;
 
+/// A client of `d`, once its reader is connected (input that arrives
+/// before the daemon opens the port is discarded as stale).
+async fn connected_client(d: &Process) -> Client {
+    let mut c = d.client().await;
+    loop {
+        let v = c.next().await;
+        if v["class"] == "READER" && v["state"] == "connected" {
+            return c;
+        }
+    }
+}
+
 /// Swipes fixture person `i` (frame `seq`) and returns the daemon's answer:
 /// the `CARD` event or the `ERROR` event.
 async fn swipe(reader: &mut PtyMaster, c: &mut Client, seq: u8, i: u64) -> serde_json::Value {
@@ -77,8 +89,8 @@ async fn a_bind_at_one_box_is_seen_at_the_next_swipe_at_another_and_concurrent_b
     let db = off_runtime(|| fixture_on(&server));
     let (a, _ra) = daemon(&db, "role = \"window\"", &[]);
     let (b, mut rb) = daemon(&db, "role = \"window\"", &[]);
-    let mut ca = a.client().await;
-    let mut cb = b.client().await;
+    let mut ca = connected_client(&a).await;
+    let mut cb = connected_client(&b).await;
 
     // Window 1 binds CHILD to HOLDER; kiosk 7's next swipe of CHILD shows it.
     let reply = ca
@@ -98,9 +110,7 @@ async fn a_bind_at_one_box_is_seen_at_the_next_swipe_at_another_and_concurrent_b
         let _ = ca
             .request(json!({"cmd": "unbind", "holder": demo_ssn_full(HOLDER), "member": demo_ssn_full(member), "operator": "clerk1"}))
             .await;
-        let bind = |holder: u64| {
-            json!({"cmd": "bind", "holder": demo_ssn_full(holder), "member": demo_ssn_full(member), "relation": "parent", "operator": "clerk1"})
-        };
+        let bind = |holder: u64| json!({"cmd": "bind", "holder": demo_ssn_full(holder), "member": demo_ssn_full(member), "relation": "parent", "operator": "clerk1"});
         let (x, y) = tokio::join!(ca.request(bind(HOLDER)), cb.request(bind(HOLDER2)));
         let oks = [&x, &y].iter().filter(|r| r["ok"] == true).count();
         assert_eq!(oks, 1, "round {round}: {x} {y}");
@@ -146,15 +156,19 @@ async fn while_the_server_is_down_swipes_get_registry_unavailable_and_resolve_ag
     let env = [("WATCHDOG_USEC", "400000".to_string())];
     let (d, mut r) = daemon(&db, "", &env);
     let pid = d.child.id();
-    let mut c = d.client().await;
-    let card = match tokio::time::timeout(Duration::from_secs(30), swipe(&mut r, &mut c, 1, HOLDER)).await {
+    let mut c = connected_client(&d).await;
+    let card = match tokio::time::timeout(Duration::from_secs(30), swipe(&mut r, &mut c, 1, HOLDER))
+        .await
+    {
         Ok(v) => v,
         Err(_) => panic!("{}", d.log.text()),
     };
     assert_eq!(card["outcome"], "ok", "{card}");
 
     off_runtime(|| server.stop());
-    let err = match tokio::time::timeout(Duration::from_secs(30), swipe(&mut r, &mut c, 2, SPOUSE)).await {
+    let err = match tokio::time::timeout(Duration::from_secs(30), swipe(&mut r, &mut c, 2, SPOUSE))
+        .await
+    {
         Ok(v) => v,
         Err(_) => panic!("{}", d.log.text()),
     };
@@ -173,7 +187,10 @@ async fn while_the_server_is_down_swipes_get_registry_unavailable_and_resolve_ag
     let pings = recv_until(sock, "WATCHDOG=1", Duration::from_secs(5));
     assert!(pings.iter().any(|m| m == "WATCHDOG=1"), "{pings:?}");
     let status = c.request(json!({"cmd": "status"})).await;
-    assert_eq!(status["result"]["readers"][0]["state"], "connected", "{status}");
+    assert_eq!(
+        status["result"]["readers"][0]["state"], "connected",
+        "{status}"
+    );
 
     off_runtime(|| server.start());
     // Swipes resolve again once the backoff lets the daemon try (at most
@@ -216,15 +233,78 @@ fn make_certs(dir: &std::path::Path) -> Option<()> {
             .current_dir(dir)
             .output()
             .map(|o| {
-                assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+                assert!(
+                    o.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
             })
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cardlink test CA", "-keyout", "ca.key", "-out", "ca.pem"]).ok()?;
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]).ok()?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cardlink test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ])
+    .ok()?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])
+    .ok()?;
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt"]).ok()?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ])
+    .ok()?;
     // Another CA, which did not sign the server's certificate.
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=someone else", "-keyout", "other.key", "-out", "other.pem"]).ok()?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=someone else",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+    ])
+    .ok()?;
     Some(())
 }
 
@@ -245,10 +325,14 @@ fn tls_verify_full_trusts_only_the_configured_ca_and_the_servers_name() {
         std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
         std::os::unix::fs::chown(certs.path(), Some(uid), Some(gid)).unwrap();
     }
-    let crt = format!("ssl_cert_file={}", certs.path().join("server.crt").display());
+    let crt = format!(
+        "ssl_cert_file={}",
+        certs.path().join("server.crt").display()
+    );
     let keyf = format!("ssl_key_file={}", key.display());
     // TLS only over TCP.
-    let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
+    let hba =
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
     let Some(server) = pg::server(test, Some(hba), &["ssl=on", &crt, &keyf]) else {
         return;
     };
@@ -266,13 +350,87 @@ fn tls_verify_full_trusts_only_the_configured_ca_and_the_servers_name() {
     drop(reg);
     // Another CA: refused, and said so.
     let e = open(url("localhost", "other.pem")).unwrap_err().to_string();
-    assert!(e.contains("registry unavailable") && e.to_lowercase().contains("certificate"), "{e}");
+    assert!(
+        e.contains("registry unavailable") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
     // The right CA but another name than the certificate's: refused.
     let e = open(url("127.0.0.1", "ca.pem")).unwrap_err().to_string();
-    assert!(e.contains("registry unavailable") && e.to_lowercase().contains("certificate"), "{e}");
+    assert!(
+        e.contains("registry unavailable") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
     // Without TLS the server refuses (hostssl only).
-    let e = open(format!("postgres://postgres@localhost:{}/postgres", server.port))
-        .unwrap_err()
-        .to_string();
+    let e = open(format!(
+        "postgres://postgres@localhost:{}/postgres",
+        server.port
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("registry unavailable"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_that_boots_while_the_server_is_away_serves_and_connects_later() {
+    let Some(server) = pg::server("boot_during_outage", None, &[]) else {
+        return;
+    };
+    let db = off_runtime(|| fixture_on(&server));
+    off_runtime(|| server.stop());
+    // Starts (READY=1) although the registry cannot be reached.
+    let (d, mut r) = daemon(&db, "", &[]);
+    let mut c = connected_client(&d).await;
+    let err = swipe(&mut r, &mut c, 1, HOLDER).await;
+    assert_eq!(err["code"], "registry_unavailable", "{err}");
+    off_runtime(|| server.start());
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut seq = 2u8;
+    loop {
+        let v = swipe(&mut r, &mut c, seq, HOLDER).await;
+        if v["class"] == "CARD" {
+            assert_eq!(v["outcome"], "ok", "{v}");
+            break;
+        }
+        assert!(Instant::now() < end, "no recovery: {v}");
+        seq += 1;
+        if let Some(ms) = v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .split("next attempt in ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms + 1)).await;
+        }
+    }
+    let (_, log) = d.stop();
+    assert!(log.contains("registry unreachable at start"), "{log}");
+}
+
+/// `--check-config` with a registry URL: it tries the server, and neither
+/// its error nor the printed configuration shows the password.
+#[test]
+fn check_config_never_shows_the_registry_password() {
+    // Nothing listens on port 1.
+    let (ok, out, err) =
+        check_config("database = \"postgres://cardlink:s3cr3t@127.0.0.1:1/registry\"\n");
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("registry unavailable"), "{err}");
+    assert!(err.contains("cardlink:***@127.0.0.1:1"), "{err}");
+    assert!(
+        !err.contains("s3cr3t") && !out.contains("s3cr3t"),
+        "{out}{err}"
+    );
+    let cfg = cardlink::config::Config::parse(
+        "database = \"postgres://cardlink:s3cr3t@db.example/registry?sslmode=verify-full&sslrootcert=/etc/cardlink/ca.pem\"\n",
+        "t",
+    )
+    .unwrap();
+    let shown = cfg.to_toml();
+    assert!(
+        shown.contains("postgres://cardlink:***@db.example/registry"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cr3t"), "{shown}");
 }

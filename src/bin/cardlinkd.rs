@@ -62,8 +62,8 @@ fn check_registry(db: &Database) -> anyhow::Result<()> {
                 read_only: true,
                 ..OpenOptions::default()
             };
-            let reg = Registry::open_database(db, &opts)
-                .with_context(|| format!("registry {db}"))?;
+            let reg =
+                Registry::open_database(db, &opts).with_context(|| format!("registry {db}"))?;
             reg.schema_version()
                 .with_context(|| format!("registry {db} is not a cardlink registry"))?;
             return Ok(());
@@ -165,6 +165,9 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         OpenOptions {
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
             cache_kib: i64::from(cfg.cache_mib.max(1)) * 1024,
+            // A shared registry that is down at boot does not keep the
+            // box from reading cards (they get registry_unavailable).
+            lazy: true,
             ..OpenOptions::default()
         },
     );

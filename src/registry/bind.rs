@@ -150,7 +150,8 @@ pub(crate) trait Facts {
     /// `(insurance_type, insurance_status)` of a person, `None` if unknown.
     async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError>;
     /// The person's best card (`resolve::best_card`).
-    async fn best_card(&mut self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError>;
+    async fn best_card(&mut self, ssn: &str, today: Date)
+        -> Result<Option<CardRow>, RegistryError>;
     /// The holder whose account actively covers `member`.
     async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError>;
     /// The person's insured region.
@@ -214,15 +215,25 @@ pub(crate) async fn check_rules(
     }
     match f.insurance(member).await? {
         None => return Err(BindError::MemberUnknown(req.member)),
-        Some((ty, st)) if ty == "none" || st != "active" => return Err(BindError::MemberNotInsured),
+        Some((ty, st)) if ty == "none" || st != "active" => {
+            return Err(BindError::MemberNotInsured)
+        }
         Some(_) => {}
     }
     // One definition of a usable card for resolve and bind: active and
     // not expired today (China time), see `resolve::best_card`.
-    if !f.best_card(holder, today).await?.is_some_and(|c| c.usable(today)) {
+    if !f
+        .best_card(holder, today)
+        .await?
+        .is_some_and(|c| c.usable(today))
+    {
         return Err(BindError::HolderNoActiveCard);
     }
-    if !f.best_card(member, today).await?.is_some_and(|c| c.usable(today)) {
+    if !f
+        .best_card(member, today)
+        .await?
+        .is_some_and(|c| c.usable(today))
+    {
         return Err(BindError::MemberNoActiveCard);
     }
     match f.payer_of(member).await? {
@@ -240,12 +251,10 @@ pub(crate) async fn check_rules(
         let m = f.region(member).await?;
         match (h, m) {
             (Some(h), Some(m)) if h.get(..digits) == m.get(..digits) => {}
-            (Some(h), Some(m)) => {
-                return Err(BindError::OutOfScope(format!(
-                    "holder insured in region {h}, member in {m}: mutual aid is limited to the same {}",
-                    if digits == 2 { "province" } else { "city" }
-                )))
-            }
+            (Some(h), Some(m)) => return Err(BindError::OutOfScope(format!(
+                "holder insured in region {h}, member in {m}: mutual aid is limited to the same {}",
+                if digits == 2 { "province" } else { "city" }
+            ))),
             (h, _) => {
                 let who = if h.is_none() { "holder" } else { "member" };
                 return Err(BindError::OutOfScope(format!(
@@ -321,7 +330,11 @@ impl Facts for SqliteFacts<'_> {
             })
             .map_err(|e| RegistryError::from_sql(e, self.timeout))
     }
-    async fn best_card(&mut self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
+    async fn best_card(
+        &mut self,
+        ssn: &str,
+        today: Date,
+    ) -> Result<Option<CardRow>, RegistryError> {
         super::resolve::best_card(self.conn, ssn, today)
             .map_err(|e| RegistryError::from_sql(e, self.timeout))
     }

@@ -766,10 +766,7 @@ impl Sqlite {
                             touch(&r.holder_ssn)?;
                             touch(&r.member_ssn)?;
                             let (h, m) = (upper(&r.holder_ssn), upper(&r.member_ssn));
-                            let mut facts = super::bind::SqliteFacts {
-                                conn: &tx,
-                                timeout,
-                            };
+                            let mut facts = super::bind::SqliteFacts { conn: &tx, timeout };
                             let mutual = r.status == "active"
                                 && futures::executor::block_on(super::bind::covered_by(
                                     &mut facts, &h, &m,

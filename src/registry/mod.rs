@@ -37,10 +37,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+pub use audit::Entry;
 pub use bind::{BindError, BindRequest, Channel};
 pub use derived::{Drift, Repair};
 pub use policy::{BindPolicy, Relation, Scope};
-pub use audit::Entry;
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 
 /// Default time a statement waits for another writer's lock.
@@ -105,6 +105,12 @@ pub struct OpenOptions {
     /// Bytes of the file SQLite may memory-map (0: plain reads). Mapped pages
     /// count towards the process's resident memory, so the daemon keeps it off.
     pub mmap_bytes: i64,
+    /// PostgreSQL: when the server cannot be reached at opening, open
+    /// anyway and create or check the schema at the first call that
+    /// reaches it (the daemon: it starts and keeps reading cards, answering
+    /// `registry_unavailable`, while the server is away). Otherwise opening
+    /// fails. SQLite ignores it.
+    pub lazy: bool,
 }
 
 impl Default for OpenOptions {
@@ -114,6 +120,7 @@ impl Default for OpenOptions {
             read_only: false,
             cache_kib: 8 * 1024,
             mmap_bytes: 0,
+            lazy: false,
         }
     }
 }
@@ -320,7 +327,11 @@ impl Registry {
     }
 
     /// Resolves a card read or a typed identifier, judging expiry against `today`.
-    pub fn resolve_on(&self, lookup: &Lookup, today: firmware_protocol::Date) -> Result<Resolution, RegistryError> {
+    pub fn resolve_on(
+        &self,
+        lookup: &Lookup,
+        today: firmware_protocol::Date,
+    ) -> Result<Resolution, RegistryError> {
         dispatch!(self.resolve_on(lookup, today))
     }
 
@@ -336,14 +347,23 @@ impl Registry {
 
     /// The person's payment records of the last `months` months that have
     /// records, newest first.
-    pub fn contributions(&self, ssn: &firmware_protocol::Ssn, months: u32) -> Result<Vec<Contribution>, RegistryError> {
+    pub fn contributions(
+        &self,
+        ssn: &firmware_protocol::Ssn,
+        months: u32,
+    ) -> Result<Vec<Contribution>, RegistryError> {
         dispatch!(self.contributions(ssn, months))
     }
 
     /// Binds `member` to `holder`'s account, enforcing every rule, judging
     /// card expiry against `today`. The link and its audit row are one
     /// transaction; refusals are audited too.
-    pub fn bind_on(&mut self, req: &BindRequest<'_>, policy: &BindPolicy, today: firmware_protocol::Date) -> Result<(), BindError> {
+    pub fn bind_on(
+        &mut self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+        today: firmware_protocol::Date,
+    ) -> Result<(), BindError> {
         dispatch_mut!(self.bind_on(req, policy, today))
     }
 
@@ -353,7 +373,13 @@ impl Registry {
     }
 
     /// Revokes the active link between `holder` and `member`.
-    pub fn unbind(&mut self, holder: &firmware_protocol::Ssn, member: &firmware_protocol::Ssn, operator: &str, actor: &str) -> Result<(), BindError> {
+    pub fn unbind(
+        &mut self,
+        holder: &firmware_protocol::Ssn,
+        member: &firmware_protocol::Ssn,
+        operator: &str,
+        actor: &str,
+    ) -> Result<(), BindError> {
         dispatch_mut!(self.unbind(holder, member, operator, actor))
     }
 
@@ -381,7 +407,11 @@ impl Registry {
     }
 
     /// Imports CSV files all-or-nothing; see [`import`].
-    pub fn import(&mut self, files: &[PathBuf], actor: &str) -> Result<import::ImportCounts, import::ImportError> {
+    pub fn import(
+        &mut self,
+        files: &[PathBuf],
+        actor: &str,
+    ) -> Result<import::ImportCounts, import::ImportError> {
         dispatch_mut!(self.import(files, actor))
     }
 
@@ -396,12 +426,18 @@ impl Registry {
     }
 
     /// Cards that show every outcome (see `sim::sample_cards`), by group.
-    pub fn sample_cards(&self, today: firmware_protocol::Date) -> Result<Vec<Vec<demo::SampleCard>>, RegistryError> {
+    pub fn sample_cards(
+        &self,
+        today: firmware_protocol::Date,
+    ) -> Result<Vec<Vec<demo::SampleCard>>, RegistryError> {
         dispatch!(self.sample_cards(today))
     }
 
     /// Every audit row in chain order, for copying a registry.
-    pub fn audit_rows(&self, each: &mut dyn FnMut(audit::Row) -> Result<(), RegistryError>) -> Result<u64, RegistryError> {
+    pub fn audit_rows(
+        &self,
+        each: &mut dyn FnMut(audit::Row) -> Result<(), RegistryError>,
+    ) -> Result<u64, RegistryError> {
         dispatch!(self.audit_rows(each))
     }
 

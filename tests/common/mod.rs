@@ -210,7 +210,10 @@ impl Fx {
             Backend::Sqlite => (dir.path().join("registry.db").into(), None),
             Backend::Postgres => {
                 let t = pg::database(test)?;
-                (cardlink::registry::Database::Postgres(t.url.clone()), Some(t))
+                (
+                    cardlink::registry::Database::Postgres(t.url.clone()),
+                    Some(t),
+                )
             }
         };
         let fx = Fx {

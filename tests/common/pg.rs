@@ -124,7 +124,15 @@ impl Server {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         as_server_user(&mut initdb, false);
@@ -162,7 +170,10 @@ impl Server {
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=60"])
             .args(self.extra.iter().flat_map(|e| ["-c", e.as_str()]))
@@ -178,7 +189,15 @@ impl Server {
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             let ok = Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", "5"])
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-t",
+                    "5",
+                ])
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
@@ -296,7 +315,10 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin, name) = (self.admin.clone(), self.name.clone());
         let _ = std::panic::catch_unwind(move || {
-            admin_quiet(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin_quiet(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
         });
     }
 }
@@ -323,7 +345,10 @@ pub fn database(test: &str) -> Option<TestDb> {
     admin(&admin_url, &format!("CREATE DATABASE {name}"));
     let url = match admin_url.rsplit_once('/') {
         Some((base, rest)) => {
-            let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            let query = rest
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
             format!("{base}/{name}{query}")
         }
         None => panic!("CARDLINK_TEST_PG is not a URL with a database: {admin_url}"),

@@ -39,7 +39,6 @@ CREATE TEMP TABLE stage_contributions (line bigint, ssn text COLLATE "C", month 
     account_fen bigint) ON COMMIT DROP;
 "#;
 
-
 /// Per table: the staging table, and the statements that report bad rows
 /// (`line, reason`) and then move the good rows in, in that order.
 fn steps(t: Table) -> (&'static str, &'static [&'static str], &'static str) {
@@ -181,29 +180,112 @@ fn parse(
         };
         match t {
             Table::Persons => {
-                counts.persons += load(f, PERSON_COLUMNS, today, &mut bad, PersonRec::validate, |r: &PersonRec| r.ssn.as_str(), |line, r| {
-                    st.row(line, [&upper(&r.ssn), &r.name, &r.sex, &r.birth_date, &r.insurance_type, &r.insurance_status, opt(&r.region)])
-                })?
+                counts.persons += load(
+                    f,
+                    PERSON_COLUMNS,
+                    today,
+                    &mut bad,
+                    PersonRec::validate,
+                    |r: &PersonRec| r.ssn.as_str(),
+                    |line, r| {
+                        st.row(
+                            line,
+                            [
+                                &upper(&r.ssn),
+                                &r.name,
+                                &r.sex,
+                                &r.birth_date,
+                                &r.insurance_type,
+                                &r.insurance_status,
+                                opt(&r.region),
+                            ],
+                        )
+                    },
+                )?
             }
             Table::Cards => {
-                counts.cards += load(f, CARD_COLUMNS, today, &mut bad, CardRec::validate, |r: &CardRec| r.card_no.as_str(), |line, r| {
-                    st.row(line, [&r.card_no, opt(&r.pan), &upper(&r.ssn), &r.generation.to_string(), &r.issued, &r.expires, &r.status])
-                })?
+                counts.cards += load(
+                    f,
+                    CARD_COLUMNS,
+                    today,
+                    &mut bad,
+                    CardRec::validate,
+                    |r: &CardRec| r.card_no.as_str(),
+                    |line, r| {
+                        st.row(
+                            line,
+                            [
+                                &r.card_no,
+                                opt(&r.pan),
+                                &upper(&r.ssn),
+                                &r.generation.to_string(),
+                                &r.issued,
+                                &r.expires,
+                                &r.status,
+                            ],
+                        )
+                    },
+                )?
             }
             Table::Accounts => {
-                counts.accounts += load(f, ACCOUNT_COLUMNS, today, &mut bad, AccountRec::validate, |r: &AccountRec| r.holder_ssn.as_str(), |line, r| {
-                    st.row(line, [&upper(&r.holder_ssn), &r.balance_fen.to_string()])
-                })?
+                counts.accounts += load(
+                    f,
+                    ACCOUNT_COLUMNS,
+                    today,
+                    &mut bad,
+                    AccountRec::validate,
+                    |r: &AccountRec| r.holder_ssn.as_str(),
+                    |line, r| st.row(line, [&upper(&r.holder_ssn), &r.balance_fen.to_string()]),
+                )?
             }
             Table::Links => {
-                counts.links += load(f, LINK_COLUMNS, today, &mut bad, LinkRec::validate, |_: &LinkRec| "", |line, r| {
-                    st.row(line, [&upper(&r.holder_ssn), &upper(&r.member_ssn), &r.relation, &r.status, &r.channel, &r.operator, &r.created_at, opt(&r.revoked_at)])
-                })?
+                counts.links += load(
+                    f,
+                    LINK_COLUMNS,
+                    today,
+                    &mut bad,
+                    LinkRec::validate,
+                    |_: &LinkRec| "",
+                    |line, r| {
+                        st.row(
+                            line,
+                            [
+                                &upper(&r.holder_ssn),
+                                &upper(&r.member_ssn),
+                                &r.relation,
+                                &r.status,
+                                &r.channel,
+                                &r.operator,
+                                &r.created_at,
+                                opt(&r.revoked_at),
+                            ],
+                        )
+                    },
+                )?
             }
             Table::Contributions => {
-                counts.contributions += load(f, CONTRIBUTION_COLUMNS, today, &mut bad, ContributionRec::validate, |r: &ContributionRec| r.ssn.as_str(), |line, r| {
-                    st.row(line, [&upper(&r.ssn), &r.month, &r.employer, &r.base_fen.to_string(), &r.employee_fen.to_string(), &r.employer_fen.to_string(), &r.account_fen.to_string()])
-                })?
+                counts.contributions += load(
+                    f,
+                    CONTRIBUTION_COLUMNS,
+                    today,
+                    &mut bad,
+                    ContributionRec::validate,
+                    |r: &ContributionRec| r.ssn.as_str(),
+                    |line, r| {
+                        st.row(
+                            line,
+                            [
+                                &upper(&r.ssn),
+                                &r.month,
+                                &r.employer,
+                                &r.base_fen.to_string(),
+                                &r.employee_fen.to_string(),
+                                &r.employer_fen.to_string(),
+                                &r.account_fen.to_string(),
+                            ],
+                        )
+                    },
+                )?
             }
         }
         st.flush(&mut st.w.borrow_mut());
@@ -244,7 +326,7 @@ impl Postgres {
             .map(|(t, f)| (*t, f.display().to_string()))
             .collect();
         let today = Date::today_cst();
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let err = |e: tokio_postgres::Error| ImportError::Registry(self.err(&e));
             let tx = self.write_tx(c).await?;
             let empty: bool = tx
@@ -369,7 +451,7 @@ impl Postgres {
             ("links.csv", "SELECT holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at FROM family_links ORDER BY id"),
             ("contributions.csv", "SELECT ssn, month, employer, base_fen, employee_fen, employer_fen, account_fen FROM contributions ORDER BY ssn, month, employer"),
         ];
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let err = |e: tokio_postgres::Error| ImportError::Registry(self.err(&e));
             let tx = c
                 .build_transaction()
@@ -420,7 +502,8 @@ impl Postgres {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
-        let csv_err = |e: csv::Error| RegistryError::Corrupt(format!("demo CSV in {}: {e}", dir.display()));
+        let csv_err =
+            |e: csv::Error| RegistryError::Corrupt(format!("demo CSV in {}: {e}", dir.display()));
         let result = (|| {
             let mut sink = CsvSink::create(&dir).map_err(csv_err)?;
             demo::generate(opts, &mut sink).map_err(csv_err)?;
@@ -433,12 +516,14 @@ impl Postgres {
                 "ok persons={} months={} seed={}",
                 opts.persons, opts.months, opts.seed
             );
-            self.import_as(&files, &|_| ("gen-demo".into(), "gen-demo", outcome.clone()))
-                .map(drop)
-                .map_err(|e| match e {
-                    ImportError::Registry(e) => e,
-                    other => RegistryError::Corrupt(format!("demo data refused: {other}")),
-                })
+            self.import_as(&files, &|_| {
+                ("gen-demo".into(), "gen-demo", outcome.clone())
+            })
+            .map(drop)
+            .map_err(|e| match e {
+                ImportError::Registry(e) => e,
+                other => RegistryError::Corrupt(format!("demo data refused: {other}")),
+            })
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result

@@ -96,7 +96,8 @@ impl Target {
         } else {
             format!("{base}?{}", keep.join("&"))
         };
-        let mut config = tokio_postgres::Config::from_str(&rebuilt).map_err(|e| bad(e.to_string()))?;
+        let mut config =
+            tokio_postgres::Config::from_str(&rebuilt).map_err(|e| bad(e.to_string()))?;
         let ca_file = match mode.as_deref() {
             None | Some("disable") => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -109,11 +110,9 @@ impl Target {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 Some(ca)
             }
-            Some(other) => {
-                return Err(bad(format!(
-                    "sslmode={other} is not supported: use verify-full (with sslrootcert) or disable"
-                )))
-            }
+            Some(other) => return Err(bad(format!(
+                "sslmode={other} is not supported: use verify-full (with sslrootcert) or disable"
+            ))),
         };
         if config.get_application_name().is_none() {
             config.application_name("cardlink");
@@ -133,7 +132,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
@@ -267,6 +270,9 @@ pub struct Postgres {
     busy_timeout: Duration,
     url: String,
     health: Mutex<Health>,
+    /// The schema has been created or checked (see `OpenOptions::lazy`).
+    ready: std::sync::atomic::AtomicBool,
+    read_only: bool,
 }
 
 impl Drop for Postgres {
@@ -320,7 +326,9 @@ impl Postgres {
             .thread_name("cardlink-pg")
             .enable_all()
             .build()
-            .map_err(|e| RegistryError::Config(format!("cannot start the PostgreSQL runtime: {e}")))?;
+            .map_err(|e| {
+                RegistryError::Config(format!("cannot start the PostgreSQL runtime: {e}"))
+            })?;
         let mcfg = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -346,13 +354,34 @@ impl Postgres {
             busy_timeout: opts.busy_timeout,
             url: redact_url(url),
             health: Mutex::new(Health::default()),
+            ready: std::sync::atomic::AtomicBool::new(false),
+            read_only: opts.read_only,
         };
-        if !opts.read_only {
-            pg.migrate()?;
-        } else {
-            pg.schema_version()?;
+        match pg.prepare_schema() {
+            Err(RegistryError::Unavailable(why)) if opts.lazy => {
+                tracing::warn!(registry = %pg.url, error = %why, "registry unreachable at start; serving, and connecting when it is back");
+            }
+            other => other?,
         }
         Ok(pg)
+    }
+
+    /// Creates or upgrades the schema (checks its version when read-only),
+    /// once.
+    fn prepare_schema(&self) -> Result<(), RegistryError> {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.read_only {
+            self.run_raw(Some(self.busy_timeout + CONNECT_TIMEOUT), async |c| {
+                self.version_on(c).await
+            })?;
+        } else {
+            self.migrate()?;
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub(crate) fn err(&self, e: &tokio_postgres::Error) -> RegistryError {
@@ -360,19 +389,46 @@ impl Postgres {
     }
 
     /// Runs `op` with a pooled connection on the backend's runtime,
-    /// bounded in time, keeping [`Health`] (see the module docs).
+    /// bounded in time, keeping [`Health`] (see the module docs), once the
+    /// schema is ready.
     pub(crate) fn run<T, E, F>(&self, op: F) -> Result<T, E>
     where
         E: Failure,
         F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
     {
-        if let Some(e) = self.health.lock().unwrap_or_else(|p| p.into_inner()).refuse() {
+        self.prepare_schema()?;
+        self.run_raw(Some(self.busy_timeout + CONNECT_TIMEOUT), op)
+    }
+
+    /// [`Postgres::run`] without a time limit: bulk work (import, export,
+    /// checks over every row) that takes as long as the data needs. A dead
+    /// server still ends it (TCP keepalive and user timeout).
+    pub(crate) fn run_bulk<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        E: Failure,
+        F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
+    {
+        self.prepare_schema()?;
+        self.run_raw(None, op)
+    }
+
+    fn run_raw<T, E, F>(&self, limit: Option<Duration>, op: F) -> Result<T, E>
+    where
+        E: Failure,
+        F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
+    {
+        if let Some(e) = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refuse()
+        {
             return Err(e.into());
         }
         let Some(rt) = &self.rt else {
             return Err(RegistryError::Unavailable("registry closed".into()).into());
         };
-        let limit = self.busy_timeout + CONNECT_TIMEOUT;
+        let limit = limit.unwrap_or(Duration::MAX);
         let result: Result<T, E> = rt.block_on(async {
             let mut client = match self.pool.get().await {
                 Ok(c) => c,
@@ -409,7 +465,7 @@ impl Postgres {
     /// Creates or upgrades the schema, one migration per transaction, under
     /// an advisory lock so that boxes starting together take turns.
     fn migrate(&self) -> Result<(), RegistryError> {
-        self.run(async |c| {
+        self.run_raw(None, async |c| {
             let e = |e: tokio_postgres::Error| self.err(&e);
             c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
                 .await
@@ -452,18 +508,23 @@ impl Postgres {
 
     /// The schema version (migrations applied).
     pub fn schema_version(&self) -> Result<i64, RegistryError> {
-        self.run(async |c| {
-            let row = c
-                .query_one("SELECT coalesce(max(version), 0)::bigint FROM cardlink_schema", &[])
-                .await
-                .map_err(|e| match self.err(&e) {
-                    RegistryError::Pg(m) => RegistryError::Corrupt(format!(
-                        "not a cardlink registry (no cardlink_schema table): {m}"
-                    )),
-                    other => other,
-                })?;
-            Ok(row.get(0))
-        })
+        self.run(async |c| self.version_on(c).await)
+    }
+
+    async fn version_on(&self, c: &deadpool_postgres::Object) -> Result<i64, RegistryError> {
+        let row = c
+            .query_one(
+                "SELECT coalesce(max(version), 0)::bigint FROM cardlink_schema",
+                &[],
+            )
+            .await
+            .map_err(|e| match self.err(&e) {
+                RegistryError::Pg(m) => RegistryError::Corrupt(format!(
+                    "not a cardlink registry (no cardlink_schema table): {m}"
+                )),
+                other => other,
+            })?;
+        Ok(row.get(0))
     }
 }
 
@@ -471,9 +532,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> RegistryError {
     use deadpool_postgres::PoolError;
     match e {
         PoolError::Backend(e) => classify(&e, Duration::ZERO),
-        PoolError::Timeout(kind) => {
-            RegistryError::Unavailable(format!("no connection to the registry ({kind:?} timed out)"))
-        }
+        PoolError::Timeout(kind) => RegistryError::Unavailable(format!(
+            "no connection to the registry ({kind:?} timed out)"
+        )),
         other => RegistryError::Unavailable(other.to_string()),
     }
 }
@@ -526,7 +587,10 @@ mod tests {
             "postgres://cardlink@db.example/registry?sslmode=verify-full&sslrootcert=%2Fetc%2Fcardlink%2Fca.pem",
         )
         .unwrap();
-        assert_eq!(t.ca_file.as_deref(), Some(std::path::Path::new("/etc/cardlink/ca.pem")));
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/cardlink/ca.pem"))
+        );
         assert!(Target::parse("postgres://db/r?sslmode=verify-full").is_err());
         let e = Target::parse("postgres://db/r?sslmode=require").unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");

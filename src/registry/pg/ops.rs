@@ -87,7 +87,11 @@ impl<C: GenericClient + Sync> Pg<'_, C> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, RegistryError> {
-        let st = self.c.prepare_cached(sql).await.map_err(|e| self.pg.err(&e))?;
+        let st = self
+            .c
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.pg.err(&e))?;
         self.c
             .query_opt(&st, params)
             .await
@@ -143,7 +147,11 @@ impl<C: GenericClient + Sync> Facts for Pg<'_, C> {
             .await?
             .map(|r| (r.get(0), r.get(1))))
     }
-    async fn best_card(&mut self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
+    async fn best_card(
+        &mut self,
+        ssn: &str,
+        today: Date,
+    ) -> Result<Option<CardRow>, RegistryError> {
         Source::best_card(self, ssn, today).await
     }
     async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError> {
@@ -204,7 +212,11 @@ impl Postgres {
     }
 
     /// Appends an audit row inside a write transaction (which holds the lock).
-    pub(crate) async fn append(&self, tx: &Transaction<'_>, e: &Entry<'_>) -> Result<(), RegistryError> {
+    pub(crate) async fn append(
+        &self,
+        tx: &Transaction<'_>,
+        e: &Entry<'_>,
+    ) -> Result<(), RegistryError> {
         let err = |e: tokio_postgres::Error| self.err(&e);
         let head = tx
             .query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", &[])
@@ -217,7 +229,11 @@ impl Postgres {
     }
 
     /// Rewrites the derived rows of `ssns` from the view.
-    pub(crate) async fn refresh(&self, tx: &Transaction<'_>, ssns: &[&str]) -> Result<(), RegistryError> {
+    pub(crate) async fn refresh(
+        &self,
+        tx: &Transaction<'_>,
+        ssns: &[&str],
+    ) -> Result<(), RegistryError> {
         let err = |e: tokio_postgres::Error| self.err(&e);
         tx.execute("DELETE FROM resolution WHERE ssn = ANY($1)", &[&ssns])
             .await
@@ -236,7 +252,9 @@ impl Postgres {
     /// Rebuilds the whole read model from the view.
     pub(crate) async fn rebuild(&self, tx: &Transaction<'_>) -> Result<u64, RegistryError> {
         let err = |e: tokio_postgres::Error| self.err(&e);
-        tx.batch_execute("DELETE FROM resolution").await.map_err(err)?;
+        tx.batch_execute("DELETE FROM resolution")
+            .await
+            .map_err(err)?;
         tx.execute(
             &format!(
                 "INSERT INTO resolution ({COLUMNS}) SELECT {COLUMNS} FROM resolution_source ORDER BY ssn"
@@ -249,7 +267,7 @@ impl Postgres {
 
     /// Row counts.
     pub fn stats(&self) -> Result<Stats, RegistryError> {
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let r = c
                 .query_one(
                     "SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM cards), \
@@ -277,7 +295,7 @@ impl Postgres {
     /// validated (none was added `NOT VALID` by hand) and that the audit
     /// triggers are in place.
     pub fn integrity(&self) -> Result<Vec<String>, RegistryError> {
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let rows = c
                 .query(
                     "SELECT 'constraint ' || conname || ' on ' || conrelid::regclass || ' is not validated' \
@@ -315,7 +333,11 @@ impl Postgres {
 
     /// The person's payment records of the last `months` months that have
     /// records, newest first.
-    pub fn contributions(&self, ssn: &Ssn, months: u32) -> Result<Vec<Contribution>, RegistryError> {
+    pub fn contributions(
+        &self,
+        ssn: &Ssn,
+        months: u32,
+    ) -> Result<Vec<Contribution>, RegistryError> {
         self.run(async |c| {
             let rows = c
                 .query(
@@ -366,7 +388,12 @@ impl Postgres {
         result
     }
 
-    fn try_bind(&self, req: &BindRequest<'_>, policy: &BindPolicy, today: Date) -> Result<(), BindError> {
+    fn try_bind(
+        &self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+        today: Date,
+    ) -> Result<(), BindError> {
         self.run(async |c| {
             let tx = self.write_tx(c).await?;
             bind::check_rules(&mut Pg { c: &tx, pg: self }, req, policy, today).await?;
@@ -422,12 +449,17 @@ impl Postgres {
                 .execute(
                     "UPDATE family_links SET status = 'revoked', revoked_at = $3 \
                      WHERE holder_ssn = $1 AND member_ssn = $2 AND status = 'active'",
-                    &[&holder.expose(), &member.expose(), &crate::registry::now_rfc3339()],
+                    &[
+                        &holder.expose(),
+                        &member.expose(),
+                        &crate::registry::now_rfc3339(),
+                    ],
                 )
                 .await
                 .map_err(|e| self.err(&e))?;
             if n > 0 {
-                self.refresh(&tx, &[holder.expose(), member.expose()]).await?;
+                self.refresh(&tx, &[holder.expose(), member.expose()])
+                    .await?;
             }
             let outcome = if n == 0 {
                 "refused:not_linked".to_string()
@@ -481,7 +513,7 @@ impl Postgres {
         &self,
         each: &mut dyn FnMut(AuditRow) -> Result<(), RegistryError>,
     ) -> Result<u64, RegistryError> {
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let err = |e: tokio_postgres::Error| self.err(&e);
             let tx = c.transaction().await.map_err(err)?;
             let rows = tx
@@ -513,7 +545,7 @@ impl Postgres {
 
     /// Writes `rows` as they are, if they continue the chain.
     pub fn load_audit(&mut self, rows: &[AuditRow]) -> Result<(), RegistryError> {
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let tx = self.write_tx(c).await?;
             let head = tx
                 .query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", &[])
@@ -565,12 +597,12 @@ impl Postgres {
 
     /// How the read model differs from its definition.
     pub fn drift(&self) -> Result<Drift, RegistryError> {
-        self.run(async |c| self.differing(&*c, |_| ()).await)
+        self.run_bulk(async |c| self.differing(&*c, |_| ()).await)
     }
 
     /// Rebuilds what differs in the read model, audited.
     pub fn repair(&mut self, actor: &str) -> Result<Repair, RegistryError> {
-        self.run(async |c| {
+        self.run_bulk(async |c| {
             let tx = self.write_tx(c).await?;
             let mut ssns = Vec::new();
             let drift = self

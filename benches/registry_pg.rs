@@ -1,0 +1,186 @@
+//! PostgreSQL registry benchmark (a bench binary): import time and resolve
+//! latency on a shared registry over loopback.
+//!
+//! ```text
+//! CARDLINK_BENCH_PG=postgres://postgres@127.0.0.1:5432/bench \
+//! CARDLINK_BENCH_CSV=/var/tmp/clb/csv-10000000 cargo bench --bench registry_pg
+//! ```
+//!
+//! `CARDLINK_BENCH_PG` names an empty database (without it the benchmark
+//! says so and does nothing). `CARDLINK_BENCH_CSV` is a directory of
+//! `gen-demo --csv` files; without it `CARDLINK_BENCH_PERSONS` (default
+//! 10,000,000) persons with `CARDLINK_BENCH_MONTHS` (12) months are
+//! generated into a temporary directory. `CARDLINK_BENCH_LOADED=1` skips
+//! the import (a registry loaded by an earlier run).
+//!
+//! Steps: `import` of persons, cards, accounts and links (one transaction,
+//! COPY), then of contributions (timed each); then 200,000 `resolve` calls
+//! by SSN and by card number on random persons, each timed alone,
+//! interleaved with a plain indexed point query
+//! (`SELECT ... FROM persons WHERE ssn = $1`, `... FROM cards WHERE
+//! card_no = $1`) sent the same way: a tokio-postgres client driven by a
+//! one-worker runtime from the calling thread, as the registry's own pool
+//! is, so that the two differ only in what they ask.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cardlink::registry::demo::{demo_card_no, demo_ssn, generate, CsvSink, DemoOptions};
+use cardlink::registry::{Database, Lookup, OpenOptions, Outcome, Registry};
+use cardlink::Ssn;
+use rand::{Rng, SeedableRng};
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, mut v: Vec<Duration>) -> Duration {
+    let (m, p99) = (pct(&mut v, 0.5), pct(&mut v, 0.99));
+    println!(
+        "{name:<34} median {:>7.1} µs   p99 {:>7.1} µs   (n = {})",
+        m.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        v.len()
+    );
+    p99
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let Ok(url) = std::env::var("CARDLINK_BENCH_PG") else {
+        println!(
+            "registry_pg: set CARDLINK_BENCH_PG to the URL of an empty database; nothing measured"
+        );
+        return Ok(());
+    };
+    let db = Database::Postgres(url.clone());
+    let tmp = tempfile::tempdir()?;
+    let mut reg = Registry::open_database(&db, &OpenOptions::default())?;
+    if std::env::var_os("CARDLINK_BENCH_LOADED").is_none() {
+        let csv = match std::env::var_os("CARDLINK_BENCH_CSV") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let persons = std::env::var("CARDLINK_BENCH_PERSONS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10_000_000);
+                let months = std::env::var("CARDLINK_BENCH_MONTHS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(12);
+                let dir = tmp.path().join("csv");
+                let mut sink = CsvSink::create(&dir)?;
+                generate(
+                    &DemoOptions {
+                        persons,
+                        months,
+                        seed: 20261125,
+                    },
+                    &mut sink,
+                )?;
+                sink.finish()?;
+                dir
+            }
+        };
+        let files = |names: &[&str]| -> Vec<PathBuf> {
+            names.iter().map(|n| csv.join(format!("{n}.csv"))).collect()
+        };
+        let t = Instant::now();
+        let c = reg.import(&files(&["persons", "cards", "accounts", "links"]), "bench")?;
+        println!(
+            "import persons, cards, accounts, links: {:.1} s ({} persons, {} cards, {} accounts, {} links)",
+            t.elapsed().as_secs_f64(),
+            c.persons,
+            c.cards,
+            c.accounts,
+            c.links
+        );
+        let t = Instant::now();
+        let c = reg.import(&files(&["contributions"]), "bench")?;
+        println!(
+            "import contributions: {:.1} s ({} rows)",
+            t.elapsed().as_secs_f64(),
+            c.contributions
+        );
+    }
+    let persons = reg.stats()?.persons;
+    println!("registry: {persons} persons");
+
+    // The plain client: the same transport as the registry's pool.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (client, by_ssn, by_card) = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let s = client
+            .prepare("SELECT ssn, name, sex, insurance_type, insurance_status FROM persons WHERE ssn = $1")
+            .await?;
+        let c = client
+            .prepare("SELECT card_no, status, expires, ssn FROM cards WHERE card_no = $1")
+            .await?;
+        Ok::<_, tokio_postgres::Error>((client, s, c))
+    })?;
+
+    let n = 200_000;
+    // CARDLINK_BENCH_SEED picks other persons than the last run's.
+    let seed = std::env::var("CARDLINK_BENCH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut r_ssn, mut p_ssn, mut r_card, mut p_card) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut ok = 0u64;
+    for k in 0..n {
+        let i = rng.random_range(0..persons);
+        let ssn_text = demo_ssn(i);
+        let ssn = Ssn::parse(&ssn_text)?;
+        let card = demo_card_no(i);
+        // Alternate which goes first, so neither always meets a warmer cache.
+        let plain = |q: &tokio_postgres::Statement, key: &str| -> anyhow::Result<Duration> {
+            let t = Instant::now();
+            let row = rt.block_on(client.query_opt(q, &[&key]))?;
+            let d = t.elapsed();
+            anyhow::ensure!(row.is_some(), "no row for {key}");
+            Ok(d)
+        };
+        let mut resolve = |l: Lookup| -> anyhow::Result<Duration> {
+            let t = Instant::now();
+            let r = reg.resolve(&l)?;
+            let d = t.elapsed();
+            ok += u64::from(r.outcome == Outcome::Ok);
+            Ok(d)
+        };
+        if k % 2 == 0 {
+            r_ssn.push(resolve(Lookup::ssn(ssn))?);
+            p_ssn.push(plain(&by_ssn, &ssn_text)?);
+            r_card.push(resolve(Lookup::card_no(card.clone()))?);
+            p_card.push(plain(&by_card, &card)?);
+        } else {
+            p_ssn.push(plain(&by_ssn, &ssn_text)?);
+            r_ssn.push(resolve(Lookup::ssn(ssn))?);
+            p_card.push(plain(&by_card, &card)?);
+            r_card.push(resolve(Lookup::card_no(card.clone()))?);
+        }
+    }
+    println!(
+        "{ok} of {} resolutions ok (the rest: lost, expired, ... cards)",
+        2 * n
+    );
+    let a = report("resolve by SSN", r_ssn);
+    let b = report("plain point query by SSN", p_ssn);
+    println!("  ratio p99 {:.2}", a.as_secs_f64() / b.as_secs_f64());
+    let a = report("resolve by card number", r_card);
+    let b = report("plain point query by card number", p_card);
+    println!("  ratio p99 {:.2}", a.as_secs_f64() / b.as_secs_f64());
+    Ok(())
+}
