@@ -18,9 +18,9 @@
 //! by SSN and by card number on random persons, each timed alone,
 //! interleaved with a plain indexed point query
 //! (`SELECT ... FROM persons WHERE ssn = $1`, `... FROM cards WHERE
-//! card_no = $1`) sent the same way: a tokio-postgres client driven by a
-//! one-worker runtime from the calling thread, as the registry's own pool
-//! is, so that the two differ only in what they ask.
+//! card_no = $1`) sent the same way: a tokio-postgres client on a
+//! current-thread runtime driven by the calling thread, as the registry's
+//! own pool is, so that the two differ only in what they ask.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -110,8 +110,7 @@ fn main() -> anyhow::Result<()> {
     println!("registry: {persons} persons");
 
     // The plain client: the same transport as the registry's pool.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (client, by_ssn, by_card) = rt.block_on(async {

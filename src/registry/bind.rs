@@ -251,10 +251,12 @@ pub(crate) async fn check_rules(
         let m = f.region(member).await?;
         match (h, m) {
             (Some(h), Some(m)) if h.get(..digits) == m.get(..digits) => {}
-            (Some(h), Some(m)) => return Err(BindError::OutOfScope(format!(
+            (Some(h), Some(m)) => {
+                return Err(BindError::OutOfScope(format!(
                 "holder insured in region {h}, member in {m}: mutual aid is limited to the same {}",
                 if digits == 2 { "province" } else { "city" }
-            ))),
+            )))
+            }
             (h, _) => {
                 let who = if h.is_none() { "holder" } else { "member" };
                 return Err(BindError::OutOfScope(format!(

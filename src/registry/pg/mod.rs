@@ -1,11 +1,13 @@
 //! The PostgreSQL backend: one registry shared by many boxes.
 //!
-//! Driver: tokio-postgres with a deadpool-postgres pool, on a small tokio
-//! runtime of the backend's own (one worker thread drives the
-//! connections). [`crate::registry::Registry`]'s methods are synchronous,
-//! like SQLite's, so the daemon's registry worker and `cardlinkctl` call
-//! both backends the same way; a PostgreSQL method blocks its caller (the
-//! worker's blocking thread, or the tool's main thread) on this runtime.
+//! Driver: tokio-postgres with a deadpool-postgres pool, on a
+//! current-thread tokio runtime of the backend's own.
+//! [`crate::registry::Registry`]'s methods are synchronous, like SQLite's,
+//! so the daemon's registry worker and `cardlinkctl` call both backends the
+//! same way; a PostgreSQL method blocks its caller (the worker's blocking
+//! thread, or the tool's main thread) on this runtime, which then drives
+//! the query and the connection on that one thread (no hand-over between
+//! threads per round trip).
 //!
 //! The rules, the resolution and the audit chain are the shared code of
 //! [`super::bind`], [`super::resolve`] and [`super::audit`]; this module
@@ -110,9 +112,11 @@ impl Target {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 Some(ca)
             }
-            Some(other) => return Err(bad(format!(
+            Some(other) => {
+                return Err(bad(format!(
                 "sslmode={other} is not supported: use verify-full (with sslrootcert) or disable"
-            ))),
+            )))
+            }
         };
         if config.get_application_name().is_none() {
             config.application_name("cardlink");
@@ -321,9 +325,7 @@ impl Postgres {
     /// reached now.
     pub fn connect(url: &str, opts: &OpenOptions) -> Result<Postgres, RegistryError> {
         let target = Target::parse(url)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("cardlink-pg")
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| {
@@ -434,6 +436,18 @@ impl Postgres {
                 Ok(c) => c,
                 Err(e) => return Err(pool_error(e).into()),
             };
+            // The connections' tasks run only while a call runs (this
+            // runtime is driven by its callers): let them see what the
+            // server did meanwhile (a restart closes them), and take a new
+            // connection instead of one found closed.
+            tokio::task::yield_now().await;
+            if client.is_closed() {
+                drop(deadpool_postgres::Object::take(client));
+                client = match self.pool.get().await {
+                    Ok(c) => c,
+                    Err(e) => return Err(pool_error(e).into()),
+                };
+            }
             match tokio::time::timeout(limit, op(&mut client)).await {
                 Ok(r) => {
                     if client.is_closed() {
