@@ -393,12 +393,14 @@ pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, 
         target.load_audit(&batch)?;
     }
     // The tables through the import format, in a private directory.
-    let dir = std::env::temp_dir().join(format!("cardlink-migrate-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "cardlink-migrate-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&dir)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let result = (|| {
         let counts = source.export(&dir)?;
         let files: Vec<PathBuf> = ["persons", "cards", "accounts", "links", "contributions"]

@@ -88,7 +88,7 @@ fn db_commands_round_trip(b: Backend) {
     assert_eq!(code, Some(0), "{text}");
     let version = match b {
         Backend::Sqlite => "sqlite schema version 5",
-        Backend::Postgres => "postgresql schema version 1",
+        Backend::Postgres => "postgresql schema version 2",
     };
     assert!(text.contains(version), "{text}");
     let sample = dir.path().join("cards.jsonl");

@@ -495,12 +495,11 @@ impl Postgres {
     /// Fills the registry with demo data: generated as CSV into a
     /// temporary directory and imported, audited as `gen-demo`.
     pub fn gen_demo(&mut self, opts: &DemoOptions) -> Result<(), RegistryError> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "cardlink-gen-demo-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let csv_err =
             |e: csv::Error| RegistryError::Corrupt(format!("demo CSV in {}: {e}", dir.display()));

@@ -59,7 +59,10 @@ const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
 
 /// The migrations, in order; the version is their count (table
 /// `cardlink_schema`). Append new files; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_audit_append.sql"),
+];
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

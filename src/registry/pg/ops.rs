@@ -214,18 +214,32 @@ impl Postgres {
     /// Appends an audit row inside a write transaction (which holds the lock).
     pub(crate) async fn append(
         &self,
-        tx: &Transaction<'_>,
+        c: &impl GenericClient,
         e: &Entry<'_>,
     ) -> Result<(), RegistryError> {
-        let err = |e: tokio_postgres::Error| self.err(&e);
-        let head = tx
-            .query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", &[])
+        // One round trip: migration 002's function takes the lock, reads
+        // the head and appends (in the caller's transaction, or in its own
+        // when called alone).
+        let st = c
+            .prepare_cached("SELECT cardlink_audit_append($1, $2, $3, $4, $5, $6, $7)")
             .await
-            .map_err(err)?
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
-        insert_audit(tx, &AuditRow::next(head, e))
-            .await
-            .map_err(err)
+            .map_err(|e| self.err(&e))?;
+        let timeout_ms = i32::try_from(self.busy_timeout.as_millis().max(1)).unwrap_or(i32::MAX);
+        c.query_one(
+            &st,
+            &[
+                &WRITE_LOCK,
+                &timeout_ms,
+                &crate::registry::now_rfc3339(),
+                &e.actor,
+                &e.action,
+                &e.ssn.map(|s| s.expose()),
+                &e.outcome,
+            ],
+        )
+        .await
+        .map(drop)
+        .map_err(|e| self.err(&e))
     }
 
     /// Rewrites the derived rows of `ssns` from the view.
@@ -488,11 +502,7 @@ impl Postgres {
 
     /// Appends one audit row in its own transaction.
     pub fn record(&mut self, e: &Entry<'_>) -> Result<(), RegistryError> {
-        self.run(async |c| {
-            let tx = self.write_tx(c).await?;
-            self.append(&tx, e).await?;
-            tx.commit().await.map_err(|e| self.err(&e))
-        })
+        self.run(async |c| self.append(&*c, e).await)
     }
 
     /// Recomputes the whole chain.
