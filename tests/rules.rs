@@ -7,6 +7,21 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
+on_both_backends_paused!(
+    all_eight_close_relatives_by_default_and_a_narrower_list_by_config,
+    max_members_limits_one_account,
+    rebind_cooldown_applies_to_another_payer_only,
+    scope_compares_insured_regions,
+    newer_expired_card_and_older_valid_card_resolve_and_bind_alike,
+);
+
+/// The in-process daemon on backend `b` with `extra` config.
+async fn daemon(b: Backend, test: &'static str, extra: &str) -> Option<Daemon> {
+    Daemon::start_backend(b, test, &[], extra)
+        .await
+        .map(|(d, _)| d)
+}
+
 fn bind(h: u64, m: u64, rel: &str) -> Value {
     json!({"cmd": "bind", "holder": card(h), "member": card(m), "relation": rel, "operator": "clerk7"})
 }
@@ -40,9 +55,11 @@ fn every_relation_has_its_chinese_label() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn all_eight_close_relatives_by_default_and_a_narrower_list_by_config() {
-    let (d, _p) = Daemon::start(&[], "").await;
+async fn all_eight_close_relatives_by_default_and_a_narrower_list_by_config(b: Backend) {
+    let t = "all_eight_close_relatives_by_default_and_a_narrower_list_by_config";
+    let Some(d) = daemon(b, t, "").await else {
+        return;
+    };
     let mut c = d.client().await;
     for rel in [
         "spouse",
@@ -67,16 +84,20 @@ async fn all_eight_close_relatives_by_default_and_a_narrower_list_by_config() {
     drop(d);
 
     // A province that keeps the 2021 list.
-    let (d, _p) = Daemon::start(&[], "relations = [\"spouse\", \"parent\", \"child\"]").await;
+    let Some(d) = daemon(b, t, "relations = [\"spouse\", \"parent\", \"child\"]").await else {
+        return;
+    };
     let mut c = d.client().await;
     let r = c.request(bind(HOLDER, CHILD, "sibling")).await;
     assert_eq!(r["code"], "relation_not_allowed", "{r}");
     assert_eq!(c.request(bind(HOLDER, CHILD, "child")).await["ok"], true);
 }
 
-#[tokio::test(start_paused = true)]
-async fn max_members_limits_one_account() {
-    let (d, _p) = Daemon::start(&[], "[policy]\nmax_members = 2").await;
+async fn max_members_limits_one_account(b: Backend) {
+    let t = "max_members_limits_one_account";
+    let Some(d) = daemon(b, t, "[policy]\nmax_members = 2").await else {
+        return;
+    };
     let mut c = d.client().await;
     // HOLDER covers SPOUSE already.
     assert_eq!(c.request(bind(HOLDER, CHILD, "child")).await["ok"], true);
@@ -90,9 +111,11 @@ async fn max_members_limits_one_account() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn rebind_cooldown_applies_to_another_payer_only() {
-    let (d, _p) = Daemon::start(&[], "[policy]\nrebind_cooldown_days = 30").await;
+async fn rebind_cooldown_applies_to_another_payer_only(b: Backend) {
+    let t = "rebind_cooldown_applies_to_another_payer_only";
+    let Some(d) = daemon(b, t, "[policy]\nrebind_cooldown_days = 30").await else {
+        return;
+    };
     let mut c = d.client().await;
     assert_eq!(c.request(unbind(HOLDER2, MEMBER2)).await["ok"], true);
     let r = c.request(bind(HOLDER, MEMBER2, "child")).await;
@@ -108,16 +131,20 @@ async fn rebind_cooldown_applies_to_another_payer_only() {
     assert_eq!(c.request(bind(HOLDER2, MEMBER2, "child")).await["ok"], true);
     drop(d);
     // Without a cooldown (the default) a new payer may bind at once.
-    let (d, _p) = Daemon::start(&[], "").await;
+    let Some(d) = daemon(b, t, "").await else {
+        return;
+    };
     let mut c = d.client().await;
     assert_eq!(c.request(unbind(HOLDER2, MEMBER2)).await["ok"], true);
     assert_eq!(c.request(bind(HOLDER, MEMBER2, "child")).await["ok"], true);
 }
 
-#[tokio::test(start_paused = true)]
-async fn scope_compares_insured_regions() {
+async fn scope_compares_insured_regions(b: Backend) {
+    let t = "scope_compares_insured_regions";
     // Default: the same province (省内共济).
-    let (d, _p) = Daemon::start(&[], "").await;
+    let Some(d) = daemon(b, t, "").await else {
+        return;
+    };
     let mut c = d.client().await;
     let r = c.request(bind(HOLDER, REMOTE, "sibling")).await;
     assert_eq!(r["code"], "out_of_scope", "{r}");
@@ -137,14 +164,18 @@ async fn scope_compares_insured_regions() {
     );
     drop(d);
     // City: another city of the same province is out of scope.
-    let (d, _p) = Daemon::start(&[], "[policy]\nscope = \"city\"").await;
+    let Some(d) = daemon(b, t, "[policy]\nscope = \"city\"").await else {
+        return;
+    };
     let mut c = d.client().await;
     let r = c.request(bind(HOLDER, OTHER_CITY, "sibling")).await;
     assert_eq!(r["code"], "out_of_scope", "{r}");
     assert_eq!(c.request(bind(HOLDER, CHILD, "child")).await["ok"], true);
     drop(d);
     // Any: across provinces, where a province allows it.
-    let (d, _p) = Daemon::start(&[], "[policy]\nscope = \"any\"").await;
+    let Some(d) = daemon(b, t, "[policy]\nscope = \"any\"").await else {
+        return;
+    };
     let mut c = d.client().await;
     assert_eq!(c.request(bind(HOLDER, REMOTE, "sibling")).await["ok"], true);
 }
@@ -204,16 +235,15 @@ fn import_refuses_unknown_relations_and_bad_regions_with_file_and_line() {
 /// One definition of a usable card: a person holding a newer expired card
 /// and an older valid one resolves with the valid one and can be bound;
 /// the expired card itself, swiped, is expired.
-#[tokio::test(start_paused = true)]
-async fn newer_expired_card_and_older_valid_card_resolve_and_bind_alike() {
-    let (d, _p) = Daemon::start(&[], "").await;
-    let conn = rusqlite::Connection::open(&d.db).unwrap();
-    conn.execute(
-        "INSERT INTO cards VALUES ('Z00000009', NULL, ?1, 4, '2021-01-01', ?2, 'active')",
-        rusqlite::params![demo_ssn_full(CHILD), days_from_today(-30).to_string()],
-    )
-    .unwrap();
-    drop(conn);
+async fn newer_expired_card_and_older_valid_card_resolve_and_bind_alike(b: Backend) {
+    let t = "newer_expired_card_and_older_valid_card_resolve_and_bind_alike";
+    let Some(d) = daemon(b, t, "").await else {
+        return;
+    };
+    d.exec(
+        "INSERT INTO cards VALUES ('Z00000009', NULL, $1, 4, '2021-01-01', $2, 'active')",
+        &[&demo_ssn_full(CHILD), &days_from_today(-30).to_string()],
+    );
     let mut c = d.client().await;
     let r = c
         .request(json!({"cmd": "lookup", "number": demo_ssn_full(CHILD)}))

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! with `␟` the byte 0x1F and `prev_hash` of the first row 64 zeros.
-//! Triggers refuse UPDATE and DELETE; [`Registry::verify_audit`] recomputes
+//! Triggers refuse UPDATE and DELETE; [`crate::registry::Registry::verify_audit`] recomputes
 //! the chain so that edits made around the triggers (or to the file) are
 //! detected. Removing rows from the *end* of the log cannot be detected by
 //! a chain alone; compare the row count with an off-box copy for that.
@@ -217,7 +217,7 @@ pub(crate) fn check_continues(
     Ok(())
 }
 
-/// Result of [`Registry::verify_audit`].
+/// Result of [`crate::registry::Registry::verify_audit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
     /// Rows checked.
@@ -237,19 +237,6 @@ impl Sqlite {
             .map_err(sql)?;
         append(&tx, e).map_err(sql)?;
         tx.commit().map_err(sql)
-    }
-
-    /// Recomputes the whole chain.
-    pub fn verify_audit(&self) -> Result<Verification, RegistryError> {
-        let mut chain = Chain::new();
-        let mut broken = None;
-        self.audit_rows(&mut |r| {
-            if broken.is_none() {
-                broken = chain.check(&r).map(|why| (r.id, why));
-            }
-            Ok(())
-        })?;
-        Ok(chain.verification(broken))
     }
 
     /// Every row in id order.

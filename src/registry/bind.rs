@@ -303,6 +303,18 @@ pub(crate) fn bind_outcome(req: &BindRequest<'_>) -> String {
     )
 }
 
+/// The questions of [`Facts`] in SQL that both backends read alike (`$n`
+/// parameters: SQLite takes them in order of first use).
+pub(crate) const INSURANCE_SQL: &str =
+    "SELECT insurance_type, insurance_status FROM persons WHERE ssn = $1";
+pub(crate) const PAYER_OF_SQL: &str =
+    "SELECT holder_ssn FROM family_links WHERE member_ssn = $1 AND status = 'active'";
+pub(crate) const REGION_SQL: &str = "SELECT region FROM persons WHERE ssn = $1";
+pub(crate) const ACTIVE_MEMBERS_SQL: &str =
+    "SELECT count(*) FROM family_links WHERE holder_ssn = $1 AND status = 'active'";
+pub(crate) const REVOKED_SINCE_SQL: &str = "SELECT max(revoked_at) FROM family_links \
+     WHERE member_ssn = $1 AND status = 'revoked' AND holder_ssn <> $2 AND revoked_at > $3";
+
 /// SQLite's answers to [`Facts`], inside the bind's transaction.
 pub(crate) struct SqliteFacts<'c> {
     pub(crate) conn: &'c rusqlite::Connection,
@@ -325,7 +337,7 @@ impl SqliteFacts<'_> {
 impl Facts for SqliteFacts<'_> {
     async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError> {
         self.conn
-            .prepare_cached("SELECT insurance_type, insurance_status FROM persons WHERE ssn = ?1")
+            .prepare_cached(INSURANCE_SQL)
             .and_then(|mut st| {
                 st.query_row([ssn], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
@@ -341,23 +353,13 @@ impl Facts for SqliteFacts<'_> {
             .map_err(|e| RegistryError::from_sql(e, self.timeout))
     }
     async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError> {
-        self.one(
-            "SELECT holder_ssn FROM family_links WHERE member_ssn = ?1 AND status = 'active'",
-            [member],
-        )
+        self.one(PAYER_OF_SQL, [member])
     }
     async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError> {
-        Ok(self
-            .one::<Option<String>>("SELECT region FROM persons WHERE ssn = ?1", [ssn])?
-            .flatten())
+        Ok(self.one::<Option<String>>(REGION_SQL, [ssn])?.flatten())
     }
     async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError> {
-        Ok(self
-            .one(
-                "SELECT count(*) FROM family_links WHERE holder_ssn = ?1 AND status = 'active'",
-                [holder],
-            )?
-            .unwrap_or(0))
+        Ok(self.one(ACTIVE_MEMBERS_SQL, [holder])?.unwrap_or(0))
     }
     async fn revoked_since(
         &mut self,
@@ -366,44 +368,16 @@ impl Facts for SqliteFacts<'_> {
         cutoff: &str,
     ) -> Result<Option<String>, RegistryError> {
         Ok(self
-            .one::<Option<String>>(
-                "SELECT max(revoked_at) FROM family_links \
-                 WHERE member_ssn = ?1 AND status = 'revoked' AND holder_ssn <> ?2 AND revoked_at > ?3",
-                params![member, holder, cutoff],
-            )?
+            .one::<Option<String>>(REVOKED_SINCE_SQL, params![member, holder, cutoff])?
             .flatten())
     }
 }
 
 impl Sqlite {
-    /// Binds `member` to `holder`'s account, enforcing every rule, judging
-    /// card expiry against `today`. The link and its audit row are one
-    /// transaction; refusals are audited too.
-    pub fn bind_on(
-        &mut self,
-        req: &BindRequest<'_>,
-        policy: &BindPolicy,
-        today: Date,
-    ) -> Result<(), BindError> {
-        let result = self.try_bind(req, policy, today);
-        match &result {
-            Ok(()) => {}
-            Err(e @ BindError::Registry(_)) => {
-                tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
-            }
-            Err(e) => {
-                self.record(&Entry {
-                    actor: req.actor,
-                    action: "bind",
-                    ssn: Some(&req.member),
-                    outcome: &format!("refused:{}", e.code()),
-                })?;
-            }
-        }
-        result
-    }
-
-    fn try_bind(
+    /// Binds with every rule, the link and its audit row in one
+    /// transaction (refusals are audited by the caller,
+    /// [`crate::registry::Registry::bind_on`]).
+    pub(crate) fn try_bind(
         &mut self,
         req: &BindRequest<'_>,
         policy: &BindPolicy,

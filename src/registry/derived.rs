@@ -161,7 +161,18 @@ pub struct Repair {
 }
 
 /// Above this many differing rows a repair rebuilds the whole table.
-const REBUILD_ABOVE: u64 = 100_000;
+pub(crate) const REBUILD_ABOVE: u64 = 100_000;
+
+/// The audit outcome of a repair.
+pub(crate) fn repair_outcome(drift: &Drift, rebuilt: bool) -> String {
+    format!(
+        "ok missing={} stale={} orphaned={}{}",
+        drift.missing,
+        drift.stale,
+        drift.orphaned,
+        if rebuilt { " rebuilt" } else { "" }
+    )
+}
 
 /// Walks the view and the table together in key order and calls `each`
 /// for every SSN whose rows differ. Constant memory.
@@ -272,13 +283,7 @@ impl Sqlite {
                 actor,
                 action: "repair",
                 ssn: None,
-                outcome: &format!(
-                    "ok missing={} stale={} orphaned={}{}",
-                    drift.missing,
-                    drift.stale,
-                    drift.orphaned,
-                    if rebuilt { " rebuilt" } else { "" }
-                ),
+                outcome: &repair_outcome(&drift, rebuilt),
             },
         )
         .map_err(sql)?;

@@ -364,7 +364,22 @@ impl Registry {
         policy: &BindPolicy,
         today: firmware_protocol::Date,
     ) -> Result<(), BindError> {
-        dispatch_mut!(self.bind_on(req, policy, today))
+        let result = dispatch_mut!(self.try_bind(req, policy, today));
+        match &result {
+            Ok(()) => {}
+            Err(e @ BindError::Registry(_)) => {
+                tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
+            }
+            Err(e) => {
+                self.record(&audit::Entry {
+                    actor: req.actor,
+                    action: "bind",
+                    ssn: Some(&req.member),
+                    outcome: &format!("refused:{}", e.code()),
+                })?;
+            }
+        }
+        result
     }
 
     /// [`Registry::bind_on`] with today's date.
@@ -390,7 +405,15 @@ impl Registry {
 
     /// Recomputes the whole audit chain.
     pub fn verify_audit(&self) -> Result<audit::Verification, RegistryError> {
-        dispatch!(self.verify_audit())
+        let mut chain = audit::Chain::new();
+        let mut broken = None;
+        self.audit_rows(&mut |r| {
+            if broken.is_none() {
+                broken = chain.check(&r).map(|why| (r.id, why));
+            }
+            Ok(())
+        })?;
+        Ok(chain.verification(broken))
     }
 
     /// How the read model differs from its definition (the view

@@ -200,6 +200,10 @@ impl CardRow {
     }
 }
 
+/// The statement of [`best_card`] (both backends; `$n` parameters).
+pub(crate) const BEST_CARD: &str = "SELECT card_no, status, expires FROM cards WHERE ssn = $1 \
+     ORDER BY (status = 'active' AND expires >= $2) DESC, generation DESC, issued DESC, card_no DESC LIMIT 1";
+
 /// A person's best card: a usable one first (newest generation, then
 /// newest issue), otherwise the newest card, so a person holding an expired
 /// new card and a valid old one resolves with the valid one, as bind sees it.
@@ -208,18 +212,15 @@ pub(crate) fn best_card(
     ssn: &str,
     today: Date,
 ) -> rusqlite::Result<Option<CardRow>> {
-    c.prepare_cached(
-        "SELECT card_no, status, expires FROM cards WHERE ssn = ?1 \
-         ORDER BY (status = 'active' AND expires >= ?2) DESC, generation DESC, issued DESC, card_no DESC LIMIT 1",
-    )?
-    .query_row(rusqlite::params![ssn, today.to_string()], |r| {
-        Ok(CardRow {
-            card_no: r.get(0)?,
-            status: r.get(1)?,
-            expires: r.get(2)?,
+    c.prepare_cached(BEST_CARD)?
+        .query_row(rusqlite::params![ssn, today.to_string()], |r| {
+            Ok(CardRow {
+                card_no: r.get(0)?,
+                status: r.get(1)?,
+                expires: r.get(2)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
 
 /// Far-future bound used when re-validating SSNs already in the database.
@@ -267,29 +268,28 @@ macro_rules! derived_columns {
 pub(crate) const BY_CARD_NO: &str = concat!(
     "SELECT c.card_no, c.status, c.expires, c.ssn, ",
     derived_columns!(),
-    " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = ?1"
+    " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = $1"
 );
 pub(crate) const BY_PAN: &str = concat!(
     "SELECT c.card_no, c.status, c.expires, c.ssn, ",
     derived_columns!(),
-    " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.pan = ?1"
+    " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.pan = $1"
 );
 /// By SSN: the derived row alone, with its best card (one row read).
 pub(crate) const BY_SSN: &str = concat!(
     "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
     derived_columns!(),
-    " FROM resolution r WHERE r.ssn = ?1"
+    " FROM resolution r WHERE r.ssn = $1"
 );
 /// A person's derived row computed from its definition, for a person who
 /// has no row (added outside cardlink and not yet repaired).
 pub(crate) const FROM_VIEW: &str = concat!(
     "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
     derived_columns!(),
-    " FROM resolution_source r WHERE r.ssn = ?1"
+    " FROM resolution_source r WHERE r.ssn = $1"
 );
 
-/// The statements of a resolution; each backend has its own SQL for each,
-/// returning the same columns (see the SQLite ones above).
+/// The statements of a resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Query {
     /// [`BY_CARD_NO`].
@@ -300,6 +300,31 @@ pub(crate) enum Query {
     BySsn,
     /// [`FROM_VIEW`].
     FromView,
+}
+
+/// A person's member list: the derived row's, or the view's for a person
+/// without one.
+pub(crate) const MEMBERS_SQL: &str =
+    "SELECT coalesce((SELECT members FROM resolution WHERE ssn = $1), \
+                     (SELECT members FROM resolution_source WHERE ssn = $1))";
+
+/// Payment records of the last `$2` months that have records, newest first.
+pub(crate) const CONTRIBUTIONS_SQL: &str =
+    "SELECT month, employer, base_fen, employee_fen, employer_fen, account_fen \
+     FROM contributions WHERE ssn = $1 AND month IN \
+     (SELECT DISTINCT month FROM contributions WHERE ssn = $1 ORDER BY month DESC LIMIT $2) \
+     ORDER BY month DESC, employer";
+
+impl Query {
+    /// The statement (both backends read the same SQL; `$1` the key).
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            Query::ByCardNo => BY_CARD_NO,
+            Query::ByPan => BY_PAN,
+            Query::BySsn => BY_SSN,
+            Query::FromView => FROM_VIEW,
+        }
+    }
 }
 
 /// What a backend answers for [`resolve_with`]. Async so that PostgreSQL
@@ -338,15 +363,9 @@ struct SqliteSource<'a>(&'a Sqlite);
 
 impl Source for SqliteSource<'_> {
     async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError> {
-        let sql = match q {
-            Query::ByCardNo => BY_CARD_NO,
-            Query::ByPan => BY_PAN,
-            Query::BySsn => BY_SSN,
-            Query::FromView => FROM_VIEW,
-        };
         self.0
             .conn
-            .prepare_cached(sql)
+            .prepare_cached(q.sql())
             .and_then(|mut st| st.query_row([key], Row::read).optional())
             .map_err(|e| self.0.sql(e))
     }
@@ -523,10 +542,7 @@ impl Sqlite {
     pub fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
         let json: Option<String> = self
             .conn
-            .prepare_cached(
-                "SELECT coalesce((SELECT members FROM resolution WHERE ssn = ?1), \
-                                 (SELECT members FROM resolution_source WHERE ssn = ?1))",
-            )
+            .prepare_cached(MEMBERS_SQL)
             .map_err(|e| self.sql(e))?
             .query_row([holder.expose()], |r| r.get(0))
             .map_err(|e| self.sql(e))?;
@@ -542,12 +558,7 @@ impl Sqlite {
     ) -> Result<Vec<Contribution>, RegistryError> {
         let mut st = self
             .conn
-            .prepare_cached(
-                "SELECT month, employer, base_fen, employee_fen, employer_fen, account_fen \
-                 FROM contributions WHERE ssn = ?1 AND month IN \
-                 (SELECT DISTINCT month FROM contributions WHERE ssn = ?1 ORDER BY month DESC LIMIT ?2) \
-                 ORDER BY month DESC, employer",
-            )
+            .prepare_cached(CONTRIBUTIONS_SQL)
             .map_err(|e| self.sql(e))?;
         let rows = st
             .query_map(params![ssn.expose(), months], |r| {

@@ -279,6 +279,26 @@ impl Fx {
     }
 }
 
+/// [`on_both_backends`] for `async fn name(Backend)` with tokio's paused
+/// clock (the in-process daemon's tests).
+#[macro_export]
+macro_rules! on_both_backends_paused {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(start_paused = true)]
+                async fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+                #[tokio::test(start_paused = true)]
+                async fn postgres() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
 /// Runs a behavioural test `fn name(Backend)` on both backends: the tests
 /// `name::sqlite` and `name::postgres`.
 #[macro_export]
@@ -430,6 +450,8 @@ pub struct Daemon {
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), daemon::DaemonError>>>,
     updates: tokio::sync::mpsc::Sender<Update>,
+    /// The registry when it is not the file `db` (PostgreSQL).
+    pub fx: Option<Fx>,
     _log_guard: tracing::subscriber::DefaultGuard,
 }
 
@@ -468,6 +490,44 @@ impl Daemon {
         extra: &str,
         ports: Arc<dyn daemon::OpenPort>,
     ) -> Daemon {
+        Self::start_with(dir, db.clone().into(), db, None, readers, extra, ports).await
+    }
+
+    /// [`Daemon::start`] on the fixture registry of backend `b`; `None`
+    /// when that backend is not available (the test says it is skipped).
+    pub async fn start_backend(
+        b: Backend,
+        test: &'static str,
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+    ) -> Option<(Daemon, Vec<VirtualPort>)> {
+        if b == Backend::Sqlite {
+            return Some(Self::start(readers, extra).await);
+        }
+        // Opening a PostgreSQL registry blocks: off the test's runtime.
+        let fx = tokio::task::spawn_blocking(move || Fx::fixture(b, test))
+            .await
+            .unwrap()?;
+        let ports = VirtualPorts::new();
+        let plugged = readers.iter().map(|(n, _, _)| ports.plug(n)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let unused = dir.path().join("not-sqlite");
+        let database = fx.db.clone();
+        let d = Self::start_with(dir, database, unused, Some(fx), readers, extra, ports).await;
+        Some((d, plugged))
+    }
+
+    /// Starts `daemon::run` on `database` (`db`: its file when SQLite's;
+    /// `fx`: the registry kept alive with the daemon).
+    async fn start_with(
+        dir: tempfile::TempDir,
+        database: cardlink::registry::Database,
+        db: PathBuf,
+        fx: Option<Fx>,
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+        ports: Arc<dyn daemon::OpenPort>,
+    ) -> Daemon {
         let log = Log::default();
         let sink = log.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -477,19 +537,23 @@ impl Daemon {
             .finish();
         let guard = tracing::subscriber::set_default(subscriber);
         let socket = dir.path().join("display.sock");
-        let text = config_text(dir.path(), db.clone(), &socket, readers, extra);
+        let text = config_text(dir.path(), database.clone(), &socket, readers, extra);
         let config = Config::parse(&text, "test").unwrap();
         // A socket file left by a daemon stopped in-process (the binary
         // removes its own on exit).
         let _ = std::fs::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let registry = cardlink::registry::Registry::open(
-            &db,
-            &cardlink::registry::OpenOptions {
-                busy_timeout: Duration::from_millis(config.busy_timeout_ms),
-                ..Default::default()
-            },
-        )
+        let opts = cardlink::registry::OpenOptions {
+            busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+            ..Default::default()
+        };
+        // Opening blocks (PostgreSQL on a runtime of its own): off the
+        // test's runtime.
+        let registry = tokio::task::spawn_blocking(move || {
+            cardlink::registry::Registry::open_database(&database, &opts)
+        })
+        .await
+        .unwrap()
         .unwrap();
         let (updates, rx) = tokio::sync::mpsc::channel(4);
         let shutdown = CancellationToken::new();
@@ -512,7 +576,20 @@ impl Daemon {
             shutdown,
             task: Some(task),
             updates,
+            fx,
             _log_guard: guard,
+        }
+    }
+
+    /// Plain SQL on the daemon's registry (see [`Fx::exec`]).
+    pub fn exec(&self, sql: &str, params: &[&str]) -> i64 {
+        match &self.fx {
+            Some(fx) => fx.exec(sql, params),
+            None => {
+                let c = rusqlite::Connection::open(&self.db).unwrap();
+                c.execute(sql, rusqlite::params_from_iter(params.iter()))
+                    .unwrap() as i64
+            }
         }
     }
 

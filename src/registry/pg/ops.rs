@@ -1,39 +1,20 @@
 //! The registry's operations on PostgreSQL: the same statements as
 //! SQLite's where the SQL is the same, the shared rules and chain.
 
-use std::sync::LazyLock;
-
 use deadpool_postgres::{GenericClient, Transaction};
 use firmware_protocol::{Date, Ssn};
 use futures::StreamExt;
 use tokio_postgres::types::ToSql;
 
 use super::{Postgres, WRITE_LOCK};
-use crate::registry::audit::{self, Chain, Entry, Row as AuditRow, Verification};
+use crate::registry::audit::{self, Entry, Row as AuditRow};
 use crate::registry::bind::{self, BindError, BindRequest, Facts};
-use crate::registry::derived::{Drift, Repair, COLUMNS};
+use crate::registry::derived::{repair_outcome, Drift, Repair, COLUMNS, REBUILD_ABOVE};
 use crate::registry::policy::BindPolicy;
 use crate::registry::resolve::{
     self, CardRow, Contribution, Derived, Lookup, Member, Query, Resolution, Row, Source,
 };
 use crate::registry::{demo, RegistryError, Stats};
-
-/// SQLite's resolve statements with `$n` parameters (the SQL is the same).
-static RESOLVE_SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
-    [
-        resolve::BY_CARD_NO,
-        resolve::BY_PAN,
-        resolve::BY_SSN,
-        resolve::FROM_VIEW,
-    ]
-    .map(|s| s.replace("?1", "$1"))
-});
-
-const BEST_CARD: &str = "SELECT card_no, status, expires FROM cards WHERE ssn = $1 \
-     ORDER BY (status = 'active' AND expires >= $2) DESC, generation DESC, issued DESC, card_no DESC LIMIT 1";
-
-/// Above this many differing rows a repair rebuilds the whole table.
-const REBUILD_ABOVE: u64 = 100_000;
 
 fn read_row(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
     let card_no: Option<String> = r.try_get(0)?;
@@ -112,13 +93,7 @@ impl<C: GenericClient + Sync> Pg<'_, C> {
 
 impl<C: GenericClient + Sync> Source for Pg<'_, C> {
     async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError> {
-        let sql = &RESOLVE_SQL[match q {
-            Query::ByCardNo => 0,
-            Query::ByPan => 1,
-            Query::BySsn => 2,
-            Query::FromView => 3,
-        }];
-        match self.opt(sql, &[&key]).await? {
+        match self.opt(q.sql(), &[&key]).await? {
             Some(r) => read_row(&r).map(Some).map_err(|e| self.pg.err(&e)),
             None => Ok(None),
         }
@@ -126,7 +101,7 @@ impl<C: GenericClient + Sync> Source for Pg<'_, C> {
 
     async fn best_card(&self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
         let today = today.to_string();
-        match self.opt(BEST_CARD, &[&ssn, &today]).await? {
+        match self.opt(resolve::BEST_CARD, &[&ssn, &today]).await? {
             Some(r) => Ok(Some(CardRow {
                 card_no: r.get(0),
                 status: r.get(1),
@@ -140,10 +115,7 @@ impl<C: GenericClient + Sync> Source for Pg<'_, C> {
 impl<C: GenericClient + Sync> Facts for Pg<'_, C> {
     async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError> {
         Ok(self
-            .opt(
-                "SELECT insurance_type, insurance_status FROM persons WHERE ssn = $1",
-                &[&ssn],
-            )
+            .opt(bind::INSURANCE_SQL, &[&ssn])
             .await?
             .map(|r| (r.get(0), r.get(1))))
     }
@@ -155,22 +127,14 @@ impl<C: GenericClient + Sync> Facts for Pg<'_, C> {
         Source::best_card(self, ssn, today).await
     }
     async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError> {
-        self.text(
-            "SELECT holder_ssn FROM family_links WHERE member_ssn = $1 AND status = 'active'",
-            &[&member],
-        )
-        .await
+        self.text(bind::PAYER_OF_SQL, &[&member]).await
     }
     async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError> {
-        self.text("SELECT region FROM persons WHERE ssn = $1", &[&ssn])
-            .await
+        self.text(bind::REGION_SQL, &[&ssn]).await
     }
     async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError> {
         let n: i64 = self
-            .opt(
-                "SELECT count(*) FROM family_links WHERE holder_ssn = $1 AND status = 'active'",
-                &[&holder],
-            )
+            .opt(bind::ACTIVE_MEMBERS_SQL, &[&holder])
             .await?
             .map_or(0, |r| r.get(0));
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
@@ -181,12 +145,8 @@ impl<C: GenericClient + Sync> Facts for Pg<'_, C> {
         holder: &str,
         cutoff: &str,
     ) -> Result<Option<String>, RegistryError> {
-        self.text(
-            "SELECT max(revoked_at) FROM family_links \
-             WHERE member_ssn = $1 AND status = 'revoked' AND holder_ssn <> $2 AND revoked_at > $3",
-            &[&member, &holder, &cutoff],
-        )
-        .await
+        self.text(bind::REVOKED_SINCE_SQL, &[&member, &holder, &cutoff])
+            .await
     }
 }
 
@@ -335,11 +295,7 @@ impl Postgres {
     pub fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
         let json = self.run(async |c| {
             Pg { c: &*c, pg: self }
-                .text(
-                    "SELECT coalesce((SELECT members FROM resolution WHERE ssn = $1), \
-                                     (SELECT members FROM resolution_source WHERE ssn = $1))",
-                    &[&holder.expose()],
-                )
+                .text(resolve::MEMBERS_SQL, &[&holder.expose()])
                 .await
         })?;
         json.map_or(Ok(Vec::new()), |j: String| resolve::parse_members(&j))
@@ -355,10 +311,7 @@ impl Postgres {
         self.run(async |c| {
             let rows = c
                 .query(
-                    "SELECT month, employer, base_fen, employee_fen, employer_fen, account_fen \
-                     FROM contributions WHERE ssn = $1 AND month IN \
-                     (SELECT DISTINCT month FROM contributions WHERE ssn = $1 ORDER BY month DESC LIMIT $2) \
-                     ORDER BY month DESC, employer",
+                    resolve::CONTRIBUTIONS_SQL,
                     &[&ssn.expose(), &i64::from(months)],
                 )
                 .await
@@ -377,33 +330,11 @@ impl Postgres {
         })
     }
 
-    /// Binds with every rule; refusals are audited (see SQLite's `bind_on`).
-    pub fn bind_on(
+    /// Binds with every rule, the link and its audit row in one write
+    /// transaction (refusals are audited by the caller,
+    /// [`crate::registry::Registry::bind_on`]).
+    pub(crate) fn try_bind(
         &mut self,
-        req: &BindRequest<'_>,
-        policy: &BindPolicy,
-        today: Date,
-    ) -> Result<(), BindError> {
-        let result = self.try_bind(req, policy, today);
-        match &result {
-            Ok(()) => {}
-            Err(e @ BindError::Registry(_)) => {
-                tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
-            }
-            Err(e) => {
-                self.record(&Entry {
-                    actor: req.actor,
-                    action: "bind",
-                    ssn: Some(&req.member),
-                    outcome: &format!("refused:{}", e.code()),
-                })?;
-            }
-        }
-        result
-    }
-
-    fn try_bind(
-        &self,
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: Date,
@@ -503,19 +434,6 @@ impl Postgres {
     /// Appends one audit row in its own transaction.
     pub fn record(&mut self, e: &Entry<'_>) -> Result<(), RegistryError> {
         self.run(async |c| self.append(&*c, e).await)
-    }
-
-    /// Recomputes the whole chain.
-    pub fn verify_audit(&self) -> Result<Verification, RegistryError> {
-        let mut chain = Chain::new();
-        let mut broken = None;
-        self.audit_rows(&mut |r| {
-            if broken.is_none() {
-                broken = chain.check(&r).map(|why| (r.id, why));
-            }
-            Ok(())
-        })?;
-        Ok(chain.verification(broken))
     }
 
     /// Every audit row in id order, streamed.
@@ -635,13 +553,7 @@ impl Postgres {
                     actor,
                     action: "repair",
                     ssn: None,
-                    outcome: &format!(
-                        "ok missing={} stale={} orphaned={}{}",
-                        drift.missing,
-                        drift.stale,
-                        drift.orphaned,
-                        if rebuilt { " rebuilt" } else { "" }
-                    ),
+                    outcome: &repair_outcome(&drift, rebuilt),
                 },
             )
             .await?;
