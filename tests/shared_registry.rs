@@ -251,22 +251,14 @@ fn make_certs(dir: &std::path::Path) -> Option<()> {
                 );
             })
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=cardlink test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ])
-    .ok()?;
+    // A self-signed CA: (subject, key file, certificate file).
+    let ca = |subject: &str, key: &str, pem: &str| {
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
+            "-keyout", key, "-out", pem,
+        ])
+    };
+    ca("/CN=cardlink test CA", "ca.key", "ca.pem").ok()?;
     run(&[
         "req",
         "-newkey",
@@ -300,22 +292,7 @@ fn make_certs(dir: &std::path::Path) -> Option<()> {
     ])
     .ok()?;
     // Another CA, which did not sign the server's certificate.
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=someone else",
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.pem",
-    ])
-    .ok()?;
+    ca("/CN=someone else", "other.key", "other.pem").ok()?;
     Some(())
 }
 

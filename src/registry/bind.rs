@@ -315,6 +315,15 @@ pub(crate) const ACTIVE_MEMBERS_SQL: &str =
 pub(crate) const REVOKED_SINCE_SQL: &str = "SELECT max(revoked_at) FROM family_links \
      WHERE member_ssn = $1 AND status = 'revoked' AND holder_ssn <> $2 AND revoked_at > $3";
 
+/// The audit outcome of an unbind that revoked `revoked` links (0: refused).
+pub(crate) fn unbind_outcome(revoked: u64, holder: &Ssn, operator: &str) -> String {
+    if revoked == 0 {
+        "refused:not_linked".to_string()
+    } else {
+        format!("ok holder={} operator={operator}", holder.expose())
+    }
+}
+
 /// SQLite's answers to [`Facts`], inside the bind's transaction.
 pub(crate) struct SqliteFacts<'c> {
     pub(crate) conn: &'c rusqlite::Connection,
@@ -456,11 +465,7 @@ impl Sqlite {
         if n > 0 {
             super::derived::refresh(&tx, &[holder.expose(), member.expose()]).map_err(sql)?;
         }
-        let outcome = if n == 0 {
-            "refused:not_linked".to_string()
-        } else {
-            format!("ok holder={} operator={operator}", holder.expose())
-        };
+        let outcome = unbind_outcome(n as u64, holder, operator);
         append(
             &tx,
             &Entry {

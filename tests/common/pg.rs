@@ -278,11 +278,13 @@ fn suite_server() -> Result<String, String> {
     .clone()
 }
 
-/// Runs SQL as the administrator on `url` (a fresh runtime, so callable
-/// from any test).
-pub fn admin(url: &str, sql: &str) {
+/// Runs `job` with a new client of `url`, on a thread and runtime of its
+/// own (so callable from any test, async or not).
+fn with_client<T: Send + 'static>(
+    url: &str,
+    job: impl AsyncFnOnce(&tokio_postgres::Client) -> T + Send + 'static,
+) -> T {
     let url = url.to_string();
-    let sql = sql.to_string();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -293,14 +295,21 @@ pub fn admin(url: &str, sql: &str) {
                 .await
                 .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
             tokio::spawn(conn);
-            client
-                .batch_execute(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            job(&client).await
         })
     })
     .join()
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs SQL as the administrator on `url`.
+pub fn admin(url: &str, sql: &str) {
+    let sql = sql.to_string();
+    with_client(url, async move |c| {
+        c.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    })
 }
 
 /// A database of its own for one test, dropped afterwards.
@@ -313,18 +322,14 @@ pub struct TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let (url, name) = (self.admin.clone(), self.name.clone());
         let _ = std::panic::catch_unwind(move || {
-            admin_quiet(
-                &admin,
+            admin(
+                &url,
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             )
         });
     }
-}
-
-fn admin_quiet(url: &str, sql: &str) {
-    admin(url, sql)
 }
 
 /// A new database on the suite's server, or `None` (skipped).
@@ -372,29 +377,17 @@ pub fn server(test: &str, hba: Option<&str>, extra: &[&str]) -> Option<Server> {
 /// Runs `sql` with text parameters on `url`; returns the rows' first
 /// column as i64 when `count`, else the rows affected.
 pub fn run(url: &str, sql: &str, params: &[String], count: bool) -> i64 {
-    let (url, sql, params) = (url.to_string(), sql.to_string(), params.to_vec());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                .iter()
-                .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            if count {
-                client.query_one(&sql, &p).await.map(|r| r.get::<_, i64>(0))
-            } else {
-                client.execute(&sql, &p).await.map(|n| n as i64)
-            }
-        })
+    let (sql, params) = (sql.to_string(), params.to_vec());
+    with_client(url, async move |client| {
+        let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        if count {
+            client.query_one(&sql, &p).await.map(|r| r.get::<_, i64>(0))
+        } else {
+            client.execute(&sql, &p).await.map(|n| n as i64)
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
     })
-    .join()
-    .unwrap()
-    .unwrap_or_else(|e| panic!("{e:?}"))
 }

@@ -406,11 +406,7 @@ impl Postgres {
                 self.refresh(&tx, &[holder.expose(), member.expose()])
                     .await?;
             }
-            let outcome = if n == 0 {
-                "refused:not_linked".to_string()
-            } else {
-                format!("ok holder={} operator={operator}", holder.expose())
-            };
+            let outcome = bind::unbind_outcome(n, holder, operator);
             self.append(
                 &tx,
                 &Entry {
