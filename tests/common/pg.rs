@@ -29,7 +29,8 @@ pub fn skip(test: &str, why: &str) {
 /// The directory of PostgreSQL's server binaries.
 pub fn bindir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("CARDLINK_PG_BINDIR") {
-        return Some(PathBuf::from(d));
+        let d = PathBuf::from(d);
+        return (d.join("postgres").exists() && d.join("initdb").exists()).then_some(d);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
