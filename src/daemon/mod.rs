@@ -513,6 +513,22 @@ pub struct Daemon {
     pub updates: mpsc::Receiver<Update>,
 }
 
+/// A shared registry that went away is tried again in the background, at
+/// its backoff's pace, so the first swipe after the server is back
+/// resolves (swipes meanwhile are answered `registry_unavailable` at once).
+/// The job costs nothing while the registry is reachable.
+async fn reconnect(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if ctx.worker.call(|reg| reg.reconnect()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let Daemon {
@@ -522,6 +538,7 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
         ports,
         mut updates,
     } = d;
+    let shared = registry.is_shared();
     let worker = Worker::start(registry);
     let ctx = Ctx::new(worker, &cfg);
     let mut readers = serial::Readers::new(ports, &cfg);
@@ -535,6 +552,9 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
     let server = tokio::spawn(server::serve(listener, ctx.clone(), shutdown.clone()));
     if let Some(every) = crate::notify::watchdog_interval() {
         tokio::spawn(watchdog(ctx.clone(), every, shutdown.clone()));
+    }
+    if shared {
+        tokio::spawn(reconnect(ctx.clone(), shutdown.clone()));
     }
     let mut updates_open = true;
     loop {

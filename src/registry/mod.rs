@@ -288,6 +288,22 @@ impl Registry {
         }
     }
 
+    /// Whether this is a registry shared over the network (PostgreSQL),
+    /// which can become unreachable.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// A shared registry found unreachable is tried again once its backoff
+    /// has passed (a no-op otherwise, and on SQLite). Returns whether it
+    /// was tried and answered.
+    pub fn reconnect(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Postgres(p) => p.reconnect(),
+        }
+    }
+
     /// The SQLite connection, for tests, benchmarks and tools that compare
     /// raw SQL; `None` on PostgreSQL.
     pub fn sqlite_connection(&self) -> Option<&Connection> {

@@ -192,6 +192,13 @@ struct Down {
 }
 
 impl Health {
+    /// Down, and the backoff has passed: time to try again.
+    fn due(&self) -> bool {
+        self.down
+            .as_ref()
+            .is_some_and(|d| Instant::now() >= d.retry_at)
+    }
+
     /// The error to answer without trying, while backing off.
     fn refuse(&self) -> Option<RegistryError> {
         let d = self.down.as_ref()?;
@@ -369,6 +376,21 @@ impl Postgres {
             other => other?,
         }
         Ok(pg)
+    }
+
+    /// Tries an unreachable server again once its backoff has passed (see
+    /// [`crate::registry::Registry::reconnect`]); returns whether it answered.
+    pub fn reconnect(&self) -> bool {
+        if !self.health.lock().unwrap_or_else(|p| p.into_inner()).due() {
+            return false;
+        }
+        self.run(async |c| {
+            c.simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| self.err(&e))
+        })
+        .is_ok()
     }
 
     /// Creates or upgrades the schema (checks its version when read-only),
