@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `None` (after saying so) when the test cannot run here; panics under
 /// `CI=true`.
@@ -177,40 +177,37 @@ impl Server {
             ))
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=60"])
+            .args(["-c", "lc_messages=C"])
             .args(self.extra.iter().flat_map(|e| ["-c", e.as_str()]))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         as_server_user(&mut cmd, self.die_with_starter);
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
         *self.child.lock().unwrap() = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&self) {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new(self.bin.join("pg_isready"))
-                .args([
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-t",
-                    "5",
-                ])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            if let Some(c) = self.child.lock().unwrap().as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("postgres exited during start: {status}");
+        // The server says when it accepts connections; its log is read (and
+        // then drained, so the pipe never fills) by a thread of its own.
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut log = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("database system is ready to accept connections") {
+                    let _ = ready.send(Ok(()));
+                } else if log.len() < 64 * 1024 {
+                    log.push_str(&line);
+                    log.push('\n');
                 }
             }
-            assert!(Instant::now() < end, "postgres did not start in 60 s");
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = ready.send(Err(log));
+        });
+        match started.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(log)) => panic!("postgres exited during start:\n{log}"),
+            Err(e) => panic!("postgres did not start in 60 s: {e}"),
         }
     }
 
