@@ -94,6 +94,13 @@ impl Client {
         let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
         let version = match next_message(&mut lines).await? {
             Some(Message::Version(v)) => v,
+            // The daemon refused the connection (too_many_clients).
+            Some(Message::Error(e)) => {
+                return Err(ClientError::Refused {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
             Some(other) => {
                 return Err(ClientError::Protocol(format!(
                     "expected VERSION first, got {other:?}"
@@ -236,6 +243,19 @@ impl Requester {
         req.set_id(Value::from(id));
         let mut line =
             serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        // The daemon closes a connection on a longer line: refuse it here,
+        // so that one oversized request never breaks a link that others
+        // share (the display's, for every page).
+        if line.len() >= crate::protocol::MAX_REQUEST {
+            return Err(ClientError::Refused {
+                code: ErrorCode::LineTooLong,
+                message: format!(
+                    "request of {} bytes exceeds the daemon's limit of {} bytes; not sent",
+                    line.len(),
+                    crate::protocol::MAX_REQUEST
+                ),
+            });
+        }
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
         self.pending

@@ -116,6 +116,14 @@ pub struct SocketConfig {
     /// Peer uids that receive full SSNs.
     #[serde(default)]
     pub privileged_uids: Vec<u32>,
+    /// Clients served at once; one more is told `too_many_clients` and
+    /// closed (fewer if `RLIMIT_NOFILE` leaves too few descriptors).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+fn default_max_clients() -> usize {
+    256
 }
 
 fn default_socket() -> PathBuf {
@@ -131,6 +139,7 @@ impl Default for SocketConfig {
             path: default_socket(),
             mode: default_mode_text(),
             privileged_uids: Vec::new(),
+            max_clients: default_max_clients(),
         }
     }
 }
@@ -303,6 +312,12 @@ impl Config {
                     r.path.display()
                 ));
             }
+        }
+        if !(1..=65_536).contains(&self.socket.max_clients) {
+            return bad(format!(
+                "socket.max_clients {} out of range 1..=65536",
+                self.socket.max_clients
+            ));
         }
         Ok(())
     }

@@ -154,6 +154,9 @@ pub fn render(m: &Message) -> String {
         Message::Removed(r) => format!("card   {:<10} removed", r.reader),
         Message::Card(c) => card_text(c),
         Message::Reply(r) => format!("reply  {}", serde_json::to_string(r).unwrap_or_default()),
+        Message::Role(r) => format!("role   now {}", r.role),
+        Message::Display(d) => format!("display daemon {}", d.daemon),
+        Message::Session(e) => format!("session ended: {}", e.ended),
     }
 }
 
@@ -563,11 +566,17 @@ pub async fn demo(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.daemon.display())))?;
+    let key_dir = d.dir.join("screen");
+    std::fs::create_dir_all(&key_dir)?;
     let mut display = tokio::process::Command::new(&d.display)
         .arg("--socket")
         .arg(&socket)
         .arg("--listen")
         .arg(d.display_listen.to_string())
+        .arg("--key-dir")
+        .arg(&key_dir)
+        .arg("--operator")
+        .arg("demo")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -575,9 +584,12 @@ pub async fn demo(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.display.display())))?;
+    // The browser logs in through the display's login page (it posts the
+    // screen key); the page is written once the display has started.
     writeln!(
         out,
-        "demo: the clerk's screen is at http://{}/ (open it in a browser)",
+        "demo: the clerk's screen: open file://{} in a browser (it logs in to http://{}/)",
+        key_dir.join(crate::display::key::LOGIN_FILE).display(),
         d.display_listen
     )?;
     eprintln!(

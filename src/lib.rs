@@ -2,7 +2,7 @@
 //!
 //! The host side of cardlink: decoding card reads from serial readers,
 //! resolving family links (family mutual aid on the employee medical
-//! insurance personal account) in a SQLite registry, and serving the result
+//! insurance personal account) in a registry (SQLite or PostgreSQL), and serving the result
 //! to display clients on a Unix socket.
 //!
 //! Data flow (see ARCHITECTURE.md): bytes → frame or line → card read
@@ -17,6 +17,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod display;
+pub mod fds;
 pub mod logging;
 pub mod mask;
 pub mod notify;

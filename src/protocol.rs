@@ -126,6 +126,16 @@ error_codes! {
     NotLinked = "not_linked",
     /// A request only a privileged client may make (`capture`).
     NotPrivileged = "not_privileged",
+    /// The socket already serves `socket.max_clients` clients; the
+    /// connection is closed.
+    TooManyClients = "too_many_clients",
+    // Sent by `cardlink-display` to its page.
+    /// At a kiosk: the swipe is not the person (or the bind flow) of this
+    /// screen's session; swipe the card again.
+    NotInSession = "not_in_session",
+    /// At a window: this screen has no operator configured, so it cannot
+    /// bind or unbind (`cardlink-display --operator`).
+    OperatorRequired = "operator_required",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -220,6 +230,42 @@ pub enum Message {
     Error(ErrorMsg),
     /// The answer to a request.
     Reply(Reply),
+    /// The daemon's role changed (a reload): displays follow it at once.
+    Role(RoleMsg),
+    /// Sent by `cardlink-display` to its pages, never by the daemon.
+    Display(DisplayMsg),
+    /// Sent by `cardlink-display` to a kiosk page whose session ended.
+    Session(SessionMsg),
+}
+
+/// `SESSION`: a kiosk page's session ended without the page asking
+/// (`ended`: `idle`); the page returns to its idle screen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMsg {
+    /// Why: `idle`.
+    pub ended: String,
+}
+
+/// `ROLE`: the daemon's role after a reload changed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleMsg {
+    /// `window` or `kiosk`.
+    pub role: String,
+}
+
+/// `DISPLAY`: `cardlink-display`'s state for its page, sent on connect and
+/// whenever the daemon link or the role changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplayMsg {
+    /// `connected` or `offline`.
+    pub daemon: String,
+    /// `kiosk` or `window`, once known.
+    pub role: Option<String>,
+    /// The operator this (window) screen binds as, from the display's
+    /// configuration; `null` where none is configured.
+    pub operator: Option<String>,
+    /// Seconds without a swipe or a touch after which a kiosk session ends.
+    pub idle_s: u64,
 }
 
 /// `VERSION`.
@@ -782,13 +828,75 @@ const COMMANDS: [&str; 6] = [
 ];
 const PARTY_FIELDS: [&str; 4] = ["holder", "member", "holder_swipe", "member_swipe"];
 
-/// Parses a request line.
-pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
-    let v: Value = serde_json::from_slice(line).map_err(|e| BadRequest {
+fn parse_json(line: &[u8]) -> Result<Value, BadRequest> {
+    serde_json::from_slice(line).map_err(|e| BadRequest {
         id: None,
         code: ErrorCode::BadJson,
         message: format!("invalid JSON: {e}"),
-    })?;
+    })
+}
+
+/// Parses a request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
+    request_from_value(parse_json(line)?)
+}
+
+/// What a screen's page sends to `cardlink-display`: a daemon request, or
+/// a step of a kiosk session that the display keeps itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageRequest {
+    /// A request the display forwards to the daemon (after its checks).
+    Daemon(Request),
+    /// `{"cmd":"bind_start"}`: at a kiosk, the person of this screen's
+    /// session starts a bind; the next card swiped is the member's.
+    BindStart {
+        /// Request id.
+        id: Value,
+    },
+    /// `{"cmd":"end"}`: the person is done; the session ends.
+    End {
+        /// Request id.
+        id: Value,
+    },
+}
+
+impl PageRequest {
+    /// The request id.
+    pub fn id(&self) -> &Value {
+        match self {
+            PageRequest::Daemon(r) => r.id(),
+            PageRequest::BindStart { id } | PageRequest::End { id } => id,
+        }
+    }
+}
+
+/// Parses a line from a screen's page.
+pub fn parse_page_request(line: &[u8]) -> Result<PageRequest, BadRequest> {
+    let v = parse_json(line)?;
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    match v.get("cmd").and_then(Value::as_str) {
+        Some(cmd @ ("bind_start" | "end")) => {
+            if let Some(k) = v
+                .as_object()
+                .and_then(|o| o.keys().find(|k| *k != "id" && *k != "cmd"))
+            {
+                return Err(BadRequest {
+                    id: Some(id),
+                    code: ErrorCode::BadRequest,
+                    message: format!("unknown field `{k}`"),
+                });
+            }
+            Ok(if cmd == "end" {
+                PageRequest::End { id }
+            } else {
+                PageRequest::BindStart { id }
+            })
+        }
+        _ => request_from_value(v).map(PageRequest::Daemon),
+    }
+}
+
+fn request_from_value(v: Value) -> Result<Request, BadRequest> {
     let id = v.get("id").cloned().unwrap_or(Value::Null);
     let bad = |code, message: String| BadRequest {
         id: Some(id.clone()),

@@ -54,3 +54,49 @@ async fn a_log_written_to_a_file_or_pipe_is_plain_text() {
     assert!(log.contains("cardlinkd stopped"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log:?}");
 }
+
+/// Issue 19.7: 1,100 idle socket clients took every descriptor of a daemon
+/// started without `LimitNOFILE=` (soft limit 1024); a replugged reader
+/// then failed with "Too many open files" and lost its swipes. Clients are
+/// capped now (`socket.max_clients`, 256), the rest told why, and the soft
+/// limit is raised to the hard one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_cannot_starve_a_replugged_reader() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    // This test itself holds the 1,100 clients.
+    cardlink::fds::raise_nofile();
+    let (d, mut ptys) = Process::start_with_nofile(&[("r1", "frame", "utf-8")], "", 1024);
+    let mut watcher = d.client().await;
+    while watcher.expect("READER").await["state"] != "connected" {}
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1100 {
+        let s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        let mut lines = BufReader::new(s).lines();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the daemon neither served nor refused a client")
+            .unwrap()
+            .expect("closed without a word");
+        let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+        if first["class"] == "ERROR" {
+            assert_eq!(first["code"], "too_many_clients", "{first}");
+            refused += 1;
+        } else {
+            assert_eq!(first["class"], "VERSION", "{first}");
+        }
+        idle.push(lines);
+    }
+    // 256 served: the watcher and 255 of the idle ones.
+    assert_eq!(refused, 1100 - 255);
+    drop(ptys.pop());
+    while watcher.expect("READER").await["state"] != "disconnected" {}
+    let mut pty = PtyMaster::open(Some(&d.path("r1"))).unwrap();
+    while watcher.expect("READER").await["state"] != "connected" {}
+    pty.write_all(&card_frame(1, HOLDER, "张伟")).await.unwrap();
+    assert_eq!(watcher.expect("CARD").await["outcome"], "ok");
+    drop(idle);
+    let (_, log) = d.stop();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(log.contains("too many socket clients"), "{log}");
+}

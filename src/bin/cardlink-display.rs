@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,6 +19,20 @@ struct Args {
     /// Address to serve the screen on (loopback unless you name another).
     #[arg(long, default_value = "127.0.0.1:8780")]
     listen: SocketAddr,
+    /// Where the screen key (`screen.key`) and the browser's login page
+    /// (`screen.html`) are kept, both readable by the display's group only.
+    #[arg(long, default_value = "/run/cardlink-display")]
+    key_dir: PathBuf,
+    /// The operator a window screen binds and unbinds as (recorded in the
+    /// audit log); without one, a window screen cannot bind or unbind.
+    #[arg(long, env = "CARDLINK_DISPLAY_OPERATOR")]
+    operator: Option<String>,
+    /// Seconds without a swipe or a touch after which a kiosk session ends.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    idle_s: u64,
+    /// Connections served at once (fewer if RLIMIT_NOFILE is lower).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_connections: u64,
     /// Log level (tracing filter); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -31,6 +46,23 @@ fn main() -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "serving on a non-loopback address");
     }
+    if let Some(op) = &args.operator {
+        anyhow::ensure!(
+            !op.trim().is_empty() && op.chars().count() <= 64 && !op.chars().any(char::is_control),
+            "--operator must be 1 to 64 printable characters"
+        );
+    }
+    let key = cardlink::display::ScreenKey::load_or_create(&args.key_dir, args.listen)
+        .context("cannot set up the screen key (--key-dir)")?;
+    let settings = cardlink::display::Settings {
+        socket: args.socket,
+        key,
+        operator: args.operator,
+        idle: Duration::from_secs(args.idle_s),
+        max_connections: cardlink::display::connection_limit(
+            usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        ),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -53,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             stop.cancel();
         });
         cardlink::notify::notify("READY=1");
-        cardlink::display::serve(listener, args.socket, shutdown).await?;
+        cardlink::display::serve(listener, settings, shutdown).await?;
         anyhow::Ok(())
     })
 }

@@ -90,6 +90,9 @@ pub enum Event {
         /// The reader interface's return code, for `reader_read_error`.
         reader_code: Option<i32>,
     },
+    /// A reload changed the role: displays switch screens and masking at
+    /// once (a kiosk page must not see one more full SSN).
+    Role(Station),
 }
 
 /// Per-client queue length of the event bus: a client further behind is dropped.
@@ -249,10 +252,16 @@ impl Ctx {
 
     /// Applies a reloaded configuration's live settings.
     pub fn reload(&self, cfg: &Config) {
-        if let Ok(mut live) = self.live.write() {
-            live.station = cfg.role;
-            live.policy = cfg.bind_policy();
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let changed = live.station != cfg.role;
+        live.station = cfg.role;
+        live.policy = cfg.bind_policy();
+        if changed {
+            // Published while the new role is being written: a request
+            // that sees the new role comes after this event on the bus.
+            self.publish(Event::Role(cfg.role));
         }
+        drop(live);
         if let Ok(mut p) = self.privileged.write() {
             *p = cfg.socket.privileged_uids.clone();
         }
@@ -549,7 +558,24 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
         "cardlinkd ready"
     );
     crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
-    let server = tokio::spawn(server::serve(listener, ctx.clone(), shutdown.clone()));
+    // Descriptors kept free of socket clients: the registry (SQLite's
+    // files or a PostgreSQL pool), each reader's port and capture file,
+    // logging and the process itself.
+    let reserved = 64 + 8 * cfg.readers.len() as u64;
+    let max_clients = crate::fds::client_budget(cfg.socket.max_clients, reserved);
+    if max_clients < cfg.socket.max_clients {
+        tracing::warn!(
+            configured = cfg.socket.max_clients,
+            max_clients,
+            "RLIMIT_NOFILE is too low for socket.max_clients; serving fewer (raise LimitNOFILE=)"
+        );
+    }
+    let server = tokio::spawn(server::serve(
+        listener,
+        ctx.clone(),
+        max_clients,
+        shutdown.clone(),
+    ));
     if let Some(every) = crate::notify::watchdog_interval() {
         tokio::spawn(watchdog(ctx.clone(), every, shutdown.clone()));
     }

@@ -37,13 +37,24 @@ use crate::Ssn;
 /// A client whose socket accepts nothing for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Accepts clients until `shutdown`.
-pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+/// Accepts clients until `shutdown`, serving at most `max_clients` at
+/// once: one more gets `ERROR too_many_clients` and is closed, so that idle
+/// clients can never take the descriptors readers and the registry need
+/// ([`crate::fds`]).
+pub async fn serve(
+    listener: UnixListener,
+    ctx: Arc<Ctx>,
+    max_clients: usize,
+    shutdown: CancellationToken,
+) {
     let mut clients = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if clients.len() >= max_clients => {
+                    tokio::spawn(refuse_client(stream, max_clients));
+                }
                 Ok((stream, _)) => {
                     clients.spawn(client(stream, ctx.clone(), shutdown.clone()));
                 }
@@ -63,6 +74,22 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>, shutdown: Cancellation
         .flatten()
         .is_some()
     {}
+}
+
+/// Tells a client over the limit why it is closed (without waiting on it
+/// for long), then closes it.
+async fn refuse_client(stream: UnixStream, max_clients: usize) {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    tracing::warn!(uid, max_clients, "too many socket clients; refusing one");
+    let (_, w) = stream.into_split();
+    let mut out = Writer { w, buf: Vec::new() };
+    let _ = out
+        .send(&error(
+            ErrorCode::TooManyClients,
+            format!("cardlinkd already serves {max_clients} clients; try again later"),
+        ))
+        .await;
+    let _ = out.w.shutdown().await;
 }
 
 struct Writer {
@@ -107,6 +134,9 @@ fn render(e: &Event, privacy: Privacy) -> Message {
             message,
             reader_code,
         } => Message::Error(ErrorMsg::new(*code, message.clone()).with_reader_code(*reader_code)),
+        Event::Role(station) => Message::Role(protocol::RoleMsg {
+            role: station.as_str().into(),
+        }),
     }
 }
 

@@ -4,22 +4,34 @@
 //! It is a client of cardlinkd's display socket ([`crate::client`]) and an
 //! HTTP server on a loopback address: `GET /` is the screen (one page, its
 //! script and style embedded in the binary; nothing is fetched from the
-//! network), `GET /healthz` the daemon connection state as JSON, and `/ws`
-//! a WebSocket that relays the daemon's events to the page and the page's
-//! requests to the daemon.
+//! network), `POST /login` takes the screen key, `GET /healthz` says
+//! whether the daemon is reachable, and `/ws` is a WebSocket that relays
+//! the daemon's events to the page and the page's requests to the daemon.
 //!
-//! Safety rules, whatever the browser or the uid the display runs as:
-//! * the WebSocket answers only to its own origin: `Host` must name the
-//!   listening address (or `localhost`/`127.0.0.1`/`[::1]` with its port)
-//!   and `Origin` must be `http://` + such a host, so a page of another
-//!   origin, or a DNS-rebinding name, cannot drive binds;
+//! Who may do what, whatever the browser or the uid the display runs as:
+//! * every request must name this display in `Host` (no DNS rebinding);
+//! * the WebSocket answers only its own origin (`Origin`), and only a
+//!   browser holding the screen key ([`key`]) as a cookie: a local process
+//!   that cannot read the key file cannot drive binds, whatever headers it
+//!   forges;
+//! * at a window, binds and unbinds carry the operator of the display's
+//!   configuration (`--operator`), never one a page names;
 //! * at a kiosk every SSN, name, card number and PAN is masked again here
-//!   before it reaches the page, and the page may only do what a kiosk
-//!   allows (bind and inquire by swipe, status).
+//!   before it reaches the page, the page may only do what a kiosk allows
+//!   (bind and inquire by swipe, status), and only within its session
+//!   ([`session`]);
+//! * each page's requests are held to the daemon's limits here, so one
+//!   page cannot break the display's link to the daemon for all others;
+//! * connections are bounded, and a connection that has not sent its
+//!   request headers within [`HEADER_TIMEOUT`] is closed.
 //!
-//! To the page it adds one message class, `DISPLAY`:
-//! `{"class":"DISPLAY","daemon":"connected"|"offline","role":"kiosk"|"window"|null}`,
-//! sent on connect and whenever the daemon connection changes.
+//! To the page it adds one message class, `DISPLAY`
+//! ([`crate::protocol::DisplayMsg`]), sent on connect and whenever the
+//! daemon link or the role changes, and two requests, `bind_start` and
+//! `end` ([`crate::protocol::PageRequest`]).
+
+pub mod key;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,18 +39,23 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, Requester};
-use crate::protocol::{Card, ErrorCode, Message, Parties, Reply, Request};
+use crate::protocol::{
+    Card, DisplayMsg, ErrorCode, Message, PageRequest, Parties, Reply, Request, MAX_REQUEST,
+};
+pub use key::ScreenKey;
+use session::Session;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -49,6 +66,12 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const PAGE_QUEUE: usize = 256;
 /// First and longest delay between attempts to reach cardlinkd.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+/// A connection that has not sent its request headers by then is closed
+/// (a local browser sends them at once).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Descriptors kept for the daemon link and the process itself when the
+/// connection limit is derived from `RLIMIT_NOFILE`.
+pub const RESERVED_FDS: u64 = 32;
 
 /// Errors that stop the display.
 #[derive(Debug, thiserror::Error)]
@@ -56,27 +79,62 @@ pub enum DisplayError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The screen key could not be read or made.
+    #[error(transparent)]
+    Key(#[from] key::KeyError),
 }
 
-/// The daemon connection as the page and `/healthz` see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Health {
-    /// `connected` or `offline`.
-    pub daemon: &'static str,
-    /// `kiosk` or `window` (from the daemon's status), when connected.
-    pub role: Option<String>,
-    /// The socket the display talks to.
-    pub socket: String,
+/// How a display serves its screens.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// cardlinkd's display socket.
+    pub socket: PathBuf,
+    /// The key a page must present to open `/ws`.
+    pub key: ScreenKey,
+    /// The operator of a window screen (binds and unbinds are refused
+    /// without one).
+    pub operator: Option<String>,
+    /// A kiosk session ends after this long without a swipe or a request.
+    pub idle: Duration,
+    /// Connections served at once (more wait to be accepted).
+    pub max_connections: usize,
+}
+
+/// The daemon connection as the pages see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Health {
+    daemon: &'static str,
+    role: Option<String>,
+}
+
+/// What the daemon sent, as a page task needs to know it.
+#[derive(Debug)]
+enum Seen {
+    /// A card read with its swipe id; `usable` when it resolved `ok`.
+    Card { swipe: u64, usable: bool },
+    /// A card was taken out.
+    Removed,
+    /// A reader's state (kept for pages that connect later).
+    Reader(String),
+    /// Anything else.
+    Other,
+}
+
+/// One message for every page (already masked for the role).
+#[derive(Debug)]
+struct Relayed {
+    line: String,
+    seen: Seen,
 }
 
 struct Shared {
+    settings: Settings,
     health: watch::Sender<Health>,
     requester: RwLock<Option<Requester>>,
-    /// Lines for every page (already masked for the role).
-    lines: broadcast::Sender<String>,
+    lines: broadcast::Sender<Arc<Relayed>>,
     /// The last `READER` line of each reader, for pages that connect later.
     readers: RwLock<std::collections::BTreeMap<String, String>>,
-    /// Host names the WebSocket accepts (`host:port`).
+    /// Host names the server answers to (`host:port`).
     hosts: Vec<String>,
 }
 
@@ -98,28 +156,35 @@ fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
     hosts
 }
 
-/// Serves the screens on `listener` for the daemon at `socket`, until
-/// `shutdown`.
+/// How many connections to serve at once: `wanted`, but never so many
+/// that the process runs out of descriptors (`RLIMIT_NOFILE`, raised to
+/// its hard limit first) for its daemon link.
+pub fn connection_limit(wanted: usize) -> usize {
+    crate::fds::client_budget(wanted, RESERVED_FDS)
+}
+
+/// Serves the screens on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    socket: PathBuf,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), DisplayError> {
     let addr = listener.local_addr()?;
     let (health, _) = watch::channel(Health {
         daemon: "offline",
         role: None,
-        socket: socket.display().to_string(),
     });
     let (lines, _) = broadcast::channel(PAGE_QUEUE);
+    let max_connections = settings.max_connections.max(1);
     let shared = Arc::new(Shared {
+        settings,
         health,
         requester: RwLock::new(None),
         lines,
         readers: RwLock::default(),
         hosts: allowed_hosts(addr),
     });
-    tokio::spawn(daemon_link(socket, shared.clone(), shutdown.clone()));
+    tokio::spawn(daemon_link(shared.clone(), shutdown.clone()));
     let app = Router::new()
         .route("/", get(index))
         .route(
@@ -130,14 +195,103 @@ pub async fn serve(
             "/app.css",
             get(|| asset(APP_CSS, "text/css; charset=utf-8")),
         )
+        .route("/login", post(login))
         .route("/healthz", get(healthz))
         .route("/ws", get(ws))
-        .with_state(shared);
-    tracing::info!(%addr, "cardlink-display listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared.clone());
+    tracing::info!(%addr, max_connections, "cardlink-display listening");
+    accept(listener, app, max_connections, shared, shutdown).await;
     Ok(())
+}
+
+/// Accepts connections, at most `max` at once, each served by hyper with
+/// a deadline for its request headers.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max: usize,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(Semaphore::new(max));
+    let mut full_logged = false;
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if !full_logged {
+                    tracing::warn!(max, "connection limit reached; new connections wait");
+                    full_logged = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        full_logged = false;
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(shared);
+}
+
+/// Every response: only for this display's own host names, and with
+/// headers that keep browsers from sniffing types or leaking the URL.
+async fn guard(State(s): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let mut response = if host.is_some_and(|h| s.hosts.iter().any(|a| a == h)) {
+        next.run(req).await
+    } else {
+        tracing::warn!(host = ?host, "request for another host refused");
+        (StatusCode::MISDIRECTED_REQUEST, "unknown host\n").into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn index() -> Response {
@@ -148,7 +302,6 @@ async fn asset(body: &'static str, kind: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "no-store"),
             // Nothing from elsewhere: no CDN, no fonts, no frames.
             (
                 header::CONTENT_SECURITY_POLICY,
@@ -160,20 +313,61 @@ async fn asset(body: &'static str, kind: &'static str) -> Response {
         .into_response()
 }
 
+/// `/healthz`: whether the daemon is reachable; nothing about the box.
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    axum::Json(s.health.borrow().clone()).into_response()
+    #[derive(Serialize)]
+    struct Healthz {
+        daemon: &'static str,
+    }
+    axum::Json(Healthz {
+        daemon: s.health.borrow().daemon,
+    })
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    key: String,
+}
+
+/// `POST /login` (from `screen.html`): the key becomes the browser's
+/// cookie for this display.
+async fn login(State(s): State<Arc<Shared>>, form: axum::Form<Login>) -> Response {
+    if !s.settings.key.matches(&form.key) {
+        tracing::warn!("login with a wrong screen key refused");
+        return (StatusCode::FORBIDDEN, "wrong screen key\n").into_response();
+    }
+    let cookie = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict",
+        key::COOKIE,
+        s.settings.key.expose()
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_string()),
+            (header::SET_COOKIE, cookie),
+        ],
+    )
+        .into_response()
 }
 
 /// Whether the handshake comes from a page of this display.
 fn same_origin(s: &Shared, headers: &HeaderMap) -> bool {
     let get = |h| headers.get(h).and_then(|v| v.to_str().ok());
-    let Some(host) = get(header::HOST) else {
-        return false;
-    };
-    let Some(origin) = get(header::ORIGIN) else {
+    let (Some(host), Some(origin)) = (get(header::HOST), get(header::ORIGIN)) else {
         return false;
     };
     s.hosts.iter().any(|h| h == host) && origin.strip_prefix("http://") == Some(host)
+}
+
+/// Whether the handshake carries the screen key.
+fn has_key(s: &Shared, headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|c| s.settings.key.in_cookie_header(c))
 }
 
 async fn ws(State(s): State<Arc<Shared>>, headers: HeaderMap, up: WebSocketUpgrade) -> Response {
@@ -189,24 +383,45 @@ async fn ws(State(s): State<Arc<Shared>>, headers: HeaderMap, up: WebSocketUpgra
         )
             .into_response();
     }
-    up.on_upgrade(move |socket| page(socket, s))
+    if !has_key(&s, &headers) {
+        tracing::warn!("WebSocket without the screen key refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            "this screen answers only a browser logged in with its screen key\n",
+        )
+            .into_response();
+    }
+    // A longer message closes this page's connection only; a request the
+    // daemon would refuse as too long is refused here (`Requester`).
+    // Bounded, but above the daemon's own limit, so that a page that sends
+    // a little too much gets `line_too_long` rather than a closed socket.
+    up.max_message_size(4 * MAX_REQUEST)
+        .max_frame_size(4 * MAX_REQUEST)
+        .on_upgrade(move |socket| page(socket, s))
 }
 
 fn line(v: &impl Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-fn display_line(h: &Health) -> String {
-    line(&serde_json::json!({"class": "DISPLAY", "daemon": h.daemon, "role": h.role}))
+fn display_line(s: &Shared, h: &Health) -> String {
+    line(&Message::Display(DisplayMsg {
+        daemon: h.daemon.into(),
+        role: h.role.clone(),
+        operator: s.settings.operator.clone(),
+        idle_s: s.settings.idle.as_secs(),
+    }))
 }
 
-/// One page: relays lines to it and its requests to the daemon.
+/// One page: relays lines to it and its requests to the daemon, and keeps
+/// its kiosk session.
 async fn page(mut socket: WebSocket, s: Arc<Shared>) {
     // Subscribed before the snapshot: a change in between may come twice
     // (harmless, a state), never not at all.
     let mut lines = s.lines.subscribe();
     let mut health = s.health.subscribe();
-    let mut first = vec![display_line(&health.borrow_and_update())];
+    let mut session = Session::new(s.settings.idle);
+    let mut first = vec![display_line(&s, &health.borrow_and_update())];
     first.extend(
         s.readers
             .read()
@@ -219,9 +434,28 @@ async fn page(mut socket: WebSocket, s: Arc<Shared>) {
         }
     }
     loop {
+        let deadline = session.deadline();
         let out = tokio::select! {
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !session.expire_now() {
+                    continue;
+                }
+                line(&Message::Session(crate::protocol::SessionMsg { ended: "idle".into() }))
+            }
             l = lines.recv() => match l {
-                Ok(l) => l,
+                Ok(r) => {
+                    match r.seen {
+                        Seen::Card { swipe, usable } => session.card(swipe, usable),
+                        Seen::Removed => session.removed(),
+                        Seen::Reader(_) | Seen::Other => {}
+                    }
+                    r.line.clone()
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -229,10 +463,14 @@ async fn page(mut socket: WebSocket, s: Arc<Shared>) {
                 if changed.is_err() {
                     return;
                 }
-                display_line(&health.borrow_and_update())
+                // A new role (or a daemon that came back) starts afresh.
+                session.end();
+                display_line(&s, &health.borrow_and_update())
             }
             m = socket.recv() => match m {
-                Some(Ok(WsMessage::Text(t))) => line(&answer(&s, t.as_str()).await),
+                Some(Ok(WsMessage::Text(t))) => {
+                    line(&answer(&s, &mut session, t.as_str()).await)
+                }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => continue,
             },
@@ -261,31 +499,75 @@ fn kiosk_allows(req: &Request) -> Result<(), (ErrorCode, &'static str)> {
     }
 }
 
+/// A kiosk request checked against the page's session.
+fn in_session(session: &mut Session, req: &Request) -> Result<(), session::Refused> {
+    match req {
+        Request::Contributions {
+            swipe: Some(swipe), ..
+        } => session.records(*swipe),
+        Request::Bind { parties, .. } => match (parties.holder_swipe, parties.member_swipe) {
+            (Some(h), Some(m)) => session.bind(h, m),
+            _ => Err(session::Refused::NotThisBind),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn refuse(id: &Value, code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Reply(Reply::err(id.clone(), code, message.into()))
+}
+
 /// A page's request line, answered by the daemon or refused here.
-async fn answer(s: &Shared, text: &str) -> Message {
-    let req = match crate::protocol::parse_request(text.as_bytes()) {
+async fn answer(s: &Shared, session: &mut Session, text: &str) -> Message {
+    let req = match crate::protocol::parse_page_request(text.as_bytes()) {
         Ok(r) => r,
-        Err(bad) => {
-            return Message::Reply(Reply::err(
-                bad.id.unwrap_or(Value::Null),
-                bad.code,
-                bad.message,
-            ))
-        }
+        Err(bad) => return refuse(&bad.id.unwrap_or(Value::Null), bad.code, bad.message),
     };
     let id = req.id().clone();
+    let kiosk = s.kiosk();
+    let mut req = match req {
+        PageRequest::Daemon(r) => r,
+        PageRequest::BindStart { .. } if kiosk => {
+            return match session.bind_start() {
+                Ok(()) => Message::Reply(Reply::ok(id, serde_json::json!({"bind": "started"}))),
+                Err(why) => refuse(&id, ErrorCode::NotInSession, why.message()),
+            };
+        }
+        PageRequest::End { .. } if kiosk => {
+            session.end();
+            return Message::Reply(Reply::ok(id, serde_json::json!({"ended": true})));
+        }
+        PageRequest::BindStart { .. } | PageRequest::End { .. } => {
+            return refuse(&id, ErrorCode::BadRequest, "kiosk sessions only");
+        }
+    };
     // Raw captures hold personal data: never started from a web page, in
     // either role, whatever uid the display runs as.
     if matches!(req, Request::Capture { .. }) {
-        return Message::Reply(Reply::err(
-            id,
+        return refuse(
+            &id,
             ErrorCode::NotPrivileged,
-            "captures are started with cardlinkctl, not from a screen".into(),
-        ));
+            "captures are started with cardlinkctl, not from a screen",
+        );
     }
-    if s.kiosk() {
+    if kiosk {
         if let Err((code, why)) = kiosk_allows(&req) {
-            return Message::Reply(Reply::err(id, code, why.into()));
+            return refuse(&id, code, why);
+        }
+        if let Err(why) = in_session(session, &req) {
+            return refuse(&id, ErrorCode::NotInSession, why.message());
+        }
+    } else if let Request::Bind { operator, .. } | Request::Unbind { operator, .. } = &mut req {
+        // Who did it is the display's configuration, never the page's word.
+        match &s.settings.operator {
+            Some(op) => *operator = Some(op.clone()),
+            None => {
+                return refuse(
+                    &id,
+                    ErrorCode::OperatorRequired,
+                    "this screen has no operator configured (cardlink-display --operator)",
+                )
+            }
         }
     }
     let requester = s
@@ -294,11 +576,7 @@ async fn answer(s: &Shared, text: &str) -> Message {
         .map(|r| r.clone())
         .unwrap_or_else(|p| p.into_inner().clone());
     let Some(requester) = requester else {
-        return Message::Reply(Reply::err(
-            id,
-            ErrorCode::DaemonOffline,
-            "cardlinkd cannot be reached".into(),
-        ));
+        return refuse(&id, ErrorCode::DaemonOffline, "cardlinkd cannot be reached");
     };
     match requester.request(req).await {
         Ok(mut reply) => {
@@ -308,7 +586,8 @@ async fn answer(s: &Shared, text: &str) -> Message {
             }
             Message::Reply(reply)
         }
-        Err(e) => Message::Reply(Reply::err(id, ErrorCode::DaemonOffline, e.to_string())),
+        Err(crate::client::ClientError::Refused { code, message }) => refuse(&id, code, message),
+        Err(e) => refuse(&id, ErrorCode::DaemonOffline, e.to_string()),
     }
 }
 
@@ -353,9 +632,33 @@ fn mask_reply(r: &mut Reply) {
     });
 }
 
+/// A daemon message as it goes to every page: masked at a kiosk, with what
+/// the pages' sessions need to know of it.
+fn relay(s: &Shared, mut m: Message) -> Relayed {
+    let seen = match &mut m {
+        Message::Card(card) => {
+            if s.kiosk() {
+                mask_card(card);
+            }
+            Seen::Card {
+                swipe: card.swipe,
+                usable: card.outcome == crate::protocol::WireOutcome::Ok,
+            }
+        }
+        Message::Removed(_) => Seen::Removed,
+        Message::Reader(r) => Seen::Reader(r.reader.clone()),
+        _ => Seen::Other,
+    };
+    Relayed {
+        line: line(&m),
+        seen,
+    }
+}
+
 /// Keeps a connection to cardlinkd: relays its events (masked at a kiosk)
 /// and reconnects with backoff; the health state says which.
-async fn daemon_link(socket: PathBuf, s: Arc<Shared>, shutdown: CancellationToken) {
+async fn daemon_link(s: Arc<Shared>, shutdown: CancellationToken) {
+    let socket = s.settings.socket.clone();
     let mut delay = BACKOFF.0;
     loop {
         if let Ok(mut c) = Client::connect(&socket).await {
@@ -374,19 +677,22 @@ async fn daemon_link(socket: PathBuf, s: Arc<Shared>, shutdown: CancellationToke
                     _ = shutdown.cancelled() => return,
                     m = c.next_event() => m,
                 };
-                let Some(mut m) = m else { break };
-                if s.kiosk() {
-                    if let Message::Card(card) = &mut m {
-                        mask_card(card);
-                    }
+                let Some(m) = m else { break };
+                if let Message::Role(r) = &m {
+                    // Before any later event is relayed: from here on the
+                    // pages are of the new role (masking, what they may do).
+                    tracing::info!(role = %r.role, "the daemon's role changed");
+                    let role = r.role.clone();
+                    s.health.send_modify(|h| h.role = Some(role));
+                    continue;
                 }
-                let l = line(&m);
-                if let Message::Reader(r) = &m {
+                let r = relay(&s, m);
+                if let Seen::Reader(name) = &r.seen {
                     if let Ok(mut readers) = s.readers.write() {
-                        readers.insert(r.reader.clone(), l.clone());
+                        readers.insert(name.clone(), r.line.clone());
                     }
                 }
-                let _ = s.lines.send(l);
+                let _ = s.lines.send(Arc::new(r));
             }
             tracing::warn!("cardlinkd closed the connection; reconnecting");
             if let Ok(mut r) = s.requester.write() {

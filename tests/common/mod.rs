@@ -722,6 +722,18 @@ impl Process {
         Self::start_on(dir, db.clone().into(), db, readers, extra, env)
     }
 
+    /// [`Process::start`] with the soft `RLIMIT_NOFILE` that systemd gives
+    /// a unit without `LimitNOFILE=` (or another), the hard one unchanged.
+    pub fn start_with_nofile(
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+        soft: u64,
+    ) -> (Process, Vec<PtyMaster>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fixture_db(dir.path());
+        Self::start_full(dir, db.clone().into(), db, readers, extra, &[], Some(soft))
+    }
+
     /// [`Process::start_env`] on the registry `database` (`db` is its
     /// file when it is SQLite's).
     pub fn start_on(
@@ -731,6 +743,18 @@ impl Process {
         readers: &[(&str, &str, &str)],
         extra: &str,
         env: &[(&str, String)],
+    ) -> (Process, Vec<PtyMaster>) {
+        Self::start_full(dir, database, db, readers, extra, env, None)
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        database: cardlink::registry::Database,
+        db: PathBuf,
+        readers: &[(&str, &str, &str)],
+        extra: &str,
+        env: &[(&str, String)],
+        nofile: Option<u64>,
     ) -> (Process, Vec<PtyMaster>) {
         let socket = dir.path().join("display.sock");
         let config = dir.path().join("cardlinkd.toml");
@@ -745,16 +769,18 @@ impl Process {
         .unwrap();
         let notify_path = dir.path().join("notify.sock");
         let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardlinkd"));
+        cmd.arg("--config")
             .arg(&config)
             .env("RUST_LOG", "debug")
             .env("NOTIFY_SOCKET", &notify_path)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if let Some(soft) = nofile {
+            soft_nofile(&mut cmd, soft);
+        }
+        let mut child = cmd.spawn().unwrap();
         let log = Log::default();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -889,6 +915,28 @@ impl Client {
                 return v;
             }
         }
+    }
+}
+
+/// Starts `cmd` with a soft `RLIMIT_NOFILE` of `soft` (the hard limit
+/// unchanged), as systemd starts a unit without `LimitNOFILE=` (1024).
+pub fn soft_nofile(cmd: &mut Command, soft: u64) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = soft.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

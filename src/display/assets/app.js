@@ -3,7 +3,6 @@
 // is one of idle, result, bind, records, offline, window.
 "use strict";
 
-const params = new URLSearchParams(location.search);
 const S = {
   lang: "zh",
   role: null,
@@ -14,7 +13,8 @@ const S = {
   records: null,       // {card, months, records}
   swipes: [],          // window: recent CARDs
   readers: {},         // name -> READER
-  idleMs: (Number(params.get("idle")) || 30) * 1000,
+  idleMs: 30 * 1000,   // from the display (DISPLAY idle_s): when a kiosk session ends
+  operator: null,      // window: the operator binds are recorded under (display config)
   timer: null,
   pending: new Map(),
   nextId: 1,
@@ -67,6 +67,12 @@ const SENTENCES = {
   card_not_authenticated: ["社保卡未能认证，请联系工作人员。", "The card could not be authenticated; please ask staff."],
   bad_card: ["卡片信息无法读取，请重新刷卡。", "The card could not be read; please swipe again."],
   not_linked: ["没有找到该绑定关系。", "There is no such link."],
+  registry_unavailable: ["暂时无法连接医保信息库，请稍后再试或联系工作人员。", "The registry cannot be reached right now; please try again shortly or ask staff."],
+  not_privileged: ["此操作需要工作人员权限。", "Only staff may do this."],
+  not_in_session: ["请重新刷卡后再办理。", "Please swipe the card again first."],
+  operator_required: ["本窗口未配置操作员，不能办理绑定。", "This window has no operator configured and cannot bind."],
+  line_too_long: ["请求内容过长。", "The request is too long."],
+  too_many_clients: ["系统繁忙，请稍后再试。", "The system is busy; please try again shortly."],
 };
 const sentence = (code, fallback) =>
   SENTENCES[code] ? `${SENTENCES[code][0]} ${SENTENCES[code][1]}` : fallback || code;
@@ -110,6 +116,8 @@ function request(cmd) {
 
 // ---- kiosk screens ------------------------------------------------------
 function idle() {
+  // The person is done: the display ends the screen's session too.
+  if (S.role === "kiosk" && (S.card || S.bind)) request({cmd: "end"});
   S.card = null; S.bind = null; S.records = null;
   show("idle", `<div class="center"><div class="big">${T("请刷社保卡", "Please swipe your card")}</div>
     <div class="sub">${S.lang === "zh" ? "Please swipe your card" : "请刷社保卡"}</div></div>`);
@@ -144,7 +152,10 @@ function result(c) {
       ${ok ? `<button id="show-records">${T("缴费记录", "Payment records")}</button>` : ""}
       <button id="done">${T("完成", "Done")}</button>
     </div>`);
-  on("start-bind", () => bindStart(c));
+  on("start-bind", async () => {
+    const r = await request({cmd: "bind_start"});
+    if (r.ok) bindStart(c); else toast(sentence(r.code, r.message));
+  });
   on("show-records", () => records(c));
   on("done", idle);
 }
@@ -247,8 +258,9 @@ function windowScreen() {
       <form id="lookup"><input name="number" placeholder="${T("社会保障号码或卡号", "SSN or card number")}" required><button class="primary">${T("查询", "Look up")}</button><button type="button" id="win-records">${T("缴费记录", "Payment records")}</button></form></div>
     <div class="panel"><h2>${T("绑定 / 解绑", "Bind / unbind")}</h2>
       <form id="link"><input name="holder" placeholder="${T("参保人号码", "Holder number")}" required><input name="member" placeholder="${T("家庭成员号码", "Member number")}" required>
-      <select name="relation">${options}</select><input name="operator" placeholder="${T("操作员", "Operator")}" required>
-      <button class="primary" data-act="bind">${T("绑定", "Bind")}</button><button type="button" id="unbind">${T("解绑", "Unbind")}</button></form>
+      <select name="relation">${options}</select>
+      <button class="primary" data-act="bind"${S.operator ? "" : " disabled"}>${T("绑定", "Bind")}</button><button type="button" id="unbind"${S.operator ? "" : " disabled"}>${T("解绑", "Unbind")}</button></form>
+      <div class="sub" id="operator">${S.operator ? `${T("操作员", "Operator")}：${esc(S.operator)}` : sentence("operator_required")}</div>
       <div id="link-outcome" class="sub"></div></div></div></div>`);
   const f = document.getElementById("lookup");
   f.addEventListener("submit", async (e) => {
@@ -260,7 +272,8 @@ function windowScreen() {
   on("win-records", () => { S.windowNumber = f.number.value.trim(); records({name: S.windowNumber}); });
   const l = document.getElementById("link");
   const link = async (cmd) => {
-    const req = {cmd, holder: l.holder.value.trim(), member: l.member.value.trim(), operator: l.operator.value.trim()};
+    // The operator is the display's (its configuration), not typed here.
+    const req = {cmd, holder: l.holder.value.trim(), member: l.member.value.trim()};
     if (cmd === "bind") req.relation = l.relation.value;
     const r = await request(req);
     const out = document.getElementById("link-outcome");
@@ -287,6 +300,8 @@ function handle(m) {
   switch (m.class) {
     case "DISPLAY":
       S.daemon = m.daemon; S.role = m.role ?? S.role;
+      S.operator = m.operator ?? null;
+      if (m.idle_s) S.idleMs = m.idle_s * 1000;
       home();
       break;
     case "READER":
@@ -297,8 +312,10 @@ function handle(m) {
       if (S.role === "kiosk") {
         if (S.screen === "bind" && S.bind && !S.bind.member) {
           if (m.outcome === "ok") bindChoose(m); else toast(sentence("card_not_usable"));
-        } else if (!(S.screen === "bind" && S.bind)) {
-          // (While the relation is being chosen, a swipe is ignored.)
+        } else {
+          // Any other swipe is a new person (the display starts a new
+          // session for it): show their card.
+          S.bind = null;
           result(m);
         }
       } else {
@@ -306,6 +323,10 @@ function handle(m) {
         if (S.screen === "window") refreshWindowLists();
       }
       touch();
+      break;
+    case "SESSION":
+      // The display ended this screen's session (idle): back to the start.
+      if (S.role === "kiosk" && S.screen !== "offline") { S.card = null; S.bind = null; idle(); }
       break;
     case "REMOVED":
       // Back to idle at once when the card is taken out (not while a bind
