@@ -77,7 +77,11 @@ async fn main() -> anyhow::Result<()> {
             &format!("127.0.0.1:{port}"),
             "--log-level",
             "warn",
+            "--idle-s",
+            "600",
+            "--key-dir",
         ])
+        .arg(tmp.path())
         .spawn()?;
     let driver_port = free_port()?;
     let mut driver = Command::new("/usr/bin/chromedriver")
@@ -104,8 +108,12 @@ async fn main() -> anyhow::Result<()> {
         .capabilities(caps.as_object().cloned().unwrap_or_default())
         .connect(&format!("http://127.0.0.1:{driver_port}"))
         .await?;
-    c.goto(&format!("http://127.0.0.1:{port}/?idle=600"))
-        .await?;
+    // The kiosk browser logs in through the display's login page.
+    let login = tmp.path().join("screen.html");
+    while !login.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.goto(&format!("file://{}", login.display())).await?;
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("body[data-screen='idle']"))

@@ -61,23 +61,33 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts cardlink-display on `port` for the daemon at `socket`; returns
-/// once it has sent READY=1.
-fn start_display(dir: &Path, socket: &Path, port: u16) -> Kill {
+/// Starts cardlink-display on `port` for the daemon at `socket` (as
+/// operator `clerk7`, kiosk sessions ending after 10 s); returns once it
+/// has sent READY=1, with the `file://` URL of its login page, which a
+/// browser opens as the kiosk's does at start.
+fn start_display(dir: &Path, socket: &Path, port: u16) -> (Kill, String) {
     let notify_path = dir.join("display-notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let keys = dir.join("screen");
+    std::fs::create_dir_all(&keys).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_cardlink-display"))
         .arg("--socket")
         .arg(socket)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--key-dir")
+        .arg(&keys)
+        .args(["--operator", "clerk7", "--idle-s", "10"])
         .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let got = recv_until(&notify, "READY=1", Duration::from_secs(20));
     assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
-    Kill(child)
+    (
+        Kill(child),
+        format!("file://{}", keys.join("screen.html").display()),
+    )
 }
 
 /// Starts chromedriver; returns once it says it is listening.
@@ -247,14 +257,12 @@ async fn kiosk_screens_in_headless_chromium() {
     );
     d.reload(&text0);
     let port = free_port();
-    let _display = start_display(d.dir.path(), &d.socket, port);
+    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
     let driver_port = free_port();
     let _driver = start_chromedriver(driver_port);
     let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
     viewport(&c, 1280, 800).await;
-    c.goto(&format!("http://127.0.0.1:{port}/?idle=4"))
-        .await
-        .unwrap();
+    c.goto(&login).await.unwrap();
     screen(&c, "idle").await;
     assert!(text(&c, "main").await.contains("请刷社保卡"));
     shot(&c, "kiosk-idle").await;
@@ -386,13 +394,14 @@ async fn window_screen_in_headless_chromium() {
     }
     let (d, mut ptys) = Process::start(&[("w1", "frame", "utf-8")], "role = \"window\"");
     let port = free_port();
-    let _display = start_display(d.dir.path(), &d.socket, port);
+    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
     let driver_port = free_port();
     let _driver = start_chromedriver(driver_port);
     let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
     viewport(&c, 1280, 800).await;
-    c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+    c.goto(&login).await.unwrap();
     screen(&c, "window").await;
+    assert!(text(&c, "#operator").await.contains("clerk7"));
     let pty = &mut ptys[0];
     // Half-typed bind form; then a swipe arrives.
     type_into(&c, "#link input[name='holder']", &card(HOLDER)).await;
@@ -415,9 +424,8 @@ async fn window_screen_in_headless_chromium() {
     type_into(&c, "#lookup input[name='number']", &card(PARENT)).await;
     click(&c, "#lookup button.primary").await;
     until_xpath(&c, "//ul[@id='swipes']/li[contains(., 'manual')]").await;
-    // Bind and unbind by numbers with the operator id.
+    // Bind and unbind by numbers, as the display's operator.
     type_into(&c, "#link input[name='member']", &card(CHILD)).await;
-    type_into(&c, "#link input[name='operator']", "clerk7").await;
     c.find(Locator::Css(
         "#link select[name='relation'] option[value='child']",
     ))
