@@ -50,3 +50,62 @@ async fn identifiers_in_a_readers_own_text_are_masked() {
     assert!(log.contains(&masked_ssn), "{log}");
     assert!(!log.contains(&ssn) && !log.contains(&card_no), "{log}");
 }
+
+// 8. `--check-config` refuses settings that cannot work or that open the
+// daemon up; the limits themselves pass.
+#[test]
+fn check_config_refuses_unusable_and_unsafe_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let reader =
+        |name: &str, path: &str| format!("[[reader]]\nname = \"{name}\"\npath = \"{path}\"\n");
+    let socket = |mode: &str| format!("[socket]\npath = \"/tmp/x.sock\"\nmode = \"{mode}\"\n");
+    let base = format!("database = {db:?}\n");
+    let long = "r".repeat(5000);
+    let cases: Vec<(String, &str)> = vec![
+        ("database = \"\"\n".into(), "database is empty"),
+        ("database = \"/dev/null\"\n".into(), "not a regular file"),
+        (
+            format!("{base}capture_dir = {a_file:?}\n"),
+            "is not a directory",
+        ),
+        (
+            format!("{base}busy_timeout_ms = 999999999999\n"),
+            "busy_timeout_ms 999999999999: at most 60000",
+        ),
+        (
+            format!("{base}cache_mib = 4000000\n"),
+            "cache_mib 4000000: at most 1024",
+        ),
+        (
+            format!("{base}{}", reader("manual", "/dev/ttyUSB0")),
+            "reserved",
+        ),
+        (
+            format!("{base}{}", reader(&long, "/dev/ttyUSB0")),
+            "must be 1 to 32",
+        ),
+        (format!("{base}{}", reader("w1", "")), "path is empty"),
+        (format!("{base}{}", socket("0000")), "owner read and write"),
+        (format!("{base}{}", socket("0777")), "others nothing"),
+    ];
+    for (text, want) in &cases {
+        let (ok, out, err) = check_config(text);
+        assert!(!ok, "accepted:\n{text}\n{out}");
+        assert!(err.contains(want), "{text}\nwanted '{want}' in: {err}");
+        assert!(
+            !err.contains(&long),
+            "the message repeats the long name whole"
+        );
+    }
+    let limits = format!(
+        "{base}busy_timeout_ms = 60000\ncache_mib = 1024\ncapture_dir = {:?}\n{}{}",
+        dir.path(),
+        socket("0600"),
+        reader(&"r".repeat(32), "/dev/ttyUSB0")
+    );
+    let (ok, _, err) = check_config(&limits);
+    assert!(ok, "{limits}\n{err}");
+}

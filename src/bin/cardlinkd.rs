@@ -69,10 +69,8 @@ fn check_registry(db: &Database) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    // (A directory or a device is refused by the configuration's checks.)
     if path.exists() {
-        if path.is_dir() {
-            bail!("database {} is a directory, not a file", path.display());
-        }
         let opts = OpenOptions {
             read_only: true,
             ..OpenOptions::default()
