@@ -5,10 +5,129 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
 use common::*;
 use firmware_protocol::frame::{encode_vec, Cmd};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
+
+/// The files in `dir`, by name.
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `cardlinkd --check-config` on `text`, run in the directory `cwd`:
+/// (success, stdout, stderr).
+fn check_config_in(cwd: &Path, text: &str) -> (bool, String, String) {
+    let cfg = cwd.join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .args(["--check-config", "--config"])
+        .arg(&cfg)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A libpq `key=value` string for the server of `url`, with `password`.
+fn key_value(url: &str, password: &str) -> String {
+    let c = tokio_postgres::Config::from_str(url).unwrap();
+    let host = match &c.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    format!(
+        "host={host} port={} user={} password='{password}' dbname={}",
+        c.get_ports().first().copied().unwrap_or(5432),
+        c.get_user().unwrap_or("postgres"),
+        c.get_dbname().unwrap_or("postgres"),
+    )
+}
+
+// 6. A libpq key=value connection string is a PostgreSQL registry: never
+// a SQLite file of that name, and its password is never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_value_connection_string_is_postgresql_and_its_password_is_never_shown() {
+    // Nothing listens on port 1.
+    let pw = "s3cr3t-pw";
+    let setting = format!("host=127.0.0.1 port=1 user=cardlink password={pw} dbname=registry");
+    let cwd = tempfile::tempdir().unwrap();
+    let (ok, out, err) = check_config_in(cwd.path(), &format!("database = {setting:?}\n"));
+    assert!(!ok, "an unreachable server passed:\n{out}{err}");
+    assert!(err.contains("registry unavailable"), "{err}");
+    assert!(err.contains("password=***"), "{err}");
+    assert!(!out.contains(pw) && !err.contains(pw), "{out}{err}");
+    assert_eq!(names_in(cwd.path()), ["c.toml"], "a file was created");
+
+    // The daemon: on a server that is away it starts (and retries), on
+    // one that is there it resolves cards; its log never has the password.
+    let dir = tempfile::tempdir().unwrap();
+    let (d, _ptys) = Process::start_on(
+        dir,
+        cardlink::registry::Database::Postgres(setting.clone()),
+        PathBuf::from("unused"),
+        &[],
+        "",
+        &[],
+    );
+    let files = names_in(d.dir.path());
+    let (_, log) = d.stop();
+    assert!(
+        files.iter().all(|f| !f.contains("host=")),
+        "a file named like the setting: {files:?}"
+    );
+    assert!(log.contains("registry unreachable at start"), "{log}");
+    assert!(log.contains("password=***"), "{log}");
+    assert!(!log.contains(pw), "{log}");
+    let Some(db) = pg::database("key_value_connection_string") else {
+        return;
+    };
+    let pw = tokio_postgres::Config::from_str(&db.url)
+        .unwrap()
+        .get_password()
+        .map_or("unused-by-trust".into(), |p| {
+            String::from_utf8_lossy(p).into_owned()
+        });
+    let csv = tempfile::tempdir().unwrap();
+    let (code, err) = ctl_import(Path::new(&db.url), &fixture_csv(csv.path()));
+    assert_eq!(code, Some(0), "{err}");
+    let setting = key_value(&db.url, &pw);
+    let dir = tempfile::tempdir().unwrap();
+    let (d, mut ptys) = Process::start_on(
+        dir,
+        cardlink::registry::Database::Postgres(setting),
+        PathBuf::from("unused"),
+        &[("r1", "frame", "utf-8")],
+        "",
+        &[],
+    );
+    let mut c = d.client().await;
+    while c.expect("READER").await["state"] != "connected" {}
+    ptys[0]
+        .write_all(&card_frame(1, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(card["outcome"], "ok", "{card}");
+    let files = names_in(d.dir.path());
+    let (_, log) = d.stop();
+    assert!(!log.contains(&pw), "{log}");
+    assert!(
+        files.iter().all(|f| !f.contains("host=")),
+        "a file named like the setting: {files:?}"
+    );
+}
 
 // 8. Text the reader sends (READ_ERROR's text, STATUS's firmware text) is
 // free text: identifiers in it are masked in events, `status` and the log.
