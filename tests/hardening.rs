@@ -228,3 +228,57 @@ fn check_config_refuses_unusable_and_unsafe_settings() {
     let (ok, _, err) = check_config(&limits);
     assert!(ok, "{limits}\n{err}");
 }
+
+/// A change to a person row's fields.
+type Edit = fn(&mut [String]);
+
+/// Writes the fixture CSV files with the first person row changed by `edit`.
+fn with_first_person(dir: &Path, edit: Edit) -> Vec<PathBuf> {
+    let files = fixture_csv(dir);
+    let persons = dir.join("persons.csv");
+    let text = std::fs::read_to_string(&persons).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let mut fields: Vec<String> = lines[1].split(',').map(String::from).collect();
+    edit(&mut fields);
+    lines[1] = fields.join(",");
+    std::fs::write(&persons, lines.join("\n") + "\n").unwrap();
+    files
+}
+
+// 8. `db import` refuses a sex that is not the SSN's and a region in no
+// province, on both backends, as `file:line: reason`.
+#[test]
+fn import_refuses_a_sex_or_region_that_contradicts_the_ssn() {
+    let pg = pg::database("import_refuses_a_sex_or_region");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("reg.db");
+    let mut targets = vec![sqlite.clone()];
+    targets.extend(pg.as_ref().map(|t| PathBuf::from(&t.url)));
+    let cases: [(Edit, &str); 2] = [
+        (
+            |f| f[2] = if f[2] == "M" { "F" } else { "M" }.into(),
+            "persons.csv:2: sex: ",
+        ),
+        (
+            |f| f[6] = "990100".into(),
+            "persons.csv:2: region: '990100'",
+        ),
+    ];
+    for db in &targets {
+        for (change, want) in &cases {
+            let csv = tempfile::tempdir().unwrap();
+            let (code, err) = ctl_import(db, &with_first_person(csv.path(), *change));
+            assert_eq!(code, Some(1), "{}: {err}", db.display());
+            assert!(
+                err.contains(want),
+                "{}: wanted '{want}' in: {err}",
+                db.display()
+            );
+        }
+    }
+    let c = rusqlite::Connection::open(&sqlite).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM persons", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "nothing imported");
+}
