@@ -6,6 +6,9 @@
 //! relations = ["spouse", "parent", "child", "sibling", "grandparent",
 //!              "maternal_grandparent", "grandchild", "maternal_grandchild"]
 //! log_level = "info"                    # RUST_LOG overrides
+//! busy_timeout_ms = 5000                # at most 60000
+//! cache_mib = 8                         # at most 1024
+//! capture_dir = "/var/lib/cardlink/captures"   # a directory
 //!
 //! [policy]                              # province rules
 //! max_members = 0                       # 0: no limit
@@ -14,17 +17,20 @@
 //!
 //! [socket]
 //! path = "/run/cardlink/display.sock"
-//! mode = "0660"
+//! mode = "0660"                         # owner rw, others nothing
 //! privileged_uids = [0]                 # clients that may see full SSNs
 //!
 //! [[reader]]
-//! name = "window1"
+//! name = "window1"                      # 1-32 of [A-Za-z0-9_-], not "manual"
 //! path = "/dev/cardlink/window1"
 //! baud = 115200
 //! parity = "none"                       # none | even | odd
 //! mode = "frame"                        # frame | ssse-text | magstripe
 //! encoding = "gbk"                      # gbk | utf-8 (names in text records)
 //! ```
+//!
+//! The bounds are checked by [`Config::validate`] (and so by
+//! `cardlinkd --check-config`, at start and at each reload).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +42,14 @@ use crate::registry::{BindPolicy, Database, Relation, Scope};
 
 /// Default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/cardlink/cardlinkd.toml";
+/// Longest `busy_timeout_ms` (one minute).
+pub const MAX_BUSY_TIMEOUT_MS: u64 = 60_000;
+/// Largest `cache_mib`.
+pub const MAX_CACHE_MIB: u32 = 1024;
+/// Longest reader name, in characters.
+pub const MAX_READER_NAME: usize = 32;
+/// The reader name manual lookups are reported under; no reader may take it.
+pub const RESERVED_READER: &str = "manual";
 
 /// What the box is: the `role` key of the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -268,24 +282,53 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks what serde cannot.
+    /// Checks what serde cannot. The bounds (README, "Configuration"):
+    ///
+    /// * `database`: not empty; an existing path must be a regular file
+    ///   (not a directory, not a device such as `/dev/null`).
+    /// * `busy_timeout_ms` at most [`MAX_BUSY_TIMEOUT_MS`] (a minute: a
+    ///   swipe waiting longer is a stuck writer, not a busy one);
+    ///   `cache_mib` at most [`MAX_CACHE_MIB`].
+    /// * `capture_dir`, when it exists, is a directory.
+    /// * Reader names: 1 to [`MAX_READER_NAME`] letters, digits, `-` or
+    ///   `_`, unique, and not [`RESERVED_READER`] (manual lookups are
+    ///   reported as that reader), in any case; a reader's `path` is not
+    ///   empty.
+    /// * `socket.mode` gives the owner read and write and others nothing
+    ///   (`0600`, `0660`; not `0000`, not `0777`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut names = std::collections::HashSet::new();
         for r in &self.readers {
             if r.name.is_empty()
+                || r.name.len() > MAX_READER_NAME
                 || !r
                     .name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
+                // A 5,000-character name is not repeated back whole.
+                let shown: String = r.name.chars().take(MAX_READER_NAME).collect();
+                let more = if shown.len() < r.name.len() {
+                    "…"
+                } else {
+                    ""
+                };
                 return bad(format!(
-                    "reader name '{}' must be letters, digits, '-' or '_'",
+                    "reader name '{shown}{more}' must be 1 to {MAX_READER_NAME} letters, digits, '-' or '_'"
+                ));
+            }
+            if r.name.eq_ignore_ascii_case(RESERVED_READER) {
+                return bad(format!(
+                    "reader name '{}' is reserved: manual lookups are reported as reader '{RESERVED_READER}'",
                     r.name
                 ));
             }
             if !names.insert(&r.name) {
                 return bad(format!("reader name '{}' is used twice", r.name));
+            }
+            if r.path.as_os_str().is_empty() {
+                return bad(format!("reader '{}': path is empty", r.name));
             }
             if !(300..=4_000_000).contains(&r.baud) {
                 return bad(format!("reader '{}': baud {} out of range", r.name, r.baud));
@@ -296,6 +339,44 @@ impl Config {
         }
         if self.policy.rebind_cooldown_days > 3650 {
             return bad("policy.rebind_cooldown_days: at most 3650".into());
+        }
+        if self.busy_timeout_ms > MAX_BUSY_TIMEOUT_MS {
+            return bad(format!(
+                "busy_timeout_ms {}: at most {MAX_BUSY_TIMEOUT_MS}",
+                self.busy_timeout_ms
+            ));
+        }
+        if self.cache_mib > MAX_CACHE_MIB {
+            return bad(format!(
+                "cache_mib {}: at most {MAX_CACHE_MIB}",
+                self.cache_mib
+            ));
+        }
+        if let Database::Sqlite(path) = &self.database {
+            if path.as_os_str().is_empty() {
+                return bad("database is empty: give a file path or a postgres:// URL".into());
+            }
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    return bad(format!(
+                        "database {} is a directory, not a file",
+                        path.display()
+                    ))
+                }
+                Ok(m) if !m.is_file() => {
+                    return bad(format!(
+                        "database {} is not a regular file (a device or a socket)",
+                        path.display()
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.capture_dir.exists() && !self.capture_dir.is_dir() {
+            return bad(format!(
+                "capture_dir {} is not a directory",
+                self.capture_dir.display()
+            ));
         }
         self.socket_mode()?;
         crate::logging::parse_level(&self.log_level)
@@ -332,9 +413,11 @@ impl Config {
         }
     }
 
-    /// The socket file mode as a number.
+    /// The socket file mode as a number: octal, giving the owner read and
+    /// write (the daemon's own tools connect as it) and others nothing
+    /// (the socket carries personal data).
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {
-        u32::from_str_radix(self.socket.mode.trim_start_matches("0o"), 8)
+        let mode = u32::from_str_radix(self.socket.mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| {
@@ -342,7 +425,14 @@ impl Config {
                     "socket mode '{}' is not octal like 0660",
                     self.socket.mode
                 ))
-            })
+            })?;
+        if mode & 0o600 != 0o600 || mode & 0o007 != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "socket mode '{}' must give the owner read and write and others nothing (like 0660 or 0600)",
+                self.socket.mode
+            )));
+        }
+        Ok(mode)
     }
 
     /// The effective configuration as TOML.

@@ -349,22 +349,30 @@ fn a_second_daemon_on_the_same_registry_does_not_start() {
         !d.socket.exists(),
         "the second daemon did not bind the socket"
     );
-    // Another socket, the same registry: refused as well.
+    // Another socket, the same registry by its own name and by others (a
+    // hard link, a symlink): refused as well (the lock is the file's).
+    let hard = d.path("hard-link.db");
+    std::fs::hard_link(&d.db, &hard).unwrap();
+    let sym = d.path("symlink.db");
+    std::os::unix::fs::symlink(&d.db, &sym).unwrap();
     let other = d.path("other.toml");
     let text = std::fs::read_to_string(&d.config)
         .unwrap()
         .replace("display.sock", "other.sock");
-    std::fs::write(&other, text).unwrap();
-    let out = exits_within(
-        Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
-            .arg("--config")
-            .arg(&other),
-        Duration::from_secs(20),
-    )
-    .expect("a second daemon on the same registry kept running");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("registry") && err.contains("in use"), "{err}");
+    for name in [d.db.clone(), hard, sym] {
+        let db = (d.db.display().to_string(), name.display().to_string());
+        std::fs::write(&other, text.replace(&db.0, &db.1)).unwrap();
+        let out = exits_within(
+            Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+                .arg("--config")
+                .arg(&other),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("a second daemon on registry {} kept running", db.1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("registry") && err.contains("in use"), "{err}");
+    }
     // The lock goes with the process: after a kill -9 the next one starts.
     let mut d = d;
     d.child.kill().unwrap();

@@ -69,10 +69,8 @@ fn check_registry(db: &Database) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    // (A directory or a device is refused by the configuration's checks.)
     if path.exists() {
-        if path.is_dir() {
-            bail!("database {} is a directory, not a file", path.display());
-        }
         let opts = OpenOptions {
             read_only: true,
             ..OpenOptions::default()
@@ -105,7 +103,7 @@ fn lock(path: &Path, what: &str) -> anyhow::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        .with_context(|| format!("cannot open {} to lock it", path.display()))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -116,6 +114,29 @@ fn lock(path: &Path, what: &str) -> anyhow::Result<File> {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
+}
+
+/// One daemon per SQLite registry: an exclusive flock on the registry
+/// file itself (created empty when missing: SQLite takes an empty file for
+/// a new database). The lock belongs to the file, not to a name, so every
+/// way to reach it (another spelling of the path, a symlink, a hard link)
+/// meets it; a lock file named after the path let a hard link through.
+///
+/// The descriptor is never closed (leaked on purpose; the kernel closes it,
+/// and drops the flock, when the process ends). SQLite locks this file
+/// with POSIX record locks (fcntl), and POSIX drops all of a process's
+/// record locks on a file when *any* of its descriptors for that file is
+/// closed: closing this one while the registry is open would silently
+/// release SQLite's locks. flock and record locks do not interact on Linux's
+/// local file systems, so this lock does not get in the way of SQLite's, nor
+/// of `cardlinkctl` or the `sqlite3` shell on the same file. (The other
+/// way, a lock file keyed by the registry's (st_dev, st_ino), needs a
+/// directory shared by every name of the file and breaks when the inode
+/// number is reused after a delete.)
+fn lock_registry(path: &Path) -> anyhow::Result<()> {
+    let f = lock(path, &format!("registry {}", path.display()))?;
+    std::mem::forget(f);
+    Ok(())
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -151,13 +172,9 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // The registry first: a second daemon on the same SQLite registry stops
     // here, before it touches the socket of the first. (Many daemons share
     // a PostgreSQL registry: that is what it is for.)
-    let db_lock = match &cfg.database {
-        Database::Sqlite(path) => Some(lock(
-            &with_suffix(path, ".cardlinkd.lock"),
-            &format!("registry {}", path.display()),
-        )?),
-        Database::Postgres(_) => None,
-    };
+    if let Database::Sqlite(path) = &cfg.database {
+        lock_registry(path)?;
+    }
     // Opening blocks (a PostgreSQL registry connects and migrates on a
     // runtime of its own), so off this runtime's threads.
     let (database, opts) = (
@@ -215,6 +232,5 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     .await;
     let _ = std::fs::remove_file(&socket);
     drop(socket_lock);
-    drop(db_lock);
     Ok(result?)
 }

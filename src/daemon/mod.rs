@@ -229,12 +229,13 @@ impl Ctx {
     }
 
     /// Publishes a reader's failure to read a card, with the interface's
-    /// return code (its meaning is added on the wire).
+    /// return code (its meaning is added on the wire). The reader's own
+    /// text is free text: identifiers in it are masked.
     pub fn publish_reader_error(&self, reader: &str, code: i32, text: &str) {
         let m = firmware_protocol::retcode::meaning(code);
         let mut message = format!("{reader}: reader error {code}: {} / {}", m.zh, m.en);
         if !text.is_empty() {
-            message += &format!(" ({text})");
+            message += &format!(" ({})", crate::mask::free_text(text));
         }
         tracing::warn!(
             reader,

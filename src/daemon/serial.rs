@@ -391,6 +391,8 @@ async fn serve(
                 None
             }
             Ok(ReaderEvent::Status(text)) => {
+                // Free text from the reader: shown masked, like all else.
+                let text = crate::mask::free_text(&text);
                 tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
                 ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
                 None

@@ -111,10 +111,8 @@ pub struct ContributionRec {
     pub account_fen: i64,
 }
 
-fn ssn_ok(field: &str, s: &str, today: Date) -> Result<(), String> {
-    Ssn::parse_on(s.as_bytes(), today)
-        .map(|_| ())
-        .map_err(|e| format!("{field}: {e}"))
+fn ssn_ok(field: &str, s: &str, today: Date) -> Result<Ssn, String> {
+    Ssn::parse_on(s.as_bytes(), today).map_err(|e| format!("{field}: {e}"))
 }
 
 fn one_of(field: &str, v: &str, allowed: &[&str]) -> Result<(), String> {
@@ -153,9 +151,17 @@ fn fen_ok(field: &str, v: i64) -> Result<(), String> {
 impl PersonRec {
     /// Checks every field.
     pub fn validate(&self, today: Date) -> Result<(), String> {
-        ssn_ok("ssn", &self.ssn, today)?;
+        let ssn = ssn_ok("ssn", &self.ssn, today)?;
         text_ok("name", &self.name, 64)?;
         one_of("sex", &self.sex, &["M", "F"])?;
+        // GB 11643: the 17th character's parity is the sex (odd: male).
+        let in_ssn = if ssn.is_male() { "M" } else { "F" };
+        if self.sex != in_ssn {
+            return Err(format!(
+                "sex: {} does not match the sex in the SSN ({in_ssn})",
+                self.sex
+            ));
+        }
         let born = date_ok("birth_date", &self.birth_date)?;
         // GB 11643: characters 7 to 14 of the number are the birth date.
         let in_ssn = self
@@ -183,6 +189,13 @@ impl PersonRec {
             if r.len() != 6 || !r.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!(
                     "region: '{r}' is not a 6-digit insured-region code"
+                ));
+            }
+            let province = r.get(..2).and_then(|p| p.parse::<u8>().ok());
+            if !province.is_some_and(|p| firmware_protocol::ssn::PROVINCES.contains(&p)) {
+                return Err(format!(
+                    "region: '{r}': {} is not a province code (GB/T 2260)",
+                    &r[..2]
                 ));
             }
         }

@@ -126,21 +126,24 @@ impl Default for OpenOptions {
 }
 
 /// Where the registry lives: the `database` setting (config and
-/// `cardlinkctl --database`). A `postgres://` or `postgresql://` URL is a
-/// shared PostgreSQL registry; anything else is the path of a SQLite file.
+/// `cardlinkctl --database`). A `postgres://` or `postgresql://` URL, or a
+/// libpq `key=value` connection string (`host=db dbname=registry …`,
+/// [`pg::is_conninfo`]), is a shared PostgreSQL registry; anything else is
+/// the path of a SQLite file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Database {
     /// A SQLite file.
     Sqlite(PathBuf),
-    /// A PostgreSQL connection URL (libpq syntax; see [`pg::Target`]).
+    /// A PostgreSQL connection URL or `key=value` string (libpq syntax;
+    /// see [`pg::Target`]).
     Postgres(String),
 }
 
 impl Database {
     /// Reads a `database` setting.
     pub fn parse(s: &str) -> Database {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") || pg::is_conninfo(s) {
             Database::Postgres(s.to_string())
         } else {
             Database::Sqlite(PathBuf::from(s))

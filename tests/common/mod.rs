@@ -772,6 +772,8 @@ impl Process {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardlinkd"));
         cmd.arg("--config")
             .arg(&config)
+            // Whatever it creates by a relative name stays in the test's directory.
+            .current_dir(dir.path())
             .env("RUST_LOG", "debug")
             .env("NOTIFY_SOCKET", &notify_path)
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -81,25 +81,45 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses a `postgres://` URL (libpq syntax). `sslmode` may be
-    /// `disable` or `verify-full` (with `sslrootcert`).
+    /// Parses a `postgres://` URL or a `key=value` connection string
+    /// (libpq syntax, both). `sslmode` may be `disable` or `verify-full`
+    /// (with `sslrootcert`).
     pub fn parse(url: &str) -> Result<Target, RegistryError> {
         let bad = |why: String| RegistryError::Config(format!("{}: {why}", redact_url(url)));
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut keep = Vec::new();
+        // The TLS settings are taken out; the driver parses the rest.
         let (mut mode, mut ca) = (None, None);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "sslmode" => mode = Some(percent_decode(v)),
-                "sslrootcert" => ca = Some(PathBuf::from(percent_decode(v))),
-                _ => keep.push(pair),
+        let rebuilt = if is_conninfo(url) {
+            let params = conninfo_params(url).ok_or_else(|| {
+                bad("not a key=value connection string (a quote left open?)".into())
+            })?;
+            let mut keep = Vec::new();
+            for p in params {
+                match p.key {
+                    "sslmode" => mode = Some(p.value),
+                    "sslrootcert" => ca = Some(PathBuf::from(p.value)),
+                    key => keep.push(format!(
+                        "{key}='{}'",
+                        p.value.replace('\\', "\\\\").replace('\'', "\\'")
+                    )),
+                }
             }
-        }
-        let rebuilt = if keep.is_empty() {
-            base.to_string()
+            keep.join(" ")
         } else {
-            format!("{base}?{}", keep.join("&"))
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let mut keep = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                match k {
+                    "sslmode" => mode = Some(percent_decode(v)),
+                    "sslrootcert" => ca = Some(PathBuf::from(percent_decode(v))),
+                    _ => keep.push(pair),
+                }
+            }
+            if keep.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", keep.join("&"))
+            }
         };
         let mut config =
             tokio_postgres::Config::from_str(&rebuilt).map_err(|e| bad(e.to_string()))?;
@@ -157,8 +177,110 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The URL without its password (for logs and messages).
+/// Whether a `database` setting is a libpq `key=value` connection string
+/// (`host=db dbname=registry user=cardlink`): it starts with a keyword
+/// (letters and `_`) and `=`. A SQLite path never does unless it is a bare
+/// relative name with `=` in it; that one is read as a connection string and
+/// refused (unknown option) rather than opened as a file.
+pub fn is_conninfo(s: &str) -> bool {
+    let t = s.trim_start();
+    let key = t
+        .find(|c: char| !(c.is_ascii_alphabetic() || c == '_'))
+        .unwrap_or(t.len());
+    key > 0 && t[key..].trim_start().starts_with('=')
+}
+
+/// One `key=value` of a connection string, and where its value is written.
+struct Param<'a> {
+    key: &'a str,
+    value: String,
+    span: std::ops::Range<usize>,
+}
+
+/// The parameters of a `key=value` connection string, read like libpq (and
+/// tokio-postgres) reads them: blanks around `=` allowed; a value is a word
+/// or `'quoted'`, with `\` escaping the next character. `None` when the
+/// string is malformed.
+fn conninfo_params(s: &str) -> Option<Vec<Param<'_>>> {
+    let b = s.as_bytes();
+    let blank = |i: usize| b.get(i).is_some_and(|c| c.is_ascii_whitespace());
+    let skip = |mut i: usize| {
+        while blank(i) {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::new();
+    let mut i = skip(0);
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && !blank(i) && b[i] != b'=' {
+            i += 1;
+        }
+        let key = &s[start..i];
+        i = skip(i);
+        if key.is_empty() || b.get(i) != Some(&b'=') {
+            return None;
+        }
+        i = skip(i + 1);
+        let from = i;
+        let quoted = b.get(i) == Some(&b'\'');
+        if quoted {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        loop {
+            match b.get(i) {
+                None if quoted => return None,
+                None => break,
+                Some(b'\'') if quoted => {
+                    i += 1;
+                    break;
+                }
+                Some(_) if !quoted && blank(i) => break,
+                Some(b'\\') => {
+                    value.extend(b.get(i + 1));
+                    i += 2;
+                }
+                Some(c) => {
+                    value.push(*c);
+                    i += 1;
+                }
+            }
+        }
+        if i == from {
+            return None;
+        }
+        out.push(Param {
+            key,
+            value: String::from_utf8_lossy(&value).into_owned(),
+            span: from..i.min(b.len()),
+        });
+        i = skip(i);
+    }
+    Some(out)
+}
+
+/// The URL (or `key=value` connection string) without its password (for
+/// logs and messages).
 pub fn redact_url(url: &str) -> String {
+    if is_conninfo(url) {
+        let mut out = url.to_string();
+        match conninfo_params(url) {
+            Some(params) => {
+                for p in params.iter().rev().filter(|p| p.key == "password") {
+                    out.replace_range(p.span.clone(), "***");
+                }
+            }
+            // Malformed: nothing after the first mention of a password is shown.
+            None => {
+                if let Some(at) = out.find("password") {
+                    out.replace_range(at + "password".len().., "=***");
+                }
+            }
+        }
+        return out;
+    }
     let mut out = url.to_string();
     if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
         let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -618,6 +740,42 @@ mod tests {
             "postgres://db/registry?user=a&password=***&sslmode=disable"
         );
         assert_eq!(redact_url("postgres://a@db/r"), "postgres://a@db/r");
+        assert_eq!(
+            redact_url("host=db password=s3cret dbname=registry"),
+            "host=db password=*** dbname=registry"
+        );
+        assert_eq!(
+            redact_url("host=db password = 'a b\\' c' user=x"),
+            "host=db password = *** user=x"
+        );
+        assert_eq!(
+            redact_url("host=db password='open dbname=r"),
+            "host=db password=***"
+        );
+    }
+
+    #[test]
+    fn key_value_connection_strings_are_postgresql() {
+        assert!(is_conninfo("host=db dbname=registry"));
+        assert!(is_conninfo("  dbname = registry"));
+        assert!(!is_conninfo("/var/lib/cardlink/registry.db"));
+        assert!(!is_conninfo("./a=b.db"));
+        assert!(!is_conninfo(""));
+        let t = Target::parse(
+            "host=db.example port=5433 user=cardlink password='p w\\'d' dbname=registry sslmode=verify-full sslrootcert=/etc/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(t.config.get_dbname(), Some("registry"));
+        assert_eq!(t.config.get_ports(), &[5433]);
+        assert_eq!(t.config.get_password(), Some(&b"p w'd"[..]));
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        let e = Target::parse("host=db password=s3cret bogus=1").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(Target::parse("host=db sslmode=require").is_err());
     }
 
     #[test]
