@@ -91,6 +91,12 @@ fn display_unit_verifies_and_is_hardened() {
         "DynamicUser=yes",
         "SupplementaryGroups=cardlink",
         "--listen 127.0.0.1:",
+        // The screen key: readable by the kiosk user's group only.
+        "Group=cardlink-screen",
+        "RuntimeDirectory=cardlink-display",
+        "--key-dir /run/cardlink-display",
+        "EnvironmentFile=-/etc/cardlink/display.env",
+        "LimitNOFILE=",
     ] {
         assert!(text.contains(key), "unit lacks {key}");
     }
@@ -108,6 +114,7 @@ fn unit_verifies_and_is_hardened() {
         "Restart=on-failure",
         "RuntimeDirectory=cardlink",
         "StateDirectory=cardlink",
+        "LimitNOFILE=",
         "DevicePolicy=closed",
         "RestrictAddressFamilies=AF_UNIX",
         "CapabilityBoundingSet=\n",
