@@ -514,3 +514,91 @@ fn demo_command_shows_swipes_resolving_into_families() {
     );
     assert!(text.contains("********"), "masked SSNs:\n{text}");
 }
+
+// ---------------------------------------------------------------------------
+// `capture redact` and `replay --check` on captures as they are met in the
+// field (issue 19): personal data outside valid card frames, and absurd
+// timestamps.
+
+/// A capture file's text: the header for `mode` and `encoding`, then one
+/// line per (seconds, direction, bytes).
+fn capture_text(mode: &str, encoding: &str, chunks: &[(&str, char, Vec<u8>)]) -> String {
+    let mut text = format!(
+        "{}\n# reader=w1 mode={mode} baud=115200 parity=none encoding={encoding} version=0.1.0 started=2026-12-01T08:00:00Z\n",
+        cardlink::capture::MAGIC
+    );
+    for (at, dir, bytes) in chunks {
+        text.push_str(&format!("{at} {dir} {}\n", hex::encode(bytes)));
+    }
+    text
+}
+
+fn frame(seq: u8, cmd: firmware_protocol::frame::Cmd, payload: &[u8]) -> Vec<u8> {
+    firmware_protocol::frame::encode_vec(seq, cmd as u8, payload).unwrap()
+}
+
+/// Runs `cardlinkctl capture redact` on `text`: (exit code, output, the
+/// redacted file's text if one was written).
+fn redact(text: &str) -> (Option<i32>, String, Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.cap"), dir.path().join("out.cap"));
+    std::fs::write(&input, text).unwrap();
+    let o = ctl()
+        .args(["capture", "redact"])
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    (o.status.code(), said, std::fs::read_to_string(&output).ok())
+}
+
+/// (d) Absurd timestamps: a clear error naming the line, never a panic,
+/// from `capture redact` and from `replay --check`.
+#[test]
+fn absurd_capture_timestamps_are_refused_with_the_line() {
+    use firmware_protocol::frame::Cmd;
+    let removed = frame(1, Cmd::CardRemoved, b"");
+    for at in [
+        "1e20",
+        "1e19",
+        "18446744073709551615.999999",
+        "1e308",
+        "1e400",
+        "inf",
+        "NaN",
+        "-1.0",
+    ] {
+        let text = capture_text(
+            "frame",
+            "gbk",
+            &[
+                ("0.000000", '<', removed.clone()),
+                (at, '<', removed.clone()),
+            ],
+        );
+        let (code, said, out) = redact(&text);
+        assert_eq!(code, Some(2), "{at}: {said}");
+        assert!(out.is_none(), "{at}: {said}");
+        assert!(said.contains("in.cap:4:"), "{at}: {said}");
+        let dir = tempfile::tempdir().unwrap();
+        let cap = dir.path().join("t.cap");
+        std::fs::write(&cap, &text).unwrap();
+        let o = ctl()
+            .args(["replay", "--check"])
+            .arg(&cap)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!said.contains("panicked"), "{at}: {said}");
+        assert_eq!(o.status.code(), Some(2), "{at}: {said}");
+        assert!(said.contains("t.cap:4:"), "{at}: {said}");
+        // The same in an `unplugged` note.
+        let text = capture_text("frame", "gbk", &[("0.000000", '<', removed.clone())])
+            + &format!("# {at} unplugged: end of file\n");
+        let (code, said, _) = redact(&text);
+        assert_eq!(code, Some(2), "{at} (unplugged): {said}");
+        assert!(said.contains("in.cap:4:"), "{at} (unplugged): {said}");
+    }
+}
