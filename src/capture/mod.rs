@@ -7,6 +7,7 @@
 pub mod redact;
 #[cfg(feature = "sim")]
 pub mod replay;
+pub mod shapes;
 
 use std::time::Duration;
 
