@@ -514,3 +514,249 @@ fn demo_command_shows_swipes_resolving_into_families() {
     );
     assert!(text.contains("********"), "masked SSNs:\n{text}");
 }
+
+// ---------------------------------------------------------------------------
+// `capture redact` and `replay --check` on captures as they are met in the
+// field (issue 19): personal data outside valid card frames, and absurd
+// timestamps.
+
+/// A capture file's text: the header for `mode` and `encoding`, then one
+/// line per (seconds, direction, bytes).
+fn capture_text(mode: &str, encoding: &str, chunks: &[(&str, char, Vec<u8>)]) -> String {
+    let mut text = format!(
+        "{}\n# reader=w1 mode={mode} baud=115200 parity=none encoding={encoding} version=0.1.0 started=2026-12-01T08:00:00Z\n",
+        cardlink::capture::MAGIC
+    );
+    for (at, dir, bytes) in chunks {
+        text.push_str(&format!("{at} {dir} {}\n", hex::encode(bytes)));
+    }
+    text
+}
+
+fn frame(seq: u8, cmd: firmware_protocol::frame::Cmd, payload: &[u8]) -> Vec<u8> {
+    firmware_protocol::frame::encode_vec(seq, cmd as u8, payload).unwrap()
+}
+
+/// Runs `cardlinkctl capture redact` on `text`: (exit code, output, the
+/// redacted file's text if one was written).
+fn redact(text: &str) -> (Option<i32>, String, Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.cap"), dir.path().join("out.cap"));
+    std::fs::write(&input, text).unwrap();
+    let o = ctl()
+        .args(["capture", "redact"])
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    (o.status.code(), said, std::fs::read_to_string(&output).ok())
+}
+
+/// (d) Absurd timestamps: a clear error naming the line, never a panic,
+/// from `capture redact` and from `replay --check`.
+#[test]
+fn absurd_capture_timestamps_are_refused_with_the_line() {
+    use firmware_protocol::frame::Cmd;
+    let removed = frame(1, Cmd::CardRemoved, b"");
+    for at in [
+        "1e20",
+        "1e19",
+        "18446744073709551615.999999",
+        "1e308",
+        "1e400",
+        "inf",
+        "NaN",
+        "-1.0",
+    ] {
+        let text = capture_text(
+            "frame",
+            "gbk",
+            &[
+                ("0.000000", '<', removed.clone()),
+                (at, '<', removed.clone()),
+            ],
+        );
+        let (code, said, out) = redact(&text);
+        assert_eq!(code, Some(2), "{at}: {said}");
+        assert!(out.is_none(), "{at}: {said}");
+        assert!(said.contains("in.cap:4:"), "{at}: {said}");
+        let dir = tempfile::tempdir().unwrap();
+        let cap = dir.path().join("t.cap");
+        std::fs::write(&cap, &text).unwrap();
+        let o = ctl()
+            .args(["replay", "--check"])
+            .arg(&cap)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!said.contains("panicked"), "{at}: {said}");
+        assert_eq!(o.status.code(), Some(2), "{at}: {said}");
+        assert!(said.contains("t.cap:4:"), "{at}: {said}");
+        // The same in an `unplugged` note.
+        let text = capture_text("frame", "gbk", &[("0.000000", '<', removed.clone())])
+            + &format!("# {at} unplugged: end of file\n");
+        let (code, said, _) = redact(&text);
+        assert_eq!(code, Some(2), "{at} (unplugged): {said}");
+        assert!(said.contains("in.cap:4:"), "{at} (unplugged): {said}");
+    }
+}
+
+/// Personal values of a person who is in no card frame, so that the
+/// redactor can learn them from nowhere but the bytes themselves.
+const LEAK_SSN: &str = "11010519491231002X";
+const LEAK_SSN2: &str = "440524188001010014";
+const LEAK_CARD: &str = "K87654321";
+const LEAK_CARD_ID: &str = "110105D156000005F1E2D3C4B5A69788";
+const LEAK_NAME: &str = "欧阳明华";
+
+/// A basic-info record (PROTOCOL.md §2) of that person, name in `enc`.
+fn leak_record(enc: &'static encoding_rs::Encoding) -> Vec<u8> {
+    let mut r = format!("110105|{LEAK_SSN}|{LEAK_CARD}|{LEAK_CARD_ID}|").into_bytes();
+    r.extend_from_slice(&enc.encode(LEAK_NAME).0);
+    r.extend_from_slice(b"|3B6D000000815448|3.00|20200115|20300115|T0001|D01|");
+    r
+}
+
+/// The bytes of every chunk of a capture's text, both directions, in order.
+fn all_bytes(text: &str) -> Vec<u8> {
+    let file = cardlink::capture::CaptureFile::parse(text, "out.cap").unwrap();
+    file.chunks().flat_map(|c| c.bytes.clone()).collect()
+}
+
+/// Asserts that no personal value of the leak person is in `bytes`, in
+/// any of the encodings a reader uses.
+fn assert_none_left(bytes: &[u8], what: &str) {
+    let mut values: Vec<(String, Vec<u8>)> = [LEAK_SSN, LEAK_SSN2, LEAK_CARD, LEAK_CARD_ID]
+        .iter()
+        .map(|v| (v.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    values.push((
+        "the GBK name".into(),
+        encoding_rs::GBK.encode(LEAK_NAME).0.to_vec(),
+    ));
+    values.push(("the UTF-8 name".into(), LEAK_NAME.as_bytes().to_vec()));
+    for (name, v) in values {
+        assert!(
+            !bytes.windows(v.len()).any(|w| w == v.as_slice()),
+            "{what}: {name} survived redaction"
+        );
+    }
+}
+
+/// Every complete frame of the reader's side, (cmd, payload length), the
+/// bytes that were noise and those left pending: a redaction keeps them.
+fn frames_of(text: &str) -> (Vec<(u8, usize)>, usize, usize) {
+    let file = cardlink::capture::CaptureFile::parse(text, "x").unwrap();
+    let (frames, noise, rest) = scan_frames(&reader_stream(&file));
+    let frames = frames.iter().map(|(c, p)| (*c, p.len())).collect();
+    (frames, noise, rest)
+}
+
+/// (a) A frame-mode reader whose stream holds an `iReadCardBas` record as
+/// noise (the reader module answered in its own format between frames):
+/// its SSN, card number, identification code and GBK name are redacted
+/// too, and the frames around it stay valid.
+#[test]
+fn capture_redact_redacts_a_record_in_the_noise_of_a_frame_port() {
+    use firmware_protocol::frame::Cmd;
+    let good = frame(1, Cmd::CardIc, sim_card(HOLDER, "张伟").record().as_bytes());
+    let mut noise = vec![0x02, 0xff, 0x13];
+    noise.extend(leak_record(encoding_rs::GBK));
+    let text = capture_text(
+        "frame",
+        "gbk",
+        &[
+            ("0.000000", '<', good.clone()),
+            ("0.000400", '>', frame(1, Cmd::Ack, b"")),
+            ("1.000000", '<', noise.clone()),
+            // The record again, split over two reads and glued to a frame.
+            ("2.000000", '<', noise[..40].to_vec()),
+            ("2.001000", '<', [&noise[40..], &good[..]].concat()),
+        ],
+    );
+    let (code, said, out) = redact(&text);
+    assert_eq!(code, Some(0), "{said}");
+    let out = out.expect("a redacted file");
+    assert_none_left(&all_bytes(&out), "a record in frame-mode noise");
+    assert_eq!(frames_of(&out), frames_of(&text), "frames and noise kept");
+}
+
+/// (b) A reader left in text mode on a frame-mode port: whole
+/// `iReadCardBas` lines, one with a UTF-8 name, one cut off, and no frame.
+#[test]
+fn capture_redact_redacts_text_mode_records_on_a_frame_port() {
+    let mut line = leak_record(encoding_rs::GBK);
+    line.extend_from_slice(b"\r\n");
+    let mut utf8 = leak_record(encoding_rs::UTF_8);
+    utf8.extend_from_slice(b"\r\n");
+    let cut = leak_record(encoding_rs::GBK)[..60].to_vec();
+    let text = capture_text(
+        "frame",
+        "gbk",
+        &[
+            ("0.000000", '<', line),
+            ("3.000000", '<', utf8),
+            ("6.000000", '<', cut),
+        ],
+    );
+    let (code, said, out) = redact(&text);
+    assert_eq!(code, Some(0), "{said}");
+    assert_none_left(
+        &all_bytes(&out.expect("a redacted file")),
+        "text-mode records",
+    );
+}
+
+/// (c) READ_ERROR (both forms) and STATUS frames whose text holds an SSN
+/// and a name: redacted, and the frames stay valid frames of the same
+/// command and length.
+#[test]
+fn capture_redact_redacts_the_text_of_read_error_and_status_frames() {
+    use firmware_protocol::frame::Cmd;
+    let mut v1 = vec![0x05];
+    v1.extend(format!("card of {LEAK_NAME} {LEAK_SSN} mute").into_bytes());
+    let mut ext = vec![0xff, 0x67, 0xf7, 0xff, 0xff];
+    ext.extend(format!("PSAM: {LEAK_SSN2}").into_bytes());
+    let status = format!("fw 2.1 last card {LEAK_CARD} {LEAK_CARD_ID} {LEAK_NAME}");
+    let text = capture_text(
+        "frame",
+        "gbk",
+        &[
+            ("0.000000", '<', frame(1, Cmd::Status, status.as_bytes())),
+            ("0.500000", '<', frame(2, Cmd::ReadError, &v1)),
+            ("1.000000", '<', frame(3, Cmd::ReadError, &ext)),
+        ],
+    );
+    let (code, said, out) = redact(&text);
+    assert_eq!(code, Some(0), "{said}");
+    let out = out.expect("a redacted file");
+    assert_none_left(&all_bytes(&out), "READ_ERROR and STATUS text");
+    assert_eq!(frames_of(&out), frames_of(&text), "the same valid frames");
+    assert_eq!(frames_of(&out).0.len(), 3);
+}
+
+/// The final check does not depend on what the redactor understood: a
+/// value it does not rewrite (here in the host's direction, which is kept
+/// as it was) makes it refuse, name the line, and write nothing.
+#[test]
+fn capture_redact_refuses_when_anything_shaped_like_personal_data_is_left() {
+    use firmware_protocol::frame::Cmd;
+    let text = capture_text(
+        "frame",
+        "gbk",
+        &[
+            ("0.000000", '<', frame(1, Cmd::CardRemoved, b"")),
+            ("0.100000", '>', format!("echo {LEAK_SSN}").into_bytes()),
+        ],
+    );
+    let (code, said, out) = redact(&text);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(out.is_none(), "nothing written: {said}");
+    assert!(said.contains("line 4"), "{said}");
+    assert!(
+        !said.contains(LEAK_SSN),
+        "the value itself is not shown: {said}"
+    );
+}

@@ -215,7 +215,8 @@ enum CaptureCmd {
     },
     /// Replace every SSN, name, card number and PAN in a capture with
     /// consistent synthetic ones (valid check characters, same length and
-    /// encoding), so that it can be shared.
+    /// encoding), wherever they stand, so that it can be shared; nothing is
+    /// written while anything shaped like personal data is left.
     Redact {
         /// The capture as recorded.
         input: PathBuf,

@@ -7,6 +7,7 @@
 pub mod redact;
 #[cfg(feature = "sim")]
 pub mod replay;
+pub mod shapes;
 
 use std::time::Duration;
 
@@ -15,6 +16,12 @@ use crate::reader::codec::Mode;
 
 /// First line of every capture file.
 pub const MAGIC: &str = "# cardlink capture 1";
+
+/// The largest timestamp a capture may hold, in seconds (about 31 years
+/// of a monotonic clock): a larger one, a negative one or one that is not
+/// a finite number is refused as a format error of its line, so that no
+/// tool meets a time it cannot add to a clock.
+pub const MAX_SECONDS: f64 = 1e9;
 
 /// Which way bytes went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +138,7 @@ impl CaptureFile {
                 ));
             }
             if let Some(at) = parse_unplug(line) {
+                let at = at.map_err(|r| err(n, r))?;
                 lines.push(Line::Unplug {
                     at,
                     text: line.to_string(),
@@ -201,17 +209,24 @@ pub fn unplug_line(at: Duration, why: &str) -> String {
     format!("# {:.6} unplugged: {why}\n", at.as_secs_f64())
 }
 
-fn parse_unplug(line: &str) -> Option<Duration> {
+/// `# SECONDS unplugged: WHY`: `None` for any other line (a comment), the
+/// time or why it is not one for an unplug line.
+fn parse_unplug(line: &str) -> Option<Result<Duration, String>> {
     let rest = line.strip_prefix("# ")?;
     let (secs, what) = rest.split_once(' ')?;
-    if !what.starts_with("unplugged") {
+    if !what.starts_with("unplugged") || secs.parse::<f64>().is_err() {
         return None;
     }
-    let secs: f64 = secs
-        .parse()
+    Some(parse_seconds(secs))
+}
+
+/// A timestamp: a number of seconds from 0 to [`MAX_SECONDS`].
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
         .ok()
-        .filter(|s: &f64| s.is_finite() && *s >= 0.0)?;
-    Some(Duration::from_secs_f64(secs))
+        .filter(|s| (0.0..=MAX_SECONDS).contains(s))
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("'{text}' is not a number of seconds from 0 to {MAX_SECONDS:.0}"))
 }
 
 fn parse_header(line: &str) -> Result<Header, String> {
@@ -253,11 +268,7 @@ fn parse_chunk(line: &str) -> Result<Chunk, String> {
             "expected 'SECONDS < HEX' or 'SECONDS > HEX', got '{line}'"
         ));
     };
-    let secs: f64 = at_text
-        .parse()
-        .ok()
-        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-        .ok_or_else(|| format!("'{at_text}' is not a number of seconds"))?;
+    let at = parse_seconds(at_text)?;
     let dir = match dir {
         "<" => Direction::FromReader,
         ">" => Direction::ToReader,
@@ -265,7 +276,7 @@ fn parse_chunk(line: &str) -> Result<Chunk, String> {
     };
     let bytes = hex::decode(hex_text.unwrap_or("")).map_err(|_| "the bytes are not hex")?;
     Ok(Chunk {
-        at: Duration::from_secs_f64(secs),
+        at,
         at_text: at_text.to_string(),
         dir,
         bytes,
@@ -322,5 +333,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("unknown reader mode 'tape'"), "{e}");
+    }
+
+    #[test]
+    fn absurd_timestamps_are_format_errors_of_their_line() {
+        let head = "# cardlink capture 1\n# reader=a mode=frame baud=1 encoding=gbk\n";
+        for at in [
+            "1e20",
+            "1e19",
+            "1000000000.5",
+            "inf",
+            "-inf",
+            "NaN",
+            "-1",
+            "1e400",
+        ] {
+            for line in [
+                format!("{at} < 02"),
+                format!("# {at} unplugged: end of file"),
+            ] {
+                let e = CaptureFile::parse(&format!("{head}{line}\n"), "x.cap").unwrap_err();
+                assert!(
+                    e.to_string()
+                        .starts_with(&format!("x.cap:3: '{at}' is not a number of seconds")),
+                    "{e}"
+                );
+            }
+        }
+        let f = CaptureFile::parse(&format!("{head}1000000000 < 02\n"), "x.cap").unwrap();
+        assert_eq!(
+            f.chunks().next().unwrap().at,
+            Duration::from_secs(1_000_000_000)
+        );
+        // A comment that only looks like an unplug note stays a comment.
+        let f = CaptureFile::parse(&format!("{head}# soon unplugged\n"), "x.cap").unwrap();
+        assert!(matches!(f.lines.last(), Some(Line::Comment(_))));
     }
 }

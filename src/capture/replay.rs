@@ -39,6 +39,14 @@ pub enum ReplayError {
     /// The daemon stopped with an error.
     #[error("replay: daemon: {0}")]
     Daemon(String),
+    /// A time of the capture at this speed is beyond any clock.
+    #[error("replay: {at:.6} s at speed {speed} is beyond the clock")]
+    Time {
+        /// The timestamp, in seconds.
+        at: f64,
+        /// The speed.
+        speed: f64,
+    },
 }
 
 /// What a [`play`] did.
@@ -94,7 +102,13 @@ where
             Line::Unplug { at, .. } => (*at, None),
             _ => continue,
         };
-        let due = start + at.saturating_sub(first).div_f64(speed);
+        let due = Duration::try_from_secs_f64(at.saturating_sub(first).as_secs_f64() / speed)
+            .ok()
+            .and_then(|d| start.checked_add(d))
+            .ok_or(ReplayError::Time {
+                at: at.as_secs_f64(),
+                speed,
+            })?;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break,
@@ -256,4 +270,28 @@ pub fn diff(expected: &str, got: &[String]) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_time_beyond_the_clock_is_an_error_not_a_panic() {
+        let file = CaptureFile::parse(
+            "# cardlink capture 1\n# reader=a mode=frame baud=1\n0 < 02\n1000000000 < 03\n",
+            "t",
+        )
+        .unwrap();
+        let (port, _reader) = tokio::io::duplex(64);
+        let r = play(&file, port, 1e-300, || async {
+            Err(std::io::Error::other("no second port"))
+        })
+        .await;
+        assert!(
+            matches!(r, Err(ReplayError::Time { speed, .. }) if speed == 1e-300),
+            "{:?}",
+            r.map(|(_, report)| report)
+        );
+    }
 }

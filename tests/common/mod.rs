@@ -969,3 +969,34 @@ pub fn card_frame(seq: u8, i: u64, name: &str) -> Vec<u8> {
 pub fn demo_ssn_full(i: u64) -> String {
     demo_ssn(i)
 }
+
+/// The reader's bytes of a capture, in order.
+pub fn reader_stream(file: &cardlink::capture::CaptureFile) -> Vec<u8> {
+    file.chunks()
+        .filter(|c| c.dir == cardlink::capture::Direction::FromReader)
+        .flat_map(|c| c.bytes.iter().copied())
+        .collect()
+}
+
+/// What the frame decoder makes of `stream`: every valid frame in order
+/// as (cmd, payload), the bytes it dropped as noise, and the bytes left
+/// pending at the end.
+pub fn scan_frames(stream: &[u8]) -> (Vec<(u8, Vec<u8>)>, usize, usize) {
+    let (mut frames, mut noise, mut buf) = (Vec::new(), 0, stream);
+    loop {
+        match firmware_protocol::frame::scan(buf) {
+            firmware_protocol::Scan::Frame {
+                frame,
+                skipped,
+                consumed,
+            } => {
+                noise += skipped;
+                frames.push((frame.cmd, frame.payload.to_vec()));
+                buf = &buf[consumed..];
+            }
+            firmware_protocol::Scan::NeedMore { discard } => {
+                return (frames, noise + discard, buf.len() - discard);
+            }
+        }
+    }
+}
