@@ -249,12 +249,8 @@ async fn kiosk_screens_in_headless_chromium() {
         return;
     }
     // A privileged display uid: the kiosk page must still show no full SSN.
-    let uid = unsafe { libc::getuid() };
     let (mut d, mut ptys) = Process::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"");
-    let text0 = std::fs::read_to_string(&d.config).unwrap().replace(
-        "mode = \"0600\"\n",
-        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
-    );
+    let text0 = privileged_config(&std::fs::read_to_string(&d.config).unwrap());
     d.reload(&text0);
     let port = free_port();
     let (_display, login) = start_display(d.dir.path(), &d.socket, port);

@@ -147,11 +147,7 @@ async fn only_a_privileged_client_starts_a_capture_and_it_ends_by_itself() {
     port.write_all(&frame(1, HOLDER)).await.unwrap();
     c.expect("CARD").await;
     assert!(!path.exists(), "nothing recorded without a capture");
-    let uid = unsafe { libc::getuid() };
-    let text = d.config.replace(
-        "mode = \"0600\"\n",
-        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
-    );
+    let text = privileged_config(&d.config);
     d.reload(text).await;
     let mut admin = d.client().await;
     let r = admin

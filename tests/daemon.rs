@@ -384,14 +384,10 @@ async fn kiosk_mode_binds_only_swiped_cards() {
 
 #[tokio::test(start_paused = true)]
 async fn privileged_uid_gets_full_ssns() {
-    let uid = unsafe { libc::getuid() };
     let (mut d, mut ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "").await;
     // Reconfigure: privileged list is in [socket]; reload with it.
     drop(ptys.pop());
-    let text = d.config.replace(
-        "mode = \"0600\"\n",
-        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
-    );
+    let text = privileged_config(&d.config);
     d.reload(text).await;
     let mut c = d.client().await;
     let r = c
@@ -432,12 +428,8 @@ async fn unplug_and_replug_without_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn noisy_line_with_resends_delivers_every_swipe_exactly_once() {
-    let uid = unsafe { libc::getuid() };
     let (mut d, mut ptys) = Daemon::start(&[("r1", "frame", "gbk")], "").await;
-    let text = d.config.replace(
-        "mode = \"0600\"\n",
-        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
-    );
+    let text = privileged_config(&d.config);
     d.reload(text).await;
     let mut c = d.client().await;
     let people = [

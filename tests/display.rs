@@ -193,12 +193,8 @@ async fn only_its_own_origin_may_open_the_websocket() {
 // blocking thread).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
-    let uid = unsafe { libc::getuid() };
     let (mut d, mut ports) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"").await;
-    let text = d.config.replace(
-        "mode = \"0600\"\n",
-        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
-    );
+    let text = privileged_config(&d.config);
     d.reload(text).await;
     let disp = display(&d.socket).await;
     let mut p = page(&disp).await;
@@ -798,12 +794,8 @@ async fn one_pages_oversized_request_leaves_every_page_online() {
 /// old one (a kiosk page got full SSNs; a window could not type numbers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_the_role_reaches_the_pages_at_once() {
-    let uid = unsafe { libc::getuid() };
     let (mut d, mut ports) = Daemon::start(&[("r1", "frame", "utf-8")], "role = \"window\"").await;
-    let privileged = d.config.replace(
-        "mode = \"0600\"\n",
-        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
-    );
+    let privileged = privileged_config(&d.config);
     d.reload(privileged).await;
     let disp = display(&d.socket).await;
     let mut p = page(&disp).await;

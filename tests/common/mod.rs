@@ -942,6 +942,16 @@ pub fn soft_nofile(cmd: &mut Command, soft: u64) {
     }
 }
 
+/// A test daemon's configuration `text` with this test's own uid made
+/// privileged (full SSNs and names on the socket).
+pub fn privileged_config(text: &str) -> String {
+    let uid = unsafe { libc::getuid() };
+    text.replace(
+        "mode = \"0600\"\n",
+        &format!("mode = \"0600\"\nprivileged_uids = [{uid}]\n"),
+    )
+}
+
 /// The simulator's view of fixture person `i`.
 pub fn sim_card(i: u64, name: &str) -> SimCard {
     let compact = |d: cardlink::Date| d.to_string().replace('-', "");
