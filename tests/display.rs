@@ -919,3 +919,55 @@ fn slow_headers_do_not_block_the_display() {
         );
     }
 }
+
+/// A daemon that does not say its role (its `status` fails): the display
+/// treats its pages as a kiosk's, masking what the daemon sends in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_does_not_say_its_role_gets_a_kiosk_display() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fake.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let full = demo_ssn_full(HOLDER);
+    let swiped = json!({"class":"CARD","reader":"r1","swipe":1,"source":"ic","ssn":full,
+        "card_no":card(HOLDER),"pan":null,"name":"张伟","outcome":"ok","role":"none",
+        "card_status":"active","payer":null,"relation":null,"balance_fen":null,"members":[]});
+    let fake = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"{\"class\":\"VERSION\",\"release\":\"0.1.0\",\"proto\":1}\n")
+            .await
+            .unwrap();
+        // The display asks for the status: refused.
+        let req: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        let reply =
+            json!({"class":"REPLY","id":req["id"],"ok":false,"code":"internal","message":"no"});
+        w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+        // Then, for each request, a card with the full number and a reply.
+        while let Ok(Some(l)) = lines.next_line().await {
+            let id = serde_json::from_str::<Value>(&l).unwrap()["id"].clone();
+            let reply = json!({"class":"REPLY","id":id,"ok":true,"result":{}});
+            w.write_all(format!("{swiped}\n{reply}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    let disp = display(&socket).await;
+    let mut p = page(&disp).await;
+    daemon_state(&mut p, "connected").await;
+    // Each request makes the fake daemon send the card again.
+    p.send(Ws::Text(
+        json!({"cmd": "status", "id": 1}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let c = expect(&mut p, "CARD").await;
+    assert_eq!(c["ssn"], ssn(HOLDER).masked().to_string(), "{c}");
+    assert!(!c.to_string().contains("张伟"), "{c}");
+    let r = ask(&mut p, 2, json!({"cmd": "lookup", "number": card(HOLDER)})).await;
+    assert_eq!(r["code"], "manual_entry_not_allowed", "{r}");
+    drop(p);
+    drop(disp);
+    fake.abort();
+}

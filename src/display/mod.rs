@@ -139,8 +139,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether the pages get the kiosk's treatment (masking, swipes only,
+    /// sessions): everywhere but at a window the daemon said it is, so a
+    /// daemon that does not say its role is treated as a kiosk.
     fn kiosk(&self) -> bool {
-        self.health.borrow().role.as_deref() == Some("kiosk")
+        self.health.borrow().role.as_deref() != Some("window")
     }
 }
 
