@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reader::card::TextEncoding;
 use crate::reader::codec::Mode;
+use crate::registry::policy::IdCardUse;
 use crate::registry::{BindPolicy, Database, Relation, Scope};
 
 /// Default configuration file.
@@ -108,6 +109,13 @@ pub struct ReaderConfig {
     /// Record this reader's raw traffic (PROTOCOL.md §6) into `capture_dir`.
     #[serde(default)]
     pub capture: bool,
+    /// `idcard` mode: milliseconds between two find-card polls.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    300
 }
 
 fn default_baud() -> u32 {
@@ -221,6 +229,11 @@ pub struct PolicyConfig {
     /// regions (统筹区) of holder and member, not their birthplaces.
     #[serde(default)]
     pub scope: Scope,
+    /// What an identity-card read may do: `identify`, `window` (default:
+    /// a window may bind a party identified by it, a kiosk bind needs
+    /// social-security cards) or `anywhere` (see [`IdCardUse`]).
+    #[serde(default)]
+    pub id_card: IdCardUse,
 }
 fn default_level() -> String {
     "info".into()
@@ -383,6 +396,12 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
         let mut paths = std::collections::HashMap::new();
         for r in &self.readers {
+            if !(50..=5000).contains(&r.poll_ms) {
+                return bad(format!(
+                    "reader '{}': poll_ms {} out of range 50..=5000",
+                    r.name, r.poll_ms
+                ));
+            }
             // Two names for one device (a udev symlink and its target) are
             // the same reader: compare where they lead when they exist.
             let key = std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone());

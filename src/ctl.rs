@@ -609,6 +609,7 @@ pub async fn demo(
         interval: Duration::from_secs(d.every),
         count: None,
         seed: 7,
+        sam_fault: None,
     };
     // watch gives up only if the daemon never answers; it retries meanwhile.
     let result = tokio::select! {

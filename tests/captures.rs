@@ -522,6 +522,7 @@ async fn write_the_simulator_capture() {
         interval: Duration::from_millis(700),
         count: Some(8),
         seed: 7,
+        sam_fault: None,
     };
     let report = simulate(SimTarget::Pty(port), &cards, &opts).await.unwrap();
     assert!(report.frames_sent > report.swipes, "{report:?}");

@@ -209,10 +209,7 @@ pub enum Scan<'a> {
 /// reported as [`Scan::Corrupt`] and the scan resumes one byte after its
 /// start. A candidate whose bytes have not all arrived is kept.
 pub fn scan(buf: &[u8]) -> Scan<'_> {
-    let mut pos = 0;
-    while let Some(off) = memchr::memmem::find(&buf[pos..], &PREAMBLE[..]) {
-        let i = pos + off;
-        pos = i + 1;
+    if let Some(i) = memchr::memmem::find(buf, &PREAMBLE[..]) {
         if buf.len() < i + 7 {
             return Scan::NeedMore { discard: i };
         }

@@ -1,0 +1,158 @@
+//! Identity cards on serial SAM modules (GA/T 467, `mode = "idcard"`):
+//! the real cardlinkd against the simulated module through a pty, one CARD
+//! per placement of each document, none from a corrupted read, a SAM fault
+//! shown; the `[policy] id_card` rule at a kiosk and at a window.
+
+mod common;
+
+use std::time::Duration;
+
+use cardlink::reader::card::TextEncoding;
+use cardlink::reader::codec::Mode;
+use cardlink::sim::{SimCard, SimOptions};
+use common::*;
+use serde_json::{json, Value};
+
+/// A 港澳台居民居住证 number (810000…, GB 11643 check) and a 2023
+/// 外国人永久居留身份证 number (first digit 9), both valid; the 15
+/// characters of a 2017 permanent-residence card.
+const PERMIT_J: &str = "810000199001010027";
+const PERMANENT_2023: &str = "911840198001010013";
+const PERMANENT_2017: &str = "USA110080101001";
+
+fn id_card(ssn: &str, name: &str) -> SimCard {
+    SimCard {
+        ssn: ssn.into(),
+        card_no: String::new(),
+        pan: None,
+        name: name.into(),
+        issued: "20200101".into(),
+        expires: "20400101".into(),
+        document: None,
+    }
+}
+
+fn opts(interval_ms: u64, count: u64, noise: f64, sam_fault: Option<u8>) -> SimOptions {
+    SimOptions {
+        mode: Mode::Idcard,
+        encoding: TextEncoding::Gbk,
+        noise,
+        drop_acks: 0.0,
+        interval: Duration::from_millis(interval_ms),
+        count: Some(count),
+        seed: 20,
+        sam_fault,
+    }
+}
+
+/// Events until the `n`th REMOVED, in order.
+async fn until_removed(c: &mut Client, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    let mut removed = 0;
+    while removed < n {
+        let v = c.next().await;
+        if v["class"] == "REMOVED" {
+            removed += 1;
+        }
+        got.push(v);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cardlinkd_reads_each_document_once_per_placement_through_a_pty() {
+    let (p, mut ptys) = Process::start(&[("id1", "idcard", "gbk")], "");
+    let mut c = p.client().await;
+    c.expect("VERSION").await;
+    let mut pty = ptys.remove(0);
+    let cards = vec![
+        sim_card(HOLDER, "张伟"),
+        id_card(PERMIT_J, "陈大文"),
+        id_card(PERMANENT_2023, "史密斯"),
+        id_card(PERMANENT_2017, "史密斯"),
+    ];
+    // Every read reply is first sent corrupted (a bad checksum, then one
+    // cut short, in turn); the SAM fails its self-test for the first 3 s.
+    let o = opts(3000, cards.len() as u64, 1.0, Some(0x60));
+    let sim = tokio::spawn(async move {
+        let r = cardlink::sim::run(&mut pty, &cards, &o, |_, _| {}).await;
+        (r, pty)
+    });
+    let events = until_removed(&mut c, 4).await;
+    let (report, _pty) = sim.await.unwrap();
+    let report = report.unwrap();
+    assert_eq!(report.swipes, 4, "{report:?}");
+
+    // The SAM fault: state `error` with its meaning, then connected again.
+    let states: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .filter(|v| v["class"] == "READER")
+        .map(|v| (v["state"].as_str().unwrap(), v["error"].as_str()))
+        .collect();
+    let fault = states
+        .iter()
+        .position(|(s, e)| *s == "error" && e.is_some_and(|e| e.contains("SAM 60") && e.contains("SAM 自检失败") && e.contains("self-test")))
+        .unwrap_or_else(|| panic!("no SAM fault shown: {states:?}"));
+    assert!(states[fault..].iter().any(|(s, _)| *s == "connected"), "{states:?}");
+
+    // Exactly one CARD per placement, in order, each before its REMOVED;
+    // the 2017 card gets its own error instead; corrupted replies never
+    // show (no CARD twice, no read error).
+    let seq: Vec<String> = events
+        .iter()
+        .filter_map(|v| match v["class"].as_str()? {
+            "CARD" => Some(format!("CARD {}", v["document"].as_str().unwrap_or("-"))),
+            "REMOVED" => Some("REMOVED".into()),
+            "ERROR" => Some(format!("ERROR {}", v["code"].as_str().unwrap_or("-"))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "CARD resident_id",
+            "REMOVED",
+            "CARD hmt_residence_permit",
+            "REMOVED",
+            "CARD foreign_permanent",
+            "REMOVED",
+            "ERROR bad_card",
+            "REMOVED"
+        ],
+        "{events:#?}"
+    );
+    let cards: Vec<&Value> = events.iter().filter(|v| v["class"] == "CARD").collect();
+    for card in &cards {
+        assert_eq!(card["source"], "id_card", "{card}");
+        assert_eq!(card["reader"], "id1");
+    }
+    // The resident card resolves by its number: the registry's person, the
+    // social-security card's status, masked like any read.
+    let holder = demo_ssn_full(HOLDER);
+    assert_eq!(cards[0]["outcome"], "ok", "{}", cards[0]);
+    assert_eq!(cards[0]["card_status"], "active");
+    assert_eq!(
+        cards[0]["ssn"],
+        format!("{}********{}", &holder[..6], &holder[14..])
+    );
+    assert_ne!(cards[0]["name"], "张伟");
+    assert_eq!(cards[1]["ssn"], "810000********0027");
+    assert_eq!(cards[2]["ssn"], "911840********0013");
+    assert_eq!(cards[1]["outcome"], "unknown");
+    let err = events.iter().find(|v| v["class"] == "ERROR").unwrap();
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains("2017") && msg.contains("人社部令第16号"), "{msg}");
+    assert!(!msg.contains(PERMANENT_2017), "{msg}");
+
+    // status: the mode, the SAM's id as firmware, the three cards.
+    let r = c.request(json!({"cmd": "status"})).await;
+    let reader = &r["result"]["readers"][0];
+    assert_eq!(reader["mode"], "idcard", "{r}");
+    assert_eq!(reader["state"], "connected", "{r}");
+    assert_eq!(reader["cards"], 3, "{r}");
+    assert!(reader["firmware"].as_str().unwrap().starts_with("SAM 05.01-"), "{r}");
+    let (_, log) = p.stop();
+    // Neither the photo nor a full number reaches the log.
+    assert!(!log.contains(&holder), "full SSN in the log");
+    assert!(!log.contains(PERMIT_J), "full number in the log");
+}
