@@ -156,3 +156,92 @@ async fn cardlinkd_reads_each_document_once_per_placement_through_a_pty() {
     assert!(!log.contains(&holder), "full SSN in the log");
     assert!(!log.contains(PERMIT_J), "full number in the log");
 }
+
+/// Starts an in-process daemon with a frame reader (social-security cards)
+/// and an idcard reader, swipes the holder's social-security card, places
+/// the child's identity card, and asks to bind them by swipe ids.
+async fn bind_child_by_id_card(extra: &str) -> Value {
+    use firmware_protocol::frame::encode_vec;
+    use tokio::io::AsyncWriteExt;
+    let (d, mut ports) = Daemon::start(&[("k1", "frame", "utf-8"), ("id1", "idcard", "gbk")], extra).await;
+    let mut c = d.client().await;
+    c.expect("VERSION").await;
+    let mut module = ports.pop().unwrap();
+    let mut frame_port = ports.pop().unwrap();
+    let cards = vec![sim_card(CHILD, "张小明")];
+    let o = opts(1000, 1, 0.0, None);
+    let sim = tokio::spawn(async move { cardlink::sim::run(&mut module, &cards, &o, |_, _| {}).await });
+    let member = loop {
+        let v = c.expect("CARD").await;
+        if v["reader"] == "id1" {
+            assert_eq!(v["source"], "id_card");
+            assert_eq!(v["outcome"], "ok", "{v}");
+            break v["swipe"].as_u64().unwrap();
+        }
+    };
+    frame_port
+        .write_all(&encode_vec(1, 0x10, sim_card(HOLDER, "张伟").record().as_bytes()).unwrap())
+        .await
+        .unwrap();
+    let holder = c.expect("CARD").await["swipe"].as_u64().unwrap();
+    let r = c
+        .request(json!({"cmd": "bind", "holder_swipe": holder, "member_swipe": member, "relation": "child", "operator": "clerk07"}))
+        .await;
+    // A holder identified by identity card is judged alike.
+    let swapped = c
+        .request(json!({"cmd": "contributions", "swipe": member, "months": 1}))
+        .await;
+    assert_eq!(swapped["ok"], true, "an identity card may always show payment records: {swapped}");
+    sim.abort();
+    d.stop().await;
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_id_card_decides_where_an_identity_card_may_bind() {
+    // Default (`window`): a kiosk bind needs the social-security cards.
+    let r = bind_child_by_id_card("role = \"kiosk\"").await;
+    assert_eq!(r["code"], "id_card_not_allowed", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("kiosk"), "{r}");
+    // … a window may bind a member identified by identity card.
+    let r = bind_child_by_id_card("role = \"window\"").await;
+    assert_eq!(r["ok"], true, "{r}");
+    // `identify`: nowhere.
+    let r = bind_child_by_id_card("role = \"window\"\n[policy]\nid_card = \"identify\"").await;
+    assert_eq!(r["code"], "id_card_not_allowed", "{r}");
+    // `anywhere`: a kiosk too.
+    let r = bind_child_by_id_card("role = \"kiosk\"\n[policy]\nid_card = \"anywhere\"").await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+/// The 2023 permanent-residence number is an identity number everywhere
+/// cardlink takes one; the 2017 card's 15 characters get their own error.
+#[test]
+fn permanent_residence_numbers_in_check_ssn_and_import() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(["check-ssn", PERMANENT_2023, PERMANENT_2017, "911840198001010014"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "911840********0013: valid (2023 外国人永久居留身份证 / foreign permanent resident)"
+    );
+    assert!(lines[1].contains("invalid") && lines[1].contains("2017") && !lines[1].contains(PERMANENT_2017), "{text}");
+    assert!(lines[2].contains("check character"), "{text}");
+
+    // Import: a person with the new number is a person like any other.
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    let persons = dir.path().join("persons.csv");
+    std::fs::write(
+        &persons,
+        format!(
+            "ssn,name,sex,birth_date,insurance_type,insurance_status,region\n{PERMANENT_2023},SMITH JOHN,M,1980-01-01,employee,active,330100\n"
+        ),
+    )
+    .unwrap();
+    let (code, err) = ctl_import(&db, &[persons]);
+    assert_eq!(code, Some(0), "{err}");
+}
