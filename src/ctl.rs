@@ -488,11 +488,20 @@ pub async fn simulate(
     cards: &[sim::SimCard],
     opts: &SimOptions,
 ) -> Result<sim::SimReport, CtlError> {
+    let idcard = opts.mode == crate::reader::codec::Mode::Idcard;
     let log = |n: u64, c: &sim::SimCard| {
-        eprintln!(
-            "simulate: swipe {n}: card {}",
-            crate::mask::card_no(&c.card_no)
-        )
+        if idcard {
+            eprintln!(
+                "simulate: placement {n}: {} {}",
+                c.id_document(),
+                crate::mask::identifier(&c.ssn)
+            )
+        } else {
+            eprintln!(
+                "simulate: swipe {n}: card {}",
+                crate::mask::card_no(&c.card_no)
+            )
+        }
     };
     let report = match target {
         SimTarget::Pty(link) => {

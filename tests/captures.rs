@@ -107,6 +107,32 @@ fn personal_values(file: &CaptureFile) -> BTreeSet<Vec<u8>> {
             out.insert(w.to_vec());
         }
     }
+    // An identity card's text block: every field of at least two
+    // characters, as it is on the wire (UTF-16LE), spaces trimmed; the
+    // photo bytes.
+    if file.header.mode == cardlink::reader::codec::Mode::Idcard {
+        let pre = firmware_protocol::idcard::PREAMBLE;
+        for (i, _) in stream.windows(5).enumerate().filter(|(_, w)| *w == pre) {
+            let Some(text) = stream.get(i + 14..i + 14 + 256) else {
+                continue;
+            };
+            if stream[i + 5..i + 10] != [0x05, 0x08, 0, 0, 0x90] {
+                continue;
+            }
+            for r in [0..30, 52..122, 122..158, 158..188] {
+                let mut f = &text[r];
+                while f.ends_with(&[0x20, 0]) {
+                    f = &f[..f.len() - 2];
+                }
+                if f.len() >= 4 {
+                    out.insert(f.to_vec());
+                }
+            }
+            if let Some(photo) = stream.get(i + 14 + 256..i + 14 + 256 + 64) {
+                out.insert(photo.to_vec());
+            }
+        }
+    }
     // The payloads: valid frames in frame mode, lines otherwise.
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     if file.header.mode == cardlink::reader::codec::Mode::Frame {
@@ -255,6 +281,35 @@ fn decode_all(file: &CaptureFile, today: Date) -> Vec<String> {
                             noise + discard,
                             buf.len() - discard
                         ));
+                        break;
+                    }
+                }
+            }
+        }
+        Mode::Idcard => {
+            use firmware_protocol::idcard::{scan, IdText, ReadReply, Scan};
+            let mut buf = &stream[..];
+            loop {
+                match scan(buf) {
+                    Scan::Reply {
+                        reply, consumed, ..
+                    } => {
+                        out.push(match ReadReply::parse(reply.data) {
+                            Ok(r) => shape(
+                                IdText::parse(r.text, today)
+                                    .map(|t| format!("id {:?} name={}", t.document, t.name.is_some()))
+                                    .map_err(|e| without_values(&format!("{e:?}"))),
+                            ),
+                            Err(_) => format!("reply {:02x} {}", reply.sw3, reply.data.len()),
+                        });
+                        buf = &buf[consumed..];
+                    }
+                    Scan::Corrupt { why, consumed } => {
+                        out.push(format!("corrupt {why:?}"));
+                        buf = &buf[consumed..];
+                    }
+                    Scan::NeedMore { discard } => {
+                        out.push(format!("rest {}", buf.len() - discard));
                         break;
                     }
                 }
@@ -538,6 +593,114 @@ async fn write_the_simulator_capture() {
     let mut out = lines.join("\n");
     out.push('\n');
     std::fs::write(suite_dir().join("sim-frame-noise-drop-acks.cap"), out).unwrap();
+}
+
+/// Records the simulated identity-card module through cardlinkd
+/// (`capture = true`): the four idcard captures of the suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes tests/captures/idcard-*.cap; run by hand"]
+async fn write_the_idcard_captures() {
+    use cardlink::ctl::{simulate, SimTarget};
+    use cardlink::reader::codec::Mode;
+    let dir = tempfile::tempdir().unwrap();
+    let db = replay_registry(dir.path());
+    let reg = Registry::open(&db, &OpenOptions::default()).unwrap();
+    let people = cardlink::sim::sample_cards(&reg, Date::today_cst()).unwrap();
+    drop(reg);
+    let id = |ssn: &str, name: &str| SimCard {
+        ssn: ssn.into(),
+        card_no: String::new(),
+        pan: None,
+        name: name.into(),
+        issued: "20200101".into(),
+        expires: "20400101".into(),
+        document: None,
+    };
+    let scenarios: Vec<(&str, &str, Vec<SimCard>, f64, Option<u8>, u64)> = vec![
+        (
+            "idcard-resident",
+            "two resident identity cards (居民身份证) of the registry, each placed, read once and taken away",
+            vec![people[0].clone(), people[1].clone()],
+            0.0,
+            None,
+            1500,
+        ),
+        (
+            "idcard-permit-j",
+            "a 港澳台居民居住证 (J) and a 2023 外国人永久居留身份证 (Y), unknown to the registry",
+            vec![id("810000199001010027", "陈大文"), id("911840198001010013", "史密斯")],
+            0.0,
+            None,
+            1500,
+        ),
+        (
+            "idcard-corrupt-read",
+            "every read reply first corrupted (a bad checksum, then one cut short): asked again, one CARD each",
+            vec![people[2].clone(), people[3].clone()],
+            1.0,
+            None,
+            3000,
+        ),
+        (
+            "idcard-sam-fault",
+            "the SAM fails its self-test (SW3 60) for 1.5 s, then works: state error, connected, a card",
+            vec![people[0].clone()],
+            0.0,
+            Some(0x60),
+            1500,
+        ),
+    ];
+    for (name, note, cards, noise, sam_fault, interval) in scenarios {
+        let port = dir.path().join("id1");
+        let caps = dir.path().join(format!("caps-{name}"));
+        let socket = dir.path().join(format!("{name}.sock"));
+        let text = format!(
+            "database = {db:?}\ncapture_dir = {caps:?}\n[socket]\npath = {socket:?}\n[[reader]]\nname = \"id1\"\npath = {port:?}\nmode = \"idcard\"\ncapture = true\n"
+        );
+        let config = cardlink::config::Config::parse(&text, "sim").unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (_updates, rx) = tokio::sync::mpsc::channel(1);
+        let opts = cardlink::sim::SimOptions {
+            mode: Mode::Idcard,
+            encoding: TextEncoding::Gbk,
+            noise,
+            drop_acks: 0.0,
+            interval: Duration::from_millis(interval),
+            count: Some(cards.len() as u64),
+            seed: 7,
+            sam_fault,
+        };
+        // The simulator's pty must exist before the daemon opens it.
+        let sim = {
+            let cards = cards.clone();
+            let port = port.clone();
+            tokio::spawn(async move { simulate(SimTarget::Pty(port), &cards, &opts).await })
+        };
+        while std::fs::symlink_metadata(&port).is_err() {
+            tokio::task::yield_now().await;
+        }
+        let daemon = tokio::spawn(cardlink::daemon::run(
+            cardlink::daemon::Daemon {
+                listener: tokio::net::UnixListener::bind(&socket).unwrap(),
+                registry: Registry::open(&db, &OpenOptions::default()).unwrap(),
+                config,
+                ports: std::sync::Arc::new(cardlink::daemon::SerialPorts),
+                updates: rx,
+            },
+            shutdown.clone(),
+        ));
+        let report = sim.await.unwrap().unwrap();
+        assert_eq!(report.swipes, cards.len() as u64, "{report:?}");
+        shutdown.cancel();
+        daemon.await.unwrap().unwrap();
+        let text = std::fs::read_to_string(caps.join("id1.cap")).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let note = format!("# {note}; recorded from `cardlinkctl simulate --mode idcard` through cardlinkd (capture = true)");
+        lines.insert(2, &note);
+        let mut out = lines.join("\n");
+        out.push('\n');
+        std::fs::write(suite_dir().join(format!("{name}.cap")), out).unwrap();
+    }
 }
 
 #[test]

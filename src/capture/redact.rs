@@ -233,7 +233,7 @@ impl Redactor {
                 layout::VALID_TO,
                 layout::TYPE,
             ],
-            0x0049 => vec![120..122, 188..236, layout::TYPE],
+            0x0049 => vec![120..122, 188..204, 204..220, 220..236, layout::TYPE],
             _ if whole => vec![layout::TYPE],
             _ => vec![],
         };
@@ -284,7 +284,12 @@ impl Redactor {
                 };
                 out[r.start + 2 * k..r.start + 2 * k + 2].copy_from_slice(&n.to_le_bytes());
             }
-            if field.len() >= 4 {
+            // A run of digits (a date, a nation code, an issue count) is
+            // no value to look for: it occurs in any other card's dates.
+            let digits = field
+                .chunks_exact(2)
+                .all(|c| c[1] == 0 && (c[0].is_ascii_digit() || c[0] == b' '));
+            if field.len() >= 4 && !digits {
                 self.originals.insert((Kind::Name, field.to_vec()));
             }
         }
