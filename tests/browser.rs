@@ -453,3 +453,60 @@ async fn window_screen_in_headless_chromium() {
     screen(&c, "window").await;
     c.close().await.unwrap();
 }
+
+/// An identity card on an idcard reader at a kiosk: the result screen says
+/// which document was read (身份证 / 居住证), and a bind from it asks for
+/// the social-security card (`[policy] id_card`, default `window`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosk_names_the_identity_document_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let (d, mut ptys) = Process::start(&[("id1", "idcard", "gbk")], "role = \"kiosk\"");
+    let port = free_port();
+    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
+    let driver_port = free_port();
+    let _driver = start_chromedriver(driver_port);
+    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
+    viewport(&c, 1280, 800).await;
+    c.goto(&login).await.unwrap();
+    screen(&c, "idle").await;
+    let mut pty = ptys.remove(0);
+    let cards = vec![
+        sim_card(HOLDER, "张伟"),
+        cardlink::sim::SimCard {
+            ssn: "810000199001010027".into(),
+            card_no: String::new(),
+            pan: None,
+            name: "陈大文".into(),
+            issued: "20200101".into(),
+            expires: "20400101".into(),
+            document: None,
+        },
+    ];
+    let opts = cardlink::sim::SimOptions {
+        mode: cardlink::reader::codec::Mode::Idcard,
+        encoding: cardlink::reader::card::TextEncoding::Gbk,
+        noise: 0.0,
+        drop_acks: 0.0,
+        interval: Duration::from_millis(2500),
+        count: Some(2),
+        seed: 3,
+        sam_fault: None,
+    };
+    let sim = tokio::spawn(async move {
+        let r = cardlink::sim::run(&mut pty, &cards, &opts, |_, _| {}).await;
+        (r, pty)
+    });
+    screen(&c, "result").await;
+    assert_eq!(text(&c, "#document").await, "身份证");
+    no_full_ssn(&c).await;
+    // Taken away: idle; the next placement is a residence permit.
+    screen(&c, "idle").await;
+    screen(&c, "result").await;
+    assert_eq!(text(&c, "#document").await, "居住证");
+    no_full_ssn(&c).await;
+    let (r, _pty) = sim.await.unwrap();
+    r.unwrap();
+    c.close().await.unwrap();
+}
