@@ -335,7 +335,10 @@ async fn run_idcard<S: AsyncRead + AsyncWrite + Unpin>(
     use firmware_protocol::idcard::{encode_reply_vec, xor, Command, PREAMBLE};
     use tokio::time::Instant;
     if cards.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no cards to place"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no cards to place",
+        ));
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut report = SimReport::default();
@@ -417,7 +420,10 @@ async fn run_idcard<S: AsyncRead + AsyncWrite + Unpin>(
             };
             let mut wire = encode_reply_vec([0, 0, sw3], &data)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            if command == Some(Command::Read) && sw3 == 0x90 && !spoilt && opts.noise > 0.0
+            if command == Some(Command::Read)
+                && sw3 == 0x90
+                && !spoilt
+                && opts.noise > 0.0
                 && rng.random_bool(opts.noise.min(1.0))
             {
                 spoilt = true;

@@ -297,7 +297,9 @@ fn decode_all(file: &CaptureFile, today: Date) -> Vec<String> {
                         out.push(match ReadReply::parse(reply.data) {
                             Ok(r) => shape(
                                 IdText::parse(r.text, today)
-                                    .map(|t| format!("id {:?} name={}", t.document, t.name.is_some()))
+                                    .map(|t| {
+                                        format!("id {:?} name={}", t.document, t.name.is_some())
+                                    })
                                     .map_err(|e| without_values(&format!("{e:?}"))),
                             ),
                             Err(_) => format!("reply {:02x} {}", reply.sw3, reply.data.len()),
@@ -616,7 +618,9 @@ async fn write_the_idcard_captures() {
         expires: "20400101".into(),
         document: None,
     };
-    let scenarios: Vec<(&str, &str, Vec<SimCard>, f64, Option<u8>, u64)> = vec![
+    // (file, note, cards, noise, SAM fault, interval in ms)
+    type Scenario<'a> = (&'a str, &'a str, Vec<SimCard>, f64, Option<u8>, u64);
+    let scenarios: Vec<Scenario> = vec![
         (
             "idcard-resident",
             "two resident identity cards (居民身份证) of the registry, each placed, read once and taken away",

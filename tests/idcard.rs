@@ -91,9 +91,17 @@ async fn cardlinkd_reads_each_document_once_per_placement_through_a_pty() {
         .collect();
     let fault = states
         .iter()
-        .position(|(s, e)| *s == "error" && e.is_some_and(|e| e.contains("SAM 60") && e.contains("SAM 自检失败") && e.contains("self-test")))
+        .position(|(s, e)| {
+            *s == "error"
+                && e.is_some_and(|e| {
+                    e.contains("SAM 60") && e.contains("SAM 自检失败") && e.contains("self-test")
+                })
+        })
         .unwrap_or_else(|| panic!("no SAM fault shown: {states:?}"));
-    assert!(states[fault..].iter().any(|(s, _)| *s == "connected"), "{states:?}");
+    assert!(
+        states[fault..].iter().any(|(s, _)| *s == "connected"),
+        "{states:?}"
+    );
 
     // Exactly one CARD per placement, in order, each before its REMOVED;
     // the 2017 card gets its own error instead; corrupted replies never
@@ -141,7 +149,10 @@ async fn cardlinkd_reads_each_document_once_per_placement_through_a_pty() {
     assert_eq!(cards[1]["outcome"], "unknown");
     let err = events.iter().find(|v| v["class"] == "ERROR").unwrap();
     let msg = err["message"].as_str().unwrap();
-    assert!(msg.contains("2017") && msg.contains("人社部令第16号"), "{msg}");
+    assert!(
+        msg.contains("2017") && msg.contains("人社部令第16号"),
+        "{msg}"
+    );
     assert!(!msg.contains(PERMANENT_2017), "{msg}");
 
     // status: the mode, the SAM's id as firmware, the three cards.
@@ -150,7 +161,13 @@ async fn cardlinkd_reads_each_document_once_per_placement_through_a_pty() {
     assert_eq!(reader["mode"], "idcard", "{r}");
     assert_eq!(reader["state"], "connected", "{r}");
     assert_eq!(reader["cards"], 3, "{r}");
-    assert!(reader["firmware"].as_str().unwrap().starts_with("SAM 05.01-"), "{r}");
+    assert!(
+        reader["firmware"]
+            .as_str()
+            .unwrap()
+            .starts_with("SAM 05.01-"),
+        "{r}"
+    );
     let (_, log) = p.stop();
     // Neither the photo nor a full number reaches the log.
     assert!(!log.contains(&holder), "full SSN in the log");
@@ -163,14 +180,16 @@ async fn cardlinkd_reads_each_document_once_per_placement_through_a_pty() {
 async fn bind_child_by_id_card(extra: &str) -> Value {
     use firmware_protocol::frame::encode_vec;
     use tokio::io::AsyncWriteExt;
-    let (d, mut ports) = Daemon::start(&[("k1", "frame", "utf-8"), ("id1", "idcard", "gbk")], extra).await;
+    let (d, mut ports) =
+        Daemon::start(&[("k1", "frame", "utf-8"), ("id1", "idcard", "gbk")], extra).await;
     let mut c = d.client().await;
     c.expect("VERSION").await;
     let mut module = ports.pop().unwrap();
     let mut frame_port = ports.pop().unwrap();
     let cards = vec![sim_card(CHILD, "张小明")];
     let o = opts(1000, 1, 0.0, None);
-    let sim = tokio::spawn(async move { cardlink::sim::run(&mut module, &cards, &o, |_, _| {}).await });
+    let sim =
+        tokio::spawn(async move { cardlink::sim::run(&mut module, &cards, &o, |_, _| {}).await });
     let member = loop {
         let v = c.expect("CARD").await;
         if v["reader"] == "id1" {
@@ -191,7 +210,10 @@ async fn bind_child_by_id_card(extra: &str) -> Value {
     let swapped = c
         .request(json!({"cmd": "contributions", "swipe": member, "months": 1}))
         .await;
-    assert_eq!(swapped["ok"], true, "an identity card may always show payment records: {swapped}");
+    assert_eq!(
+        swapped["ok"], true,
+        "an identity card may always show payment records: {swapped}"
+    );
     sim.abort();
     d.stop().await;
     r
@@ -219,7 +241,12 @@ async fn policy_id_card_decides_where_an_identity_card_may_bind() {
 #[test]
 fn permanent_residence_numbers_in_check_ssn_and_import() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
-        .args(["check-ssn", PERMANENT_2023, PERMANENT_2017, "911840198001010014"])
+        .args([
+            "check-ssn",
+            PERMANENT_2023,
+            PERMANENT_2017,
+            "911840198001010014",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -228,7 +255,12 @@ fn permanent_residence_numbers_in_check_ssn_and_import() {
         lines[0],
         "911840********0013: valid (2023 外国人永久居留身份证 / foreign permanent resident)"
     );
-    assert!(lines[1].contains("invalid") && lines[1].contains("2017") && !lines[1].contains(PERMANENT_2017), "{text}");
+    assert!(
+        lines[1].contains("invalid")
+            && lines[1].contains("2017")
+            && !lines[1].contains(PERMANENT_2017),
+        "{text}"
+    );
     assert!(lines[2].contains("check character"), "{text}");
 
     // Import: a person with the new number is a person like any other.

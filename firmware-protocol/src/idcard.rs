@@ -740,7 +740,10 @@ mod tests {
     #[test]
     fn partial_preamble_is_kept() {
         assert_eq!(scan(&[1, 2, 0xAA, 0xAA]), Scan::NeedMore { discard: 2 });
-        assert_eq!(scan(&[0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00]), Scan::NeedMore { discard: 0 });
+        assert_eq!(
+            scan(&[0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00]),
+            Scan::NeedMore { discard: 0 }
+        );
         assert_eq!(scan(b"xyz"), Scan::NeedMore { discard: 3 });
     }
 

@@ -365,7 +365,10 @@ mod tests {
         assert_eq!(ssn.birth_date(), Date::new(1980, 1, 1).unwrap());
         // The check character still counts, and so does the birth date.
         n[17] = if c == b'0' { b'1' } else { b'0' };
-        assert!(matches!(Ssn::parse_on(&n, today()), Err(SsnError::CheckDigit { .. })));
+        assert!(matches!(
+            Ssn::parse_on(&n, today()),
+            Err(SsnError::CheckDigit { .. })
+        ));
         assert_eq!(
             Ssn::parse_on(b"911840198002300010", today()),
             Err(SsnError::BirthDate)

@@ -51,14 +51,22 @@ fn replies_encode_and_decode_like_the_reference() {
         let sw3 = u8::from_str_radix(f[2], 16).unwrap();
         let data = unhex(f[3]);
         let wire = unhex(f[4]);
-        assert_eq!(encode_reply_vec([0, 0, sw3], &data).unwrap(), wire, "{}", f[1]);
+        assert_eq!(
+            encode_reply_vec([0, 0, sw3], &data).unwrap(),
+            wire,
+            "{}",
+            f[1]
+        );
         match scan(&wire) {
             Scan::Reply {
                 reply,
                 skipped,
                 consumed,
             } => {
-                assert_eq!((reply.sw3, reply.data, skipped, consumed), (sw3, &data[..], 0, wire.len()));
+                assert_eq!(
+                    (reply.sw3, reply.data, skipped, consumed),
+                    (sw3, &data[..], 0, wire.len())
+                );
                 assert!(Sw3::from_code(sw3).is_some(), "{}", f[1]);
             }
             other => panic!("{}: {other:?}", f[1]),

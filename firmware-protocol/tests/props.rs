@@ -148,7 +148,9 @@ mod idcard {
             buf.extend_from_slice(piece);
             loop {
                 match scan(&buf) {
-                    Scan::Reply { reply, consumed, .. } => {
+                    Scan::Reply {
+                        reply, consumed, ..
+                    } => {
                         out.push((reply.sw3, reply.data.to_vec()));
                         buf.drain(..consumed);
                     }

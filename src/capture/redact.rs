@@ -218,11 +218,7 @@ impl Redactor {
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect()
         };
-        let flag = if whole {
-            unit(layout::TYPE)[0]
-        } else {
-            0xFFFF
-        };
+        let flag = if whole { unit(layout::TYPE)[0] } else { 0xFFFF };
         // Kept as they are: not identifying, and what makes the block
         // still parse the way it did.
         let keep: Vec<std::ops::Range<usize>> = match flag {
@@ -245,9 +241,13 @@ impl Redactor {
         let mut out = block.to_vec();
         // Fields, by where they are: each replaced as a whole, so the same
         // value becomes the same synthetic one.
-        let mut cuts: Vec<usize> = vec![0, 30, 32, 36, 52, 122, 158, 188, 204, 220, 238, 242, 248, 250, 256];
+        let mut cuts: Vec<usize> = vec![
+            0, 30, 32, 36, 52, 122, 158, 188, 204, 220, 238, 242, 248, 250, 256,
+        ];
         if flag == 0x0049 {
-            cuts = vec![0, 120, 122, 152, 158, 188, 204, 220, 236, 240, 248, 250, 256];
+            cuts = vec![
+                0, 120, 122, 152, 158, 188, 204, 220, 236, 240, 248, 250, 256,
+            ];
         }
         for w in cuts.windows(2) {
             let r = w[0]..w[1];
@@ -313,7 +313,8 @@ impl Redactor {
             s.extend(self.shape(Kind::Ssn, &n[keep..6], 0));
             s.extend_from_slice(&n[6..14]);
             s.extend(self.shape(Kind::Ssn, &n[14..17], 0));
-            let good = firmware_protocol::ssn::check_char(&n[..17]) == Some(n[17].to_ascii_uppercase());
+            let good =
+                firmware_protocol::ssn::check_char(&n[..17]) == Some(n[17].to_ascii_uppercase());
             let c = firmware_protocol::ssn::check_char(&s).unwrap_or(b'0');
             s.push(if good {
                 c

@@ -472,7 +472,12 @@ impl Ctx {
     /// id_card_error` with the SW3 code and its meaning.
     pub fn publish_id_card_error(&self, reader: &str, sw: firmware_protocol::idcard::Sw3) {
         let code = sw.code();
-        tracing::warn!(reader, sw3 = code, meaning = sw.en(), "identity card not read");
+        tracing::warn!(
+            reader,
+            sw3 = code,
+            meaning = sw.en(),
+            "identity card not read"
+        );
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.publish(Event::Error {
             code: ErrorCode::IdCardError,

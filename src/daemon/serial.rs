@@ -513,7 +513,11 @@ async fn serve_idcard(
         return format!("write failed: {e}");
     }
     loop {
-        let wake = if pending.is_some() { deadline } else { next_poll };
+        let wake = if pending.is_some() {
+            deadline
+        } else {
+            next_poll
+        };
         let item = tokio::select! {
             _ = stop.cancelled() => return "stopped".into(),
             // FEEDBACK is a frame-mode signal; a SAM module has no beeper
@@ -698,7 +702,10 @@ async fn serve_idcard(
                                 Err(e) => {
                                     ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
                                     tracing::warn!(reader = %cfg.name, error = %e, "identity card refused");
-                                    ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
+                                    ctx.publish_error(
+                                        ErrorCode::BadCard,
+                                        format!("{}: {e}", cfg.name),
+                                    );
                                 }
                             }
                         }

@@ -398,7 +398,9 @@ mod tests {
             let mut c = ReaderCodec::new(Mode::Idcard);
             let items = all(&mut c, &wire, chunk);
             assert_eq!(items.len(), 3, "chunk {chunk}: {items:?}");
-            assert!(matches!(&items[0], ReaderItem::IdReply { sw3: 0x9F, data } if data.len() == 4));
+            assert!(
+                matches!(&items[0], ReaderItem::IdReply { sw3: 0x9F, data } if data.len() == 4)
+            );
             match &items[1] {
                 ReaderItem::IdRead(text) => {
                     assert_eq!(text.len(), 256);
@@ -406,7 +408,10 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
-            assert_eq!(items[2], ReaderItem::IdCorrupt(idcard::Corruption::Checksum));
+            assert_eq!(
+                items[2],
+                ReaderItem::IdCorrupt(idcard::Corruption::Checksum)
+            );
         }
     }
 
