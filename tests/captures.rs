@@ -128,8 +128,11 @@ fn personal_values(file: &CaptureFile) -> BTreeSet<Vec<u8>> {
                     out.insert(f.to_vec());
                 }
             }
+            // (cardlinkd records zeros there; a capture from elsewhere may not.)
             if let Some(photo) = stream.get(i + 14 + 256..i + 14 + 256 + 64) {
-                out.insert(photo.to_vec());
+                if photo.iter().any(|&b| b != 0) {
+                    out.insert(photo.to_vec());
+                }
             }
         }
     }
@@ -979,4 +982,151 @@ proptest::proptest! {
             proptest::prop_assert!(!all.windows(18).any(|w| w == b"11010519491231002X"));
         }
     }
+}
+
+/// The idcard captures hold no photo (cardlinkd zeroes it as it records),
+/// and the corrupted one holds the bad replies the daemon asked again for.
+#[test]
+fn idcard_captures_hold_no_photo_and_the_bad_replies() {
+    let today = Date::today_cst();
+    let mut found = 0;
+    for cap in captures() {
+        let file = CaptureFile::read(&cap).unwrap();
+        if file.header.mode != cardlink::reader::codec::Mode::Idcard {
+            continue;
+        }
+        found += 1;
+        let stream = reader_stream(&file);
+        let pre = firmware_protocol::idcard::PREAMBLE;
+        for (i, _) in stream
+            .windows(10)
+            .enumerate()
+            .filter(|(_, w)| w[..5] == pre && w[5..] == [0x05, 0x08, 0, 0, 0x90])
+        {
+            let photo = &stream[(i + 270).min(stream.len())..(i + 1294).min(stream.len())];
+            // Up to the next reply, when this one was cut short.
+            let end = photo
+                .windows(5)
+                .position(|w| w == pre)
+                .unwrap_or(photo.len());
+            assert!(
+                photo[..end].iter().all(|&b| b == 0),
+                "{}: photo bytes in a read reply",
+                cap.display()
+            );
+        }
+        let decoded = decode_all(&file, today);
+        let reads = decoded.iter().filter(|d| d.starts_with("ok id")).count();
+        let corrupt = decoded.iter().filter(|d| d.starts_with("corrupt")).count();
+        if cap.ends_with("idcard-corrupt-read.cap") {
+            assert!(corrupt >= 2 && reads == 2, "{decoded:?}");
+        } else {
+            assert_eq!(corrupt, 0, "{}: {decoded:?}", cap.display());
+        }
+    }
+    assert_eq!(found, 4);
+}
+
+/// Redacting an idcard capture from elsewhere (the photo still in it):
+/// every field of the text block replaced, the photo's bytes zeroed, good
+/// replies still good and bad ones still bad, the number still of its kind.
+#[test]
+fn idcard_redaction_replaces_the_text_block_and_drops_the_photo() {
+    use firmware_protocol::idcard::{encode_reply_vec, scan, IdText, ReadReply, Scan};
+    let today = Date::today_cst();
+    let card = |ssn: &str, name: &str| SimCard {
+        ssn: ssn.into(),
+        card_no: String::new(),
+        pan: None,
+        name: name.into(),
+        issued: "20200101".into(),
+        expires: "20400101".into(),
+        document: None,
+    };
+    let read = |c: &SimCard| {
+        let mut d = vec![0x01, 0x00, 0x04, 0x00];
+        d.extend_from_slice(&c.id_text());
+        d.extend((0..1024u32).map(|k| (k * 37 + 11) as u8));
+        encode_reply_vec([0, 0, 0x90], &d).unwrap()
+    };
+    let resident = card("11010519491231002X", "张三丰");
+    let permit = card("810000199001010027", "陈大文");
+    let mut bad = read(&permit);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x21;
+    let mut k = Cap::new(
+        "id1",
+        "idcard",
+        "gbk",
+        "hand-made: a good read, a corrupt one, a cut one",
+    );
+    k.host(&firmware_protocol::idcard::Command::Read.encode())
+        .at(0.01)
+        .reader_split(&read(&resident), &[300])
+        .at(0.3)
+        .reader(&bad)
+        .at(0.3)
+        .reader(&read(&permit)[..600])
+        .at(2.0)
+        .reader(&read(&permit));
+    let file = CaptureFile::parse(&k.text, "hand").unwrap();
+    let (red, report) = Redactor::with_key([3; 32], file.header.encoding, today)
+        .redact_file(&file)
+        .unwrap();
+    assert!(report.ssns >= 2 && report.names >= 2, "{report:?}");
+    let stream = reader_stream(&red);
+    let text = String::from_utf8_lossy(&stream).to_string();
+    for gone in ["张三丰", "陈大文"] {
+        let utf16: Vec<u8> = gone.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(
+            !stream.windows(utf16.len()).any(|w| w == utf16),
+            "{gone} survived"
+        );
+    }
+    assert!(!text.contains("11010519491231002X"));
+    // Replies, in order: good, corrupt, (the cut one and the next: corrupt,
+    // then good).
+    let mut buf = &stream[..];
+    let mut kinds = Vec::new();
+    loop {
+        match scan(buf) {
+            Scan::Reply {
+                reply, consumed, ..
+            } => {
+                let r = ReadReply::parse(reply.data).unwrap();
+                let t = IdText::parse(r.text, today).unwrap();
+                assert!(reply.data[4 + 256..].iter().all(|&b| b == 0), "photo left");
+                assert_ne!(t.ssn.expose(), "11010519491231002X");
+                assert_ne!(t.ssn.expose(), "810000199001010027");
+                kinds.push(format!("{:?} {}", t.document, &t.ssn.expose()[..2]));
+                buf = &buf[consumed..];
+            }
+            Scan::Corrupt { consumed, .. } => {
+                kinds.push("corrupt".into());
+                buf = &buf[consumed..];
+            }
+            Scan::NeedMore { .. } => break,
+        }
+    }
+    assert_eq!(
+        kinds.first().map(|k| k.starts_with("Resident")),
+        Some(true),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("HkMacaoTaiwan 81"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "corrupt").count() >= 2,
+        "{kinds:?}"
+    );
+    // The photo of the corrupt and the cut replies is gone too.
+    assert!(
+        !stream
+            .windows(8)
+            .any(|w| w == [11, 48, 85, 122, 159, 196, 233, 14]),
+        "photo bytes survived"
+    );
 }
