@@ -493,4 +493,28 @@ mod tests {
         let round = Config::parse(&c.to_toml(), "t").unwrap();
         assert_eq!(round, c);
     }
+
+    #[test]
+    fn idcard_reader_and_policy() {
+        let c = Config::parse(
+            "[policy]\nid_card = \"identify\"\n[[reader]]\nname = \"id1\"\npath = \"/dev/ttyUSB1\"\nmode = \"idcard\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.readers[0].mode, Mode::Idcard);
+        assert_eq!((c.readers[0].baud, c.readers[0].poll_ms), (115_200, 300));
+        assert_eq!(c.policy.id_card, IdCardUse::Identify);
+        assert_eq!(
+            Config::parse("", "t").unwrap().policy.id_card,
+            IdCardUse::Window
+        );
+        let e = Config::parse(
+            "[[reader]]\nname = \"id1\"\npath = \"/a\"\nmode = \"idcard\"\npoll_ms = 10\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("poll_ms"), "{e}");
+        assert!(Config::parse("[policy]\nid_card = \"always\"\n", "t").is_err());
+        assert_eq!(Config::parse(&c.to_toml(), "t").unwrap(), c);
+    }
 }

@@ -277,3 +277,63 @@ fn permanent_residence_numbers_in_check_ssn_and_import() {
     let (code, err) = ctl_import(&db, &[persons]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A module that does not answer is state `error` ("does not answer"), not
+/// a stalled daemon; unplugged and plugged in again, it is read as before.
+#[tokio::test(start_paused = true)]
+async fn a_silent_module_then_a_replug() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    let ports = cardlink::sim::VirtualPorts::new();
+    let silent = ports.plug("id1");
+    let d = Daemon::start_on(dir, db, &[("id1", "idcard", "gbk")], "", ports.clone()).await;
+    let mut c = d.client().await;
+    c.expect("VERSION").await;
+    let state = |v: &Value| {
+        (
+            v["state"].as_str().unwrap_or("").to_string(),
+            v["error"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    loop {
+        let v = c.expect("READER").await;
+        let (s, e) = state(&v);
+        if s == "error" {
+            assert!(
+                e.contains("does not answer") && e.contains("模块无应答"),
+                "{v}"
+            );
+            break;
+        }
+    }
+    // The daemon still answers its clients meanwhile.
+    let r = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["result"]["readers"][0]["state"], "error", "{r}");
+    drop(silent);
+    loop {
+        let (s, e) = state(&c.expect("READER").await);
+        if s == "disconnected" {
+            assert_eq!(e, "end of file");
+            break;
+        }
+    }
+    let mut module = ports.plug("id1");
+    loop {
+        if state(&c.expect("READER").await).0 == "connected" {
+            break;
+        }
+    }
+    let cards = vec![sim_card(SPOUSE, "李娜")];
+    let o = opts(1000, 1, 0.0, None);
+    let sim =
+        tokio::spawn(async move { cardlink::sim::run(&mut module, &cards, &o, |_, _| {}).await });
+    let card = c.expect("CARD").await;
+    assert_eq!(
+        (card["source"].as_str(), card["outcome"].as_str()),
+        (Some("id_card"), Some("ok")),
+        "{card}"
+    );
+    c.expect("REMOVED").await;
+    sim.await.unwrap().unwrap();
+    d.stop().await;
+}
