@@ -598,136 +598,131 @@ async fn serve_idcard(
                     ReaderItem::IdReply { sw3, data } => (sw3, Some(data)),
                     _ => (0, None),
                 };
-                let Some(sw) = Sw3::from_code(sw3) else {
-                    // An unknown status: nothing is guessed from it.
-                    tracing::warn!(reader = %cfg.name, sw3, "unknown SW3 from the module");
-                    match asked {
-                        Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
-                        _ => next_poll = TInstant::now() + pause,
-                    }
-                    pending = None;
-                    if let Some(cmd) = send {
-                        if let Err(e) = send_id(&mut framed, cmd.0).await {
-                            return e;
+                match Sw3::from_code(sw3) {
+                    None => {
+                        // An unknown status: nothing is guessed from it.
+                        tracing::warn!(reader = %cfg.name, sw3, "unknown SW3 from the module");
+                        match asked {
+                            Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
+                            _ => next_poll = TInstant::now() + pause,
                         }
-                        deadline = TInstant::now() + timeout_of(cmd.0);
-                        pending = Some(cmd);
                     }
-                    continue;
-                };
-                if sw.is_module_fault() {
-                    let why = format!("SAM {sw3:02X}: {} / {}", sw.zh(), sw.en());
-                    tracing::warn!(reader = %cfg.name, sw3, meaning = sw.en(), "identity-card module fault");
-                    faulty = true;
-                    pause = (pause * 2).min(ID_BACKOFF_MAX);
-                    set_state(ctx, cfg, stop, "error", Some(why));
-                    next_poll = TInstant::now() + pause;
-                    if placement == Placement::Reading {
-                        placement = Placement::Empty;
-                    }
-                } else if sw.is_line_error() {
-                    match asked {
-                        Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
-                        _ => next_poll = TInstant::now() + pause,
-                    }
-                } else {
-                    if faulty {
-                        faulty = false;
-                        pause = poll;
-                        set_state(ctx, cfg, stop, "connected", None);
-                    }
-                    let asked_cmd = asked.map(|(c, _)| c);
-                    let answer = classify(sw, asked_cmd, data);
-                    match (answer, placement) {
-                        (IdAnswer::Found, p) => {
-                            if p == Placement::Done {
-                                // Taken away and placed again between two polls.
-                                ctx.publish(Event::Removed {
-                                    reader: cfg.name.clone(),
-                                });
+                    Some(sw) => {
+                        if sw.is_module_fault() {
+                            let why = format!("SAM {sw3:02X}: {} / {}", sw.zh(), sw.en());
+                            tracing::warn!(reader = %cfg.name, sw3, meaning = sw.en(), "identity-card module fault");
+                            faulty = true;
+                            pause = (pause * 2).min(ID_BACKOFF_MAX);
+                            set_state(ctx, cfg, stop, "error", Some(why));
+                            next_poll = TInstant::now() + pause;
+                            if placement == Placement::Reading {
+                                placement = Placement::Empty;
                             }
-                            placement = Placement::Reading;
-                            send = Some((Command::Select, 1));
-                        }
-                        (IdAnswer::NotFound, Placement::Done) => {
-                            // Still there? Select answers while it is.
-                            if asked_cmd == Some(Command::Find) {
-                                send = Some((Command::Select, 1));
-                            } else {
-                                next_poll = TInstant::now() + pause;
+                        } else if sw.is_line_error() {
+                            match asked {
+                                Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
+                                _ => next_poll = TInstant::now() + pause,
                             }
-                        }
-                        (IdAnswer::NotFound, _) => {
-                            placement = Placement::Empty;
-                            next_poll = TInstant::now() + pause;
-                        }
-                        (IdAnswer::SelectFailed, p) => {
-                            if p == Placement::Done {
-                                ctx.publish(Event::Removed {
-                                    reader: cfg.name.clone(),
-                                });
+                        } else {
+                            if faulty {
+                                faulty = false;
+                                pause = poll;
+                                set_state(ctx, cfg, stop, "connected", None);
                             }
-                            placement = Placement::Empty;
-                            next_poll = TInstant::now() + pause;
-                        }
-                        (IdAnswer::Selected, Placement::Done) => {
-                            next_poll = TInstant::now() + pause;
-                        }
-                        (IdAnswer::Selected, _) => {
-                            placement = Placement::Reading;
-                            send = Some((Command::Read, 1));
-                        }
-                        (IdAnswer::Read(text), Placement::Done) => {
-                            // A read nobody asked for while the card was
-                            // already shown: not a new placement.
-                            drop(text);
-                            next_poll = TInstant::now() + pause;
-                        }
-                        (IdAnswer::Read(text), _) => {
-                            placement = Placement::Done;
-                            next_poll = TInstant::now() + pause;
-                            match card::from_id_text(&text, Date::today_cst()) {
-                                Ok(read) => {
+                            let asked_cmd = asked.map(|(c, _)| c);
+                            let answer = classify(sw, asked_cmd, data);
+                            match (answer, placement) {
+                                (IdAnswer::Found, p) => {
+                                    if p == Placement::Done {
+                                        // Taken away and placed again between two polls.
+                                        ctx.publish(Event::Removed {
+                                            reader: cfg.name.clone(),
+                                        });
+                                    }
+                                    placement = Placement::Reading;
+                                    send = Some((Command::Select, 1));
+                                }
+                                (IdAnswer::NotFound, Placement::Done) => {
+                                    // Still there? Select answers while it is.
+                                    if asked_cmd == Some(Command::Find) {
+                                        send = Some((Command::Select, 1));
+                                    } else {
+                                        next_poll = TInstant::now() + pause;
+                                    }
+                                }
+                                (IdAnswer::NotFound, _) => {
+                                    placement = Placement::Empty;
+                                    next_poll = TInstant::now() + pause;
+                                }
+                                (IdAnswer::SelectFailed, p) => {
+                                    if p == Placement::Done {
+                                        ctx.publish(Event::Removed {
+                                            reader: cfg.name.clone(),
+                                        });
+                                    }
+                                    placement = Placement::Empty;
+                                    next_poll = TInstant::now() + pause;
+                                }
+                                (IdAnswer::Selected, Placement::Done) => {
+                                    next_poll = TInstant::now() + pause;
+                                }
+                                (IdAnswer::Selected, _) => {
+                                    placement = Placement::Reading;
+                                    send = Some((Command::Read, 1));
+                                }
+                                (IdAnswer::Read(text), Placement::Done) => {
+                                    // A read nobody asked for while the card was
+                                    // already shown: not a new placement.
                                     drop(text);
-                                    if reads.capacity() == 0 {
-                                        tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
-                                    }
-                                    tokio::select! {
-                                        _ = stop.cancelled() => return "stopped".into(),
-                                        sent = reads.send(read) => if sent.is_err() {
-                                            return "resolver stopped".into();
-                                        },
-                                    }
+                                    next_poll = TInstant::now() + pause;
                                 }
-                                Err(e) => {
-                                    ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
-                                    tracing::warn!(reader = %cfg.name, error = %e, "identity card refused");
-                                    ctx.publish_error(
-                                        ErrorCode::BadCard,
-                                        format!("{}: {e}", cfg.name),
-                                    );
-                                }
-                            }
-                        }
-                        (IdAnswer::SamOk, _) => {
-                            sam_known = true;
-                            send = Some((Command::SamId, 1));
-                        }
-                        (IdAnswer::SamId(id), _) => {
-                            let text = format!("SAM {}", sam_id_text(&id));
-                            tracing::info!(reader = %cfg.name, firmware = %text, "identity-card module");
-                            ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-                            next_poll = TInstant::now() + pause;
-                        }
-                        (IdAnswer::Other, _) => {
-                            if sw != Sw3::Success {
-                                // A card that could not be read: its meaning, once.
-                                ctx.publish_id_card_error(&cfg.name, sw);
-                                if placement == Placement::Reading {
+                                (IdAnswer::Read(text), _) => {
                                     placement = Placement::Done;
+                                    next_poll = TInstant::now() + pause;
+                                    match card::from_id_text(&text, Date::today_cst()) {
+                                        Ok(read) => {
+                                            drop(text);
+                                            if reads.capacity() == 0 {
+                                                tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
+                                            }
+                                            tokio::select! {
+                                                _ = stop.cancelled() => return "stopped".into(),
+                                                sent = reads.send(read) => if sent.is_err() {
+                                                    return "resolver stopped".into();
+                                                },
+                                            }
+                                        }
+                                        Err(e) => {
+                                            ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
+                                            tracing::warn!(reader = %cfg.name, error = %e, "identity card refused");
+                                            ctx.publish_error(
+                                                ErrorCode::BadCard,
+                                                format!("{}: {e}", cfg.name),
+                                            );
+                                        }
+                                    }
+                                }
+                                (IdAnswer::SamOk, _) => {
+                                    sam_known = true;
+                                    send = Some((Command::SamId, 1));
+                                }
+                                (IdAnswer::SamId(id), _) => {
+                                    let text = format!("SAM {}", sam_id_text(&id));
+                                    tracing::info!(reader = %cfg.name, firmware = %text, "identity-card module");
+                                    ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
+                                    next_poll = TInstant::now() + pause;
+                                }
+                                (IdAnswer::Other, _) => {
+                                    if sw != Sw3::Success {
+                                        // A card that could not be read: its meaning, once.
+                                        ctx.publish_id_card_error(&cfg.name, sw);
+                                        if placement == Placement::Reading {
+                                            placement = Placement::Done;
+                                        }
+                                    }
+                                    next_poll = TInstant::now() + pause;
                                 }
                             }
-                            next_poll = TInstant::now() + pause;
                         }
                     }
                 }
