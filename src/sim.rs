@@ -231,6 +231,21 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl SimCard {
+    /// An identity document (no social-security card number, no PAN) with
+    /// the number `number`, valid 2020–2040; the document is what the
+    /// number says (see [`SimCard::id_document`]).
+    pub fn identity(number: &str, name: &str) -> SimCard {
+        SimCard {
+            ssn: number.into(),
+            card_no: String::new(),
+            pan: None,
+            name: name.into(),
+            issued: "20200101".into(),
+            expires: "20400101".into(),
+            document: None,
+        }
+    }
+
     /// The identity document this card stands for in idcard mode.
     pub fn id_document(&self) -> &str {
         if let Some(d) = &self.document {

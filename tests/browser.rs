@@ -138,6 +138,20 @@ async fn browser(driver_port: u16, profile: &Path, w: u32, h: u32) -> Client {
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The display and chromedriver for daemon `d`, and a 1280×800 browser
+/// logged in through the login page, once it shows screen `first`.
+async fn open_screen(d: &Process, first: &str) -> (Kill, KillGroup, Client) {
+    let port = free_port();
+    let (display, login) = start_display(d.dir.path(), &d.socket, port);
+    let driver_port = free_port();
+    let driver = start_chromedriver(driver_port);
+    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
+    viewport(&c, 1280, 800).await;
+    c.goto(&login).await.unwrap();
+    screen(&c, first).await;
+    (display, driver, c)
+}
+
 async fn screen(c: &Client, name: &str) {
     c.wait()
         .at_most(WAIT)
@@ -393,14 +407,7 @@ async fn window_screen_in_headless_chromium() {
         return;
     }
     let (d, mut ptys) = Process::start(&[("w1", "frame", "utf-8")], "role = \"window\"");
-    let port = free_port();
-    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
-    let driver_port = free_port();
-    let _driver = start_chromedriver(driver_port);
-    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
-    viewport(&c, 1280, 800).await;
-    c.goto(&login).await.unwrap();
-    screen(&c, "window").await;
+    let (_display, _driver, c) = open_screen(&d, "window").await;
     assert!(text(&c, "#operator").await.contains("clerk7"));
     let pty = &mut ptys[0];
     // Half-typed bind form; then a swipe arrives.
@@ -455,34 +462,18 @@ async fn window_screen_in_headless_chromium() {
 }
 
 /// An identity card on an idcard reader at a kiosk: the result screen says
-/// which document was read (身份证 / 居住证), and a bind from it asks for
-/// the social-security card (`[policy] id_card`, default `window`).
+/// which document was read (身份证 / 居住证), one placement after another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiosk_names_the_identity_document_in_headless_chromium() {
     if !browser_available() {
         return;
     }
     let (d, mut ptys) = Process::start(&[("id1", "idcard", "gbk")], "role = \"kiosk\"");
-    let port = free_port();
-    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
-    let driver_port = free_port();
-    let _driver = start_chromedriver(driver_port);
-    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
-    viewport(&c, 1280, 800).await;
-    c.goto(&login).await.unwrap();
-    screen(&c, "idle").await;
+    let (_display, _driver, c) = open_screen(&d, "idle").await;
     let mut pty = ptys.remove(0);
     let cards = vec![
         sim_card(HOLDER, "张伟"),
-        cardlink::sim::SimCard {
-            ssn: "810000199001010027".into(),
-            card_no: String::new(),
-            pan: None,
-            name: "陈大文".into(),
-            issued: "20200101".into(),
-            expires: "20400101".into(),
-            document: None,
-        },
+        cardlink::sim::SimCard::identity("810000199001010027", "陈大文"),
     ];
     let opts = cardlink::sim::SimOptions {
         mode: cardlink::reader::codec::Mode::Idcard,

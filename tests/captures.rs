@@ -543,6 +543,41 @@ fn mag(card: &SimCard, name: &str, pan2: Option<&str>) -> String {
     )
 }
 
+/// cardlinkd in this process on registry `db`, with one reader (its
+/// `[[reader]]` lines) that it captures into `caps` on real serial ports.
+fn capturing_daemon(
+    db: &Path,
+    caps: &Path,
+    socket: &Path,
+    reader: &str,
+) -> (
+    tokio::task::JoinHandle<Result<(), cardlink::daemon::DaemonError>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let text = format!(
+        "database = {db:?}\ncapture_dir = {caps:?}\n[socket]\npath = {socket:?}\n[[reader]]\n{reader}\ncapture = true\n"
+    );
+    let config = cardlink::config::Config::parse(&text, "sim").unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (updates, rx) = tokio::sync::mpsc::channel(1);
+    let run = cardlink::daemon::run(
+        cardlink::daemon::Daemon {
+            listener: tokio::net::UnixListener::bind(socket).unwrap(),
+            registry: Registry::open(db, &OpenOptions::default()).unwrap(),
+            config,
+            ports: std::sync::Arc::new(cardlink::daemon::SerialPorts),
+            updates: rx,
+        },
+        shutdown.clone(),
+    );
+    let daemon = tokio::spawn(async move {
+        // The update channel stays open while the daemon runs.
+        let _updates = updates;
+        run.await
+    });
+    (daemon, shutdown)
+}
+
 /// Records the simulator (line noise, ACKs ignored) through the daemon
 /// with `capture = true`: a capture made the way a field capture is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,22 +593,12 @@ async fn write_the_simulator_capture() {
     let port = dir.path().join("sim1");
     let caps = dir.path().join("caps");
     let socket = dir.path().join("d.sock");
-    let text = format!(
-        "database = {db:?}\ncapture_dir = {caps:?}\n[socket]\npath = {socket:?}\n[[reader]]\nname = \"sim1\"\npath = {port:?}\nmode = \"frame\"\nencoding = \"gbk\"\ncapture = true\n"
+    let (daemon, shutdown) = capturing_daemon(
+        &db,
+        &caps,
+        &socket,
+        &format!("name = \"sim1\"\npath = {port:?}\nmode = \"frame\"\nencoding = \"gbk\""),
     );
-    let config = cardlink::config::Config::parse(&text, "sim").unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (_updates, rx) = tokio::sync::mpsc::channel(1);
-    let daemon = tokio::spawn(cardlink::daemon::run(
-        cardlink::daemon::Daemon {
-            listener: tokio::net::UnixListener::bind(&socket).unwrap(),
-            registry: Registry::open(&db, &OpenOptions::default()).unwrap(),
-            config,
-            ports: std::sync::Arc::new(cardlink::daemon::SerialPorts),
-            updates: rx,
-        },
-        shutdown.clone(),
-    ));
     let opts = cardlink::sim::SimOptions {
         mode: Mode::Frame,
         encoding: TextEncoding::Gbk,
@@ -612,15 +637,7 @@ async fn write_the_idcard_captures() {
     let reg = Registry::open(&db, &OpenOptions::default()).unwrap();
     let people = cardlink::sim::sample_cards(&reg, Date::today_cst()).unwrap();
     drop(reg);
-    let id = |ssn: &str, name: &str| SimCard {
-        ssn: ssn.into(),
-        card_no: String::new(),
-        pan: None,
-        name: name.into(),
-        issued: "20200101".into(),
-        expires: "20400101".into(),
-        document: None,
-    };
+    let id = SimCard::identity;
     // (file, note, cards, noise, SAM fault, interval in ms)
     type Scenario<'a> = (&'a str, &'a str, Vec<SimCard>, f64, Option<u8>, u64);
     let scenarios: Vec<Scenario> = vec![
@@ -661,12 +678,6 @@ async fn write_the_idcard_captures() {
         let port = dir.path().join("id1");
         let caps = dir.path().join(format!("caps-{name}"));
         let socket = dir.path().join(format!("{name}.sock"));
-        let text = format!(
-            "database = {db:?}\ncapture_dir = {caps:?}\n[socket]\npath = {socket:?}\n[[reader]]\nname = \"id1\"\npath = {port:?}\nmode = \"idcard\"\ncapture = true\n"
-        );
-        let config = cardlink::config::Config::parse(&text, "sim").unwrap();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let (_updates, rx) = tokio::sync::mpsc::channel(1);
         let opts = cardlink::sim::SimOptions {
             mode: Mode::Idcard,
             encoding: TextEncoding::Gbk,
@@ -686,16 +697,12 @@ async fn write_the_idcard_captures() {
         while std::fs::symlink_metadata(&port).is_err() {
             tokio::task::yield_now().await;
         }
-        let daemon = tokio::spawn(cardlink::daemon::run(
-            cardlink::daemon::Daemon {
-                listener: tokio::net::UnixListener::bind(&socket).unwrap(),
-                registry: Registry::open(&db, &OpenOptions::default()).unwrap(),
-                config,
-                ports: std::sync::Arc::new(cardlink::daemon::SerialPorts),
-                updates: rx,
-            },
-            shutdown.clone(),
-        ));
+        let (daemon, shutdown) = capturing_daemon(
+            &db,
+            &caps,
+            &socket,
+            &format!("name = \"id1\"\npath = {port:?}\nmode = \"idcard\""),
+        );
         let report = sim.await.unwrap().unwrap();
         assert_eq!(report.swipes, cards.len() as u64, "{report:?}");
         shutdown.cancel();
@@ -1034,15 +1041,7 @@ fn idcard_captures_hold_no_photo_and_the_bad_replies() {
 fn idcard_redaction_replaces_the_text_block_and_drops_the_photo() {
     use firmware_protocol::idcard::{encode_reply_vec, scan, IdText, ReadReply, Scan};
     let today = Date::today_cst();
-    let card = |ssn: &str, name: &str| SimCard {
-        ssn: ssn.into(),
-        card_no: String::new(),
-        pan: None,
-        name: name.into(),
-        issued: "20200101".into(),
-        expires: "20400101".into(),
-        document: None,
-    };
+    let card = SimCard::identity;
     let read = |c: &SimCard| {
         let mut d = vec![0x01, 0x00, 0x04, 0x00];
         d.extend_from_slice(&c.id_text());

@@ -21,15 +21,7 @@ const PERMANENT_2023: &str = "911840198001010013";
 const PERMANENT_2017: &str = "USA110080101001";
 
 fn id_card(ssn: &str, name: &str) -> SimCard {
-    SimCard {
-        ssn: ssn.into(),
-        card_no: String::new(),
-        pan: None,
-        name: name.into(),
-        issued: "20200101".into(),
-        expires: "20400101".into(),
-        document: None,
-    }
+    SimCard::identity(ssn, name)
 }
 
 fn opts(interval_ms: u64, count: u64, noise: f64, sam_fault: Option<u8>) -> SimOptions {
