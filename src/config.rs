@@ -14,6 +14,7 @@
 //! max_members = 0                       # 0: no limit
 //! rebind_cooldown_days = 0
 //! scope = "province"                    # province | city | any
+//! id_card = "window"                    # identify | window | anywhere (identity-card reads)
 //!
 //! [socket]
 //! path = "/run/cardlink/display.sock"
@@ -25,8 +26,9 @@
 //! path = "/dev/cardlink/window1"
 //! baud = 115200
 //! parity = "none"                       # none | even | odd
-//! mode = "frame"                        # frame | ssse-text | magstripe
+//! mode = "frame"                        # frame | ssse-text | magstripe | idcard
 //! encoding = "gbk"                      # gbk | utf-8 (names in text records)
+//! poll_ms = 300                         # idcard: find-card polls (50..=5000 ms)
 //! ```
 //!
 //! The bounds are checked by [`Config::validate`] (and so by

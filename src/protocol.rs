@@ -298,7 +298,8 @@ impl Version {
 pub struct ReaderMsg {
     /// Reader name.
     pub reader: String,
-    /// `connected` or `disconnected`.
+    /// `connected`, `disconnected` or `error` (an idcard reader whose
+    /// module cannot read; `error` says why).
     pub state: String,
     /// Device path.
     pub path: String,
@@ -662,7 +663,8 @@ pub struct ReaderStatus {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected` or `disconnected`.
+    /// `connected`, `disconnected` or (an idcard reader whose module cannot
+    /// read: a SAM fault, no answer) `error`.
     pub state: String,
     /// Valid frames or lines.
     pub items: u64,

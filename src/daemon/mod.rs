@@ -111,7 +111,7 @@ pub struct ReaderState {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected` / `disconnected`.
+    /// `connected` / `disconnected` / `error` (idcard: the module cannot read).
     pub state: &'static str,
     /// Valid frames or lines received.
     pub items: u64,
