@@ -480,15 +480,20 @@ async fn kiosk_names_the_identity_document_in_headless_chromium() {
         encoding: cardlink::reader::card::TextEncoding::Gbk,
         noise: 0.0,
         drop_acks: 0.0,
-        interval: Duration::from_millis(2500),
+        // Long enough for the daemon's polls, slowed down to one in 4.8 s
+        // by the fault, to find the first card.
+        interval: Duration::from_millis(5000),
         count: Some(2),
         seed: 3,
-        sam_fault: None,
+        // The SAM fails its self-test until the first card is placed.
+        sam_fault: Some(0x60),
     };
     let sim = tokio::spawn(async move {
         let r = cardlink::sim::run(&mut pty, &cards, &opts, |_, _| {}).await;
         (r, pty)
     });
+    // A SAM fault is said on the kiosk's screen.
+    until_xpath(&c, "//*[@id='toast' and contains(., '读卡器故障')]").await;
     screen(&c, "result").await;
     assert_eq!(text(&c, "#document").await, "身份证");
     no_full_ssn(&c).await;

@@ -766,20 +766,22 @@ fn classify(
     }
 }
 
-/// The SAM's management information as printed on its label: the 16 bytes
-/// as groups (2.2-4-4-4 bytes, decimal), e.g. `05.01-20101010-…`.
+/// The SAM's management information: its 16 bytes in hex, grouped
+/// 2-2-4-4-4 as the vendors' tools group them. (They print the groups in
+/// decimal, with byte orders that differ between them: cardlink does not
+/// guess which, PROTOCOL.md §7.2.)
 fn sam_id_text(id: &[u8]) -> String {
     if id.len() != 16 {
         return format!("({} bytes)", id.len());
     }
-    let n = |b: &[u8]| b.iter().fold(0u64, |a, &x| a * 256 + x as u64);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     format!(
-        "{:02}.{:02}-{:08}-{:010}-{:010}",
-        n(&id[0..2]),
-        n(&id[2..4]),
-        n(&id[4..8]),
-        n(&id[8..12]),
-        n(&id[12..16])
+        "{}-{}-{}-{}-{}",
+        hex(&id[0..2]),
+        hex(&id[2..4]),
+        hex(&id[4..8]),
+        hex(&id[8..12]),
+        hex(&id[12..16])
     )
 }
 
