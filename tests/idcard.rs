@@ -330,3 +330,104 @@ async fn a_silent_module_then_a_replug() {
     sim.await.unwrap().unwrap();
     d.stop().await;
 }
+
+/// A scripted module on `port`: answers each command with what `answer`
+/// gives for it (the raw bytes; empty: no answer).
+async fn scripted_module(
+    mut port: cardlink::sim::VirtualPort,
+    mut answer: impl FnMut(firmware_protocol::idcard::Command) -> Vec<u8> + Send + 'static,
+) {
+    use firmware_protocol::idcard::Command;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut inbox = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let Ok(n) = port.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        inbox.extend_from_slice(&buf[..n]);
+        while inbox.len() >= 10 {
+            let cmd = Command::from_code(inbox[7], inbox[8]).expect("a known command");
+            inbox.drain(..10);
+            let reply = answer(cmd);
+            if !reply.is_empty() && port.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What a module says about a card it cannot read reaches the display with
+/// its meaning; an unknown status is asked again, never guessed from; a
+/// read whose replies stay corrupt is given up with an error, no CARD.
+#[tokio::test(start_paused = true)]
+async fn card_errors_unknown_statuses_and_reads_given_up() {
+    use firmware_protocol::idcard::{encode_reply_vec, Command};
+    let (d, mut ports) = Daemon::start(&[("id1", "idcard", "gbk")], "").await;
+    let mut c = d.client().await;
+    c.expect("VERSION").await;
+    let reply = |sw3: u8, data: &[u8]| encode_reply_vec([0, 0, sw3], data).unwrap();
+    let mut finds = 0;
+    let mut reads = 0;
+    let mut text = [0u8; 256];
+    text.copy_from_slice(&sim_card(SPOUSE, "李娜").id_text());
+    let module = tokio::spawn(scripted_module(
+        ports.pop().unwrap(),
+        move |cmd| match cmd {
+            Command::SamStatus => reply(0x90, &[]),
+            Command::SamId => reply(0x90, &[0; 16]),
+            Command::Find => {
+                finds += 1;
+                match finds {
+                    // An unknown status first, then a card (twice), then none.
+                    1 => reply(0x55, &[]),
+                    2 | 4 => reply(0x9F, &[0; 4]),
+                    _ => reply(0x80, &[]),
+                }
+            }
+            Command::Select => reply(0x90, &[0; 8]),
+            Command::Read => {
+                reads += 1;
+                let mut data = vec![0x01, 0x00, 0x04, 0x00];
+                data.extend_from_slice(&text);
+                data.extend(std::iter::repeat_n(0x77, 1024));
+                match reads {
+                    // The first card: the module cannot read it.
+                    1 => reply(0x41, &[]),
+                    // The second: three corrupt replies.
+                    _ => {
+                        let mut r = reply(0x90, &data);
+                        let last = r.len() - 1;
+                        r[last] ^= 1;
+                        r
+                    }
+                }
+            }
+        },
+    ));
+    let e = c.expect("ERROR").await;
+    assert_eq!(e["code"], "id_card_error", "{e}");
+    assert_eq!(e["reader_code"], 0x41);
+    assert_eq!(e["zh"], "读证/卡操作失败");
+    assert_eq!(e["en"], "reading the card failed");
+    // The second placement: given up after three sendings, no CARD.
+    let mut seen = Vec::new();
+    loop {
+        let v = c.next().await;
+        assert_ne!(v["class"], "CARD", "{v}");
+        if v["class"] == "ERROR" {
+            assert_eq!(v["code"], "id_card_error", "{v}");
+            assert!(v["message"].as_str().unwrap().contains("41"), "{v}");
+            break;
+        }
+        seen.push(v);
+    }
+    let r = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(r["result"]["readers"][0]["cards"], 0, "{r}");
+    assert_eq!(r["result"]["readers"][0]["state"], "connected", "{r}");
+    module.abort();
+    d.stop().await;
+}
