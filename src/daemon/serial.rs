@@ -292,6 +292,23 @@ async fn resolve_reads(
     }
 }
 
+/// Queues a card read for the resolver, waiting while the queue is full;
+/// `Err` with the reason when the reader must stop.
+async fn hand_over(
+    cfg: &ReaderConfig,
+    stop: &CancellationToken,
+    reads: &mpsc::Sender<CardRead>,
+    read: CardRead,
+) -> Result<(), String> {
+    if reads.capacity() == 0 {
+        tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
+    }
+    tokio::select! {
+        _ = stop.cancelled() => Err("stopped".into()),
+        sent = reads.send(read) => sent.map_err(|_| "resolver stopped".into()),
+    }
+}
+
 async fn serve(
     cfg: &ReaderConfig,
     ctx: &Ctx,
@@ -377,14 +394,8 @@ async fn serve(
                 // A full queue is back-pressure: stop reading (so stop
                 // ACKing) until the resolver catches up. The reader resends
                 // what is not ACKed and the deduper drops the copies.
-                if reads.capacity() == 0 {
-                    tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return "stopped".into(),
-                    sent = reads.send(read) => if sent.is_err() {
-                        return "resolver stopped".into();
-                    },
+                if let Err(why) = hand_over(cfg, stop, reads, read).await {
+                    return why;
                 }
                 None
             }
@@ -682,14 +693,12 @@ async fn serve_idcard(
                                     match card::from_id_text(&text, Date::today_cst()) {
                                         Ok(read) => {
                                             drop(text);
-                                            if reads.capacity() == 0 {
-                                                tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
-                                            }
-                                            tokio::select! {
-                                                _ = stop.cancelled() => return "stopped".into(),
-                                                sent = reads.send(read) => if sent.is_err() {
-                                                    return "resolver stopped".into();
-                                                },
+                                            // Back-pressure as in frame mode: no
+                                            // polls while the resolver is behind.
+                                            if let Err(why) =
+                                                hand_over(cfg, stop, reads, read).await
+                                            {
+                                                return why;
                                             }
                                         }
                                         Err(e) => {
