@@ -663,7 +663,10 @@ impl<'a> IdText<'a> {
         let ssn = Ssn::parse_on(number, today).map_err(IdError::Number)?;
         let first = ssn.expose().as_bytes()[0];
         let fits = match document {
-            Document::Resident => (b'1'..=b'8').contains(&first) && !ssn.expose().starts_with("8"),
+            // Citizens' numbers begin with a province code 11..65 (71 is
+            // reserved for Taiwan in GB/T 2260 but not on resident cards);
+            // 81..83 are the permits', 9 the permanent residents'.
+            Document::Resident => (b'1'..=b'7').contains(&first),
             Document::HkMacaoTaiwan => matches!(&ssn.expose()[..2], "81" | "82" | "83"),
             Document::ForeignPermanent2023 => first == b'9',
             Document::ForeignPermanent2017 => false,

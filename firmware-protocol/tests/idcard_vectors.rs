@@ -111,3 +111,14 @@ fn text_blocks_give_what_the_reference_expects() {
         }
     }
 }
+
+#[test]
+fn sw3_meanings_are_the_reference_table() {
+    let v = lines("sw3");
+    assert_eq!(v.len(), Sw3::ALL.len());
+    for f in v {
+        let code = u8::from_str_radix(f[1], 16).unwrap();
+        let sw = Sw3::from_code(code).unwrap_or_else(|| panic!("SW3 {code:02x} unknown"));
+        assert_eq!((sw.zh(), sw.en()), (f[2], f[3]), "SW3 {code:02x}");
+    }
+}
