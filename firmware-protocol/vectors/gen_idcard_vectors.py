@@ -136,7 +136,8 @@ REPLIES = [
     ("read_resident", 0x90, (256).to_bytes(2, "big") + (1024).to_bytes(2, "big") + TEXTS[0][2] + PHOTO),
 ]
 
-# SW3 as the module documentation lists it ([1], [2] of PROTOCOL.md §7),
+# SW3: the codes issue 20 lists from the module documentation, the Chinese
+# in the documentation's terms (PROTOCOL.md §7.3 on what could be checked),
 # with cardlink's English.
 SW3 = [
     (0x90, "操作成功", "success"),
