@@ -649,11 +649,7 @@ impl<'a> IdText<'a> {
             other => return Err(IdError::UnknownType(other)),
         };
         if document == Document::ForeignPermanent2017 {
-            // Checked for shape, refused all the same.
-            let mut buf = [0u8; 15];
-            Field::new(block, layout::I_NUMBER)
-                .ascii(&mut buf)
-                .ok_or(IdError::Text("number"))?;
+            // Whatever its number holds: it is not a social-security number.
             return Err(IdError::ForeignPermanent2017);
         }
         let mut buf = [0u8; 18];
