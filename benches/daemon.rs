@@ -135,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
                 name: "测试".into(),
                 issued: "20200101".into(),
                 expires: "20991231".into(),
+                document: None,
             };
             card.record().into_bytes()
         })

@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
             name: "测试".into(),
             issued: "20200101".into(),
             expires: "20991231".into(),
+            document: None,
         };
         let frame = encode_vec((k % 256) as u8, Cmd::CardIc as u8, card.record().as_bytes())?;
         pty.write_all(&frame).await?;

@@ -14,6 +14,7 @@
 //! max_members = 0                       # 0: no limit
 //! rebind_cooldown_days = 0
 //! scope = "province"                    # province | city | any
+//! id_card = "window"                    # identify | window | anywhere (identity-card reads)
 //!
 //! [socket]
 //! path = "/run/cardlink/display.sock"
@@ -25,8 +26,9 @@
 //! path = "/dev/cardlink/window1"
 //! baud = 115200
 //! parity = "none"                       # none | even | odd
-//! mode = "frame"                        # frame | ssse-text | magstripe
+//! mode = "frame"                        # frame | ssse-text | magstripe | idcard
 //! encoding = "gbk"                      # gbk | utf-8 (names in text records)
+//! poll_ms = 300                         # idcard: find-card polls (50..=5000 ms)
 //! ```
 //!
 //! The bounds are checked by [`Config::validate`] (and so by
@@ -38,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reader::card::TextEncoding;
 use crate::reader::codec::Mode;
+use crate::registry::policy::IdCardUse;
 use crate::registry::{BindPolicy, Database, Relation, Scope};
 
 /// Default configuration file.
@@ -108,6 +111,13 @@ pub struct ReaderConfig {
     /// Record this reader's raw traffic (PROTOCOL.md §6) into `capture_dir`.
     #[serde(default)]
     pub capture: bool,
+    /// `idcard` mode: milliseconds between two find-card polls.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    300
 }
 
 fn default_baud() -> u32 {
@@ -221,6 +231,11 @@ pub struct PolicyConfig {
     /// regions (统筹区) of holder and member, not their birthplaces.
     #[serde(default)]
     pub scope: Scope,
+    /// What an identity-card read may do: `identify`, `window` (default:
+    /// a window may bind a party identified by it, a kiosk bind needs
+    /// social-security cards) or `anywhere` (see [`IdCardUse`]).
+    #[serde(default)]
+    pub id_card: IdCardUse,
 }
 fn default_level() -> String {
     "info".into()
@@ -383,6 +398,12 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
         let mut paths = std::collections::HashMap::new();
         for r in &self.readers {
+            if !(50..=5000).contains(&r.poll_ms) {
+                return bad(format!(
+                    "reader '{}': poll_ms {} out of range 50..=5000",
+                    r.name, r.poll_ms
+                ));
+            }
             // Two names for one device (a udev symlink and its target) are
             // the same reader: compare where they lead when they exist.
             let key = std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone());
@@ -473,5 +494,29 @@ mod tests {
         assert!(Config::parse("bogus = 1", "t").is_err());
         let round = Config::parse(&c.to_toml(), "t").unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn idcard_reader_and_policy() {
+        let c = Config::parse(
+            "[policy]\nid_card = \"identify\"\n[[reader]]\nname = \"id1\"\npath = \"/dev/ttyUSB1\"\nmode = \"idcard\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.readers[0].mode, Mode::Idcard);
+        assert_eq!((c.readers[0].baud, c.readers[0].poll_ms), (115_200, 300));
+        assert_eq!(c.policy.id_card, IdCardUse::Identify);
+        assert_eq!(
+            Config::parse("", "t").unwrap().policy.id_card,
+            IdCardUse::Window
+        );
+        let e = Config::parse(
+            "[[reader]]\nname = \"id1\"\npath = \"/a\"\nmode = \"idcard\"\npoll_ms = 10\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("poll_ms"), "{e}");
+        assert!(Config::parse("[policy]\nid_card = \"always\"\n", "t").is_err());
+        assert_eq!(Config::parse(&c.to_toml(), "t").unwrap(), c);
     }
 }

@@ -55,9 +55,20 @@ pub fn check_ssn_line(number: &str, full: bool) -> (String, bool) {
         Ssn::parse(n)
     };
     let shown = crate::mask::identifier(n);
+    if matches!(
+        crate::reader::manual_read(n),
+        Err(crate::reader::manual::ManualError::ForeignPermanent2017)
+    ) {
+        let e = crate::reader::manual::ManualError::ForeignPermanent2017;
+        return (format!("{shown}: invalid: {e}"), false);
+    }
     match parsed {
         Ok(s) if full => (format!("{}: valid", s.expose()), true),
         Ok(s) if n.len() == 15 => (format!("{shown}: valid (18-digit form {s})"), true),
+        Ok(s) if firmware_protocol::ssn::is_foreign_permanent(&s) => (
+            format!("{s}: valid (2023 外国人永久居留身份证 / foreign permanent resident)"),
+            true,
+        ),
         Ok(s) => (format!("{s}: valid"), true),
         Err(e) => (format!("{shown}: invalid: {e}"), false),
     }
@@ -477,11 +488,20 @@ pub async fn simulate(
     cards: &[sim::SimCard],
     opts: &SimOptions,
 ) -> Result<sim::SimReport, CtlError> {
+    let idcard = opts.mode == crate::reader::codec::Mode::Idcard;
     let log = |n: u64, c: &sim::SimCard| {
-        eprintln!(
-            "simulate: swipe {n}: card {}",
-            crate::mask::card_no(&c.card_no)
-        )
+        if idcard {
+            eprintln!(
+                "simulate: placement {n}: {} {}",
+                c.id_document(),
+                crate::mask::identifier(&c.ssn)
+            )
+        } else {
+            eprintln!(
+                "simulate: swipe {n}: card {}",
+                crate::mask::card_no(&c.card_no)
+            )
+        }
     };
     let report = match target {
         SimTarget::Pty(link) => {
@@ -609,6 +629,7 @@ pub async fn demo(
         interval: Duration::from_secs(d.every),
         count: None,
         seed: 7,
+        sam_fault: None,
     };
     // watch gives up only if the daemon never answers; it retries meanwhile.
     let result = tokio::select! {

@@ -57,6 +57,9 @@ error_codes! {
     BadCard = "bad_card",
     /// The reader reported a failure.
     ReaderReadError = "reader_read_error",
+    /// An identity-card module could not read a card (SW3 in
+    /// `reader_code`, its meaning in `zh`/`en`).
+    IdCardError = "id_card_error",
     /// A third-generation card the reader could not authenticate (its PSAM
     /// lacks the key); not a bad card.
     CardNotAuthenticated = "card_not_authenticated",
@@ -93,6 +96,9 @@ error_codes! {
     UnknownSwipe = "unknown_swipe",
     /// A party's card resolved to something other than `ok`.
     CardNotUsable = "card_not_usable",
+    /// A party identified by an identity card where `[policy] id_card`
+    /// does not let one bind (by default: at a kiosk).
+    IdCardNotAllowed = "id_card_not_allowed",
     // Binding rules (registry).
     /// Holder and member are the same person.
     SamePerson = "same_person",
@@ -292,7 +298,8 @@ impl Version {
 pub struct ReaderMsg {
     /// Reader name.
     pub reader: String,
-    /// `connected` or `disconnected`.
+    /// `connected`, `disconnected` or `error` (an idcard reader whose
+    /// module cannot read; `error` says why).
     pub state: String,
     /// Device path.
     pub path: String,
@@ -343,10 +350,19 @@ impl ErrorMsg {
     /// (`firmware_protocol::retcode`).
     pub fn with_reader_code(mut self, code: Option<i32>) -> ErrorMsg {
         if let Some(c) = code {
-            let m = firmware_protocol::retcode::meaning(c);
             self.reader_code = Some(c);
-            self.zh = Some(m.zh.into());
-            self.en = Some(m.en.into());
+            if self.code == ErrorCode::IdCardError {
+                // The SW3 byte of an identity-card module.
+                let sw = u8::try_from(c)
+                    .ok()
+                    .and_then(firmware_protocol::idcard::Sw3::from_code);
+                self.zh = Some(sw.map_or("未知状态", |s| s.zh()).into());
+                self.en = Some(sw.map_or("unknown status", |s| s.en()).into());
+            } else {
+                let m = firmware_protocol::retcode::meaning(c);
+                self.zh = Some(m.zh.into());
+                self.en = Some(m.en.into());
+            }
         }
         self
     }
@@ -499,8 +515,13 @@ pub struct Card {
     pub reader: String,
     /// Swipe id.
     pub swipe: u64,
-    /// `ic`, `magstripe` or `manual`.
+    /// `ic`, `magstripe`, `manual` or `id_card`.
     pub source: String,
+    /// For `id_card`: the document read (`resident_id` 居民身份证,
+    /// `hmt_residence_permit` 港澳台居民居住证, `foreign_permanent` 2023
+    /// 外国人永久居留身份证).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
     /// SSN.
     pub ssn: Option<String>,
     /// Card number.
@@ -555,6 +576,7 @@ pub fn card_message(e: &CardEvent, v: Privacy) -> Card {
         reader: e.reader.clone(),
         swipe: e.swipe,
         source: e.source.to_string(),
+        document: e.document.map(|d| d.as_str().to_string()),
         ssn: ssn.map(|s| v.ssn(&s)),
         card_no: e
             .card_no
@@ -641,7 +663,8 @@ pub struct ReaderStatus {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected` or `disconnected`.
+    /// `connected`, `disconnected` or (an idcard reader whose module cannot
+    /// read: a SAM fault, no answer) `error`.
     pub state: String,
     /// Valid frames or lines.
     pub items: u64,

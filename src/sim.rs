@@ -33,6 +33,12 @@ pub struct SimCard {
     /// Bank PAN, if the card has a stripe.
     #[serde(default)]
     pub pan: Option<String>,
+    /// idcard: the document (`resident_id`, `hmt_residence_permit`,
+    /// `foreign_permanent`, `foreign_permanent_2017`); by default what the
+    /// number says (81/82/83: permit, 9: permanent resident, 15 characters:
+    /// the 2017 card).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
     /// Name.
     pub name: String,
     /// `YYYYMMDD`.
@@ -128,6 +134,9 @@ pub struct SimOptions {
     pub count: Option<u64>,
     /// RNG seed.
     pub seed: u64,
+    /// idcard: the SW3 every command gets during the first `interval`
+    /// (a SAM fault such as `0x60` self-test failed), or none.
+    pub sam_fault: Option<u8>,
 }
 
 /// What a simulation run did.
@@ -158,6 +167,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     opts: &SimOptions,
     mut on_swipe: impl FnMut(u64, &SimCard),
 ) -> io::Result<SimReport> {
+    if opts.mode == Mode::Idcard {
+        return run_idcard(io, cards, opts, on_swipe).await;
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut report = SimReport::default();
     let mut seq: u8 = 0;
@@ -215,6 +227,238 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         tokio::time::sleep(opts.interval).await;
+    }
+}
+
+impl SimCard {
+    /// An identity document (no social-security card number, no PAN) with
+    /// the number `number`, valid 2020–2040; the document is what the
+    /// number says (see [`SimCard::id_document`]).
+    pub fn identity(number: &str, name: &str) -> SimCard {
+        SimCard {
+            ssn: number.into(),
+            card_no: String::new(),
+            pan: None,
+            name: name.into(),
+            issued: "20200101".into(),
+            expires: "20400101".into(),
+            document: None,
+        }
+    }
+
+    /// The identity document this card stands for in idcard mode.
+    pub fn id_document(&self) -> &str {
+        if let Some(d) = &self.document {
+            return d;
+        }
+        match (self.ssn.len(), self.ssn.as_bytes().first()) {
+            (15, _) => "foreign_permanent_2017",
+            (_, Some(b'9')) => "foreign_permanent",
+            _ if ["81", "82", "83"].iter().any(|p| self.ssn.starts_with(p)) => {
+                "hmt_residence_permit"
+            }
+            _ => "resident_id",
+        }
+    }
+
+    /// The 256-byte GB/T 490 text block an identity card of this person
+    /// holds (UTF-16LE, space padded; PROTOCOL.md §7.4).
+    pub fn id_text(&self) -> [u8; 256] {
+        let mut b = [0u8; 256];
+        for c in b.chunks_exact_mut(2) {
+            c.copy_from_slice(&[0x20, 0]);
+        }
+        let mut put = |at: usize, width: usize, text: &str| {
+            let mut i = at;
+            for u in text.encode_utf16() {
+                if i + 2 > at + width {
+                    break;
+                }
+                b[i..i + 2].copy_from_slice(&u.to_le_bytes());
+                i += 2;
+            }
+        };
+        let birth = self.ssn.get(6..14).unwrap_or("19800101");
+        let sex = match self.ssn.as_bytes().get(16) {
+            Some(d) if d % 2 == 1 => "1",
+            _ => "2",
+        };
+        match self.id_document() {
+            "foreign_permanent_2017" => {
+                put(0, 120, "SIMULATED, HOLDER");
+                put(120, 2, sex);
+                put(122, 30, &self.ssn);
+                put(152, 6, "USA");
+                put(158, 30, &self.name);
+                put(188, 16, &self.issued);
+                put(204, 16, &self.expires);
+                put(220, 16, "19800101");
+                put(236, 4, "20");
+                put(240, 8, "1100");
+                put(248, 2, "I");
+            }
+            "foreign_permanent" => {
+                put(0, 30, &self.name);
+                put(30, 2, sex);
+                put(36, 16, birth);
+                put(122, 36, &self.ssn);
+                put(188, 16, &self.issued);
+                put(204, 16, &self.expires);
+                put(248, 2, "Y");
+            }
+            doc => {
+                put(0, 30, &self.name);
+                put(30, 2, sex);
+                if doc == "resident_id" {
+                    put(32, 4, "01");
+                }
+                put(36, 16, birth);
+                put(52, 70, "模拟省模拟市模拟路1号");
+                put(122, 36, &self.ssn);
+                put(158, 30, "模拟市公安局");
+                put(188, 16, &self.issued);
+                put(204, 16, &self.expires);
+                if doc == "hmt_residence_permit" {
+                    put(220, 18, "H00000000");
+                    put(238, 4, "01");
+                    put(248, 2, "J");
+                }
+            }
+        }
+        b
+    }
+}
+
+/// The SAM id the simulated module reports (`12 FF`).
+pub const SIM_SAM_ID: [u8; 16] = [
+    0x00, 0x05, 0x00, 0x01, 0x01, 0x32, 0xB7, 0x22, 0x00, 0x00, 0x30, 0x39, 0x00, 0x00, 0x00, 0x2A,
+];
+
+/// idcard mode: a SAM module. Commands are answered as they come; each card
+/// is placed for `interval` and then taken away for `interval`. After a
+/// read the card stays placed but find answers "no card" (select still
+/// succeeds) until it is taken away, as real modules do. With `noise`,
+/// that share of read replies is first sent corrupted (a flipped checksum,
+/// or cut short); the host's next read gets it whole. With `sam_fault`,
+/// every command gets that SW3 during the first `interval`.
+async fn run_idcard<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    cards: &[SimCard],
+    opts: &SimOptions,
+    mut on_swipe: impl FnMut(u64, &SimCard),
+) -> io::Result<SimReport> {
+    use firmware_protocol::idcard::{encode_reply_vec, xor, Command, PREAMBLE};
+    use tokio::time::Instant;
+    if cards.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no cards to place",
+        ));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut report = SimReport::default();
+    let start = Instant::now();
+    let fault_until = opts.sam_fault.map(|_| start + opts.interval);
+    // The card on the module, whether it was read, and whether the first
+    // sending of its read reply was spoilt already.
+    let mut placed: Option<usize> = None;
+    let mut read_done = false;
+    let mut spoilt = false;
+    let mut next_change = start + opts.interval;
+    let mut inbox: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 256];
+    let mut cut = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_change) => {
+                next_change += opts.interval;
+                match placed {
+                    Some(_) => placed = None,
+                    // One more interval with no card (still answering), then done.
+                    None if opts.count.is_some_and(|c| report.swipes >= c) => return Ok(report),
+                    None => {
+                        let i = (report.swipes % cards.len() as u64) as usize;
+                        report.swipes += 1;
+                        on_swipe(report.swipes, &cards[i]);
+                        placed = Some(i);
+                        read_done = false;
+                        spoilt = false;
+                    }
+                }
+            }
+            n = io.read(&mut buf) => {
+                let n = n?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "host closed the line"));
+                }
+                inbox.extend_from_slice(&buf[..n]);
+            }
+        }
+        // Answer every whole command received.
+        while let Some(i) = inbox.windows(5).position(|w| w == PREAMBLE) {
+            if inbox.len() < i + 10 {
+                inbox.drain(..i);
+                break;
+            }
+            let cmd = &inbox[i..i + 10];
+            let sum_ok = xor(&cmd[5..9]) == cmd[9] && cmd[5..7] == [0, 3];
+            let command = Command::from_code(cmd[7], cmd[8]);
+            inbox.drain(..i + 10);
+            let fault = fault_until
+                .filter(|t| Instant::now() < *t)
+                .and(opts.sam_fault);
+            let (sw3, data): (u8, Vec<u8>) = match (sum_ok, command, fault) {
+                (false, _, _) => (0x10, Vec::new()),
+                (_, _, Some(code)) => (code, Vec::new()),
+                (_, None, _) => (0x21, Vec::new()),
+                (_, Some(Command::SamStatus), _) => (0x90, Vec::new()),
+                (_, Some(Command::SamId), _) => (0x90, SIM_SAM_ID.to_vec()),
+                (_, Some(Command::Find), _) => match placed {
+                    Some(_) if !read_done => (0x9F, vec![0; 4]),
+                    _ => (0x80, Vec::new()),
+                },
+                (_, Some(Command::Select), _) => match placed {
+                    Some(_) => (0x90, vec![0; 8]),
+                    None => (0x81, Vec::new()),
+                },
+                (_, Some(Command::Read), _) => match placed {
+                    Some(i) => {
+                        read_done = true;
+                        let mut d = vec![0x01, 0x00, 0x04, 0x00];
+                        d.extend_from_slice(&cards[i].id_text());
+                        // The photo: opaque bytes, as a real module's WLT.
+                        d.extend((0..1024u32).map(|k| (k * 131 + 7) as u8));
+                        (0x90, d)
+                    }
+                    None => (0x41, Vec::new()),
+                },
+            };
+            let mut wire = encode_reply_vec([0, 0, sw3], &data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            if command == Some(Command::Read)
+                && sw3 == 0x90
+                && !spoilt
+                && opts.noise > 0.0
+                && rng.random_bool(opts.noise.min(1.0))
+            {
+                spoilt = true;
+                if cut {
+                    wire.truncate(wire.len() / 2);
+                } else {
+                    let last = wire.len() - 1;
+                    wire[last] ^= 0x5A;
+                }
+                cut = !cut;
+            } else if command == Some(Command::Read) && sw3 == 0x90 {
+                report.acked += 1;
+            }
+            io.write_all(&wire).await?;
+            io.flush().await?;
+            report.frames_sent += 1;
+        }
+        if inbox.len() > 4096 {
+            inbox.clear();
+        }
     }
 }
 
@@ -479,6 +723,7 @@ pub fn sample_cards(
                     name: c.name,
                     issued: c.issued.replace('-', ""),
                     expires: c.expires.replace('-', ""),
+                    document: None,
                 })
                 .collect()
         })
@@ -490,6 +735,7 @@ pub fn sample_cards(
         name: "未登记".into(),
         issued: "20200101".into(),
         expires: "20300101".into(),
+        document: None,
     }]);
     let longest = groups.iter().map(Vec::len).max().unwrap_or(0);
     Ok((0..longest)

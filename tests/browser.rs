@@ -138,6 +138,20 @@ async fn browser(driver_port: u16, profile: &Path, w: u32, h: u32) -> Client {
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The display and chromedriver for daemon `d`, and a 1280×800 browser
+/// logged in through the login page, once it shows screen `first`.
+async fn open_screen(d: &Process, first: &str) -> (Kill, KillGroup, Client) {
+    let port = free_port();
+    let (display, login) = start_display(d.dir.path(), &d.socket, port);
+    let driver_port = free_port();
+    let driver = start_chromedriver(driver_port);
+    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
+    viewport(&c, 1280, 800).await;
+    c.goto(&login).await.unwrap();
+    screen(&c, first).await;
+    (display, driver, c)
+}
+
 async fn screen(c: &Client, name: &str) {
     c.wait()
         .at_most(WAIT)
@@ -389,14 +403,7 @@ async fn window_screen_in_headless_chromium() {
         return;
     }
     let (d, mut ptys) = Process::start(&[("w1", "frame", "utf-8")], "role = \"window\"");
-    let port = free_port();
-    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
-    let driver_port = free_port();
-    let _driver = start_chromedriver(driver_port);
-    let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
-    viewport(&c, 1280, 800).await;
-    c.goto(&login).await.unwrap();
-    screen(&c, "window").await;
+    let (_display, _driver, c) = open_screen(&d, "window").await;
     assert!(text(&c, "#operator").await.contains("clerk7"));
     let pty = &mut ptys[0];
     // Half-typed bind form; then a swipe arrives.
@@ -447,5 +454,51 @@ async fn window_screen_in_headless_chromium() {
     );
     click(&c, "#back").await;
     screen(&c, "window").await;
+    c.close().await.unwrap();
+}
+
+/// An identity card on an idcard reader at a kiosk: the result screen says
+/// which document was read (身份证 / 居住证), one placement after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosk_names_the_identity_document_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let (d, mut ptys) = Process::start(&[("id1", "idcard", "gbk")], "role = \"kiosk\"");
+    let (_display, _driver, c) = open_screen(&d, "idle").await;
+    let mut pty = ptys.remove(0);
+    let cards = vec![
+        sim_card(HOLDER, "张伟"),
+        cardlink::sim::SimCard::identity("810000199001010027", "陈大文"),
+    ];
+    let opts = cardlink::sim::SimOptions {
+        mode: cardlink::reader::codec::Mode::Idcard,
+        encoding: cardlink::reader::card::TextEncoding::Gbk,
+        noise: 0.0,
+        drop_acks: 0.0,
+        // Long enough for the daemon's polls, slowed down to one in 4.8 s
+        // by the fault, to find the first card.
+        interval: Duration::from_millis(5000),
+        count: Some(2),
+        seed: 3,
+        // The SAM fails its self-test until the first card is placed.
+        sam_fault: Some(0x60),
+    };
+    let sim = tokio::spawn(async move {
+        let r = cardlink::sim::run(&mut pty, &cards, &opts, |_, _| {}).await;
+        (r, pty)
+    });
+    // A SAM fault is said on the kiosk's screen.
+    until_xpath(&c, "//*[@id='toast' and contains(., '读卡器故障')]").await;
+    screen(&c, "result").await;
+    assert_eq!(text(&c, "#document").await, "身份证");
+    no_full_ssn(&c).await;
+    // Taken away: idle; the next placement is a residence permit.
+    screen(&c, "idle").await;
+    screen(&c, "result").await;
+    assert_eq!(text(&c, "#document").await, "居住证");
+    no_full_ssn(&c).await;
+    let (r, _pty) = sim.await.unwrap();
+    r.unwrap();
     c.close().await.unwrap();
 }

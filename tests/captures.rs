@@ -100,6 +100,35 @@ fn personal_values(file: &CaptureFile) -> BTreeSet<Vec<u8>> {
             out.insert(w.to_vec());
         }
     }
+    // An identity card's text block: every field of at least two
+    // characters, as it is on the wire (UTF-16LE), spaces trimmed; the
+    // photo bytes.
+    if file.header.mode == cardlink::reader::codec::Mode::Idcard {
+        let pre = firmware_protocol::idcard::PREAMBLE;
+        for (i, _) in stream.windows(5).enumerate().filter(|(_, w)| *w == pre) {
+            let Some(text) = stream.get(i + 14..i + 14 + 256) else {
+                continue;
+            };
+            if stream[i + 5..i + 10] != [0x05, 0x08, 0, 0, 0x90] {
+                continue;
+            }
+            for r in [0..30, 52..122, 122..158, 158..188] {
+                let mut f = &text[r];
+                while f.ends_with(&[0x20, 0]) {
+                    f = &f[..f.len() - 2];
+                }
+                if f.len() >= 4 {
+                    out.insert(f.to_vec());
+                }
+            }
+            // (cardlinkd records zeros there; a capture from elsewhere may not.)
+            if let Some(photo) = stream.get(i + 14 + 256..i + 14 + 256 + 64) {
+                if photo.iter().any(|&b| b != 0) {
+                    out.insert(photo.to_vec());
+                }
+            }
+        }
+    }
     // The payloads: valid frames in frame mode, lines otherwise.
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     if file.header.mode == cardlink::reader::codec::Mode::Frame {
@@ -257,6 +286,37 @@ fn decode_all(file: &CaptureFile, today: Date) -> Vec<String> {
                 });
             }
             out.push(format!("noise {noise} rest {rest}"));
+        }
+        Mode::Idcard => {
+            use firmware_protocol::idcard::{scan, IdText, ReadReply, Scan};
+            let mut buf = &stream[..];
+            loop {
+                match scan(buf) {
+                    Scan::Reply {
+                        reply, consumed, ..
+                    } => {
+                        out.push(match ReadReply::parse(reply.data) {
+                            Ok(r) => shape(
+                                IdText::parse(r.text, today)
+                                    .map(|t| {
+                                        format!("id {:?} name={}", t.document, t.name.is_some())
+                                    })
+                                    .map_err(|e| without_values(&format!("{e:?}"))),
+                            ),
+                            Err(_) => format!("reply {:02x} {}", reply.sw3, reply.data.len()),
+                        });
+                        buf = &buf[consumed..];
+                    }
+                    Scan::Corrupt { why, consumed } => {
+                        out.push(format!("corrupt {why:?}"));
+                        buf = &buf[consumed..];
+                    }
+                    Scan::NeedMore { discard } => {
+                        out.push(format!("rest {}", buf.len() - discard));
+                        break;
+                    }
+                }
+            }
         }
         Mode::SsseText | Mode::Magstripe => {
             for line in stream.split(|&b| b == b'\n') {
@@ -481,6 +541,41 @@ fn mag(card: &SimCard, name: &str, pan2: Option<&str>) -> String {
     )
 }
 
+/// cardlinkd in this process on registry `db`, with one reader (its
+/// `[[reader]]` lines) that it captures into `caps` on real serial ports.
+fn capturing_daemon(
+    db: &Path,
+    caps: &Path,
+    socket: &Path,
+    reader: &str,
+) -> (
+    tokio::task::JoinHandle<Result<(), cardlink::daemon::DaemonError>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let text = format!(
+        "database = {db:?}\ncapture_dir = {caps:?}\n[socket]\npath = {socket:?}\n[[reader]]\n{reader}\ncapture = true\n"
+    );
+    let config = cardlink::config::Config::parse(&text, "sim").unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (updates, rx) = tokio::sync::mpsc::channel(1);
+    let run = cardlink::daemon::run(
+        cardlink::daemon::Daemon {
+            listener: tokio::net::UnixListener::bind(socket).unwrap(),
+            registry: Registry::open(db, &OpenOptions::default()).unwrap(),
+            config,
+            ports: std::sync::Arc::new(cardlink::daemon::SerialPorts),
+            updates: rx,
+        },
+        shutdown.clone(),
+    );
+    let daemon = tokio::spawn(async move {
+        // The update channel stays open while the daemon runs.
+        let _updates = updates;
+        run.await
+    });
+    (daemon, shutdown)
+}
+
 /// Records the simulator (line noise, ACKs ignored) through the daemon
 /// with `capture = true`: a capture made the way a field capture is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,22 +591,12 @@ async fn write_the_simulator_capture() {
     let port = dir.path().join("sim1");
     let caps = dir.path().join("caps");
     let socket = dir.path().join("d.sock");
-    let text = format!(
-        "database = {db:?}\ncapture_dir = {caps:?}\n[socket]\npath = {socket:?}\n[[reader]]\nname = \"sim1\"\npath = {port:?}\nmode = \"frame\"\nencoding = \"gbk\"\ncapture = true\n"
+    let (daemon, shutdown) = capturing_daemon(
+        &db,
+        &caps,
+        &socket,
+        &format!("name = \"sim1\"\npath = {port:?}\nmode = \"frame\"\nencoding = \"gbk\""),
     );
-    let config = cardlink::config::Config::parse(&text, "sim").unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (_updates, rx) = tokio::sync::mpsc::channel(1);
-    let daemon = tokio::spawn(cardlink::daemon::run(
-        cardlink::daemon::Daemon {
-            listener: tokio::net::UnixListener::bind(&socket).unwrap(),
-            registry: Registry::open(&db, &OpenOptions::default()).unwrap(),
-            config,
-            ports: std::sync::Arc::new(cardlink::daemon::SerialPorts),
-            updates: rx,
-        },
-        shutdown.clone(),
-    ));
     let opts = cardlink::sim::SimOptions {
         mode: Mode::Frame,
         encoding: TextEncoding::Gbk,
@@ -520,6 +605,7 @@ async fn write_the_simulator_capture() {
         interval: Duration::from_millis(700),
         count: Some(8),
         seed: 7,
+        sam_fault: None,
     };
     let report = simulate(SimTarget::Pty(port), &cards, &opts).await.unwrap();
     assert!(report.frames_sent > report.swipes, "{report:?}");
@@ -535,6 +621,98 @@ async fn write_the_simulator_capture() {
     let mut out = lines.join("\n");
     out.push('\n');
     std::fs::write(suite_dir().join("sim-frame-noise-drop-acks.cap"), out).unwrap();
+}
+
+/// Records the simulated identity-card module through cardlinkd
+/// (`capture = true`): the four idcard captures of the suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes tests/captures/idcard-*.cap; run by hand"]
+async fn write_the_idcard_captures() {
+    use cardlink::ctl::{simulate, SimTarget};
+    use cardlink::reader::codec::Mode;
+    let dir = tempfile::tempdir().unwrap();
+    let db = replay_registry(dir.path());
+    let reg = Registry::open(&db, &OpenOptions::default()).unwrap();
+    let people = cardlink::sim::sample_cards(&reg, Date::today_cst()).unwrap();
+    drop(reg);
+    let id = SimCard::identity;
+    // (file, note, cards, noise, SAM fault, interval in ms)
+    type Scenario<'a> = (&'a str, &'a str, Vec<SimCard>, f64, Option<u8>, u64);
+    let scenarios: Vec<Scenario> = vec![
+        (
+            "idcard-resident",
+            "two resident identity cards (居民身份证) of the registry, each placed, read once and taken away",
+            vec![people[0].clone(), people[1].clone()],
+            0.0,
+            None,
+            1500,
+        ),
+        (
+            "idcard-permit-j",
+            "a 港澳台居民居住证 (J) and a 2023 外国人永久居留身份证 (Y), unknown to the registry",
+            vec![id("810000199001010027", "陈大文"), id("911840198001010013", "史密斯")],
+            0.0,
+            None,
+            1500,
+        ),
+        (
+            "idcard-corrupt-read",
+            "every read reply first corrupted (a bad checksum, then one cut short): asked again, one CARD each",
+            vec![people[2].clone(), people[3].clone()],
+            1.0,
+            None,
+            3000,
+        ),
+        (
+            "idcard-sam-fault",
+            "the SAM fails its self-test (SW3 60) for 1.5 s, then works: state error, connected, a card",
+            vec![people[0].clone()],
+            0.0,
+            Some(0x60),
+            1500,
+        ),
+    ];
+    for (name, note, cards, noise, sam_fault, interval) in scenarios {
+        let port = dir.path().join("id1");
+        let caps = dir.path().join(format!("caps-{name}"));
+        let socket = dir.path().join(format!("{name}.sock"));
+        let opts = cardlink::sim::SimOptions {
+            mode: Mode::Idcard,
+            encoding: TextEncoding::Gbk,
+            noise,
+            drop_acks: 0.0,
+            interval: Duration::from_millis(interval),
+            count: Some(cards.len() as u64),
+            seed: 7,
+            sam_fault,
+        };
+        // The simulator's pty must exist before the daemon opens it.
+        let sim = {
+            let cards = cards.clone();
+            let port = port.clone();
+            tokio::spawn(async move { simulate(SimTarget::Pty(port), &cards, &opts).await })
+        };
+        while std::fs::symlink_metadata(&port).is_err() {
+            tokio::task::yield_now().await;
+        }
+        let (daemon, shutdown) = capturing_daemon(
+            &db,
+            &caps,
+            &socket,
+            &format!("name = \"id1\"\npath = {port:?}\nmode = \"idcard\""),
+        );
+        let report = sim.await.unwrap().unwrap();
+        assert_eq!(report.swipes, cards.len() as u64, "{report:?}");
+        shutdown.cancel();
+        daemon.await.unwrap().unwrap();
+        let text = std::fs::read_to_string(caps.join("id1.cap")).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let note = format!("# {note}; recorded from `cardlinkctl simulate --mode idcard` through cardlinkd (capture = true)");
+        lines.insert(2, &note);
+        let mut out = lines.join("\n");
+        out.push('\n');
+        std::fs::write(suite_dir().join(format!("{name}.cap")), out).unwrap();
+    }
 }
 
 #[test]
@@ -809,4 +987,143 @@ proptest::proptest! {
             proptest::prop_assert!(!all.windows(18).any(|w| w == b"11010519491231002X"));
         }
     }
+}
+
+/// The idcard captures hold no photo (cardlinkd zeroes it as it records),
+/// and the corrupted one holds the bad replies the daemon asked again for.
+#[test]
+fn idcard_captures_hold_no_photo_and_the_bad_replies() {
+    let today = Date::today_cst();
+    let mut found = 0;
+    for cap in captures() {
+        let file = CaptureFile::read(&cap).unwrap();
+        if file.header.mode != cardlink::reader::codec::Mode::Idcard {
+            continue;
+        }
+        found += 1;
+        let stream = reader_stream(&file);
+        let pre = firmware_protocol::idcard::PREAMBLE;
+        for (i, _) in stream
+            .windows(10)
+            .enumerate()
+            .filter(|(_, w)| w[..5] == pre && w[5..] == [0x05, 0x08, 0, 0, 0x90])
+        {
+            let photo = &stream[(i + 270).min(stream.len())..(i + 1294).min(stream.len())];
+            // Up to the next reply, when this one was cut short.
+            let end = photo
+                .windows(5)
+                .position(|w| w == pre)
+                .unwrap_or(photo.len());
+            assert!(
+                photo[..end].iter().all(|&b| b == 0),
+                "{}: photo bytes in a read reply",
+                cap.display()
+            );
+        }
+        let decoded = decode_all(&file, today);
+        let reads = decoded.iter().filter(|d| d.starts_with("ok id")).count();
+        let corrupt = decoded.iter().filter(|d| d.starts_with("corrupt")).count();
+        if cap.ends_with("idcard-corrupt-read.cap") {
+            assert!(corrupt >= 2 && reads == 2, "{decoded:?}");
+        } else {
+            assert_eq!(corrupt, 0, "{}: {decoded:?}", cap.display());
+        }
+    }
+    assert_eq!(found, 4);
+}
+
+/// Redacting an idcard capture from elsewhere (the photo still in it):
+/// every field of the text block replaced, the photo's bytes zeroed, good
+/// replies still good and bad ones still bad, the number still of its kind.
+#[test]
+fn idcard_redaction_replaces_the_text_block_and_drops_the_photo() {
+    use firmware_protocol::idcard::{encode_reply_vec, scan, IdText, ReadReply, Scan};
+    let today = Date::today_cst();
+    let card = SimCard::identity;
+    let read = |c: &SimCard| {
+        let mut d = vec![0x01, 0x00, 0x04, 0x00];
+        d.extend_from_slice(&c.id_text());
+        d.extend((0..1024u32).map(|k| (k * 37 + 11) as u8));
+        encode_reply_vec([0, 0, 0x90], &d).unwrap()
+    };
+    let resident = card("11010519491231002X", "张三丰");
+    let permit = card("810000199001010027", "陈大文");
+    let mut bad = read(&permit);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x21;
+    let mut k = Cap::new(
+        "id1",
+        "idcard",
+        "gbk",
+        "hand-made: a good read, a corrupt one, a cut one",
+    );
+    k.host(&firmware_protocol::idcard::Command::Read.encode())
+        .at(0.01)
+        .reader_split(&read(&resident), &[300])
+        .at(0.3)
+        .reader(&bad)
+        .at(0.3)
+        .reader(&read(&permit)[..600])
+        .at(2.0)
+        .reader(&read(&permit));
+    let file = CaptureFile::parse(&k.text, "hand").unwrap();
+    let (red, report) = Redactor::with_key([3; 32], file.header.encoding, today)
+        .redact_file(&file)
+        .unwrap();
+    assert!(report.ssns >= 2 && report.names >= 2, "{report:?}");
+    let stream = reader_stream(&red);
+    let text = String::from_utf8_lossy(&stream).to_string();
+    for gone in ["张三丰", "陈大文"] {
+        let utf16: Vec<u8> = gone.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(
+            !stream.windows(utf16.len()).any(|w| w == utf16),
+            "{gone} survived"
+        );
+    }
+    assert!(!text.contains("11010519491231002X"));
+    // Replies, in order: good, corrupt, (the cut one and the next: corrupt,
+    // then good).
+    let mut buf = &stream[..];
+    let mut kinds = Vec::new();
+    loop {
+        match scan(buf) {
+            Scan::Reply {
+                reply, consumed, ..
+            } => {
+                let r = ReadReply::parse(reply.data).unwrap();
+                let t = IdText::parse(r.text, today).unwrap();
+                assert!(reply.data[4 + 256..].iter().all(|&b| b == 0), "photo left");
+                assert_ne!(t.ssn.expose(), "11010519491231002X");
+                assert_ne!(t.ssn.expose(), "810000199001010027");
+                kinds.push(format!("{:?} {}", t.document, &t.ssn.expose()[..2]));
+                buf = &buf[consumed..];
+            }
+            Scan::Corrupt { consumed, .. } => {
+                kinds.push("corrupt".into());
+                buf = &buf[consumed..];
+            }
+            Scan::NeedMore { .. } => break,
+        }
+    }
+    assert_eq!(
+        kinds.first().map(|k| k.starts_with("Resident")),
+        Some(true),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("HkMacaoTaiwan 81"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "corrupt").count() >= 2,
+        "{kinds:?}"
+    );
+    // The photo of the corrupt and the cut replies is gone too.
+    assert!(
+        !stream
+            .windows(8)
+            .any(|w| w == [11, 48, 85, 122, 159, 196, 233, 14]),
+        "photo bytes survived"
+    );
 }

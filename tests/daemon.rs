@@ -450,6 +450,7 @@ async fn noisy_line_with_resends_delivers_every_swipe_exactly_once() {
         interval: Duration::from_millis(20),
         count: Some(swipes),
         seed: 42,
+        sam_fault: None,
     };
     let pty = ptys.pop().unwrap();
     let sim = tokio::spawn(async move { sim::run(pty, &cards, &opts, |_, _| {}).await.unwrap() });
@@ -523,6 +524,7 @@ async fn garbage_and_stuck_clients_do_not_disturb_others() {
         interval: Duration::from_millis(40),
         count: Some(n),
         seed: 1,
+        sam_fault: None,
     };
     let pty = ptys.pop().unwrap();
     let sim = tokio::spawn(async move { sim::run(pty, &cards, &opts, |_, _| {}).await.unwrap() });

@@ -11,6 +11,8 @@
 //! * [`record`]: the `|`-separated basic-info record returned by standard
 //!   social-security card reader modules (also the payload of `CARD_IC`).
 //! * [`magstripe`]: ISO 7811/7813 track 1 and track 2 lines.
+//! * [`idcard`]: the SAM module protocol of identity-card readers (GA/T 467)
+//!   and the text block of the cards they read.
 //! * [`retcode`]: the reader interface's return codes and their meanings.
 //! * [`date`]: the small calendar type the above need.
 //!
@@ -28,6 +30,7 @@ extern crate std;
 
 pub mod date;
 pub mod frame;
+pub mod idcard;
 pub mod magstripe;
 pub mod record;
 pub mod retcode;

@@ -29,6 +29,12 @@ pub const PROVINCES: &[u8] = &[
     53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83,
 ];
 
+/// Whether a valid number is a 2023 foreign permanent-residence card's
+/// (first digit 9) rather than a citizen's.
+pub fn is_foreign_permanent(ssn: &Ssn) -> bool {
+    ssn.expose().starts_with('9')
+}
+
 /// Why a string is not a valid social security number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SsnError {
@@ -220,7 +226,12 @@ fn birth(first17: &[u8]) -> Option<Date> {
 
 fn validate_body(first17: &[u8], today: Date) -> Result<(), SsnError> {
     let province = digits(&first17[..2]).unwrap_or(0) as u8;
-    if !PROVINCES.contains(&province) {
+    // A first digit 9 is the 2023 外国人永久居留身份证's number: 9, the
+    // province where it was applied for and a 3-digit nationality code
+    // instead of a region, then birth date, sequence and the same MOD 11-2
+    // check (国家移民管理局, 新版外国人永久居留身份证机读信息规则 2023,
+    // PROTOCOL.md §4).
+    if first17[0] != b'9' && !PROVINCES.contains(&province) {
         return Err(SsnError::Province { code: province });
     }
     let born = birth(first17).ok_or(SsnError::BirthDate)?;
@@ -306,8 +317,8 @@ mod tests {
             })
         );
         assert_eq!(
-            Ssn::parse_on(b"990105194912310021", t),
-            Err(SsnError::Province { code: 99 })
+            Ssn::parse_on(b"100105194912310021", t),
+            Err(SsnError::Province { code: 10 })
         );
         assert_eq!(
             Ssn::parse_on(b"110105194902300021", t),
@@ -337,6 +348,30 @@ mod tests {
         assert_eq!(
             Ssn::from_legacy15_on(b"11010549123100", today()),
             Err(SsnError::Length { found: 14 })
+        );
+    }
+
+    #[test]
+    fn foreign_permanent_2023_numbers_are_valid() {
+        // 9, province 11, nationality 156-style code 840, born 1980-01-01,
+        // sequence 001, MOD 11-2 check.
+        let body = b"91184019800101001";
+        let c = check_char(body).unwrap();
+        let mut n = [0u8; 18];
+        n[..17].copy_from_slice(body);
+        n[17] = c;
+        let ssn = Ssn::parse_on(&n, today()).unwrap();
+        assert!(is_foreign_permanent(&ssn));
+        assert_eq!(ssn.birth_date(), Date::new(1980, 1, 1).unwrap());
+        // The check character still counts, and so does the birth date.
+        n[17] = if c == b'0' { b'1' } else { b'0' };
+        assert!(matches!(
+            Ssn::parse_on(&n, today()),
+            Err(SsnError::CheckDigit { .. })
+        ));
+        assert_eq!(
+            Ssn::parse_on(b"911840198002300010", today()),
+            Err(SsnError::BirthDate)
         );
     }
 

@@ -133,3 +133,85 @@ fn every_single_bit_flip_of_a_card_frame_is_rejected() {
         assert_eq!(decode_all(&w), vec![], "bit {bit} flip accepted");
     }
 }
+
+mod idcard {
+    use firmware_protocol::idcard::{encode_reply_vec, scan, IdText, ReadReply, Scan, MAX_REPLY};
+    use firmware_protocol::Date;
+    use proptest::prelude::*;
+
+    /// Every reply found while draining `stream` through a growing buffer
+    /// in chunks, and how many corrupt candidates were seen.
+    fn drain(stream: &[u8], chunk: usize) -> (Vec<(u8, Vec<u8>)>, usize) {
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut out, mut bad) = (Vec::new(), 0);
+        for piece in stream.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match scan(&buf) {
+                    Scan::Reply {
+                        reply, consumed, ..
+                    } => {
+                        out.push((reply.sw3, reply.data.to_vec()));
+                        buf.drain(..consumed);
+                    }
+                    Scan::Corrupt { consumed, .. } => {
+                        assert!(consumed > 0);
+                        bad += 1;
+                        buf.drain(..consumed);
+                    }
+                    Scan::NeedMore { discard } => {
+                        buf.drain(..discard);
+                        break;
+                    }
+                }
+            }
+            assert!(buf.len() <= MAX_REPLY + chunk.max(1));
+        }
+        (out, bad)
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = drain(&bytes, 7);
+            if bytes.len() >= 4 + 256 + 1024 {
+                if let Ok(r) = ReadReply::parse(&bytes[..4 + 256 + 1024]) {
+                    let _ = IdText::parse(r.text, Date::new(2026, 12, 1).unwrap());
+                }
+            }
+            let block: [u8; 256] = core::array::from_fn(|i| bytes.get(i).copied().unwrap_or(0x20));
+            let _ = IdText::parse(&block, Date::new(2026, 12, 1).unwrap());
+        }
+
+        #[test]
+        fn replies_survive_noise_and_any_split(
+            sw3 in any::<u8>(),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            noise in proptest::collection::vec(any::<u8>(), 0..40),
+            chunk in 1usize..64,
+        ) {
+            let wire = encode_reply_vec([0, 0, sw3], &data).unwrap();
+            let mut stream = noise.clone();
+            stream.extend_from_slice(&wire);
+            let (got, _) = drain(&stream, chunk);
+            prop_assert_eq!(got.last(), Some(&(sw3, data)));
+        }
+
+        #[test]
+        fn a_flipped_byte_is_never_a_reply(
+            data in proptest::collection::vec(any::<u8>(), 1..64),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut wire = encode_reply_vec([0, 0, 0x90], &data).unwrap();
+            // Flip one bit of status, data or checksum (a flipped length
+            // is a different frame, caught by the length check or a
+            // timeout, see PROTOCOL.md §7.2).
+            let i = 7 + at.index(wire.len() - 7);
+            wire[i] ^= 1 << bit;
+            let (got, _) = drain(&wire, wire.len());
+            // XOR catches every single-bit error in the bytes it covers.
+            prop_assert!(got.is_empty());
+        }
+    }
+}

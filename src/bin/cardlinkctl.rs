@@ -75,7 +75,8 @@ enum Cmd {
         /// Create a pseudo-terminal and link its device here for the daemon to open.
         #[arg(long)]
         pty: Option<PathBuf>,
-        /// frame, ssse-text or magstripe.
+        /// frame, ssse-text, magstripe or idcard (an identity-card SAM
+        /// module: each card is placed for --interval-ms, then taken away).
         #[arg(long, default_value = "frame")]
         mode: Mode,
         /// Encoding of names in IC records: gbk or utf-8.
@@ -84,9 +85,14 @@ enum Cmd {
         /// JSON-lines file of cards (fields: ssn, card_no, pan, name, issued, expires).
         #[arg(long)]
         cards: PathBuf,
-        /// Line noise rate 0..1.
+        /// Line noise rate 0..1 (idcard: the share of read replies whose
+        /// first sending is corrupted: bad checksum or cut short).
         #[arg(long, default_value_t = 0.0)]
         noise: f64,
+        /// idcard: the SAM answers every command with this SW3 (hex, e.g.
+        /// 60 or 66) for the first --interval-ms, then works.
+        #[arg(long, value_parser = parse_hex_u8)]
+        sam_fault: Option<u8>,
         /// Rate 0..1 of ACKs ignored (forces resends).
         #[arg(long, default_value_t = 0.0)]
         drop_acks: f64,
@@ -335,6 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             encoding,
             cards,
             noise,
+            sam_fault,
             drop_acks,
             interval_ms,
             count,
@@ -349,6 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 interval: Duration::from_millis(interval_ms),
                 count,
                 seed: 1,
+                sam_fault,
             };
             let target = match (port, pty) {
                 (_, Some(link)) => ctl::SimTarget::Pty(link),
@@ -636,4 +644,8 @@ fn request(socket: &Path, req: Request) -> anyhow::Result<i32> {
         serde_json::to_string_pretty(&Message::Reply(reply))?
     )?;
     Ok(if ok { 0 } else { 1 })
+}
+
+fn parse_hex_u8(s: &str) -> Result<u8, String> {
+    u8::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("'{s}': {e}"))
 }

@@ -225,6 +225,179 @@ impl Redactor {
         Ok((out, report))
     }
 
+    /// idcard mode: every read reply (`90`, `LEN` 0x0508), complete, cut
+    /// short or with a bad checksum: its whole text block (name, number,
+    /// address, authority, and whatever else it holds) replaced by
+    /// synthetic text of the same shape; sex, dates and the type flag kept.
+    /// The photo's bytes are dropped (overwritten with zeros). A complete
+    /// reply's checksum is recomputed, wrong by the same bits where it was.
+    fn idcard(&mut self, stream: &mut [u8]) {
+        use firmware_protocol::idcard::{xor, MAX_LEN, PHOTO_LEN, PREAMBLE, TEXT_LEN};
+        let find = |s: &[u8]| s.windows(PREAMBLE.len()).position(|w| w == PREAMBLE);
+        let mut pos = 0;
+        while let Some(off) = find(&stream[pos..]) {
+            let i = pos + off;
+            pos = i + 1;
+            if stream.len() < i + 10 {
+                break;
+            }
+            let len = u16::from_be_bytes([stream[i + 5], stream[i + 6]]) as usize;
+            if len != MAX_LEN || stream[i + 9] != 0x90 {
+                continue;
+            }
+            // A reply cut short ends where the next one begins.
+            let next = find(&stream[i + 5..]).map_or(stream.len(), |o| i + 5 + o);
+            let end = (i + 7 + len).min(next).min(stream.len());
+            let complete = end == i + 7 + len;
+            let delta = if complete {
+                xor(&stream[i + 5..end - 1]) ^ stream[end - 1]
+            } else {
+                0
+            };
+            let text = i + 14;
+            let avail = end.saturating_sub(text).min(TEXT_LEN);
+            let mut block = [0x20u8, 0x00].repeat(TEXT_LEN / 2);
+            block[..avail].copy_from_slice(&stream[text..text + avail]);
+            let out = self.id_block(&block, avail == TEXT_LEN);
+            stream[text..text + avail].copy_from_slice(&out[..avail]);
+            let photo = text + TEXT_LEN;
+            let photo_end = (photo + PHOTO_LEN).min(if complete { end - 1 } else { end });
+            if photo < photo_end {
+                stream[photo..photo_end].fill(0);
+            }
+            if complete {
+                stream[end - 1] = xor(&stream[i + 5..end - 1]) ^ delta;
+            }
+            pos = end.max(i + 1);
+        }
+    }
+
+    /// A synthetic text block for `block` (of which only the first bytes
+    /// may be real when `whole` is false).
+    fn id_block(&mut self, block: &[u8], whole: bool) -> Vec<u8> {
+        use firmware_protocol::idcard::layout;
+        let unit = |r: std::ops::Range<usize>| -> Vec<u16> {
+            block[r]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
+        let flag = if whole { unit(layout::TYPE)[0] } else { 0xFFFF };
+        // Kept as they are: not identifying, and what makes the block
+        // still parse the way it did.
+        let keep: Vec<std::ops::Range<usize>> = match flag {
+            0x0000 | 0x0020 | 0x004A => vec![
+                layout::SEX,
+                layout::BIRTH,
+                layout::VALID_FROM,
+                layout::VALID_TO,
+                layout::TYPE,
+            ],
+            0x0049 => vec![120..122, 188..204, 204..220, 220..236, layout::TYPE],
+            _ if whole => vec![layout::TYPE],
+            _ => vec![],
+        };
+        let number = match flag {
+            0x0049 => Some(layout::I_NUMBER),
+            _ if whole => Some(layout::NUMBER),
+            _ => None,
+        };
+        let mut out = block.to_vec();
+        // Fields, by where they are: each replaced as a whole, so the same
+        // value becomes the same synthetic one.
+        let mut cuts: Vec<usize> = vec![
+            0, 30, 32, 36, 52, 122, 158, 188, 204, 220, 238, 242, 248, 250, 256,
+        ];
+        if flag == 0x0049 {
+            cuts = vec![
+                0, 120, 122, 152, 158, 188, 204, 220, 236, 240, 248, 250, 256,
+            ];
+        }
+        for w in cuts.windows(2) {
+            let r = w[0]..w[1];
+            if keep.contains(&r) {
+                continue;
+            }
+            if number.as_ref() == Some(&r) {
+                let chars: Vec<u8> = unit(r.clone())
+                    .iter()
+                    .map(|&u| if u < 0x80 { u as u8 } else { b'?' })
+                    .collect();
+                let trimmed = chars.trim_ascii_end();
+                let synth = self.id_number(trimmed);
+                for (k, b) in synth.iter().enumerate() {
+                    out[r.start + 2 * k] = *b;
+                    out[r.start + 2 * k + 1] = 0;
+                }
+                continue;
+            }
+            let field = &block[r.clone()];
+            if field.chunks_exact(2).all(|c| c == [0x20, 0] || c == [0, 0]) {
+                continue;
+            }
+            let mut rng = self.rng(Kind::Name, field, 0);
+            let pool: Vec<char> = HANZI.chars().collect();
+            for (k, c) in field.chunks_exact(2).enumerate() {
+                let u = u16::from_le_bytes([c[0], c[1]]);
+                let n: u16 = match u {
+                    0x0030..=0x0039 => 0x30 + rng.random_range(0..10u16),
+                    0x0041..=0x005A => 0x41 + rng.random_range(0..26u16),
+                    0x0061..=0x007A => 0x61 + rng.random_range(0..26u16),
+                    0x0000..=0x007F => u,
+                    _ => pool[rng.random_range(0..pool.len())] as u16,
+                };
+                out[r.start + 2 * k..r.start + 2 * k + 2].copy_from_slice(&n.to_le_bytes());
+            }
+            // A run of digits (a date, a nation code, an issue count) is
+            // no value to look for: it occurs in any other card's dates.
+            let digits = field
+                .chunks_exact(2)
+                .all(|c| c[1] == 0 && (c[0].is_ascii_digit() || c[0] == b' '));
+            if field.len() >= 4 && !digits {
+                self.originals.insert((Kind::Name, field.to_vec()));
+            }
+        }
+        out
+    }
+
+    /// A synthetic identity number of the same kind: a citizen's through
+    /// the SSN rules; a permit's (81/82/83) or a 2023 permanent resident's
+    /// (9) keeps that prefix and its birth date; a 2017 permanent
+    /// resident's 15 characters keep their classes. Valid stays valid, a
+    /// wrong check character stays wrong.
+    fn id_number(&mut self, n: &[u8]) -> Vec<u8> {
+        if let Some(s) = self.map.get(&(Kind::Ssn, n.to_vec())) {
+            return s.clone();
+        }
+        let s = if n.len() == 18 && !matches!(n[0], b'8' | b'9') {
+            return self.synthetic(Kind::Ssn, n);
+        } else if n.len() == 18 {
+            let keep = if n[0] == b'9' { 1 } else { 2 };
+            let mut s = n[..keep].to_vec();
+            s.extend(self.shape(Kind::Ssn, &n[keep..6], 0));
+            s.extend_from_slice(&n[6..14]);
+            s.extend(self.shape(Kind::Ssn, &n[14..17], 0));
+            let good =
+                firmware_protocol::ssn::check_char(&n[..17]) == Some(n[17].to_ascii_uppercase());
+            let c = firmware_protocol::ssn::check_char(&s).unwrap_or(b'0');
+            s.push(if good {
+                c
+            } else if c == b'0' {
+                b'1'
+            } else {
+                b'0'
+            });
+            s
+        } else {
+            self.shape(Kind::Ssn, n, 0)
+        };
+        if s != n {
+            self.originals.insert((Kind::Ssn, n.to_vec()));
+        }
+        self.map.insert((Kind::Ssn, n.to_vec()), s.clone());
+        s
+    }
+
     /// Every pass over `file`: the redacted file, and which bytes hold
     /// synthetic values.
     fn run(&mut self, file: &CaptureFile) -> (CaptureFile, Written) {
@@ -262,6 +435,10 @@ impl Redactor {
             mode @ (Mode::SsseText | Mode::Magstripe) => {
                 let end = stream.len();
                 self.lines(&mut stream, 0..end, Some(mode));
+                Vec::new()
+            }
+            Mode::Idcard => {
+                self.idcard(&mut stream);
                 Vec::new()
             }
         };

@@ -210,7 +210,16 @@ pub async fn check(
     })
     .await?;
     let mut seen = Vec::new();
-    while let Ok(Some(line)) = tokio::time::timeout(QUIET, events.recv()).await {
+    // An idcard reader is polled by the daemon: once the capture has
+    // played out, nobody answers, and after three missed replies the
+    // daemon would say so. The capture's own events come within a reply's
+    // time of its last bytes.
+    let quiet = if h.mode == crate::reader::codec::Mode::Idcard {
+        crate::daemon::serial::ID_REPLY_TIMEOUT
+    } else {
+        QUIET
+    };
+    while let Ok(Some(line)) = tokio::time::timeout(quiet, events.recv()).await {
         seen.push(line);
     }
     drop(port);

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Station};
 use crate::protocol::{self, ErrorCode};
-use crate::reader::card::CardRead;
+use crate::reader::card::{CardRead, CardSource};
 use crate::registry::audit::Entry;
 use crate::registry::{BindPolicy, Lookup, Outcome, Registry, RegistryError, Resolution};
 use crate::Ssn;
@@ -46,8 +46,10 @@ pub struct CardEvent {
     pub reader: String,
     /// Swipe id, usable in kiosk-mode `bind` requests.
     pub swipe: u64,
-    /// `ic`, `magstripe`, `manual`.
+    /// `ic`, `magstripe`, `manual`, `id_card`.
     pub source: &'static str,
+    /// The identity document of an `id_card` read.
+    pub document: Option<firmware_protocol::idcard::Document>,
     /// SSN from the card.
     pub ssn: Option<Ssn>,
     /// Card number from the card.
@@ -109,7 +111,7 @@ pub struct ReaderState {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected` / `disconnected`.
+    /// `connected` / `disconnected` / `error` (idcard: the module cannot read).
     pub state: &'static str,
     /// Valid frames or lines received.
     pub items: u64,
@@ -134,6 +136,8 @@ pub struct Live {
     pub station: Station,
     /// Allowed relations.
     pub policy: BindPolicy,
+    /// What an identity-card read may do.
+    pub id_card: crate::registry::policy::IdCardUse,
 }
 
 /// A configuration update for a running daemon (SIGHUP in `cardlinkd`).
@@ -170,7 +174,8 @@ pub struct Ctx {
     pub privileged: RwLock<Vec<u32>>,
     started: Instant,
     swipe_seq: AtomicU64,
-    swipes: Mutex<VecDeque<(u64, Ssn, Instant)>>,
+    /// Recent resolved swipes: id, SSN, when, and whether an identity card.
+    swipes: Mutex<VecDeque<(u64, Ssn, Instant, bool)>>,
     /// Connected clients.
     pub clients: AtomicU64,
     /// Resolutions done.
@@ -201,6 +206,7 @@ impl Ctx {
             live: RwLock::new(Live {
                 station: cfg.role,
                 policy: cfg.bind_policy(),
+                id_card: cfg.policy.id_card,
             }),
             privileged: RwLock::new(cfg.socket.privileged_uids.clone()),
             started: Instant::now(),
@@ -257,6 +263,7 @@ impl Ctx {
         let changed = live.station != cfg.role;
         live.station = cfg.role;
         live.policy = cfg.bind_policy();
+        live.id_card = cfg.policy.id_card;
         if changed {
             // Published while the new role is being written: a request
             // that sees the new role comes after this event on the bus.
@@ -372,18 +379,19 @@ impl Ctx {
                 let now = Instant::now();
                 while s
                     .front()
-                    .is_some_and(|(_, _, t)| now.duration_since(*t) > SWIPE_TTL)
+                    .is_some_and(|(_, _, t, _)| now.duration_since(*t) > SWIPE_TTL)
                     || s.len() >= SWIPES_KEPT
                 {
                     s.pop_front();
                 }
-                s.push_back((swipe, p.ssn, now));
+                s.push_back((swipe, p.ssn, now, read.source == CardSource::IdCard));
             }
         }
         let event = Arc::new(CardEvent {
             reader: actor.to_string(),
             swipe,
             source: read.source.as_str(),
+            document: read.document,
             ssn: read.ssn,
             card_no: read.card_no,
             pan: read.pan,
@@ -418,8 +426,68 @@ impl Ctx {
     pub fn swiped(&self, id: u64) -> Option<Ssn> {
         let s = self.swipes.lock().unwrap_or_else(|p| p.into_inner());
         s.iter()
-            .find(|(i, _, t)| *i == id && t.elapsed() <= SWIPE_TTL)
-            .map(|(_, ssn, _)| *ssn)
+            .find(|(i, _, t, _)| *i == id && t.elapsed() <= SWIPE_TTL)
+            .map(|(_, ssn, _, _)| *ssn)
+    }
+
+    /// The SSN of a recent swipe given as a party: of a bind or unbind
+    /// (`link`) or an inquiry. A party identified by an identity card may
+    /// link only where `[policy] id_card` allows it at this station.
+    pub fn swiped_party(
+        &self,
+        id: u64,
+        station: Station,
+        link: bool,
+        which: &str,
+    ) -> Result<Ssn, (ErrorCode, String)> {
+        let found = {
+            let s = self.swipes.lock().unwrap_or_else(|p| p.into_inner());
+            s.iter()
+                .find(|(i, _, t, _)| *i == id && t.elapsed() <= SWIPE_TTL)
+                .map(|(_, ssn, _, id_card)| (*ssn, *id_card))
+        };
+        match found {
+            None => Err((
+                ErrorCode::UnknownSwipe,
+                format!("{which}: swipe {id} is unknown, failed or older than 5 minutes"),
+            )),
+            Some((_, true)) if link && !self.live().id_card.may_link(station == Station::Kiosk) => {
+                Err((
+                    ErrorCode::IdCardNotAllowed,
+                    match station {
+                        Station::Kiosk => format!(
+                            "{which}: 自助机绑定需刷社会保障卡 / at a kiosk a bind needs the social-security card, not an identity card"
+                        ),
+                        Station::Window => format!(
+                            "{which}: 身份证只用于识别 / an identity card identifies but does not bind here (policy.id_card = identify)"
+                        ),
+                    },
+                ))
+            }
+            Some((ssn, _)) => Ok(ssn),
+        }
+    }
+
+    /// An identity-card module could not read a card: `ERROR
+    /// id_card_error` with the SW3 code and its meaning.
+    pub fn publish_id_card_error(&self, reader: &str, sw: firmware_protocol::idcard::Sw3) {
+        let code = sw.code();
+        tracing::warn!(
+            reader,
+            sw3 = code,
+            meaning = sw.en(),
+            "identity card not read"
+        );
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.publish(Event::Error {
+            code: ErrorCode::IdCardError,
+            message: format!(
+                "{reader}: identity card not read, SW3 {code:02X}: {} / {}",
+                sw.zh(),
+                sw.en()
+            ),
+            reader_code: Some(code as i32),
+        });
     }
 
     /// A new client's event stream and the `READER` messages of every

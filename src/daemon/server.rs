@@ -241,10 +241,7 @@ async fn party(
             ErrorCode::BadRequest,
             format!("{which}: give either a swipe id or a number, not both"),
         )),
-        (None, Some(id)) => ctx.swiped(id).ok_or((
-            ErrorCode::UnknownSwipe,
-            format!("{which}: swipe {id} is unknown, failed or older than 5 minutes"),
-        )),
+        (None, Some(id)) => ctx.swiped_party(id, station, matches!(purpose, Purpose::Link), which),
         (None, None) => Err((
             ErrorCode::BadRequest,
             format!("{which}: give a swipe id or a number"),

@@ -8,6 +8,7 @@
 
 use encoding_rs::{GBK, UTF_8};
 use firmware_protocol::frame::Cmd;
+use firmware_protocol::idcard::{Document, IdError, IdText, TEXT_LEN};
 use firmware_protocol::magstripe::{self, MagError};
 use firmware_protocol::record::{self, RecordError};
 use firmware_protocol::{Date, Ssn};
@@ -60,6 +61,10 @@ pub enum CardSource {
     Magstripe,
     /// Typed in by a clerk or patient.
     Manual,
+    /// An identity document read by an identity-card SAM module
+    /// (居民身份证, 居住证, 永居证).
+    #[serde(rename = "id_card")]
+    IdCard,
 }
 
 impl CardSource {
@@ -69,6 +74,7 @@ impl CardSource {
             CardSource::Ic => "ic",
             CardSource::Magstripe => "magstripe",
             CardSource::Manual => "manual",
+            CardSource::IdCard => "id_card",
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct CardRead {
     pub expires: Option<Date>,
     /// Frame sequence number, frame mode only.
     pub seq: Option<u8>,
+    /// The identity document, for [`CardSource::IdCard`] reads.
+    pub document: Option<Document>,
 }
 
 /// Everything a reader can tell the host.
@@ -141,6 +149,12 @@ pub enum CardError {
     /// A text line was longer than the limit and dropped.
     #[error("line of {0} bytes exceeds the limit, dropped")]
     Oversized(usize),
+    /// An identity card's text block is refused.
+    #[error("identity card: {0}")]
+    IdCard(IdError),
+    /// An identity-card module's reply where a card reader's item belongs.
+    #[error("identity-card module reply outside the idcard mode")]
+    IdReply,
 }
 
 impl From<RecordError> for CardError {
@@ -181,6 +195,34 @@ pub fn from_record(
         issued: Some(r.issued),
         expires: Some(r.expires),
         seq,
+        document: None,
+    })
+}
+
+/// Builds a [`CardRead`] from an identity card's 256-byte text block.
+pub fn from_id_text(text: &[u8], today: Date) -> Result<CardRead, CardError> {
+    let block: &[u8; TEXT_LEN] = text
+        .try_into()
+        .map_err(|_| CardError::Payload("identity card text"))?;
+    let t = IdText::parse(block, today).map_err(CardError::IdCard)?;
+    let name = t.name.map(|f| {
+        f.chars()
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect::<String>()
+            .trim()
+            .to_string()
+    });
+    Ok(CardRead {
+        source: CardSource::IdCard,
+        ssn: Some(t.ssn),
+        card_no: None,
+        pan: None,
+        name,
+        region: None,
+        issued: None,
+        expires: None,
+        seq: None,
+        document: Some(t.document),
     })
 }
 
@@ -200,6 +242,7 @@ pub fn from_swipe(line: &[u8], today: Date, seq: Option<u8>) -> Result<CardRead,
         issued: None,
         expires,
         seq,
+        document: None,
     })
 }
 
@@ -216,6 +259,8 @@ pub fn decode(item: &ReaderItem, enc: TextEncoding, today: Date) -> Result<Reade
         },
         ReaderItem::Swipe(line) => from_swipe(line, today, None).map(ReaderEvent::Card),
         ReaderItem::Oversized(n) => Err(CardError::Oversized(*n)),
+        ReaderItem::IdRead(text) => from_id_text(text, today).map(ReaderEvent::Card),
+        ReaderItem::IdReply { .. } | ReaderItem::IdCorrupt(_) => Err(CardError::IdReply),
         ReaderItem::Frame { seq, cmd, payload } => match Cmd::from_u8(*cmd) {
             Some(Cmd::CardIc) => {
                 from_record(payload, enc, today, Some(*seq)).map(ReaderEvent::Card)

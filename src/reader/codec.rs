@@ -1,8 +1,10 @@
 //! tokio-util codecs between a serial port's bytes and reader items.
 //!
-//! [`ReaderCodec`] decodes in one of three [`Mode`]s: protocol v1 frames
-//! (using [`firmware_protocol::frame::scan`]), `ssse-text` record lines or
-//! `magstripe` swipe lines. It never returns an error for bad input: noise
+//! [`ReaderCodec`] decodes in one of four [`Mode`]s: protocol v1 frames
+//! (using [`firmware_protocol::frame::scan`]), `ssse-text` record lines,
+//! `magstripe` swipe lines or the replies of an identity-card SAM module
+//! (`idcard`, [`firmware_protocol::idcard::scan`]; a read reply's photo is
+//! dropped here, unseen, and only its text block goes on). It never returns an error for bad input: noise
 //! is counted and dropped, over-long lines are reported as
 //! [`ReaderItem::Oversized`] and skipped up to the next line end, so a
 //! `FramedRead` over it keeps going whatever the reader sends. Memory is
@@ -12,6 +14,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use firmware_protocol::frame::{self, Scan, MAX_FRAME};
+use firmware_protocol::idcard;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Longest text line accepted in `ssse-text` and `magstripe` modes.
@@ -27,6 +30,8 @@ pub enum Mode {
     SsseText,
     /// ISO 7811 track lines, one swipe per CR LF line.
     Magstripe,
+    /// An identity-card SAM module (GA/T 467), polled by the host.
+    Idcard,
 }
 
 impl std::fmt::Display for Mode {
@@ -35,6 +40,7 @@ impl std::fmt::Display for Mode {
             Mode::Frame => "frame",
             Mode::SsseText => "ssse-text",
             Mode::Magstripe => "magstripe",
+            Mode::Idcard => "idcard",
         })
     }
 }
@@ -46,8 +52,9 @@ impl std::str::FromStr for Mode {
             "frame" => Ok(Mode::Frame),
             "ssse-text" => Ok(Mode::SsseText),
             "magstripe" => Ok(Mode::Magstripe),
+            "idcard" => Ok(Mode::Idcard),
             other => Err(format!(
-                "unknown reader mode '{other}' (expected frame, ssse-text or magstripe)"
+                "unknown reader mode '{other}' (expected frame, ssse-text, magstripe or idcard)"
             )),
         }
     }
@@ -71,6 +78,19 @@ pub enum ReaderItem {
     Swipe(Bytes),
     /// A text line longer than [`MAX_LINE`] was dropped.
     Oversized(usize),
+    /// An identity-card module's reply other than a successful read.
+    IdReply {
+        /// SW3.
+        sw3: u8,
+        /// The data after SW3.
+        data: Bytes,
+    },
+    /// A successful read reply (SW3 `90`, both lengths right): its 256-byte
+    /// text block. The photo was dropped unseen.
+    IdRead(Bytes),
+    /// An identity-card module's reply that failed its length or checksum
+    /// check, or a `90` read-shaped reply whose lengths are wrong.
+    IdCorrupt(idcard::Corruption),
 }
 
 /// The decoder/encoder for one reader port.
@@ -122,6 +142,60 @@ impl ReaderCodec {
                 src.advance(discard);
                 if src.capacity() < MAX_FRAME {
                     src.reserve(MAX_FRAME - src.len());
+                }
+                None
+            }
+        }
+    }
+
+    fn decode_idcard(&mut self, src: &mut BytesMut) -> Option<ReaderItem> {
+        match idcard::scan(src) {
+            idcard::Scan::Reply {
+                reply,
+                skipped,
+                consumed,
+            } => {
+                self.noise += skipped as u64;
+                let sw3 = reply.sw3;
+                let data_start = consumed - 1 - reply.data.len();
+                let data_len = reply.data.len();
+                let item = if sw3 == 0x90 && data_len == idcard::READ_DATA_LEN {
+                    match idcard::ReadReply::parse(reply.data) {
+                        Ok(_) => {
+                            let mut whole = src.split_to(consumed);
+                            // The photo's bytes are wiped before the rest
+                            // is handed on: nothing keeps them.
+                            whole[data_start + 4 + idcard::TEXT_LEN..].fill(0);
+                            // Lengths (4 bytes), then the text block; the
+                            // photo after it is dropped with `whole`.
+                            whole.advance(data_start + 4);
+                            whole.truncate(idcard::TEXT_LEN);
+                            return Some(ReaderItem::IdRead(whole.freeze()));
+                        }
+                        Err(why) => ReaderItem::IdCorrupt(why),
+                    }
+                } else {
+                    let mut whole = src.split_to(consumed);
+                    whole.advance(data_start);
+                    whole.truncate(data_len);
+                    return Some(ReaderItem::IdReply {
+                        sw3,
+                        data: whole.freeze(),
+                    });
+                };
+                src.advance(consumed);
+                Some(item)
+            }
+            idcard::Scan::Corrupt { why, consumed } => {
+                self.noise += consumed as u64;
+                src.advance(consumed);
+                Some(ReaderItem::IdCorrupt(why))
+            }
+            idcard::Scan::NeedMore { discard } => {
+                self.noise += discard as u64;
+                src.advance(discard);
+                if src.capacity() < idcard::MAX_REPLY {
+                    src.reserve(idcard::MAX_REPLY - src.len());
                 }
                 None
             }
@@ -187,6 +261,7 @@ impl Decoder for ReaderCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ReaderItem>, std::io::Error> {
         Ok(match self.mode {
             Mode::Frame => self.decode_frame(src),
+            Mode::Idcard => self.decode_idcard(src),
             Mode::SsseText | Mode::Magstripe => self.decode_line(src),
         })
     }
@@ -248,6 +323,15 @@ impl Encoder<HostFrame> for ReaderCodec {
     }
 }
 
+impl Encoder<idcard::Command> for ReaderCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: idcard::Command, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        dst.extend_from_slice(&item.encode());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +379,39 @@ mod tests {
             assert_eq!(items[0], ReaderItem::Swipe(Bytes::from_static(b"abc|def")));
             assert_eq!(items[1], ReaderItem::Oversized(5002));
             assert_eq!(items[2], ReaderItem::Swipe(Bytes::from_static(b";123=4?")));
+        }
+    }
+
+    #[test]
+    fn idcard_replies_the_photo_dropped() {
+        let mut data = vec![0x01, 0x00, 0x04, 0x00];
+        data.extend(std::iter::repeat_n(0x20, 256));
+        data.extend(std::iter::repeat_n(0x77, 1024));
+        let mut wire = b"\xAA\xAA".to_vec();
+        wire.extend(idcard::encode_reply_vec([0, 0, 0x9F], &[0, 0, 0, 0]).unwrap());
+        wire.extend(idcard::encode_reply_vec([0, 0, 0x90], &data).unwrap());
+        let mut bad = idcard::encode_reply_vec([0, 0, 0x80], &[]).unwrap();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xFF;
+        wire.extend(bad);
+        for chunk in [1, 7, 2000] {
+            let mut c = ReaderCodec::new(Mode::Idcard);
+            let items = all(&mut c, &wire, chunk);
+            assert_eq!(items.len(), 3, "chunk {chunk}: {items:?}");
+            assert!(
+                matches!(&items[0], ReaderItem::IdReply { sw3: 0x9F, data } if data.len() == 4)
+            );
+            match &items[1] {
+                ReaderItem::IdRead(text) => {
+                    assert_eq!(text.len(), 256);
+                    assert!(!text.contains(&0x77));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                items[2],
+                ReaderItem::IdCorrupt(idcard::Corruption::Checksum)
+            );
         }
     }
 

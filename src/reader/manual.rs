@@ -15,6 +15,12 @@ pub enum ManualError {
     /// A 15-digit legacy number that is not valid.
     #[error("invalid 15-digit number: {0}")]
     Legacy(firmware_protocol::SsnError),
+    /// The 15-character number of a 2017 foreign permanent-residence card
+    /// (three letters, twelve digits): not a social-security number. Social
+    /// insurance gives such holders a number of its own (人社部令第16号,
+    /// art. 10, 外国人社会保障号码编制规则), printed on their card.
+    #[error("2017 版外国人永久居留身份证号码不是社会保障号码，请输入社会保障卡上的号码 / the number of a 2017 foreign permanent-residence card is not a social-security number; enter the number on the holder's social-security card")]
+    ForeignPermanent2017,
     /// A bank card number failing the Luhn check.
     #[error("bank card number fails the Luhn check")]
     Luhn,
@@ -36,10 +42,16 @@ pub fn manual_read(number: &str) -> Result<CardRead, ManualError> {
         issued: None,
         expires: None,
         seq: None,
+        document: None,
     };
     let digits = n.bytes().all(|b| b.is_ascii_digit());
     match n.len() {
         18 => read.ssn = Some(Ssn::parse(n).map_err(ManualError::Ssn)?),
+        15 if n.bytes().take(3).all(|b| b.is_ascii_alphabetic())
+            && n.bytes().skip(3).all(|b| b.is_ascii_digit()) =>
+        {
+            return Err(ManualError::ForeignPermanent2017)
+        }
         15 if digits => read.ssn = Some(Ssn::from_legacy15(n).map_err(ManualError::Legacy)?),
         9 if n
             .bytes()
@@ -74,6 +86,12 @@ mod tests {
             Err(ManualError::Ssn(_))
         ));
         assert_eq!(manual_read("12"), Err(ManualError::Shape));
+        assert_eq!(
+            manual_read("USA110080101001"),
+            Err(ManualError::ForeignPermanent2017)
+        );
+        // The 2023 card's number is an identity number like a citizen's.
+        assert!(manual_read("911840198001010013").unwrap().ssn.is_some());
         assert_eq!(manual_read("4111111111111112"), Err(ManualError::Luhn));
         assert!(manual_read("4111111111111111").unwrap().pan.is_some());
     }

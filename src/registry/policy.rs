@@ -121,6 +121,54 @@ impl Scope {
     }
 }
 
+/// What a person identified by an identity document (居民身份证, 居住证,
+/// 永居证, read by an identity-card module) may do (`[policy] id_card`).
+///
+/// The default, `window`, follows the national rules' principle that the
+/// card is not shared ("钱共用、卡不共用", 国办发〔2021〕14号 and
+/// 国办发〔2024〕38号): binding a family member is the insured person's own
+/// act, shown with their own social-security card (or 医保电子凭证). At a
+/// window a clerk checks the identity document in person and may bind a
+/// party identified by it (the 经办 channel, where an ID card is the usual
+/// credential); an unattended kiosk cannot check who holds an identity card,
+/// so a kiosk bind still needs both parties' social-security cards. Every
+/// identity-card read resolves and shows the person (and their payment
+/// records) like a social-security card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdCardUse {
+    /// Identify only: a bind never takes an identity-card read.
+    Identify,
+    /// A window may bind a party identified by an identity card; a kiosk
+    /// may not (the default).
+    #[default]
+    Window,
+    /// A kiosk too (where a province's kiosks check the holder otherwise,
+    /// e.g. by face comparison).
+    Anywhere,
+}
+
+impl IdCardUse {
+    /// As in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdCardUse::Identify => "identify",
+            IdCardUse::Window => "window",
+            IdCardUse::Anywhere => "anywhere",
+        }
+    }
+
+    /// Whether a bind or unbind at `kiosk` (true) or a window may take a
+    /// party identified by an identity card.
+    pub fn may_link(self, kiosk: bool) -> bool {
+        match self {
+            IdCardUse::Identify => false,
+            IdCardUse::Window => !kiosk,
+            IdCardUse::Anywhere => true,
+        }
+    }
+}
+
 /// Configurable parts of the binding rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindPolicy {

@@ -962,6 +962,7 @@ pub fn sim_card(i: u64, name: &str) -> SimCard {
         name: name.into(),
         issued: "20100101".into(),
         expires: compact(days_from_today(Exp::Valid.days())),
+        document: None,
     }
 }
 

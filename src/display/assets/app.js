@@ -38,6 +38,12 @@ const OUTCOMES = {
   frozen: ["已冻结", "frozen"], cancelled: ["已注销", "cancelled"], expired: ["已过期", "expired"],
   mismatch: ["卡信息不一致", "card data do not match"], no_card: ["无卡", "no card"],
 };
+// The identity document an idcard reader read (CARD `document`).
+const DOCUMENTS = {
+  resident_id: ["身份证", "identity card"], hmt_residence_permit: ["居住证", "residence permit"],
+  foreign_permanent: ["永居证", "permanent residence card"],
+};
+const docLabel = (c) => (DOCUMENTS[c.document] ? T(...DOCUMENTS[c.document]) : "");
 
 // Every refusal code as a plain sentence, Chinese with the English beside it.
 const SENTENCES = {
@@ -59,6 +65,8 @@ const SENTENCES = {
   manual_entry_not_allowed: ["自助机不支持手工输入，请刷卡。", "Manual entry is not available at a kiosk; please swipe the card."],
   unknown_swipe: ["刷卡记录已失效，请重新刷卡。", "That swipe has expired; please swipe again."],
   card_not_usable: ["该卡不能使用。", "This card cannot be used."],
+  id_card_not_allowed: ["自助机绑定请刷社保卡。", "At a kiosk, binding needs the social-security card."],
+  id_card_error: ["证件读取失败，请重新放置。", "The identity card could not be read; please place it again."],
   bad_number: ["号码有误，请核对。", "The number is not valid; please check it."],
   database_busy: ["系统繁忙，请稍后再试。", "The system is busy; please try again shortly."],
   registry: ["系统暂时无法查询，请联系工作人员。", "The registry cannot be reached; please ask staff."],
@@ -137,6 +145,7 @@ function result(c) {
   const members = (c.members || []).map((m) => `<tr><td>${esc(m.name)}</td><td>${esc(m.ssn)}</td><td>${rel(m.relation)}</td></tr>`).join("");
   show("result", `
     <div class="panel"><div class="row">
+      ${c.document ? `<div class="field"><div class="k">${T("证件", "Document")}</div><div class="v" id="document">${docLabel(c)}</div></div>` : ""}
       <div class="field"><div class="k">${T("姓名", "Name")}</div><div class="v">${esc(c.name)}</div></div>
       <div class="field"><div class="k">${T("社会保障号码", "Social security number")}</div><div class="v">${esc(c.ssn)}</div></div>
       <div class="field"><div class="k">${T("卡状态", "Card status")}</div><div class="v ${ok ? "ok" : "bad"}">${esc(T(...(OUTCOMES[c.outcome] || [c.outcome, c.outcome])))}</div></div>
@@ -232,12 +241,12 @@ async function records(c) {
 
 // ---- window (clerk) screen ----------------------------------------------
 function swipeItems() {
-  return S.swipes.map((c) => `<li>#${c.swipe} ${esc(c.reader)} · ${esc(c.name)} ${esc(c.ssn)} · <b>${esc(T(...(OUTCOMES[c.outcome] || [c.outcome, c.outcome])))}</b>${c.outcome === "ok" ? ` · ${T("支付", "paid by")} ${payerText(c)} ${yuan(c.balance_fen)}` : ""}</li>`).join("")
+  return S.swipes.map((c) => `<li>#${c.swipe} ${esc(c.reader)}${c.document ? " · " + docLabel(c) : ""} · ${esc(c.name)} ${esc(c.ssn)} · <b>${esc(T(...(OUTCOMES[c.outcome] || [c.outcome, c.outcome])))}</b>${c.outcome === "ok" ? ` · ${T("支付", "paid by")} ${payerText(c)} ${yuan(c.balance_fen)}` : ""}</li>`).join("")
     || `<li>${T("暂无", "none yet")}</li>`;
 }
 
 function readerItems() {
-  return Object.values(S.readers).map((r) => `<li>${esc(r.reader)}: ${r.state === "connected" ? T("已连接", "connected") : T("未连接", "disconnected")}${r.error ? " · " + esc(r.error) : ""}</li>`).join("")
+  return Object.values(S.readers).map((r) => `<li>${esc(r.reader)}: ${r.state === "connected" ? T("已连接", "connected") : r.state === "error" ? T("故障", "fault") : T("未连接", "disconnected")}${r.error ? " · " + esc(r.error) : ""}</li>`).join("")
     || `<li>${T("无", "none")}</li>`;
 }
 
@@ -306,6 +315,7 @@ function handle(m) {
       break;
     case "READER":
       S.readers[m.reader] = m;
+      if (S.role === "kiosk" && m.state === "error") toast(T("读卡器故障，请联系工作人员。", "The card reader is out of order; please ask staff."));
       if (S.screen === "window") refreshWindowLists();
       break;
     case "CARD":
