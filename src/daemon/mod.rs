@@ -16,6 +16,7 @@
 //! counters and the recent-swipe table used for kiosk binding.
 
 pub mod capture;
+pub mod library;
 pub mod serial;
 pub mod server;
 pub mod worker;
@@ -109,7 +110,7 @@ pub struct ReaderState {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected` / `disconnected`.
+    /// `connected` / `disconnected` / `error` (a library reader's helper ended).
     pub state: &'static str,
     /// Valid frames or lines received.
     pub items: u64,
@@ -125,6 +126,10 @@ pub struct ReaderState {
     pub firmware: Option<String>,
     /// The last open or read error.
     pub last_error: Option<String>,
+    /// A library reader: times its helper process was started again.
+    pub restarts: Option<u64>,
+    /// A library reader: the last return code of `iReadCardBas`.
+    pub last_code: Option<i64>,
 }
 
 /// Settings that a configuration update may change.
@@ -459,6 +464,8 @@ impl Ctx {
                 noise_bytes: r.noise_bytes,
                 firmware: r.firmware.clone(),
                 last_error: r.last_error.clone(),
+                restarts: r.restarts,
+                last_code: r.last_code,
             })
             .collect();
         protocol::Status {

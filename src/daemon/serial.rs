@@ -56,6 +56,13 @@ pub type Port = Box<dyn PortIo>;
 pub trait OpenPort: Send + Sync + 'static {
     /// Opens the port of `cfg`, with stale input discarded.
     fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port>;
+
+    /// For a `mode = "library"` reader: `None` to run the vendor library
+    /// in a helper process (production), or a port whose lines stand for
+    /// the library's answers (in-memory tests, `replay --check`).
+    fn library_port(&self, _cfg: &ReaderConfig) -> Option<std::io::Result<Port>> {
+        None
+    }
 }
 
 /// Real serial ports (tokio-serial).
@@ -132,24 +139,29 @@ impl Readers {
                 continue;
             }
             let token = shutdown.child_token();
-            ctx.add_reader(
-                &cfg.name,
-                cfg.path.display().to_string(),
-                cfg.mode.to_string(),
-            );
+            ctx.add_reader(&cfg.name, cfg.shown_path(), cfg.mode.to_string());
             let capture =
                 super::capture::Capture::new(cfg, &self.capture_dir, self.capture_max_mib);
             ctx.captures
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(cfg.name.clone(), capture.clone());
-            let task = tokio::spawn(run(
-                cfg.clone(),
-                ctx.clone(),
-                self.ports.clone(),
-                capture,
-                token.clone(),
-            ));
+            let task = match cfg.mode {
+                Mode::Library => tokio::spawn(super::library::run(
+                    cfg.clone(),
+                    ctx.clone(),
+                    self.ports.clone(),
+                    capture,
+                    token.clone(),
+                )),
+                _ => tokio::spawn(run(
+                    cfg.clone(),
+                    ctx.clone(),
+                    self.ports.clone(),
+                    capture,
+                    token.clone(),
+                )),
+            };
             self.running
                 .insert(cfg.name.clone(), (cfg.clone(), token, task));
         }
@@ -166,7 +178,7 @@ impl Readers {
 
 /// Sets a reader's state and cause; publishes `READER` and logs when
 /// either changed.
-fn set_state(
+pub(super) fn set_state(
     ctx: &Ctx,
     cfg: &ReaderConfig,
     stop: &CancellationToken,
@@ -187,7 +199,7 @@ fn set_state(
                 ctx.publish(Event::Reader {
                     name: cfg.name.clone(),
                     state,
-                    path: cfg.path.display().to_string(),
+                    path: cfg.shown_path(),
                     error: error.clone(),
                 });
             }
@@ -262,7 +274,7 @@ pub async fn run(
 
 /// The resolver beside a reader: resolves and audits reads in order and
 /// answers each with the FEEDBACK the reader should show.
-async fn resolve_reads(
+pub(super) async fn resolve_reads(
     name: String,
     ctx: Arc<Ctx>,
     stop: CancellationToken,
@@ -368,54 +380,17 @@ async fn serve(
                 continue;
             }
         }
-        let now_feedback = match card::decode(&item, cfg.encoding, Date::today_cst()) {
-            Ok(ReaderEvent::Card(read)) => {
-                // A full queue is back-pressure: stop reading (so stop
-                // ACKing) until the resolver catches up. The reader resends
-                // what is not ACKed and the deduper drops the copies.
-                if reads.capacity() == 0 {
-                    tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return "stopped".into(),
-                    sent = reads.send(read) => if sent.is_err() {
-                        return "resolver stopped".into();
-                    },
-                }
-                None
-            }
-            Ok(ReaderEvent::Removed) => {
-                ctx.publish(Event::Removed {
-                    reader: cfg.name.clone(),
-                });
-                None
-            }
-            Ok(ReaderEvent::Status(text)) => {
-                // Free text from the reader: shown masked, like all else.
-                let text = crate::mask::free_text(&text);
-                tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
-                ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-                None
-            }
-            Ok(ReaderEvent::ReadError { code, text }) => {
-                ctx.publish_reader_error(&cfg.name, code, &text);
-                None
-            }
-            Err(e @ card::CardError::NotAuthenticated) => {
-                // Not a bad card: the reader is missing its PSAM key.
-                tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
-                ctx.publish_error(
-                    ErrorCode::CardNotAuthenticated,
-                    format!("{}: {e}", cfg.name),
-                );
-                Some(Feedback::Attention)
-            }
-            Err(e) => {
-                ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
-                tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
-                ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
-                Some(Feedback::Rejected)
-            }
+        let now_feedback = match deliver(
+            cfg,
+            ctx,
+            stop,
+            reads,
+            card::decode(&item, cfg.encoding, Date::today_cst()),
+        )
+        .await
+        {
+            Ok(fb) => fb,
+            Err(why) => return why,
         };
         if let (Some(fb), Mode::Frame) = (now_feedback, cfg.mode) {
             host_seq = host_seq.wrapping_add(1);
@@ -424,4 +399,67 @@ async fn serve(
             }
         }
     }
+}
+
+/// Hands one decoded reader item on: a card read to the resolver (waiting
+/// for room in its queue: back-pressure), a removal, firmware text or a
+/// read error to the displays. Returns the FEEDBACK to show at once, or
+/// why the reader must stop (cancelled, resolver gone).
+pub(super) async fn deliver(
+    cfg: &ReaderConfig,
+    ctx: &Ctx,
+    stop: &CancellationToken,
+    reads: &mpsc::Sender<CardRead>,
+    decoded: Result<ReaderEvent, card::CardError>,
+) -> Result<Option<Feedback>, String> {
+let fb = match decoded {
+        Ok(ReaderEvent::Card(read)) => {
+            // A full queue is back-pressure: stop reading (so stop
+            // ACKing) until the resolver catches up. The reader resends
+            // what is not ACKed and the deduper drops the copies.
+            if reads.capacity() == 0 {
+                tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Err("stopped".into()),
+                sent = reads.send(read) => if sent.is_err() {
+                    return Err("resolver stopped".into());
+                },
+            }
+            None
+        }
+        Ok(ReaderEvent::Removed) => {
+            ctx.publish(Event::Removed {
+                reader: cfg.name.clone(),
+            });
+            None
+        }
+        Ok(ReaderEvent::Status(text)) => {
+            // Free text from the reader: shown masked, like all else.
+            let text = crate::mask::free_text(&text);
+            tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
+            ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
+            None
+        }
+        Ok(ReaderEvent::ReadError { code, text }) => {
+            ctx.publish_reader_error(&cfg.name, code, &text);
+            None
+        }
+        Err(e @ card::CardError::NotAuthenticated) => {
+            // Not a bad card: the reader is missing its PSAM key.
+            tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
+            ctx.publish_error(
+                ErrorCode::CardNotAuthenticated,
+                format!("{}: {e}", cfg.name),
+            );
+            Some(Feedback::Attention)
+        }
+        Err(e) => {
+            ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
+            tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
+            ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
+            Some(Feedback::Rejected)
+        }
+    };
+    Ok(fb)
 }

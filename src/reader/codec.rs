@@ -27,6 +27,10 @@ pub enum Mode {
     SsseText,
     /// ISO 7811 track lines, one swipe per CR LF line.
     Magstripe,
+    /// The MOHRSS standard interface library (`iReadCardBas`), called in a
+    /// helper process (`daemon::library`). Its answers travel, and are
+    /// captured, as `ssse-text` lines: the record, or the return code.
+    Library,
 }
 
 impl std::fmt::Display for Mode {
@@ -35,6 +39,7 @@ impl std::fmt::Display for Mode {
             Mode::Frame => "frame",
             Mode::SsseText => "ssse-text",
             Mode::Magstripe => "magstripe",
+            Mode::Library => "library",
         })
     }
 }
@@ -46,8 +51,9 @@ impl std::str::FromStr for Mode {
             "frame" => Ok(Mode::Frame),
             "ssse-text" => Ok(Mode::SsseText),
             "magstripe" => Ok(Mode::Magstripe),
+            "library" => Ok(Mode::Library),
             other => Err(format!(
-                "unknown reader mode '{other}' (expected frame, ssse-text or magstripe)"
+                "unknown reader mode '{other}' (expected frame, ssse-text, magstripe or library)"
             )),
         }
     }
@@ -187,7 +193,7 @@ impl Decoder for ReaderCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ReaderItem>, std::io::Error> {
         Ok(match self.mode {
             Mode::Frame => self.decode_frame(src),
-            Mode::SsseText | Mode::Magstripe => self.decode_line(src),
+            Mode::SsseText | Mode::Magstripe | Mode::Library => self.decode_line(src),
         })
     }
 
