@@ -203,8 +203,8 @@ pub fn status_text(s: &Status) -> String {
             out += &format!("  helper restarts: {n}\n");
         }
         if let Some(c) = r.last_code {
-            let m = i32::try_from(c).map(firmware_protocol::retcode::meaning);
-            match m {
+            match i32::try_from(c).map(firmware_protocol::retcode::meaning) {
+                _ if c == 0 => out += "  last return code: 0 (a card was read)\n",
                 Ok(m) => out += &format!("  last return code: {c} ({} / {})\n", m.zh, m.en),
                 Err(_) => out += &format!("  last return code: {c}\n"),
             }

@@ -17,9 +17,10 @@
 //! exit CODE        exit the whole process
 //! ```
 //!
-//! The number of calls made so far is kept in `SCRIPT.pos`, so a helper
-//! started again after a crash goes on with the next step. After the last
-//! step every call returns -2 (no card). Each call also appends a line
+//! The number of steps taken so far is kept in `SCRIPT.pos`, so a helper
+//! started again after a crash goes on with the next step. Past the last
+//! step every call returns -2 (no card) and takes no step, so steps
+//! appended later run next. Each call also appends a line
 //! `iReadCardBas(ITYPE) step N` to `standin.log` in the working directory
 //! (never the record itself).
 
@@ -93,9 +94,11 @@ pub unsafe extern "C" fn iReadCardBas(itype: c_int, out: *mut c_char) -> c_long 
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let steps = steps(&std::fs::read_to_string(&script).unwrap_or_default());
-    // Counted before the step runs: a crash or a hang is not repeated by
-    // the next helper.
-    let _ = std::fs::write(&pos_file, (pos + 1).to_string());
+    if pos < steps.len() {
+        // Counted before the step runs: a crash or a hang is not repeated
+        // by the next helper.
+        let _ = std::fs::write(&pos_file, (pos + 1).to_string());
+    }
     if let Ok(mut log) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

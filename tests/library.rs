@@ -1,0 +1,365 @@
+//! Readers through the standard interface library (`mode = "library"`),
+//! end to end: the real `cardlinkd` starts the real `cardlink-libhelper`,
+//! which `dlopen`s the stand-in library (`standin-reader/`, a cdylib that
+//! answers `iReadCardBas` from a script). Nothing here needs hardware.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{demo_ssn_full, sim_card, Client, Process, HOLDER, SPOUSE};
+use serde_json::Value;
+
+/// The stand-in library, built once per test binary (it is a workspace
+/// member, not a dependency, so that it never reaches the package).
+fn standin() -> PathBuf {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/library-… → target/<profile>
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "cardlink-standin"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "cannot build the stand-in library");
+        let so = profile_dir.join("libcardlink_standin.so");
+        assert!(so.is_file(), "{} missing", so.display());
+        so
+    })
+    .clone()
+}
+
+/// A GBK record of fixture person `i`, as hex for the script.
+fn record_hex(i: u64, name: &str) -> String {
+    let record = sim_card(i, name).record();
+    let (gbk, _, _) = encoding_rs::GBK.encode(&record);
+    hex::encode(&gbk)
+}
+
+/// A running daemon with one library reader `lib1` (and the frame reader
+/// `window1` on a pty) and the script its stand-in plays.
+struct Lib {
+    p: Process,
+    ptys: Vec<cardlink::sim::PtyMaster>,
+    script: PathBuf,
+    workdir: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl Lib {
+    /// `reader_extra`: more settings of the library reader.
+    fn start(reader_extra: &str, daemon_extra: &str) -> Lib {
+        let so = standin();
+        let scratch = tempfile::tempdir().unwrap();
+        let script = scratch.path().join("script.txt");
+        std::fs::write(&script, "# filled in by the test\n").unwrap();
+        let workdir = scratch.path().join("vendor");
+        std::fs::create_dir_all(&workdir).unwrap();
+        let extra = format!(
+            "{daemon_extra}\n[[reader]]\nname = \"lib1\"\nmode = \"library\"\nlibrary = {so:?}\npoll_ms = 20\nworkdir = {workdir:?}\nenv = {{ CARDLINK_STANDIN_SCRIPT = {script:?} }}\n{reader_extra}\n"
+        );
+        let (p, ptys) = Process::start(&[("window1", "frame", "gbk")], &extra);
+        Lib {
+            p,
+            ptys,
+            script,
+            workdir,
+            _scratch: scratch,
+        }
+    }
+
+    /// Appends steps to the stand-in's script.
+    fn play(&self, steps: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.script)
+            .unwrap();
+        f.write_all(steps.as_bytes()).unwrap();
+    }
+
+    /// Stops the daemon; its whole log, checked for full SSNs.
+    fn stop(self) -> String {
+        let (_, log) = self.p.stop();
+        for i in [HOLDER, SPOUSE] {
+            assert!(
+                !log.contains(&demo_ssn_full(i)),
+                "a full SSN in the daemon's log:\n{log}"
+            );
+        }
+        log
+    }
+}
+
+/// Reads events until `lib1` is in `state` (its hello line counts);
+/// returns that `READER` line.
+async fn until_state(c: &mut Client, state: &str) -> Value {
+    loop {
+        let v = c.next().await;
+        if v["class"] == "READER" && v["reader"] == "lib1" && v["state"] == state {
+            return v;
+        }
+    }
+}
+
+/// Events of `lib1` (CARD, ERROR, REMOVED) until `last` says it is the end.
+async fn events_until(c: &mut Client, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let v = c.next().await;
+        let ours = v["reader"] == "lib1"
+            || (v["class"] == "ERROR"
+                && v["message"].as_str().is_some_and(|m| m.starts_with("lib1:")));
+        if !ours || v["class"] == "READER" {
+            continue;
+        }
+        let done = last(&v);
+        seen.push(v);
+        if done {
+            return seen;
+        }
+    }
+}
+
+async fn lib_status(c: &mut Client) -> Value {
+    let r = c.request(serde_json::json!({"cmd": "status"})).await;
+    r["result"]["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "lib1")
+        .cloned()
+        .unwrap()
+}
+
+fn cards_of(events: &[Value], i: u64) -> usize {
+    let masked = {
+        let s = demo_ssn_full(i);
+        format!("{}********{}", &s[..6], &s[14..])
+    };
+    events
+        .iter()
+        .filter(|e| e["class"] == "CARD" && (e["ssn"] == demo_ssn_full(i) || e["ssn"] == masked))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_card_per_insertion_of_a_members_card() {
+    let lib = Lib::start("", "");
+    let mut c = lib.p.client().await;
+    until_state(&mut c, "connected").await;
+    let spouse = record_hex(SPOUSE, "李娜");
+    let holder = record_hex(HOLDER, "张伟");
+    // The card stays for five polls, is taken out, inserted again for
+    // five polls, taken out; then the holder's card ends the scene.
+    lib.play(&format!(
+        "rec {spouse} *5\nrc -2 *3\nrec {spouse} *5\nrc -2\nrec {holder} *2\n"
+    ));
+    let events = events_until(&mut c, |v| {
+        v["class"] == "CARD" && cards_of(std::slice::from_ref(v), HOLDER) == 1
+    })
+    .await;
+    assert_eq!(cards_of(&events, SPOUSE), 2, "{events:#?}");
+    let member = events
+        .iter()
+        .find(|e| e["class"] == "CARD" && cards_of(std::slice::from_ref(e), SPOUSE) == 1)
+        .unwrap();
+    assert_eq!(member["outcome"], "ok", "{member}");
+    assert_eq!(member["role"], "member", "{member}");
+    assert_eq!(member["relation"], "spouse", "{member}");
+    assert_eq!(member["source"], "ic", "{member}");
+    assert_eq!(member["name"].as_str().map(|n| n.starts_with('李')), Some(true));
+    assert_eq!(
+        events.iter().filter(|e| e["class"] == "REMOVED").count(),
+        2,
+        "each removal once: {events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["class"] == "ERROR"),
+        "-2 is idle, not an error: {events:#?}"
+    );
+    let s = lib_status(&mut c).await;
+    assert_eq!(s["mode"], "library");
+    assert_eq!(s["state"], "connected");
+    assert_eq!(s["cards"], 3, "{s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    assert_eq!(s["path"], standin().display().to_string());
+    // The default card type is 3 (automatic, contact first), and the
+    // library ran in the configured working directory.
+    let calls = std::fs::read_to_string(lib.workdir.join("standin.log")).unwrap();
+    assert!(calls.lines().all(|l| l.starts_with("iReadCardBas(3)")), "{calls}");
+    lib.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_codes_reach_the_screens_with_their_meanings() {
+    let lib = Lib::start("card_type = \"contactless\"", "");
+    let mut c = lib.p.client().await;
+    until_state(&mut c, "connected").await;
+    // -2201 on every poll while the card stays is one error; an empty
+    // third-generation record is card_not_authenticated; -11 ends it.
+    let unauth = hex::encode(
+        "411600|||411600D15600000512345678ABCDEF01||3B6D000000815448|3.00|20211203|20311202|||",
+    );
+    lib.play(&format!(
+        "rc -2201 *4\nrc -2\nrc -27010\nrc -2\nrec {unauth} *3\nrc -2\nrc -11\n"
+    ));
+    let all = events_until(&mut c, |v| v["reader_code"] == -11).await;
+    // The unauthenticated card was in the reader, and was taken out.
+    assert_eq!(
+        all.iter().filter(|e| e["class"] == "REMOVED").count(),
+        1,
+        "{all:#?}"
+    );
+    let events: Vec<Value> = all.into_iter().filter(|e| e["class"] == "ERROR").collect();
+    let codes: Vec<&Value> = events.iter().map(|e| &e["reader_code"]).collect();
+    assert_eq!(
+        events.len(),
+        4,
+        "one event per answer that changed: {events:#?}"
+    );
+    assert_eq!(events[0]["code"], "reader_read_error");
+    assert_eq!(events[0]["reader_code"], -2201);
+    assert_eq!(events[0]["zh"], "未插 PSAM 卡");
+    assert_eq!(events[0]["en"], "no PSAM card in the reader");
+    assert_eq!(events[1]["reader_code"], -27010, "{codes:?}");
+    assert!(events[1]["zh"].as_str().unwrap().contains("安全状态不满足"));
+    assert_eq!(events[2]["code"], "card_not_authenticated", "{events:#?}");
+    assert_eq!(events[3]["en"], "reader connection error");
+    // After the script, "no card" again.
+    while lib_status(&mut c).await["last_code"] != -2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // cardlinkctl status shows the state, the restarts and the last code.
+    let out = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(["status", "--socket"])
+        .arg(&lib.p.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("reader lib1 ("), "{text}");
+    assert!(text.contains("library): connected"), "{text}");
+    assert!(text.contains("helper restarts: 0"), "{text}");
+    assert!(text.contains("last return code: -2 (无卡 / no card in the reader)"), "{text}");
+    // card_type = "contactless" is iType 2.
+    let calls = std::fs::read_to_string(lib.workdir.join("standin.log")).unwrap();
+    assert!(calls.lines().all(|l| l.starts_with("iReadCardBas(2)")), "{calls}");
+    lib.stop();
+}
+
+/// The children of `pid` named like the helper.
+fn helpers_of(pid: u32) -> Vec<u32> {
+    // Children are listed under the thread that started them.
+    let mut children = String::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        children += &std::fs::read_to_string(task.join("children")).unwrap_or_default();
+        children.push(' ');
+    }
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| n.trim().starts_with("cardlink-libhel"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segfault_in_the_library_leaves_the_daemon_serving() {
+    let mut lib = Lib::start("", "");
+    let mut c = lib.p.client().await;
+    until_state(&mut c, "connected").await;
+    let before = helpers_of(lib.p.child.id());
+    assert_eq!(before.len(), 1, "{before:?}");
+    lib.play("crash\n");
+    let err = until_state(&mut c, "error").await;
+    let cause = err["error"].as_str().unwrap();
+    assert!(cause.contains("signal 11 (SIGSEGV)"), "{err}");
+    // Everything else goes on: the socket answers, the frame reader reads.
+    let s = lib_status(&mut c).await;
+    assert_eq!(s["last_error"].as_str(), Some(cause));
+    use tokio::io::AsyncWriteExt;
+    lib.ptys[0]
+        .write_all(&common::card_frame(1, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let card = c.expect("CARD").await;
+    assert_eq!(card["reader"], "window1");
+    // The helper is started again and the reader reads again.
+    until_state(&mut c, "connected").await;
+    lib.play(&format!("rec {}\n", record_hex(SPOUSE, "李娜")));
+    let events = events_until(&mut c, |v| v["class"] == "CARD").await;
+    assert_eq!(cards_of(&events, SPOUSE), 1, "{events:#?}");
+    let s = lib_status(&mut c).await;
+    assert_eq!(s["restarts"], 1, "{s}");
+    let after = helpers_of(lib.p.child.id());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(before, after);
+    let log = lib.stop();
+    assert!(log.contains("library helper ended"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_call_is_cut_by_the_timeout() {
+    let lib = Lib::start("call_timeout_ms = 1000", "");
+    let mut c = lib.p.client().await;
+    until_state(&mut c, "connected").await;
+    let hung = helpers_of(lib.p.child.id());
+    lib.play(&format!("hang\nrec {}\n", record_hex(HOLDER, "张伟")));
+    let err = until_state(&mut c, "error").await;
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("iReadCardBas did not return within 1000 ms; helper killed"),
+        "{err}"
+    );
+    until_state(&mut c, "connected").await;
+    let events = events_until(&mut c, |v| v["class"] == "CARD").await;
+    assert_eq!(cards_of(&events, HOLDER), 1, "{events:#?}");
+    // The hung helper is gone (killed and reaped), one new one runs.
+    for pid in &hung {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|n| !n.starts_with("cardlink-libhel")),
+            "the hung helper {pid} still runs"
+        );
+    }
+    assert_eq!(helpers_of(lib.p.child.id()).len(), 1);
+    lib.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_that_does_not_load_is_an_error_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("libmissing.so");
+    let extra = format!(
+        "[[reader]]\nname = \"lib1\"\nmode = \"library\"\nlibrary = {missing:?}\n"
+    );
+    let (p, _ptys) = Process::start(&[], &extra);
+    let mut c = p.client().await;
+    let err = until_state(&mut c, "error").await;
+    let cause = err["error"].as_str().unwrap();
+    assert!(cause.contains("library: cannot load"), "{err}");
+    assert!(cause.contains("libmissing.so"), "{err}");
+    // It keeps trying, with backoff, counting restarts.
+    loop {
+        let s = lib_status(&mut c).await;
+        if s["restarts"].as_u64() >= Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.stop();
+}
