@@ -363,3 +363,131 @@ async fn a_library_that_does_not_load_is_an_error_with_its_cause() {
     }
     p.stop();
 }
+
+/// Runs cardlinkctl: (exit code, stdout and stderr).
+fn ctl(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_reader_is_captured_replayed_and_redacted() {
+    let captures = tempfile::tempdir().unwrap();
+    let lib = Lib::start(
+        "capture = true",
+        &format!("capture_dir = {:?}", captures.path()),
+    );
+    let mut c = lib.p.client().await;
+    until_state(&mut c, "connected").await;
+    let spouse = record_hex(SPOUSE, "李娜");
+    let holder = record_hex(HOLDER, "张伟");
+    lib.play(&format!(
+        "rec {spouse} *3\nrc -2\nrec {spouse} *3\nrc -2\nrc -2201 *2\nrc -2\nrec {holder}\n"
+    ));
+    events_until(&mut c, |v| {
+        v["class"] == "CARD" && cards_of(std::slice::from_ref(v), HOLDER) == 1
+    })
+    .await;
+    drop(c);
+    lib.stop();
+    let cap = captures.path().join("lib1.cap");
+    let file = cardlink::capture::CaptureFile::read(&cap).unwrap();
+    assert_eq!(file.header.mode, cardlink::reader::codec::Mode::Library);
+    // Each answer that changed, as the line a text-mode reader sends.
+    let answers: Vec<Vec<u8>> = file.chunks().map(|c| c.bytes.clone()).collect();
+    // (Whether the first poll came before the script's first step is a
+    // race: a leading "no card" is left out.)
+    let lines: Vec<String> = answers
+        .iter()
+        .skip_while(|b| b.starts_with(b"-2\r"))
+        .map(|b| match b.first() {
+            Some(b'-') => String::from_utf8_lossy(b).trim().to_string(),
+            _ => "record".into(),
+        })
+        .collect();
+    assert_eq!(
+        lines[..lines.len().min(7)],
+        ["record", "-2", "record", "-2", "-2201", "-2", "record"],
+        "{lines:?}\n{}",
+        std::fs::read_to_string(&cap).unwrap()
+    );
+    // Replayed on a registry that knows the persons: the same events.
+    let reg = tempfile::tempdir().unwrap();
+    let db = common::fixture_db(reg.path());
+    let (code, out) = ctl(&[
+        "replay".as_ref(),
+        "--check".as_ref(),
+        cap.as_os_str(),
+        "--regen".as_ref(),
+        "--database".as_ref(),
+        db.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let chk = std::fs::read_to_string(cap.with_extension("cap.chk")).unwrap();
+    let events: Vec<Value> = chk
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(cards_of(&events, SPOUSE), 2, "{chk}");
+    assert_eq!(cards_of(&events, HOLDER), 1, "{chk}");
+    assert_eq!(
+        events.iter().filter(|e| e["reader_code"] == -2201).count(),
+        1,
+        "{chk}"
+    );
+    let member = events.iter().find(|e| e["class"] == "CARD").unwrap();
+    assert_eq!(member["role"], "member", "{member}");
+    let (code, out) = ctl(&[
+        "replay".as_ref(),
+        "--check".as_ref(),
+        cap.as_os_str(),
+        "--database".as_ref(),
+        db.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("events match"), "{out}");
+    // Redacted: no original SSN, name or card number left, and it still
+    // replays to the same shape of events (synthetic persons: unknown).
+    let red = captures.path().join("lib1-redacted.cap");
+    let (code, out) = ctl(&[
+        "capture".as_ref(),
+        "redact".as_ref(),
+        cap.as_os_str(),
+        red.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let text = std::fs::read_to_string(&red).unwrap();
+    let redacted = cardlink::capture::CaptureFile::read(&red).unwrap();
+    let stream: Vec<u8> = redacted.chunks().flat_map(|c| c.bytes.clone()).collect();
+    for i in [HOLDER, SPOUSE] {
+        let ssn = demo_ssn_full(i);
+        assert!(!text.contains(&ssn) && !text.contains(&hex::encode(&ssn)));
+        assert!(!stream.windows(18).any(|w| w == ssn.as_bytes()), "{i}");
+        let card = common::card(i);
+        assert!(!stream.windows(9).any(|w| w == card.as_bytes()), "{i}");
+    }
+    let (gbk, _, _) = encoding_rs::GBK.encode("李娜");
+    assert!(!stream.windows(gbk.len()).any(|w| w == &gbk[..]));
+    let (code, out) = ctl(&[
+        "replay".as_ref(),
+        "--check".as_ref(),
+        red.as_os_str(),
+        "--regen".as_ref(),
+        "--database".as_ref(),
+        db.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let chk = std::fs::read_to_string(red.with_extension("cap.chk")).unwrap();
+    assert_eq!(chk.matches("\"class\":\"CARD\"").count(), 3, "{chk}");
+    assert_eq!(chk.matches("\"reader_code\":-2201").count(), 1, "{chk}");
+}

@@ -146,10 +146,7 @@ impl Poller<'_> {
     /// One answer of the library: counted, and passed on when it is new.
     /// `Err` when the reader must stop.
     async fn answer(&mut self, rc: i64, out: &[u8]) -> Result<(), String> {
-        if !self.answered {
-            self.answered = true;
-            set_state(self.ctx, self.cfg, self.stop, "connected", None);
-        }
+        self.answered = true;
         self.ctx.update_reader(&self.cfg.name, self.stop, |s| {
             s.items += 1;
             s.last_code = Some(rc);
@@ -182,6 +179,7 @@ impl Poller<'_> {
     /// the end.
     async fn lines(&mut self, port: Port) -> String {
         let mut framed = FramedRead::new(port, ReaderCodec::new(Mode::Library));
+        set_state(self.ctx, self.cfg, self.stop, "connected", None);
         loop {
             let item = tokio::select! {
                 _ = self.stop.cancelled() => return "stopped".into(),
@@ -253,6 +251,7 @@ impl Poller<'_> {
             },
         }
         tracing::info!(reader = %cfg.name, library = %cfg.shown_path(), itype = cfg.card_type.itype(), "library loaded by the helper");
+        set_state(self.ctx, self.cfg, self.stop, "connected", None);
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.poll_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

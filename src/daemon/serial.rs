@@ -209,10 +209,10 @@ pub(super) fn set_state(
     if changed {
         match &error {
             Some(e) => {
-                tracing::warn!(reader = %cfg.name, path = %cfg.path.display(), state, error = %e, "reader state")
+                tracing::warn!(reader = %cfg.name, path = %cfg.shown_path(), state, error = %e, "reader state")
             }
             None => {
-                tracing::info!(reader = %cfg.name, path = %cfg.path.display(), state, "reader state")
+                tracing::info!(reader = %cfg.name, path = %cfg.shown_path(), state, "reader state")
             }
         }
         crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
