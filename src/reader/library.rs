@@ -278,4 +278,43 @@ mod tests {
         i.reset();
         assert_eq!(i.next(0, b"rec\r\n\0"), Change::New(b"rec".to_vec()));
     }
+
+    #[test]
+    fn configuration_of_a_library_reader() {
+        use crate::config::Config;
+        let c = Config::parse(
+            "[[reader]]\nname = \"w2\"\nmode = \"library\"\nlibrary = \"/opt/v/lib.so\"\n\
+             card_type = \"contactless\"\nenv = { A = \"1\" }\n",
+            "t",
+        )
+        .unwrap();
+        let r = &c.readers[0];
+        assert_eq!(r.card_type.itype(), 2);
+        assert_eq!((r.poll_ms, r.call_timeout_ms), (300, 5000));
+        assert_eq!(r.shown_path(), "/opt/v/lib.so");
+        assert_eq!(CardType::default().itype(), 3);
+        // The effective configuration reads back the same.
+        assert_eq!(Config::parse(&c.to_toml(), "t").unwrap(), c);
+        let bad = |text: &str, want: &str| {
+            let e = Config::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        let lib = "[[reader]]\nname = \"w2\"\nmode = \"library\"\n";
+        bad(lib, "needs library");
+        bad(&format!("{lib}library = \"rel.so\"\n"), "absolute");
+        bad(&format!("{lib}library = \"/l.so\"\npoll_ms = 0\n"), "poll_ms");
+        bad(
+            &format!("{lib}library = \"/l.so\"\ncall_timeout_ms = 10\n"),
+            "call_timeout_ms",
+        );
+        bad(
+            &format!("{lib}library = \"/l.so\"\ncard_type = \"magnetic\"\n"),
+            "magnetic",
+        );
+        bad(
+            "[[reader]]\nname = \"w1\"\npath = \"/dev/x\"\nlibrary = \"/l.so\"\n",
+            "library is for mode",
+        );
+        bad("[[reader]]\nname = \"w1\"\n", "path is empty");
+    }
 }
