@@ -442,7 +442,11 @@ impl Config {
         crate::logging::parse_level(&self.log_level)
             .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
         let mut paths = std::collections::HashMap::new();
-        for r in self.readers.iter().filter(|r| !r.path.as_os_str().is_empty()) {
+        for r in self
+            .readers
+            .iter()
+            .filter(|r| !r.path.as_os_str().is_empty())
+        {
             // Two names for one device (a udev symlink and its target) are
             // the same reader: compare where they lead when they exist.
             let key = std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone());

@@ -116,7 +116,9 @@ async fn events_until(c: &mut Client, last: impl Fn(&Value) -> bool) -> Vec<Valu
         let v = c.next().await;
         let ours = v["reader"] == "lib1"
             || (v["class"] == "ERROR"
-                && v["message"].as_str().is_some_and(|m| m.starts_with("lib1:")));
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("lib1:")));
         if !ours || v["class"] == "READER" {
             continue;
         }
@@ -175,7 +177,10 @@ async fn one_card_per_insertion_of_a_members_card() {
     assert_eq!(member["role"], "member", "{member}");
     assert_eq!(member["relation"], "spouse", "{member}");
     assert_eq!(member["source"], "ic", "{member}");
-    assert_eq!(member["name"].as_str().map(|n| n.starts_with('李')), Some(true));
+    assert_eq!(
+        member["name"].as_str().map(|n| n.starts_with('李')),
+        Some(true)
+    );
     assert_eq!(
         events.iter().filter(|e| e["class"] == "REMOVED").count(),
         2,
@@ -194,7 +199,10 @@ async fn one_card_per_insertion_of_a_members_card() {
     // The default card type is 3 (automatic, contact first), and the
     // library ran in the configured working directory.
     let calls = std::fs::read_to_string(lib.workdir.join("standin.log")).unwrap();
-    assert!(calls.lines().all(|l| l.starts_with("iReadCardBas(3)")), "{calls}");
+    assert!(
+        calls.lines().all(|l| l.starts_with("iReadCardBas(3)")),
+        "{calls}"
+    );
     lib.stop();
 }
 
@@ -248,10 +256,16 @@ async fn return_codes_reach_the_screens_with_their_meanings() {
     assert!(text.contains("reader lib1 ("), "{text}");
     assert!(text.contains("library): connected"), "{text}");
     assert!(text.contains("helper restarts: 0"), "{text}");
-    assert!(text.contains("last return code: -2 (无卡 / no card in the reader)"), "{text}");
+    assert!(
+        text.contains("last return code: -2 (无卡 / no card in the reader)"),
+        "{text}"
+    );
     // card_type = "contactless" is iType 2.
     let calls = std::fs::read_to_string(lib.workdir.join("standin.log")).unwrap();
-    assert!(calls.lines().all(|l| l.starts_with("iReadCardBas(2)")), "{calls}");
+    assert!(
+        calls.lines().all(|l| l.starts_with("iReadCardBas(2)")),
+        "{calls}"
+    );
     lib.stop();
 }
 
@@ -344,9 +358,7 @@ async fn a_hanging_call_is_cut_by_the_timeout() {
 async fn a_library_that_does_not_load_is_an_error_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("libmissing.so");
-    let extra = format!(
-        "[[reader]]\nname = \"lib1\"\nmode = \"library\"\nlibrary = {missing:?}\n"
-    );
+    let extra = format!("[[reader]]\nname = \"lib1\"\nmode = \"library\"\nlibrary = {missing:?}\n");
     let (p, _ptys) = Process::start(&[], &extra);
     let mut c = p.client().await;
     let err = until_state(&mut c, "error").await;
@@ -490,4 +502,83 @@ async fn a_library_reader_is_captured_replayed_and_redacted() {
     let chk = std::fs::read_to_string(red.with_extension("cap.chk")).unwrap();
     assert_eq!(chk.matches("\"class\":\"CARD\"").count(), 3, "{chk}");
     assert_eq!(chk.matches("\"reader_code\":-2201").count(), 1, "{chk}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_helper_holds_no_more_than_it_needs_and_dies_with_the_daemon() {
+    let scratch = tempfile::tempdir().unwrap();
+    let script = scratch.path().join("script.txt");
+    std::fs::write(&script, "probe\n").unwrap();
+    let workdir = scratch.path().join("vendor");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let extra = format!(
+        "[[reader]]\nname = \"lib1\"\nmode = \"library\"\nlibrary = {:?}\npoll_ms = 20\nworkdir = {workdir:?}\nenv = {{ CARDLINK_STANDIN_SCRIPT = {script:?}, VENDOR_INI = \"/etc/vendor.ini\" }}\n",
+        standin()
+    );
+    let (mut p, _ptys) = Process::start_env(
+        &[],
+        &extra,
+        &[("CARDLINK_DAEMON_ONLY", "not for the library".into())],
+    );
+    let log = workdir.join("standin.log");
+    let probe = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\npgid ") {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let field = |name: &str| {
+        probe
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .to_string()
+    };
+    // Only PATH, LANG and the reader's env: nothing of the daemon's.
+    assert_eq!(
+        field("env"),
+        "CARDLINK_STANDIN_SCRIPT LANG PATH VENDOR_INI",
+        "{probe}"
+    );
+    // Standard descriptors on /dev/null (the library's output may hold
+    // card data), the two pipes to cardlinkd, nothing else it inherited
+    // (the probe's own listing of /proc/self/fd aside).
+    for fd in field("fds").split(' ') {
+        let (n, target) = fd.split_once('=').unwrap();
+        let n: u32 = n.parse().unwrap();
+        if n < 3 {
+            assert_eq!(target, "/dev/null", "{probe}");
+        } else {
+            assert!(
+                target.starts_with("pipe:") || target.ends_with("/fd"),
+                "descriptor {fd} in the helper: {probe}"
+            );
+        }
+    }
+    assert_eq!(field("fds").matches("pipe:").count(), 2, "{probe}");
+    assert_eq!(field("nonewprivs"), "1", "{probe}");
+    let ids: Vec<i64> = field("pgid")
+        .split(' ')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (pgid, pid) = (ids[0], ids[1]);
+    assert_eq!(pgid, pid, "the helper leads its own process group: {probe}");
+    assert_ne!(pid, i64::from(p.child.id()));
+    // Killed with the daemon, whatever kills the daemon.
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let gone = st.is_empty()
+            || st
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing the daemon logged holds a full SSN (none was read here).
+    assert!(!p.log.text().contains(&demo_ssn_full(HOLDER)));
 }

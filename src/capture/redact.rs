@@ -262,7 +262,11 @@ impl Redactor {
             mode @ (Mode::SsseText | Mode::Magstripe | Mode::Library) => {
                 let end = stream.len();
                 // A library reader's answers are captured as ssse-text lines.
-                let mode = if mode == Mode::Library { Mode::SsseText } else { mode };
+                let mode = if mode == Mode::Library {
+                    Mode::SsseText
+                } else {
+                    mode
+                };
                 self.lines(&mut stream, 0..end, Some(mode));
                 Vec::new()
             }

@@ -412,7 +412,7 @@ pub(super) async fn deliver(
     reads: &mpsc::Sender<CardRead>,
     decoded: Result<ReaderEvent, card::CardError>,
 ) -> Result<Option<Feedback>, String> {
-let fb = match decoded {
+    let fb = match decoded {
         Ok(ReaderEvent::Card(read)) => {
             // A full queue is back-pressure: stop reading (so stop
             // ACKing) until the resolver catches up. The reader resends

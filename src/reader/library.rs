@@ -170,7 +170,11 @@ impl Insertions {
     /// Classifies the answer of one poll.
     pub fn next(&mut self, rc: i64, out: &[u8]) -> Change {
         let line = poll_line(rc, out);
-        if self.last.as_ref().is_some_and(|(r, l)| *r == rc && *l == line) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(r, l)| *r == rc && *l == line)
+        {
             return Change::Same;
         }
         let before = self.last.replace((rc, line.clone()));
@@ -228,11 +232,15 @@ pub fn validate(r: &ReaderConfig) -> Result<(), String> {
     }
     for k in r.env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(format!("reader '{name}': bad environment variable name '{k}'"));
+            return Err(format!(
+                "reader '{name}': bad environment variable name '{k}'"
+            ));
         }
     }
     if r.env.values().any(|v| v.contains('\0')) {
-        return Err(format!("reader '{name}': an environment value holds a NUL byte"));
+        return Err(format!(
+            "reader '{name}': an environment value holds a NUL byte"
+        ));
     }
     Ok(())
 }
@@ -302,7 +310,10 @@ mod tests {
         let lib = "[[reader]]\nname = \"w2\"\nmode = \"library\"\n";
         bad(lib, "needs library");
         bad(&format!("{lib}library = \"rel.so\"\n"), "absolute");
-        bad(&format!("{lib}library = \"/l.so\"\npoll_ms = 0\n"), "poll_ms");
+        bad(
+            &format!("{lib}library = \"/l.so\"\npoll_ms = 0\n"),
+            "poll_ms",
+        );
         bad(
             &format!("{lib}library = \"/l.so\"\ncall_timeout_ms = 10\n"),
             "call_timeout_ms",

@@ -15,6 +15,9 @@
 //! crash            raise SIGSEGV (a crash inside the library)
 //! hang             never return
 //! exit CODE        exit the whole process
+//! probe            return -2 and append what the process holds to
+//!                  `standin.log`: its environment's names, open
+//!                  descriptors, NoNewPrivs, process group and uid
 //! ```
 //!
 //! The number of steps taken so far is kept in `SCRIPT.pos`, so a helper
@@ -34,6 +37,7 @@ enum Step {
     Crash,
     Hang,
     Exit(i32),
+    Probe,
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
@@ -67,6 +71,7 @@ fn steps(text: &str) -> Vec<Step> {
             "crash" => Some(Step::Crash),
             "hang" => Some(Step::Hang),
             "exit" => arg.parse().ok().map(Step::Exit),
+            "probe" => Some(Step::Probe),
             _ => None,
         };
         for _ in 0..times {
@@ -126,5 +131,48 @@ pub unsafe extern "C" fn iReadCardBas(itype: c_int, out: *mut c_char) -> c_long 
             std::thread::sleep(std::time::Duration::from_secs(3600));
         },
         Some(Step::Exit(code)) => std::process::exit(*code),
+        Some(Step::Probe) => {
+            probe();
+            -2
+        }
+    }
+}
+
+/// What this process holds, for a test of the helper's privileges.
+fn probe() {
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    let target = std::fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    format!("{}={target}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    let nnp = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("NoNewPrivs:"))
+        .map(|l| l.split_whitespace().last().unwrap_or("?").to_string())
+        .unwrap_or_default();
+    // SAFETY: plain queries of this process.
+    let (pgid, pid, uid) = unsafe { (libc::getpgrp(), libc::getpid(), libc::getuid()) };
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("standin.log")
+    {
+        let _ = writeln!(log, "env {}", names.join(" "));
+        let _ = writeln!(log, "fds {}", fds.join(" "));
+        let _ = writeln!(log, "nonewprivs {nnp}");
+        let _ = writeln!(log, "pgid {pgid} pid {pid} uid {uid}");
     }
 }
