@@ -93,6 +93,8 @@ fn run() -> i32 {
         // library writes within it ends in a NUL we find below.
         let rc = unsafe { read(itype, out.as_mut_ptr().cast::<c_char>()) };
         let len = out.iter().position(|&b| b == 0).unwrap_or(out.len());
+        // c_long is i64 here, i32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
         let answer = Answer::Result {
             rc: i64::from(rc),
             out: out[..len.min(MAX_RECORD)].to_vec(),

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
@@ -225,30 +225,16 @@ impl Poller<'_> {
 
     async fn serve(&mut self, child: &mut Child) -> Ended {
         let cfg = self.cfg;
-        let timeout = Duration::from_millis(cfg.call_timeout_ms);
         let (Some(mut input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
             return Ended::Cause("the helper has no pipes".into());
         };
         // A FramedRead keeps a partial line across select! iterations.
         let mut output = FramedRead::new(output, LinesCodec::new_with_max_length(MAX_ANSWER));
-        let first = tokio::select! {
-            _ = self.stop.cancelled() => return Ended::Cause("stopped".into()),
-            r = tokio::time::timeout(timeout, output.next()) => r,
-        };
-        match first {
-            Err(_) => {
-                return Ended::Cause(format!(
-                    "the library did not load within {} ms; helper killed",
-                    cfg.call_timeout_ms
-                ))
-            }
-            Ok(None) => return Ended::Exited,
-            Ok(Some(Err(e))) => return Ended::Cause(format!("the helper's output: {e}")),
-            Ok(Some(Ok(line))) => match Answer::parse(&line) {
-                Some(Answer::Ready) => {}
-                Some(Answer::Failed(text)) => return Ended::Cause(format!("library: {text}")),
-                _ => return Ended::Cause("the helper answered before it was ready".into()),
-            },
+        let ms = cfg.call_timeout_ms;
+        match self.next(&mut output, ms, "the library did not load").await {
+            Ok(Answer::Ready) => {}
+            Ok(_) => return Ended::Cause("the helper answered before it was ready".into()),
+            Err(e) => return e,
         }
         tracing::info!(reader = %cfg.name, library = %cfg.shown_path(), itype = cfg.card_type.itype(), "library loaded by the helper");
         set_state(self.ctx, self.cfg, self.stop, "connected", None);
@@ -267,30 +253,46 @@ impl Poller<'_> {
             {
                 return Ended::Exited;
             }
-            let answer = tokio::select! {
-                _ = self.stop.cancelled() => return Ended::Cause("stopped".into()),
-                r = tokio::time::timeout(timeout, output.next()) => r,
-            };
-            let line = match answer {
-                Err(_) => {
-                    return Ended::Cause(format!(
-                        "iReadCardBas did not return within {} ms; helper killed",
-                        cfg.call_timeout_ms
-                    ))
-                }
-                Ok(None) => return Ended::Exited,
-                Ok(Some(Err(e))) => return Ended::Cause(format!("the helper's output: {e}")),
-                Ok(Some(Ok(line))) => line,
-            };
-            match Answer::parse(&line) {
-                Some(Answer::Result { rc, out }) => {
+            match self
+                .next(&mut output, ms, "iReadCardBas did not return")
+                .await
+            {
+                Ok(Answer::Result { rc, out }) => {
                     if let Err(why) = self.answer(rc, &out).await {
                         return Ended::Cause(why);
                     }
                 }
-                Some(Answer::Failed(text)) => return Ended::Cause(format!("library: {text}")),
-                _ => return Ended::Cause("the helper answered out of turn".into()),
+                Ok(_) => return Ended::Cause("the helper answered out of turn".into()),
+                Err(e) => return e,
             }
+        }
+    }
+
+    /// The helper's next answer, waited for at most `ms` (a helper that
+    /// is late is killed: `late` says what did not happen in time).
+    async fn next(
+        &self,
+        output: &mut FramedRead<ChildStdout, LinesCodec>,
+        ms: u64,
+        late: &str,
+    ) -> Result<Answer, Ended> {
+        let r = tokio::select! {
+            _ = self.stop.cancelled() => return Err(Ended::Cause("stopped".into())),
+            r = tokio::time::timeout(Duration::from_millis(ms), output.next()) => r,
+        };
+        match r {
+            Err(_) => Err(Ended::Cause(format!(
+                "{late} within {ms} ms; helper killed"
+            ))),
+            Ok(None) => Err(Ended::Exited),
+            Ok(Some(Err(e))) => Err(Ended::Cause(format!("the helper's output: {e}"))),
+            Ok(Some(Ok(line))) => match Answer::parse(&line) {
+                Some(Answer::Failed(text)) => Err(Ended::Cause(format!("library: {text}"))),
+                Some(a) => Ok(a),
+                None => Err(Ended::Cause(
+                    "the helper wrote a line that is not an answer".into(),
+                )),
+            },
         }
     }
 }

@@ -206,22 +206,19 @@ pub fn validate(r: &ReaderConfig) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    if !POLL_MS.contains(&r.poll_ms) {
-        return Err(format!(
-            "reader '{name}': poll_ms {} out of range {}..={}",
-            r.poll_ms,
-            POLL_MS.start(),
-            POLL_MS.end()
-        ));
-    }
-    if !CALL_TIMEOUT_MS.contains(&r.call_timeout_ms) {
-        return Err(format!(
-            "reader '{name}': call_timeout_ms {} out of range {}..={}",
-            r.call_timeout_ms,
-            CALL_TIMEOUT_MS.start(),
-            CALL_TIMEOUT_MS.end()
-        ));
-    }
+    let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
+        if range.contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "reader '{name}': {key} {v} out of range {}..={}",
+                range.start(),
+                range.end()
+            ))
+        }
+    };
+    within("poll_ms", r.poll_ms, POLL_MS)?;
+    within("call_timeout_ms", r.call_timeout_ms, CALL_TIMEOUT_MS)?;
     if let Some(w) = &r.workdir {
         if !w.is_absolute() {
             return Err(format!(
