@@ -208,8 +208,11 @@ impl Poller<'_> {
             Ok(c) => c,
             Err(e) => return format!("cannot start {}: {e}", helper_path().display()),
         };
+        // Its process group, kept: whatever the library started in it is
+        // killed too, also after the helper itself was reaped.
+        let group = child.id().and_then(|p| i32::try_from(p).ok());
         let cause = self.serve(&mut child).await;
-        let status = end(&mut child).await;
+        let status = end(&mut child, group, matches!(cause, Ended::Exited)).await;
         let cause = match (cause, status) {
             (Ended::Cause(c), _) => c,
             (Ended::Exited, Some(st)) => describe(st),
@@ -339,28 +342,33 @@ fn spawn(cfg: &ReaderConfig) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-/// Kills the helper's process group (if it still runs) and reaps it;
+/// Kills the helper's process group `group` and reaps the helper;
 /// returns its exit status when it could be read.
-async fn end(child: &mut Child) -> Option<std::process::ExitStatus> {
-    // A helper that closed its output exits by itself in a moment; one
-    // that hangs or was told to stop is killed.
-    if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
-        kill_group(child);
-        return Some(st);
+async fn end(
+    child: &mut Child,
+    group: Option<i32>,
+    exited: bool,
+) -> Option<std::process::ExitStatus> {
+    // A helper that closed its output exits by itself in a moment (its
+    // status says why); one that hangs or was told to stop is killed.
+    let mut status = None;
+    if exited {
+        if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            status = Some(st);
+        }
     }
-    kill_group(child);
-    let _ = child.start_kill();
-    child.wait().await.ok()
-}
-
-fn kill_group(child: &Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+    if let Some(pgid) = group.filter(|g| *g > 1) {
         // SAFETY: kill(2) with a negative pid signals the process group
         // the helper leads (process_group(0) made it its own).
         unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(-pgid, libc::SIGKILL);
         }
     }
+    if status.is_none() {
+        let _ = child.start_kill();
+        status = child.wait().await.ok();
+    }
+    status
 }
 
 /// The cause of a helper's end from its exit status.
