@@ -182,6 +182,49 @@ fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
     assert!(unit_text.contains("IPAddressDeny=any"));
 }
 
+/// The drop-in for readers through a vendor's library: USB and hidraw
+/// devices and netlink sockets (libusb's hot-plug events) on top of the
+/// unit, nothing else; the unit still verifies and rates at most 2.0.
+#[test]
+fn library_drop_in_adds_only_usb_devices_and_netlink() {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/cardlinkd-library.conf"
+    ))
+    .unwrap();
+    let settings: Vec<&str> = shipped
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            "[Service]",
+            "DeviceAllow=char-usb_device rw",
+            "DeviceAllow=char-hidraw rw",
+            "RestrictAddressFamilies=AF_UNIX AF_NETLINK"
+        ]
+    );
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
+    let dropins = dir.path().join("cardlinkd.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(dropins.join("library.conf"), &shipped).unwrap();
+    let out = Command::new(sa)
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("RestrictAddressFamilies=~AF_NETLINK") && l.contains('✗')),
+        "the drop-in is not in effect:\n{text}"
+    );
+    verified_exposure(sa, &unit, "cardlinkd");
+}
+
 #[test]
 fn udev_rules_and_tmpfiles_are_well_formed() {
     let rules = std::fs::read_to_string(concat!(
