@@ -582,3 +582,82 @@ async fn the_helper_holds_no_more_than_it_needs_and_dies_with_the_daemon() {
     // Nothing the daemon logged holds a full SSN (none was read here).
     assert!(!p.log.text().contains(&demo_ssn_full(HOLDER)));
 }
+
+/// Writes `tests/captures/library-standin.cap` (and its `.chk`): recorded
+/// through the real daemon and helper from the stand-in library, on the
+/// demo registry the suite replays against. Run with `cargo test --test
+/// library -- --ignored write_the_library_capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn write_the_library_capture() {
+    use cardlink::registry::{OpenOptions, Registry};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replay.db");
+    let cards = {
+        let mut reg = Registry::open(&db, &OpenOptions::default()).unwrap();
+        reg.gen_demo(&cardlink::ctl::REPLAY_REGISTRY).unwrap();
+        reg.connection()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        cardlink::sim::sample_cards(&reg, cardlink::Date::today_cst()).unwrap()
+    };
+    let gbk = |c: &cardlink::sim::SimCard| {
+        let record = c.record();
+        hex::encode(encoding_rs::GBK.encode(&record).0)
+    };
+    let (a, b) = (gbk(&cards[0]), gbk(&cards[1]));
+    let unauth = hex::encode(
+        "411600|||411600D15600000512345678ABCDEF01||3B6D000000815448|3.00|20211203|20311202|||",
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let captures = scratch.path().join("captures");
+    let script = scratch.path().join("script.txt");
+    std::fs::write(&script, "").unwrap();
+    let extra = format!(
+        "capture_dir = {captures:?}\n[[reader]]\nname = \"window5\"\nmode = \"library\"\nlibrary = {:?}\npoll_ms = 20\ncapture = true\nenv = {{ CARDLINK_STANDIN_SCRIPT = {script:?} }}\n",
+        standin()
+    );
+    let (p, _) = Process::start_on(dir, db.clone().into(), db, &[], &extra, &[]);
+    let mut c = p.client().await;
+    loop {
+        let v = c.next().await;
+        if v["class"] == "READER" && v["reader"] == "window5" && v["state"] == "connected" {
+            break;
+        }
+    }
+    std::fs::write(
+        &script,
+        format!(
+            "rec {a} *4\nrc -2 *2\nrec {a} *3\nrc -2\nrc -2201 *3\nrc -2\nrec {b} *2\nrc -2\nrec {unauth} *2\nrc -2\nrc -27010\nrc -2\n"
+        ),
+    )
+    .unwrap();
+    loop {
+        let v = c.next().await;
+        if v["reader_code"] == -27010 {
+            break;
+        }
+    }
+    drop(c);
+    let cap = captures.join("window5.cap");
+    let (_, log) = p.stop();
+    for card in &cards[..2] {
+        assert!(!log.contains(&card.ssn), "{log}");
+    }
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures");
+    let out = suite.join("library-standin.cap");
+    let text = std::fs::read_to_string(&cap).unwrap();
+    let (head, rest) = text.split_at(text.match_indices('\n').nth(1).unwrap().0 + 1);
+    std::fs::write(
+        &out,
+        format!("{head}# recorded through cardlinkd and cardlink-libhelper from the stand-in library: a holder's card in, out, in again (polled all along), -2201, a member's card, an unauthenticated 3.0 record, -27010\n{rest}"),
+    )
+    .unwrap();
+    let (code, text) = ctl(&[
+        "replay".as_ref(),
+        "--check".as_ref(),
+        out.as_os_str(),
+        "--regen".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+}
