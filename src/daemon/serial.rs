@@ -146,22 +146,13 @@ impl Readers {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(cfg.name.clone(), capture.clone());
-            let task = match cfg.mode {
-                Mode::Library => tokio::spawn(super::library::run(
-                    cfg.clone(),
-                    ctx.clone(),
-                    self.ports.clone(),
-                    capture,
-                    token.clone(),
-                )),
-                _ => tokio::spawn(run(
-                    cfg.clone(),
-                    ctx.clone(),
-                    self.ports.clone(),
-                    capture,
-                    token.clone(),
-                )),
-            };
+            let task = tokio::spawn(run(
+                cfg.clone(),
+                ctx.clone(),
+                self.ports.clone(),
+                capture,
+                token.clone(),
+            ));
             self.running
                 .insert(cfg.name.clone(), (cfg.clone(), token, task));
         }
@@ -227,6 +218,10 @@ pub async fn run(
     capture: Arc<super::capture::Capture>,
     stop: CancellationToken,
 ) {
+    if cfg.mode == Mode::Library {
+        // The vendor's library, in a helper process: daemon::library.
+        return super::library::run(cfg, ctx, ports, capture, stop).await;
+    }
     let (reads, pending) = mpsc::channel(PENDING_READS);
     let (feedback_tx, mut feedback) = mpsc::channel(PENDING_READS);
     let resolver = tokio::spawn(resolve_reads(
