@@ -160,9 +160,10 @@ async fn one_card_per_insertion_of_a_members_card() {
     let spouse = record_hex(SPOUSE, "李娜");
     let holder = record_hex(HOLDER, "张伟");
     // The card stays for five polls, is taken out, inserted again for
-    // five polls, taken out; then the holder's card ends the scene.
+    // five polls, taken out; then the holder's card ends the scene (and
+    // stays, so that no third REMOVED races the test).
     lib.play(&format!(
-        "rec {spouse} *5\nrc -2 *3\nrec {spouse} *5\nrc -2\nrec {holder} *2\n"
+        "rec {spouse} *5\nrc -2 *3\nrec {spouse} *5\nrc -2\nrec {holder} *500\n"
     ));
     let events = events_until(&mut c, |v| {
         v["class"] == "CARD" && cards_of(std::slice::from_ref(v), HOLDER) == 1
@@ -190,7 +191,12 @@ async fn one_card_per_insertion_of_a_members_card() {
         !events.iter().any(|e| e["class"] == "ERROR"),
         "-2 is idle, not an error: {events:#?}"
     );
-    let s = lib_status(&mut c).await;
+    // (The resolver counts a card just after its event.)
+    let mut s = lib_status(&mut c).await;
+    while s["cards"] != 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s = lib_status(&mut c).await;
+    }
     assert_eq!(s["mode"], "library");
     assert_eq!(s["state"], "connected");
     assert_eq!(s["cards"], 3, "{s}");
