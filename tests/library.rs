@@ -419,6 +419,29 @@ async fn a_library_reader_is_captured_replayed_and_redacted() {
     drop(c);
     lib.stop();
     let cap = captures.path().join("lib1.cap");
+    // It holds full SSNs and names, like any capture: 0600, and a uid on
+    // the wrong side cannot read it even where the directory lets it in.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let mode = std::fs::metadata(&cap).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(captures.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cat = Command::new("/bin/cat");
+        cat.arg(&cap);
+        // SAFETY: setgid/setuid between fork and exec.
+        unsafe {
+            cat.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cat.output().unwrap();
+        assert!(!out.status.success(), "uid 65534 read the capture");
+        assert!(out.stdout.is_empty());
+    }
     let file = cardlink::capture::CaptureFile::read(&cap).unwrap();
     assert_eq!(file.header.mode, cardlink::reader::codec::Mode::Library);
     // Each answer that changed, as the line a text-mode reader sends.
