@@ -109,6 +109,7 @@ pub async fn run(
         started += 1;
         poller.answered = false;
         poller.insertions.reset();
+        let began = tokio::time::Instant::now();
         let cause = match ports.library_port(&cfg) {
             None => poller.helper().await,
             Some(Ok(port)) => poller.lines(port).await,
@@ -117,7 +118,10 @@ pub async fn run(
         if stop.is_cancelled() {
             break;
         }
-        if poller.answered {
+        // A helper that served a while starts again soon; one that keeps
+        // failing at once (a library that crashes at every call) slows
+        // down to one start every BACKOFF_MAX.
+        if poller.answered && began.elapsed() >= 2 * BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
         set_state(&ctx, &cfg, &stop, "error", Some(cause));
@@ -218,10 +222,11 @@ impl Poller<'_> {
             (Ended::Exited, Some(st)) => describe(st),
             (Ended::Exited, None) => "the helper closed its output".into(),
         };
+        // The helper's text may quote the library: masked like any free
+        // text from a reader, before it is logged, published or kept.
+        let cause = crate::mask::free_text(&cause);
         if !self.stop.is_cancelled() {
-            // The helper's text may quote the library: masked like any
-            // free text from a reader.
-            tracing::warn!(reader = %cfg.name, cause = %crate::mask::free_text(&cause), "library helper ended");
+            tracing::warn!(reader = %cfg.name, cause = %cause, "library helper ended");
         }
         cause
     }
