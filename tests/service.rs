@@ -126,6 +126,22 @@ fn unit_verifies_and_is_hardened() {
     }
 }
 
+/// A drop-in shipped in `systemd/`: its text and its setting lines.
+fn shipped_drop_in(name: &str) -> (String, Vec<String>) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(name),
+    )
+    .unwrap();
+    let settings = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    (text, settings)
+}
+
 /// The PostgreSQL drop-in, applied with a registry address as README says:
 /// the unit still verifies and rates at most 2.0, and the drop-in opens
 /// TCP to that address only (the main unit's IPAddressDeny=any stays).
@@ -134,15 +150,7 @@ fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
     let Some(sa) = systemd_analyze() else { return };
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/cardlinkd-postgresql.conf"
-    ))
-    .unwrap();
-    let settings: Vec<&str> = shipped
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .collect();
+    let (shipped, settings) = shipped_drop_in("cardlinkd-postgresql.conf");
     assert_eq!(
         settings,
         [
@@ -187,15 +195,7 @@ fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
 /// unit, nothing else; the unit still verifies and rates at most 2.0.
 #[test]
 fn library_drop_in_adds_only_usb_devices_and_netlink() {
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/cardlinkd-library.conf"
-    ))
-    .unwrap();
-    let settings: Vec<&str> = shipped
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .collect();
+    let (shipped, settings) = shipped_drop_in("cardlinkd-library.conf");
     assert_eq!(
         settings,
         [
