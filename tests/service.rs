@@ -142,14 +142,27 @@ fn shipped_drop_in(name: &str) -> (String, Vec<String>) {
     (text, settings)
 }
 
+/// The unit under test with the drop-in `name` holding `text`, and what
+/// `systemd-analyze security` says of the two together.
+fn with_drop_in(sa: &str, dir: &Path, name: &str, text: &str) -> (std::path::PathBuf, String) {
+    let unit = unit_under_test(dir, "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
+    let dropins = dir.join("cardlinkd.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(dropins.join(name), text).unwrap();
+    let out = Command::new(sa)
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    (unit, String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 /// The PostgreSQL drop-in, applied with a registry address as README says:
 /// the unit still verifies and rates at most 2.0, and the drop-in opens
 /// TCP to that address only (the main unit's IPAddressDeny=any stays).
 #[test]
 fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
     let Some(sa) = systemd_analyze() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
     let (shipped, settings) = shipped_drop_in("cardlinkd-postgresql.conf");
     assert_eq!(
         settings,
@@ -160,19 +173,13 @@ fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
             "IPAddressAllow=REGISTRY_ADDRESS"
         ]
     );
-    let dropins = dir.path().join("cardlinkd.service.d");
-    std::fs::create_dir_all(&dropins).unwrap();
-    std::fs::write(
-        dropins.join("postgresql.conf"),
-        shipped.replace("REGISTRY_ADDRESS", "10.20.0.5"),
-    )
-    .unwrap();
-    let out = Command::new(sa)
-        .args(["security", "--offline=yes"])
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (unit, text) = with_drop_in(
+        sa,
+        dir.path(),
+        "postgresql.conf",
+        &shipped.replace("REGISTRY_ADDRESS", "10.20.0.5"),
+    );
     // The drop-in is in effect...
     assert!(
         text.lines()
@@ -207,16 +214,7 @@ fn library_drop_in_adds_only_usb_devices_and_netlink() {
     );
     let Some(sa) = systemd_analyze() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
-    let dropins = dir.path().join("cardlinkd.service.d");
-    std::fs::create_dir_all(&dropins).unwrap();
-    std::fs::write(dropins.join("library.conf"), &shipped).unwrap();
-    let out = Command::new(sa)
-        .args(["security", "--offline=yes"])
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (unit, text) = with_drop_in(sa, dir.path(), "library.conf", &shipped);
     assert!(
         text.lines()
             .any(|l| l.contains("RestrictAddressFamilies=~AF_NETLINK") && l.contains('✗')),
