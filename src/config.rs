@@ -26,9 +26,19 @@
 //! path = "/dev/cardlink/window1"
 //! baud = 115200
 //! parity = "none"                       # none | even | odd
-//! mode = "frame"                        # frame | ssse-text | magstripe | idcard
+//! mode = "frame"                        # frame | ssse-text | magstripe | idcard | library
 //! encoding = "gbk"                      # gbk | utf-8 (names in text records)
-//! poll_ms = 300                         # idcard: find-card polls (50..=5000 ms)
+//! poll_ms = 300                         # idcard, library: polls (50..=5000 ms)
+//!
+//! [[reader]]                            # a certified reader through its vendor's
+//! name = "window2"                      # standard interface library (iReadCardBas)
+//! mode = "library"
+//! library = "/opt/vendor/lib/libSSCardDriver.so"
+//! card_type = "auto-contact-first"      # contact | contactless | auto-contact-first | auto-contactless-first
+//! poll_ms = 300
+//! workdir = "/var/lib/cardlink/vendor"  # the helper's working directory (ini, logs)
+//! env = { LD_LIBRARY_PATH = "/opt/vendor/lib" }
+//! call_timeout_ms = 5000                # a call that takes longer ends the helper
 //! ```
 //!
 //! The bounds are checked by [`Config::validate`] (and so by
@@ -94,7 +104,9 @@ pub enum Parity {
 pub struct ReaderConfig {
     /// Name shown in events (unique).
     pub name: String,
-    /// Serial device path.
+    /// Serial device path (a library reader names none: its library finds
+    /// its device).
+    #[serde(default)]
     pub path: PathBuf,
     /// Baud rate.
     #[serde(default = "default_baud")]
@@ -111,17 +123,51 @@ pub struct ReaderConfig {
     /// Record this reader's raw traffic (PROTOCOL.md §6) into `capture_dir`.
     #[serde(default)]
     pub capture: bool,
-    /// `idcard` mode: milliseconds between two find-card polls.
+    /// `mode = "library"`: the vendor's standard interface library (`.so`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+    /// `mode = "library"`: the card interface `iReadCardBas` reads (`iType`).
+    #[serde(default)]
+    pub card_type: CardType,
+    /// Milliseconds between two polls of a reader that is polled.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// `mode = "library"`: the helper's working directory (where vendor
+    /// libraries look for their ini file and write their logs); the
+    /// daemon's own when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// `mode = "library"`: the helper's environment besides `PATH` and
+    /// `LANG` (nothing else of the daemon's is passed on).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// `mode = "library"`: how long one `iReadCardBas` call may take before
+    /// the helper is killed, milliseconds.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
 }
 
-fn default_poll_ms() -> u64 {
-    300
+pub use crate::reader::library::CardType;
+
+impl ReaderConfig {
+    /// What `status` and `READER` show as the reader's path: its device, or
+    /// for a library reader its library.
+    pub fn shown_path(&self) -> String {
+        match (&self.library, self.mode) {
+            (Some(lib), Mode::Library) => lib.display().to_string(),
+            _ => self.path.display().to_string(),
+        }
+    }
 }
 
 fn default_baud() -> u32 {
     115_200
+}
+fn default_poll_ms() -> u64 {
+    300
+}
+fn default_call_timeout_ms() -> u64 {
+    5000
 }
 fn default_mode() -> Mode {
     Mode::Frame
@@ -342,8 +388,15 @@ impl Config {
             if !names.insert(&r.name) {
                 return bad(format!("reader name '{}' is used twice", r.name));
             }
-            if r.path.as_os_str().is_empty() {
+            if r.mode == Mode::Library {
+                crate::reader::library::validate(r).map_err(ConfigError::Invalid)?;
+            } else if r.path.as_os_str().is_empty() {
                 return bad(format!("reader '{}': path is empty", r.name));
+            } else if r.library.is_some() {
+                return bad(format!(
+                    "reader '{}': library is for mode = \"library\" only",
+                    r.name
+                ));
             }
             if !(300..=4_000_000).contains(&r.baud) {
                 return bad(format!("reader '{}': baud {} out of range", r.name, r.baud));
@@ -398,12 +451,19 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("log_level '{}': {e}", self.log_level)))?;
         let mut paths = std::collections::HashMap::new();
         for r in &self.readers {
-            if !(50..=5000).contains(&r.poll_ms) {
+            // (A library reader's own bounds: `reader::library::POLL_MS`.)
+            if r.mode == Mode::Idcard && !(50..=5000).contains(&r.poll_ms) {
                 return bad(format!(
                     "reader '{}': poll_ms {} out of range 50..=5000",
                     r.name, r.poll_ms
                 ));
             }
+        }
+        for r in self
+            .readers
+            .iter()
+            .filter(|r| !r.path.as_os_str().is_empty())
+        {
             // Two names for one device (a udev symlink and its target) are
             // the same reader: compare where they lead when they exist.
             let key = std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone());

@@ -210,6 +210,16 @@ pub fn status_text(s: &Status) -> String {
             r.noise_bytes,
             r.firmware.as_deref().unwrap_or("unknown"),
         );
+        if let Some(n) = r.restarts {
+            out += &format!("  helper restarts: {n}\n");
+        }
+        if let Some(c) = r.last_code {
+            match i32::try_from(c).map(firmware_protocol::retcode::meaning) {
+                _ if c == 0 => out += "  last return code: 0 (a card was read)\n",
+                Ok(m) => out += &format!("  last return code: {c} ({} / {})\n", m.zh, m.en),
+                Err(_) => out += &format!("  last return code: {c}\n"),
+            }
+        }
         if let Some(e) = &r.last_error {
             out += &format!("  last error: {e}\n");
         }

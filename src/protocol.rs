@@ -663,8 +663,9 @@ pub struct ReaderStatus {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected`, `disconnected` or (an idcard reader whose module cannot
-    /// read: a SAM fault, no answer) `error`.
+    /// `connected`, `disconnected` or `error` (an idcard reader whose
+    /// module cannot read: a SAM fault, no answer; a library reader whose
+    /// helper ended).
     pub state: String,
     /// Valid frames or lines.
     pub items: u64,
@@ -681,6 +682,14 @@ pub struct ReaderStatus {
     /// The last open or read error (why it is or was disconnected).
     #[serde(default)]
     pub last_error: Option<String>,
+    /// A library reader: times its helper process was restarted (absent
+    /// for other readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
+    /// A library reader: the last return code of `iReadCardBas` (absent
+    /// for other readers and before the first call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_code: Option<i64>,
 }
 
 /// Result of `status`.
@@ -1010,6 +1019,7 @@ mod tests {
                     "uptime_s",
                     "noise_bytes",
                     "last_error",
+                    "last_code",
                     "busy_timeout_ms",
                     "privileged_uids",
                     "card_no",

@@ -687,6 +687,14 @@ impl VirtualPorts {
 }
 
 impl crate::daemon::OpenPort for VirtualPorts {
+    /// A library reader in memory: its lines are the library's answers.
+    fn library_port(
+        &self,
+        cfg: &crate::config::ReaderConfig,
+    ) -> Option<io::Result<crate::daemon::Port>> {
+        Some(self.open(cfg))
+    }
+
     fn open(&self, cfg: &crate::config::ReaderConfig) -> io::Result<crate::daemon::Port> {
         self.waiting
             .lock()

@@ -318,10 +318,10 @@ fn decode_all(file: &CaptureFile, today: Date) -> Vec<String> {
                 }
             }
         }
-        Mode::SsseText | Mode::Magstripe => {
+        Mode::SsseText | Mode::Magstripe | Mode::Library => {
             for line in stream.split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                out.push(if file.header.mode == Mode::SsseText {
+                out.push(if file.header.mode != Mode::Magstripe {
                     record(line)
                 } else {
                     stripe(line)

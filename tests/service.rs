@@ -126,23 +126,44 @@ fn unit_verifies_and_is_hardened() {
     }
 }
 
+/// A drop-in shipped in `systemd/`: its text and its setting lines.
+fn shipped_drop_in(name: &str) -> (String, Vec<String>) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(name),
+    )
+    .unwrap();
+    let settings = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    (text, settings)
+}
+
+/// The unit under test with the drop-in `name` holding `text`, and what
+/// `systemd-analyze security` says of the two together.
+fn with_drop_in(sa: &str, dir: &Path, name: &str, text: &str) -> (std::path::PathBuf, String) {
+    let unit = unit_under_test(dir, "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
+    let dropins = dir.join("cardlinkd.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(dropins.join(name), text).unwrap();
+    let out = Command::new(sa)
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    (unit, String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 /// The PostgreSQL drop-in, applied with a registry address as README says:
 /// the unit still verifies and rates at most 2.0, and the drop-in opens
 /// TCP to that address only (the main unit's IPAddressDeny=any stays).
 #[test]
 fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
     let Some(sa) = systemd_analyze() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let unit = unit_under_test(dir.path(), "cardlinkd", env!("CARGO_BIN_EXE_cardlinkd"));
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/cardlinkd-postgresql.conf"
-    ))
-    .unwrap();
-    let settings: Vec<&str> = shipped
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .collect();
+    let (shipped, settings) = shipped_drop_in("cardlinkd-postgresql.conf");
     assert_eq!(
         settings,
         [
@@ -152,19 +173,13 @@ fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
             "IPAddressAllow=REGISTRY_ADDRESS"
         ]
     );
-    let dropins = dir.path().join("cardlinkd.service.d");
-    std::fs::create_dir_all(&dropins).unwrap();
-    std::fs::write(
-        dropins.join("postgresql.conf"),
-        shipped.replace("REGISTRY_ADDRESS", "10.20.0.5"),
-    )
-    .unwrap();
-    let out = Command::new(sa)
-        .args(["security", "--offline=yes"])
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (unit, text) = with_drop_in(
+        sa,
+        dir.path(),
+        "postgresql.conf",
+        &shipped.replace("REGISTRY_ADDRESS", "10.20.0.5"),
+    );
     // The drop-in is in effect...
     assert!(
         text.lines()
@@ -180,6 +195,32 @@ fn postgresql_drop_in_opens_only_the_registry_and_stays_hardened() {
     verified_exposure(sa, &unit, "cardlinkd");
     let unit_text = std::fs::read_to_string(&unit).unwrap();
     assert!(unit_text.contains("IPAddressDeny=any"));
+}
+
+/// The drop-in for readers through a vendor's library: USB and hidraw
+/// devices and netlink sockets (libusb's hot-plug events) on top of the
+/// unit, nothing else; the unit still verifies and rates at most 2.0.
+#[test]
+fn library_drop_in_adds_only_usb_devices_and_netlink() {
+    let (shipped, settings) = shipped_drop_in("cardlinkd-library.conf");
+    assert_eq!(
+        settings,
+        [
+            "[Service]",
+            "DeviceAllow=char-usb_device rw",
+            "DeviceAllow=char-hidraw rw",
+            "RestrictAddressFamilies=AF_UNIX AF_NETLINK"
+        ]
+    );
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (unit, text) = with_drop_in(sa, dir.path(), "library.conf", &shipped);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("RestrictAddressFamilies=~AF_NETLINK") && l.contains('✗')),
+        "the drop-in is not in effect:\n{text}"
+    );
+    verified_exposure(sa, &unit, "cardlinkd");
 }
 
 #[test]

@@ -432,8 +432,14 @@ impl Redactor {
                 self.lines(&mut stream, from.min(end)..end, None);
                 envelopes
             }
-            mode @ (Mode::SsseText | Mode::Magstripe) => {
+            mode @ (Mode::SsseText | Mode::Magstripe | Mode::Library) => {
                 let end = stream.len();
+                // A library reader's answers are captured as ssse-text lines.
+                let mode = if mode == Mode::Library {
+                    Mode::SsseText
+                } else {
+                    mode
+                };
                 self.lines(&mut stream, 0..end, Some(mode));
                 Vec::new()
             }

@@ -156,7 +156,7 @@ pub async fn check(
 ) -> Result<Vec<String>, ReplayError> {
     let h = &file.header;
     let socket = dir.join("replay.sock");
-    let text = format!(
+    let mut text = format!(
         "database = {:?}\nrole = \"window\"\n[socket]\npath = {:?}\n[[reader]]\nname = {:?}\npath = {:?}\nmode = \"{}\"\nencoding = \"{}\"\n",
         dir.join("unused.db"),
         socket,
@@ -165,6 +165,10 @@ pub async fn check(
         h.mode,
         h.encoding
     );
+    if h.mode == crate::reader::codec::Mode::Library {
+        // Never loaded: the in-memory port stands for the library.
+        text += &format!("library = {:?}\n", dir.join("replayed-library.so"));
+    }
     let config = Config::parse(&text, "replay").map_err(|e| ReplayError::Config(e.to_string()))?;
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;

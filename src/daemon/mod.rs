@@ -16,6 +16,7 @@
 //! counters and the recent-swipe table used for kiosk binding.
 
 pub mod capture;
+pub mod library;
 pub mod serial;
 pub mod server;
 pub mod worker;
@@ -111,7 +112,8 @@ pub struct ReaderState {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected` / `disconnected` / `error` (idcard: the module cannot read).
+    /// `connected` / `disconnected` / `error` (idcard: the module cannot
+    /// read; library: the helper ended).
     pub state: &'static str,
     /// Valid frames or lines received.
     pub items: u64,
@@ -127,6 +129,10 @@ pub struct ReaderState {
     pub firmware: Option<String>,
     /// The last open or read error.
     pub last_error: Option<String>,
+    /// A library reader: times its helper process was started again.
+    pub restarts: Option<u64>,
+    /// A library reader: the last return code of `iReadCardBas`.
+    pub last_code: Option<i64>,
 }
 
 /// Settings that a configuration update may change.
@@ -527,6 +533,8 @@ impl Ctx {
                 noise_bytes: r.noise_bytes,
                 firmware: r.firmware.clone(),
                 last_error: r.last_error.clone(),
+                restarts: r.restarts,
+                last_code: r.last_code,
             })
             .collect();
         protocol::Status {

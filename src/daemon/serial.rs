@@ -56,6 +56,13 @@ pub type Port = Box<dyn PortIo>;
 pub trait OpenPort: Send + Sync + 'static {
     /// Opens the port of `cfg`, with stale input discarded.
     fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port>;
+
+    /// For a `mode = "library"` reader: `None` to run the vendor library
+    /// in a helper process (production), or a port whose lines stand for
+    /// the library's answers (in-memory tests, `replay --check`).
+    fn library_port(&self, _cfg: &ReaderConfig) -> Option<std::io::Result<Port>> {
+        None
+    }
 }
 
 /// Real serial ports (tokio-serial).
@@ -132,11 +139,7 @@ impl Readers {
                 continue;
             }
             let token = shutdown.child_token();
-            ctx.add_reader(
-                &cfg.name,
-                cfg.path.display().to_string(),
-                cfg.mode.to_string(),
-            );
+            ctx.add_reader(&cfg.name, cfg.shown_path(), cfg.mode.to_string());
             let capture =
                 super::capture::Capture::new(cfg, &self.capture_dir, self.capture_max_mib);
             ctx.captures
@@ -166,7 +169,7 @@ impl Readers {
 
 /// Sets a reader's state and cause; publishes `READER` and logs when
 /// either changed.
-fn set_state(
+pub(super) fn set_state(
     ctx: &Ctx,
     cfg: &ReaderConfig,
     stop: &CancellationToken,
@@ -187,7 +190,7 @@ fn set_state(
                 ctx.publish(Event::Reader {
                     name: cfg.name.clone(),
                     state,
-                    path: cfg.path.display().to_string(),
+                    path: cfg.shown_path(),
                     error: error.clone(),
                 });
             }
@@ -197,10 +200,10 @@ fn set_state(
     if changed {
         match &error {
             Some(e) => {
-                tracing::warn!(reader = %cfg.name, path = %cfg.path.display(), state, error = %e, "reader state")
+                tracing::warn!(reader = %cfg.name, path = %cfg.shown_path(), state, error = %e, "reader state")
             }
             None => {
-                tracing::info!(reader = %cfg.name, path = %cfg.path.display(), state, "reader state")
+                tracing::info!(reader = %cfg.name, path = %cfg.shown_path(), state, "reader state")
             }
         }
         crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
@@ -215,6 +218,10 @@ pub async fn run(
     capture: Arc<super::capture::Capture>,
     stop: CancellationToken,
 ) {
+    if cfg.mode == Mode::Library {
+        // The vendor's library, in a helper process: daemon::library.
+        return super::library::run(cfg, ctx, ports, capture, stop).await;
+    }
     let (reads, pending) = mpsc::channel(PENDING_READS);
     let (feedback_tx, mut feedback) = mpsc::channel(PENDING_READS);
     let resolver = tokio::spawn(resolve_reads(
@@ -266,7 +273,7 @@ pub async fn run(
 
 /// The resolver beside a reader: resolves and audits reads in order and
 /// answers each with the FEEDBACK the reader should show.
-async fn resolve_reads(
+pub(super) async fn resolve_reads(
     name: String,
     ctx: Arc<Ctx>,
     stop: CancellationToken,
@@ -389,48 +396,17 @@ async fn serve(
                 continue;
             }
         }
-        let now_feedback = match card::decode(&item, cfg.encoding, Date::today_cst()) {
-            Ok(ReaderEvent::Card(read)) => {
-                // A full queue is back-pressure: stop reading (so stop
-                // ACKing) until the resolver catches up. The reader resends
-                // what is not ACKed and the deduper drops the copies.
-                if let Err(why) = hand_over(cfg, stop, reads, read).await {
-                    return why;
-                }
-                None
-            }
-            Ok(ReaderEvent::Removed) => {
-                ctx.publish(Event::Removed {
-                    reader: cfg.name.clone(),
-                });
-                None
-            }
-            Ok(ReaderEvent::Status(text)) => {
-                // Free text from the reader: shown masked, like all else.
-                let text = crate::mask::free_text(&text);
-                tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
-                ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-                None
-            }
-            Ok(ReaderEvent::ReadError { code, text }) => {
-                ctx.publish_reader_error(&cfg.name, code, &text);
-                None
-            }
-            Err(e @ card::CardError::NotAuthenticated) => {
-                // Not a bad card: the reader is missing its PSAM key.
-                tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
-                ctx.publish_error(
-                    ErrorCode::CardNotAuthenticated,
-                    format!("{}: {e}", cfg.name),
-                );
-                Some(Feedback::Attention)
-            }
-            Err(e) => {
-                ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
-                tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
-                ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
-                Some(Feedback::Rejected)
-            }
+        let now_feedback = match deliver(
+            cfg,
+            ctx,
+            stop,
+            reads,
+            card::decode(&item, cfg.encoding, Date::today_cst()),
+        )
+        .await
+        {
+            Ok(fb) => fb,
+            Err(why) => return why,
         };
         if let (Some(fb), Mode::Frame) = (now_feedback, cfg.mode) {
             host_seq = host_seq.wrapping_add(1);
@@ -807,4 +783,59 @@ async fn send_id(
         .send(cmd)
         .await
         .map_err(|e| format!("write failed: {e}"))
+}
+
+/// Hands one decoded reader item on: a card read to the resolver (waiting
+/// for room in its queue: back-pressure), a removal, firmware text or a
+/// read error to the displays. Returns the FEEDBACK to show at once, or
+/// why the reader must stop (cancelled, resolver gone).
+pub(super) async fn deliver(
+    cfg: &ReaderConfig,
+    ctx: &Ctx,
+    stop: &CancellationToken,
+    reads: &mpsc::Sender<CardRead>,
+    decoded: Result<ReaderEvent, card::CardError>,
+) -> Result<Option<Feedback>, String> {
+    let fb = match decoded {
+        Ok(ReaderEvent::Card(read)) => {
+            // A full queue is back-pressure: stop reading (so stop
+            // ACKing) until the resolver catches up. The reader resends
+            // what is not ACKed and the deduper drops the copies.
+            hand_over(cfg, stop, reads, read).await?;
+            None
+        }
+        Ok(ReaderEvent::Removed) => {
+            ctx.publish(Event::Removed {
+                reader: cfg.name.clone(),
+            });
+            None
+        }
+        Ok(ReaderEvent::Status(text)) => {
+            // Free text from the reader: shown masked, like all else.
+            let text = crate::mask::free_text(&text);
+            tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
+            ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
+            None
+        }
+        Ok(ReaderEvent::ReadError { code, text }) => {
+            ctx.publish_reader_error(&cfg.name, code, &text);
+            None
+        }
+        Err(e @ card::CardError::NotAuthenticated) => {
+            // Not a bad card: the reader is missing its PSAM key.
+            tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
+            ctx.publish_error(
+                ErrorCode::CardNotAuthenticated,
+                format!("{}: {e}", cfg.name),
+            );
+            Some(Feedback::Attention)
+        }
+        Err(e) => {
+            ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
+            tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
+            ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
+            Some(Feedback::Rejected)
+        }
+    };
+    Ok(fb)
 }

@@ -32,6 +32,10 @@ pub enum Mode {
     Magstripe,
     /// An identity-card SAM module (GA/T 467), polled by the host.
     Idcard,
+    /// The MOHRSS standard interface library (`iReadCardBas`), called in a
+    /// helper process (`daemon::library`). Its answers travel, and are
+    /// captured, as `ssse-text` lines: the record, or the return code.
+    Library,
 }
 
 impl std::fmt::Display for Mode {
@@ -41,6 +45,7 @@ impl std::fmt::Display for Mode {
             Mode::SsseText => "ssse-text",
             Mode::Magstripe => "magstripe",
             Mode::Idcard => "idcard",
+            Mode::Library => "library",
         })
     }
 }
@@ -53,8 +58,9 @@ impl std::str::FromStr for Mode {
             "ssse-text" => Ok(Mode::SsseText),
             "magstripe" => Ok(Mode::Magstripe),
             "idcard" => Ok(Mode::Idcard),
+            "library" => Ok(Mode::Library),
             other => Err(format!(
-                "unknown reader mode '{other}' (expected frame, ssse-text, magstripe or idcard)"
+                "unknown reader mode '{other}' (expected frame, ssse-text, magstripe, idcard or library)"
             )),
         }
     }
@@ -262,7 +268,7 @@ impl Decoder for ReaderCodec {
         Ok(match self.mode {
             Mode::Frame => self.decode_frame(src),
             Mode::Idcard => self.decode_idcard(src),
-            Mode::SsseText | Mode::Magstripe => self.decode_line(src),
+            Mode::SsseText | Mode::Magstripe | Mode::Library => self.decode_line(src),
         })
     }
 

@@ -12,6 +12,7 @@
 pub mod card;
 pub mod codec;
 pub mod dedup;
+pub mod library;
 pub mod manual;
 
 pub use manual::manual_read;
