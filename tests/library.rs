@@ -594,6 +594,44 @@ async fn the_helper_holds_no_more_than_it_needs_and_dies_with_the_daemon() {
     let (pgid, pid) = (ids[0], ids[1]);
     assert_eq!(pgid, pid, "the helper leads its own process group: {probe}");
     assert_ne!(pid, i64::from(p.child.id()));
+    // Another local uid can neither read what the helper answers (its
+    // pipes, its environment) nor signal it.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::process::CommandExt;
+        let as_nobody = |script: String| {
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.args(["-c", &script]);
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(65534) != 0
+                        || libc::setuid(65534) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        for f in ["fd/1", "fd/0", "environ"] {
+            let (ok, err) = as_nobody(format!("cat /proc/{pid}/{f} > /dev/null"));
+            assert!(!ok, "uid 65534 read the helper's {f}");
+            assert!(err.contains("ermission denied"), "{f}: {err}");
+        }
+        let (ok, err) = as_nobody(format!("kill -0 {pid}"));
+        assert!(!ok, "uid 65534 may signal the helper: {err}");
+    } else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true runs as root: the uid check must run"
+        );
+        eprintln!("skipped: the check as another uid needs root");
+    }
     // Killed with the daemon, whatever kills the daemon.
     p.child.kill().unwrap();
     p.child.wait().unwrap();
