@@ -507,7 +507,6 @@ async fn as_another_local_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_user_outside_the_screen_group_cannot_drive_the_display() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if unsafe { libc::geteuid() } != 0 {
         assert!(
             std::env::var("CI").map_or(true, |v| v != "true"),
@@ -560,17 +559,7 @@ async fn a_local_user_outside_the_screen_group_cannot_drive_the_display() {
         "--nocapture",
     ])
     .env(AS_OTHER_UID, spec.to_string());
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    as_nobody(&mut cmd);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{demo_ssn_full, sim_card, Client, Process, HOLDER, SPOUSE};
+use common::{as_nobody, demo_ssn_full, sim_card, Client, Process, HOLDER, SPOUSE};
 use serde_json::Value;
 
 /// The stand-in library, built once per test binary (it is a workspace
@@ -597,33 +597,21 @@ async fn the_helper_holds_no_more_than_it_needs_and_dies_with_the_daemon() {
     // Another local uid can neither read what the helper answers (its
     // pipes, its environment) nor signal it.
     if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::process::CommandExt;
-        let as_nobody = |script: String| {
-            let mut cmd = std::process::Command::new("/bin/sh");
-            cmd.args(["-c", &script]);
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(65534) != 0
-                        || libc::setuid(65534) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let out = cmd.output().unwrap();
+        let nobody = |script: String| {
+            let out = as_nobody(std::process::Command::new("/bin/sh").args(["-c", &script]))
+                .output()
+                .unwrap();
             (
                 out.status.success(),
                 String::from_utf8_lossy(&out.stderr).to_string(),
             )
         };
         for f in ["fd/1", "fd/0", "environ"] {
-            let (ok, err) = as_nobody(format!("cat /proc/{pid}/{f} > /dev/null"));
+            let (ok, err) = nobody(format!("cat /proc/{pid}/{f} > /dev/null"));
             assert!(!ok, "uid 65534 read the helper's {f}");
             assert!(err.contains("ermission denied"), "{f}: {err}");
         }
-        let (ok, err) = as_nobody(format!("kill -0 {pid}"));
+        let (ok, err) = nobody(format!("kill -0 {pid}"));
         assert!(!ok, "uid 65534 may signal the helper: {err}");
     } else {
         assert!(

@@ -44,7 +44,9 @@ use tokio_util::sync::CancellationToken;
 use firmware_protocol::Date;
 
 use super::capture::{Capture, Direction};
-use super::serial::{deliver, resolve_reads, set_state, OpenPort, BACKOFF_MAX, BACKOFF_MIN};
+use super::serial::{
+    back_off, deliver, resolve_reads, set_state, OpenPort, BACKOFF_MAX, BACKOFF_MIN,
+};
 use super::{Ctx, Event, Port};
 use crate::config::ReaderConfig;
 use crate::reader::card::{self, CardRead};
@@ -125,11 +127,9 @@ pub async fn run(
             backoff = BACKOFF_MIN;
         }
         set_state(&ctx, &cfg, &stop, "error", Some(cause));
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+        if !back_off(&stop, &mut backoff).await {
+            break;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     drop(reads);
     let _ = resolver.await;

@@ -260,15 +260,24 @@ pub async fn run(
                 Some(format!("cannot open: {e}")),
             ),
         }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+        if !back_off(&stop, &mut backoff).await {
+            break;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     // Reads already acknowledged are still resolved and shown.
     drop(reads);
     let _ = resolver.await;
+}
+
+/// Waits out `backoff` (then doubles it, up to [`BACKOFF_MAX`]) before a
+/// reader's next attempt; `false` when the reader is stopped meanwhile.
+pub(super) async fn back_off(stop: &CancellationToken, backoff: &mut Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => return false,
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    true
 }
 
 /// The resolver beside a reader: resolves and audits reads in order and

@@ -942,6 +942,24 @@ pub fn soft_nofile(cmd: &mut Command, soft: u64) {
     }
 }
 
+/// Runs `cmd` as uid and gid 65534 (nobody) with no supplementary
+/// groups: a local user on the wrong side of a privilege boundary. The
+/// caller must be root.
+pub fn as_nobody(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A test daemon's configuration `text` with this test's own uid made
 /// privileged (full SSNs and names on the socket).
 pub fn privileged_config(text: &str) -> String {
