@@ -4,17 +4,11 @@
 use firmware_protocol::idcard::{
     encode_reply_vec, scan, Command, IdError, IdText, ReadReply, Scan, Sw3, TEXT_LEN,
 };
+mod common;
+
 use firmware_protocol::Date;
 
-fn unhex(s: &str) -> Vec<u8> {
-    if s == "-" {
-        return Vec::new();
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+use common::unhex;
 
 fn lines(kind: &str) -> Vec<Vec<&'static str>> {
     include_str!("../vectors/idcard.txt")

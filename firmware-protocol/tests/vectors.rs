@@ -1,17 +1,11 @@
 //! Byte-exact vectors from `vectors/frames.txt` (written by the independent
 //! Python implementation `vectors/gen_vectors.py`, listed in PROTOCOL.md).
 
+mod common;
+
 use firmware_protocol::frame::{encode_vec, scan, Scan};
 
-fn unhex(s: &str) -> Vec<u8> {
-    if s == "-" {
-        return Vec::new();
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+use common::unhex;
 
 struct Vector {
     name: String,
