@@ -29,6 +29,8 @@ on_both_backends!(
     read_model_follows_binds_and_is_repaired_after_plain_sql_edits,
     an_import_into_a_populated_registry_keeps_the_read_model_exact,
     export_then_import_gives_the_same_registry,
+    an_import_refuses_what_the_tables_refuse_with_the_same_reasons,
+    an_empty_registry_exports_files_that_import,
     copy_to_the_other_backend_keeps_the_audit_chain,
     concurrent_writers_keep_one_audit_chain,
 );
@@ -854,4 +856,111 @@ fn concurrent_writers_keep_one_audit_chain(b: Backend) {
     }
     let v = fx.open().verify_audit().unwrap();
     assert_eq!((v.rows, v.broken), (1 + 4 * 40, None));
+}
+
+/// What only the tables can judge (keys, the one active payer, mutual
+/// links with the links already in) is refused by an import on both
+/// backends with the same `file:line: reason`, and nothing is imported.
+fn an_import_refuses_what_the_tables_refuse_with_the_same_reasons(b: Backend) {
+    let test = "an_import_refuses_what_the_tables_refuse_with_the_same_reasons";
+    let Some(fx) = Fx::fixture(b, test) else {
+        return;
+    };
+    let mut reg = fx.open();
+    let before = reg.stats().unwrap();
+    let dir = fx.dir.path().join("more");
+    std::fs::create_dir_all(&dir).unwrap();
+    let persons = dir.join("persons.csv");
+    let all = std::fs::read_to_string(&fixture_csv(fx.dir.path())[0]).unwrap();
+    let mut lines = all.lines();
+    let header = lines.next().unwrap();
+    let holder = lines
+        .find(|l| l.starts_with(&demo_ssn_str(HOLDER)))
+        .unwrap();
+    std::fs::write(&persons, format!("{header}\n{holder}\n")).unwrap();
+    let links = dir.join("links.csv");
+    let row = |h: u64, m: u64, rel: &str| {
+        format!(
+            "{},{},{rel},active,window,clerk1,2026-01-01T09:00:00Z,\n",
+            demo_ssn_str(h),
+            demo_ssn_str(m)
+        )
+    };
+    std::fs::write(
+        &links,
+        format!(
+            "holder_ssn,member_ssn,relation,status,channel,operator,created_at,revoked_at\n{}{}{}",
+            // MEMBER2 is covered by HOLDER2: a mutual link.
+            row(MEMBER2, HOLDER2, "parent"),
+            // SPOUSE already has HOLDER as payer.
+            row(HOLDER2, SPOUSE, "spouse"),
+            // Fine on its own.
+            row(HOLDER, CHILD, "child"),
+        ),
+    )
+    .unwrap();
+    let err = reg
+        .import(&[persons.clone(), links.clone()], "test")
+        .unwrap_err();
+    let ImportError::BadRows { rows, total } = err else {
+        panic!("{err}")
+    };
+    let got: Vec<(String, u64, String)> = rows
+        .iter()
+        .map(|r| (r.file.clone(), r.line, r.reason.clone()))
+        .collect();
+    assert_eq!(total, 3, "{got:#?}");
+    // In file and line order.
+    let links = links.display().to_string();
+    assert_eq!(
+        got[..2],
+        [
+            (
+                links.clone(),
+                2,
+                "mutual link: the holder is covered by this member (directly or through other links)"
+                    .to_string()
+            ),
+            (
+                links.clone(),
+                3,
+                "member already has another active payer".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        (&got[2].0, got[2].1),
+        (&persons.display().to_string(), 2),
+        "{got:#?}"
+    );
+    assert!(got[2].2.starts_with("duplicate key ("), "{got:#?}");
+    let after = reg.stats().unwrap();
+    assert_eq!(
+        (after.persons, after.active_links),
+        (before.persons, before.active_links)
+    );
+    assert_eq!(reg.drift().unwrap(), Drift::default());
+}
+
+/// An empty registry exports five files with their header rows, and they
+/// import (as nothing) into another registry.
+fn an_empty_registry_exports_files_that_import(b: Backend) {
+    let test = "an_empty_registry_exports_files_that_import";
+    let Some(fx) = Fx::empty(b, test) else {
+        return;
+    };
+    let out = fx.dir.path().join("export");
+    let counts = fx.open().export(&out).unwrap();
+    assert_eq!(counts, Default::default());
+    let persons = std::fs::read_to_string(out.join("persons.csv")).unwrap();
+    assert_eq!(
+        persons,
+        "ssn,name,sex,birth_date,insurance_type,insurance_status,region\n"
+    );
+    let files: Vec<_> = ["persons", "cards", "links", "accounts", "contributions"]
+        .iter()
+        .map(|t| out.join(format!("{t}.csv")))
+        .collect();
+    let copy = Fx::empty(b, test).unwrap();
+    assert_eq!(copy.open().import(&files, "test").unwrap(), counts);
 }

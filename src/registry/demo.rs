@@ -9,15 +9,14 @@
 //! get an account balance and `months` months of payment records.
 //! The same seed always gives the same registry.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use firmware_protocol::ssn::check_char;
 use firmware_protocol::Date;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rusqlite::TransactionBehavior;
 
-use super::import::{AccountRec, CardRec, ContributionRec, Inserter, LinkRec, PersonRec};
+use super::import::{AccountRec, CardRec, ContributionRec, LinkRec, PersonRec, Record, Table};
 use super::{RegistryError, Sqlite};
 
 /// Options of the generator.
@@ -45,16 +44,8 @@ impl Default for DemoOptions {
 pub trait Sink {
     /// Error type.
     type Error;
-    /// A person.
-    fn person(&mut self, r: &PersonRec) -> Result<(), Self::Error>;
-    /// A card.
-    fn card(&mut self, r: &CardRec) -> Result<(), Self::Error>;
-    /// A family link.
-    fn link(&mut self, r: &LinkRec) -> Result<(), Self::Error>;
-    /// An account.
-    fn account(&mut self, r: &AccountRec) -> Result<(), Self::Error>;
-    /// A payment record.
-    fn contribution(&mut self, r: &ContributionRec) -> Result<(), Self::Error>;
+    /// A row of any table.
+    fn row<R: Record>(&mut self, r: &R) -> Result<(), Self::Error>;
 }
 
 const REGIONS: [&str; 16] = [
@@ -163,7 +154,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 SURNAMES[rng.random_range(0..SURNAMES.len())],
                 GIVEN[rng.random_range(0..GIVEN.len())]
             );
-            sink.person(&PersonRec {
+            sink.row(&PersonRec {
                 ssn: ssn.clone(),
                 name,
                 sex: if male { "M" } else { "F" }.into(),
@@ -194,7 +185,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 (day(issued_back), day(issued_back - 3652))
             };
             let pan = idx.is_multiple_of(2).then(|| demo_pan(idx));
-            sink.card(&CardRec {
+            sink.row(&CardRec {
                 card_no: demo_card_no(idx),
                 pan,
                 ssn: ssn.clone(),
@@ -205,7 +196,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
             })?;
             let employee = ins_type == "employee" && ins_status == "active";
             if ins_type == "employee" {
-                sink.account(&AccountRec {
+                sink.row(&AccountRec {
                     holder_ssn: ssn.clone(),
                     balance_fen: rng.random_range(0..800_000),
                 })?;
@@ -214,7 +205,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                 for m in 0..opts.months {
                     let months_back = m as i64 + 1;
                     let total = today.year() as i64 * 12 + today.month() as i64 - 1 - months_back;
-                    sink.contribution(&ContributionRec {
+                    sink.row(&ContributionRec {
                         ssn: ssn.clone(),
                         month: format!("{:04}-{:02}", total / 12, total % 12 + 1),
                         employer: employer.into(),
@@ -252,7 +243,7 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
                     } else {
                         continue;
                     };
-                    sink.link(&LinkRec {
+                    sink.row(&LinkRec {
                         holder_ssn: holder.ssn.clone(),
                         member_ssn: m.ssn.clone(),
                         relation: relation.into(),
@@ -270,58 +261,25 @@ pub fn generate<S: Sink>(opts: &DemoOptions, sink: &mut S) -> Result<(), S::Erro
     Ok(())
 }
 
-struct DbSink<'c>(Inserter<'c>);
-
-impl Sink for DbSink<'_> {
-    type Error = rusqlite::Error;
-    fn person(&mut self, r: &PersonRec) -> rusqlite::Result<()> {
-        self.0.person(r)
-    }
-    fn card(&mut self, r: &CardRec) -> rusqlite::Result<()> {
-        self.0.card(r)
-    }
-    fn link(&mut self, r: &LinkRec) -> rusqlite::Result<()> {
-        self.0.link(r)
-    }
-    fn account(&mut self, r: &AccountRec) -> rusqlite::Result<()> {
-        self.0.account(r)
-    }
-    fn contribution(&mut self, r: &ContributionRec) -> rusqlite::Result<()> {
-        self.0.contribution(r)
-    }
-}
-
 /// Writes CSV files in the import format.
 pub struct CsvSink {
-    persons: csv::Writer<std::fs::File>,
-    cards: csv::Writer<std::fs::File>,
-    links: csv::Writer<std::fs::File>,
-    accounts: csv::Writer<std::fs::File>,
-    contributions: csv::Writer<std::fs::File>,
+    /// One writer per table, in the order of [`Table::ALL`].
+    files: Vec<csv::Writer<std::fs::File>>,
 }
 
 impl CsvSink {
     /// Creates the five files in `dir`.
     pub fn create(dir: &Path) -> csv::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let w = |n: &str| csv::Writer::from_path(dir.join(n));
-        Ok(CsvSink {
-            persons: w("persons.csv")?,
-            cards: w("cards.csv")?,
-            links: w("links.csv")?,
-            accounts: w("accounts.csv")?,
-            contributions: w("contributions.csv")?,
-        })
+        let files = Table::ALL
+            .iter()
+            .map(|t| csv::Writer::from_path(dir.join(t.file())))
+            .collect::<csv::Result<_>>()?;
+        Ok(CsvSink { files })
     }
     /// Flushes all files.
     pub fn finish(mut self) -> csv::Result<()> {
-        for w in [
-            &mut self.persons,
-            &mut self.cards,
-            &mut self.links,
-            &mut self.accounts,
-            &mut self.contributions,
-        ] {
+        for w in &mut self.files {
             w.flush()?;
         }
         Ok(())
@@ -330,49 +288,34 @@ impl CsvSink {
 
 impl Sink for CsvSink {
     type Error = csv::Error;
-    fn person(&mut self, r: &PersonRec) -> csv::Result<()> {
-        self.persons.serialize(r)
-    }
-    fn card(&mut self, r: &CardRec) -> csv::Result<()> {
-        self.cards.serialize(r)
-    }
-    fn link(&mut self, r: &LinkRec) -> csv::Result<()> {
-        self.links.serialize(r)
-    }
-    fn account(&mut self, r: &AccountRec) -> csv::Result<()> {
-        self.accounts.serialize(r)
-    }
-    fn contribution(&mut self, r: &ContributionRec) -> csv::Result<()> {
-        self.contributions.serialize(r)
+    fn row<R: Record>(&mut self, r: &R) -> csv::Result<()> {
+        match self.files.get_mut(R::TABLE as usize) {
+            Some(w) => w.serialize(r),
+            None => Ok(()),
+        }
     }
 }
 
-impl Sqlite {
-    /// Fills the registry with demo data in one transaction.
-    pub fn gen_demo(&mut self, opts: &DemoOptions) -> Result<(), RegistryError> {
-        let t = self.busy_timeout;
-        let sql = |e| RegistryError::from_sql(e, t);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        generate(opts, &mut DbSink(Inserter::new(&tx))).map_err(sql)?;
-        super::derived::rebuild(&tx).map_err(sql)?;
-        super::audit::append(
-            &tx,
-            &super::audit::Entry {
-                actor: "gen-demo",
-                action: "gen-demo",
-                ssn: None,
-                outcome: &format!(
-                    "ok persons={} months={} seed={}",
-                    opts.persons, opts.months, opts.seed
-                ),
-            },
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)
-    }
+/// The demo data of `opts` as the five CSV files of the import format, in
+/// a temporary directory (removed when the returned guard is dropped).
+pub(crate) fn demo_files(
+    opts: &DemoOptions,
+) -> Result<(tempfile::TempDir, Vec<PathBuf>), RegistryError> {
+    let dir = tempfile::Builder::new()
+        .prefix("cardlink-gen-demo-")
+        .tempdir()
+        .map_err(|e| RegistryError::Corrupt(format!("demo CSV: temporary directory: {e}")))?;
+    let csv_err = |e: csv::Error| {
+        RegistryError::Corrupt(format!("demo CSV in {}: {e}", dir.path().display()))
+    };
+    let mut sink = CsvSink::create(dir.path()).map_err(csv_err)?;
+    generate(opts, &mut sink).map_err(csv_err)?;
+    sink.finish().map_err(csv_err)?;
+    let files = Table::ALL
+        .iter()
+        .map(|t| dir.path().join(t.file()))
+        .collect();
+    Ok((dir, files))
 }
 
 /// A card for the simulator: its owner, numbers, name and dates.

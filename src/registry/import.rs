@@ -1,4 +1,5 @@
-//! Bulk CSV import (all-or-nothing) and the row types shared with `gen-demo`.
+//! Bulk CSV import (all-or-nothing) and export, and the row types shared
+//! with `gen-demo`.
 //!
 //! Files are recognised by name: `persons.csv`, `cards.csv`, `links.csv`,
 //! `accounts.csv`, `contributions.csv`, each with a header row naming the
@@ -6,11 +7,20 @@
 //! order in one transaction; every row is validated (SSNs included) and
 //! every bad row is reported as `file:line: reason`. If any row is bad,
 //! nothing is imported.
+//!
+//! Written once for both backends: each table is a [`Record`] (its header,
+//! checks, write order and column values) and [`load_files`] is the loop;
+//! a backend only says where rows go ([`Dest`]: SQLite inserts them here,
+//! PostgreSQL `COPY`s them in `pg/import.rs`).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use firmware_protocol::{Date, Ssn};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, TransactionBehavior};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::audit::{append, Entry};
@@ -148,9 +158,105 @@ fn fen_ok(field: &str, v: i64) -> Result<(), String> {
     }
 }
 
-impl PersonRec {
+pub(crate) fn upper(s: &str) -> String {
+    s.to_ascii_uppercase()
+}
+
+/// A value of a row as the backends write it: SQLite binds it, PostgreSQL
+/// `COPY`s it as a CSV field, export writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field<'a> {
+    /// Text.
+    Text(Cow<'a, str>),
+    /// A whole number.
+    Int(i64),
+    /// No value (SQL `NULL`; an empty CSV field).
+    Null,
+}
+
+impl Field<'_> {
+    /// Writes the value as the next field of a CSV record (`NULL` empty).
+    pub(crate) fn write_csv<W: std::io::Write>(&self, w: &mut csv::Writer<W>) -> csv::Result<()> {
+        match self {
+            Field::Text(s) => w.write_field(s.as_bytes()),
+            Field::Int(i) => w.write_field(i.to_string()),
+            Field::Null => w.write_field(""),
+        }
+    }
+}
+
+impl ToSql for Field<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Field::Text(s) => ValueRef::Text(s.as_bytes()),
+            Field::Int(i) => ValueRef::Integer(*i),
+            Field::Null => ValueRef::Null,
+        }))
+    }
+}
+
+impl<'a> From<ValueRef<'a>> for Field<'a> {
+    fn from(v: ValueRef<'a>) -> Self {
+        match v {
+            ValueRef::Null => Field::Null,
+            ValueRef::Integer(i) => Field::Int(i),
+            ValueRef::Real(f) => Field::Text(f.to_string().into()),
+            ValueRef::Text(b) | ValueRef::Blob(b) => Field::Text(String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+fn text(s: &str) -> Field<'_> {
+    Field::Text(Cow::Borrowed(s))
+}
+
+/// An SSN as stored: upper case (a trailing `x` is `X`).
+fn ssn(s: &str) -> Field<'static> {
+    Field::Text(Cow::Owned(upper(s)))
+}
+
+/// An optional column: absent or empty is `NULL`.
+fn optional(s: &Option<String>) -> Field<'_> {
+    s.as_deref()
+        .filter(|s| !s.is_empty())
+        .map_or(Field::Null, text)
+}
+
+/// One table of the import format, written once for every backend and
+/// every use (import, `gen-demo`): its record type, the checks of one row,
+/// the order rows are written in and the values of its columns. Where the
+/// rows go is the backend's [`Dest`].
+pub trait Record: DeserializeOwned + Serialize {
+    /// The table.
+    const TABLE: Table;
+    /// The columns the file's header row must name.
+    const HEADER: &'static [&'static str] = Self::TABLE.columns();
     /// Checks every field.
-    pub fn validate(&self, today: Date) -> Result<(), String> {
+    fn validate(&self, today: Date) -> Result<(), String>;
+    /// Rows are written sorted by this key (with equal keys in file order);
+    /// an empty key keeps the order of the file.
+    fn key(&self) -> &str;
+    /// The values of [`Table::columns`], in that order: SSNs upper case,
+    /// empty optional values `NULL`.
+    fn fields(&self) -> Vec<Field<'_>>;
+    /// An active link's holder and member (checked for mutual links).
+    fn active_link(&self) -> Option<(&str, &str)> {
+        None
+    }
+}
+
+impl Record for PersonRec {
+    const TABLE: Table = Table::Persons;
+    // `region` is optional in the file.
+    const HEADER: &'static [&'static str] = &[
+        "ssn",
+        "name",
+        "sex",
+        "birth_date",
+        "insurance_type",
+        "insurance_status",
+    ];
+    fn validate(&self, today: Date) -> Result<(), String> {
         let ssn = ssn_ok("ssn", &self.ssn, today)?;
         text_ok("name", &self.name, 64)?;
         one_of("sex", &self.sex, &["M", "F"])?;
@@ -201,11 +307,25 @@ impl PersonRec {
         }
         Ok(())
     }
+    fn key(&self) -> &str {
+        &self.ssn
+    }
+    fn fields(&self) -> Vec<Field<'_>> {
+        vec![
+            ssn(&self.ssn),
+            text(&self.name),
+            text(&self.sex),
+            text(&self.birth_date),
+            text(&self.insurance_type),
+            text(&self.insurance_status),
+            optional(&self.region),
+        ]
+    }
 }
 
-impl CardRec {
-    /// Checks every field.
-    pub fn validate(&self, today: Date) -> Result<(), String> {
+impl Record for CardRec {
+    const TABLE: Table = Table::Cards;
+    fn validate(&self, today: Date) -> Result<(), String> {
         let c = self.card_no.as_bytes();
         if c.len() != 9
             || !c
@@ -239,11 +359,39 @@ impl CardRec {
             &["active", "lost", "frozen", "cancelled"],
         )
     }
+    fn key(&self) -> &str {
+        &self.card_no
+    }
+    fn fields(&self) -> Vec<Field<'_>> {
+        vec![
+            text(&self.card_no),
+            optional(&self.pan),
+            ssn(&self.ssn),
+            Field::Int(self.generation.into()),
+            text(&self.issued),
+            text(&self.expires),
+            text(&self.status),
+        ]
+    }
 }
 
-impl LinkRec {
-    /// Checks every field.
-    pub fn validate(&self, today: Date) -> Result<(), String> {
+impl Record for AccountRec {
+    const TABLE: Table = Table::Accounts;
+    fn validate(&self, today: Date) -> Result<(), String> {
+        ssn_ok("holder_ssn", &self.holder_ssn, today)?;
+        fen_ok("balance_fen", self.balance_fen)
+    }
+    fn key(&self) -> &str {
+        &self.holder_ssn
+    }
+    fn fields(&self) -> Vec<Field<'_>> {
+        vec![ssn(&self.holder_ssn), Field::Int(self.balance_fen)]
+    }
+}
+
+impl Record for LinkRec {
+    const TABLE: Table = Table::Links;
+    fn validate(&self, today: Date) -> Result<(), String> {
         ssn_ok("holder_ssn", &self.holder_ssn, today)?;
         ssn_ok("member_ssn", &self.member_ssn, today)?;
         if self.holder_ssn.eq_ignore_ascii_case(&self.member_ssn) {
@@ -265,19 +413,31 @@ impl LinkRec {
         text_ok("operator", &self.operator, 64)?;
         text_ok("created_at", &self.created_at, 40)
     }
-}
-
-impl AccountRec {
-    /// Checks every field.
-    pub fn validate(&self, today: Date) -> Result<(), String> {
-        ssn_ok("holder_ssn", &self.holder_ssn, today)?;
-        fen_ok("balance_fen", self.balance_fen)
+    /// File order: link ids (and so each holder's member list) keep the
+    /// order of the file, which export writes in id order.
+    fn key(&self) -> &str {
+        ""
+    }
+    fn fields(&self) -> Vec<Field<'_>> {
+        vec![
+            ssn(&self.holder_ssn),
+            ssn(&self.member_ssn),
+            text(&self.relation),
+            text(&self.status),
+            text(&self.channel),
+            text(&self.operator),
+            text(&self.created_at),
+            optional(&self.revoked_at),
+        ]
+    }
+    fn active_link(&self) -> Option<(&str, &str)> {
+        (self.status == "active").then_some((&self.holder_ssn, &self.member_ssn))
     }
 }
 
-impl ContributionRec {
-    /// Checks every field.
-    pub fn validate(&self, today: Date) -> Result<(), String> {
+impl Record for ContributionRec {
+    const TABLE: Table = Table::Contributions;
+    fn validate(&self, today: Date) -> Result<(), String> {
         ssn_ok("ssn", &self.ssn, today)?;
         let m = self.month.as_bytes();
         let month_ok =
@@ -291,92 +451,19 @@ impl ContributionRec {
         fen_ok("employer_fen", self.employer_fen)?;
         fen_ok("account_fen", self.account_fen)
     }
-}
-
-pub(crate) fn upper(s: &str) -> String {
-    s.to_ascii_uppercase()
-}
-
-/// Writes validated records with prepared statements on one connection,
-/// inside a transaction the caller owns. Used by import and `gen-demo`.
-pub(crate) struct Inserter<'c> {
-    conn: &'c Connection,
-}
-
-impl<'c> Inserter<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> Self {
-        Inserter { conn }
+    fn key(&self) -> &str {
+        &self.ssn
     }
-    pub(crate) fn person(&self, r: &PersonRec) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO persons (ssn, name, sex, birth_date, insurance_type, insurance_status, region) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                upper(&r.ssn),
-                r.name,
-                r.sex,
-                r.birth_date,
-                r.insurance_type,
-                r.insurance_status,
-                r.region
-            ])
-            .map(drop)
-    }
-    pub(crate) fn card(&self, r: &CardRec) -> rusqlite::Result<()> {
-        let pan = r.pan.as_deref().filter(|p| !p.is_empty());
-        self.conn
-            .prepare_cached("INSERT INTO cards VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-            .execute(params![
-                r.card_no,
-                pan,
-                upper(&r.ssn),
-                r.generation,
-                r.issued,
-                r.expires,
-                r.status
-            ])
-            .map(drop)
-    }
-    pub(crate) fn link(&self, r: &LinkRec) -> rusqlite::Result<()> {
-        let revoked = r.revoked_at.as_deref().filter(|p| !p.is_empty());
-        self.conn
-            .prepare_cached(
-                "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                upper(&r.holder_ssn),
-                upper(&r.member_ssn),
-                r.relation,
-                r.status,
-                r.channel,
-                r.operator,
-                r.created_at,
-                revoked
-            ])
-            .map(drop)
-    }
-    pub(crate) fn account(&self, r: &AccountRec) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached("INSERT INTO accounts VALUES (?1, ?2)")?
-            .execute(params![upper(&r.holder_ssn), r.balance_fen])
-            .map(drop)
-    }
-    pub(crate) fn contribution(&self, r: &ContributionRec) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached("INSERT INTO contributions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-            .execute(params![
-                upper(&r.ssn),
-                r.month,
-                r.employer,
-                r.base_fen,
-                r.employee_fen,
-                r.employer_fen,
-                r.account_fen
-            ])
-            .map(drop)
+    fn fields(&self) -> Vec<Field<'_>> {
+        vec![
+            ssn(&self.ssn),
+            text(&self.month),
+            text(&self.employer),
+            Field::Int(self.base_fen),
+            Field::Int(self.employee_fen),
+            Field::Int(self.employer_fen),
+            Field::Int(self.account_fen),
+        ]
     }
 }
 
@@ -440,80 +527,165 @@ pub struct ImportCounts {
     pub contributions: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Table {
+impl ImportCounts {
+    pub(crate) fn add(&mut self, t: Table, n: u64) {
+        *match t {
+            Table::Persons => &mut self.persons,
+            Table::Cards => &mut self.cards,
+            Table::Accounts => &mut self.accounts,
+            Table::Links => &mut self.links,
+            Table::Contributions => &mut self.contributions,
+        } += n;
+    }
+}
+
+/// The tables of the import format, in dependency order (persons first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    /// `persons.csv`.
     Persons,
+    /// `cards.csv`.
     Cards,
+    /// `accounts.csv`.
     Accounts,
+    /// `links.csv` (table `family_links`).
     Links,
+    /// `contributions.csv`.
     Contributions,
 }
 
+impl Table {
+    /// Every table, in dependency order.
+    pub const ALL: [Table; 5] = [
+        Table::Persons,
+        Table::Cards,
+        Table::Accounts,
+        Table::Links,
+        Table::Contributions,
+    ];
+
+    /// The file's name.
+    pub const fn file(self) -> &'static str {
+        match self {
+            Table::Persons => "persons.csv",
+            Table::Cards => "cards.csv",
+            Table::Accounts => "accounts.csv",
+            Table::Links => "links.csv",
+            Table::Contributions => "contributions.csv",
+        }
+    }
+
+    /// The SQL table.
+    pub const fn sql_name(self) -> &'static str {
+        match self {
+            Table::Links => "family_links",
+            t => t.stem(),
+        }
+    }
+
+    const fn stem(self) -> &'static str {
+        match self {
+            Table::Persons => "persons",
+            Table::Cards => "cards",
+            Table::Accounts => "accounts",
+            Table::Links => "links",
+            Table::Contributions => "contributions",
+        }
+    }
+
+    /// The columns a row writes (and export reads), in order.
+    pub const fn columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Persons => &[
+                "ssn",
+                "name",
+                "sex",
+                "birth_date",
+                "insurance_type",
+                "insurance_status",
+                "region",
+            ],
+            Table::Cards => &[
+                "card_no",
+                "pan",
+                "ssn",
+                "generation",
+                "issued",
+                "expires",
+                "status",
+            ],
+            Table::Accounts => &["holder_ssn", "balance_fen"],
+            Table::Links => &[
+                "holder_ssn",
+                "member_ssn",
+                "relation",
+                "status",
+                "channel",
+                "operator",
+                "created_at",
+                "revoked_at",
+            ],
+            Table::Contributions => &[
+                "ssn",
+                "month",
+                "employer",
+                "base_fen",
+                "employee_fen",
+                "employer_fen",
+                "account_fen",
+            ],
+        }
+    }
+
+    /// The columns (of [`Table::columns`]) that name a person whose derived
+    /// row a row of the table changes.
+    pub(crate) const fn touched_columns(self) -> &'static [usize] {
+        match self {
+            Table::Persons | Table::Accounts => &[0],
+            Table::Cards => &[2],
+            Table::Links => &[0, 1],
+            Table::Contributions => &[],
+        }
+    }
+
+    /// The statement export reads the table with (the same on both
+    /// backends), in key order (links in id order).
+    pub(crate) fn export_select(self) -> String {
+        let order = match self {
+            Table::Persons => "ssn",
+            Table::Cards => "card_no",
+            Table::Accounts => "holder_ssn",
+            Table::Links => "id",
+            Table::Contributions => "ssn, month, employer",
+        };
+        format!(
+            "SELECT {} FROM {} ORDER BY {order}",
+            self.columns().join(", "),
+            self.sql_name()
+        )
+    }
+}
+
 /// The files in dependency order (persons first), each with its table.
-pub(crate) fn in_order(files: &[PathBuf]) -> Result<Vec<(Table, &PathBuf)>, ImportError> {
+pub(crate) fn in_order(files: &[PathBuf]) -> Result<Vec<(Table, PathBuf)>, ImportError> {
     let mut sorted = Vec::new();
     for f in files {
         let t = table_of(f).ok_or_else(|| ImportError::UnknownFile(f.display().to_string()))?;
-        sorted.push((t, f));
+        sorted.push((t, f.clone()));
     }
     sorted.sort_by_key(|(t, _)| *t);
     Ok(sorted)
 }
 
 pub(crate) fn table_of(path: &Path) -> Option<Table> {
-    match path.file_stem()?.to_str()? {
-        "persons" => Some(Table::Persons),
-        "cards" => Some(Table::Cards),
-        "links" => Some(Table::Links),
-        "accounts" => Some(Table::Accounts),
-        "contributions" => Some(Table::Contributions),
-        _ => None,
-    }
+    let stem = path.file_stem()?.to_str()?;
+    Table::ALL.into_iter().find(|t| t.stem() == stem)
 }
-
-/// The columns of each file (the header row must name them).
-pub(crate) const PERSON_COLUMNS: &[&str] = &[
-    "ssn",
-    "name",
-    "sex",
-    "birth_date",
-    "insurance_type",
-    "insurance_status",
-];
-pub(crate) const CARD_COLUMNS: &[&str] = &[
-    "card_no",
-    "pan",
-    "ssn",
-    "generation",
-    "issued",
-    "expires",
-    "status",
-];
-pub(crate) const LINK_COLUMNS: &[&str] = &[
-    "holder_ssn",
-    "member_ssn",
-    "relation",
-    "status",
-    "channel",
-    "operator",
-    "created_at",
-    "revoked_at",
-];
-pub(crate) const ACCOUNT_COLUMNS: &[&str] = &["holder_ssn", "balance_fen"];
-pub(crate) const CONTRIBUTION_COLUMNS: &[&str] = &[
-    "ssn",
-    "month",
-    "employer",
-    "base_fen",
-    "employee_fen",
-    "employer_fen",
-    "account_fen",
-];
 
 /// Most bad rows listed; beyond that only the count grows.
 const MAX_REPORTED: usize = 1000;
 
-/// Rows validated, sorted by key and inserted together. Inserting in key
+/// Rows validated, sorted by key and written together. Inserting in key
 /// order keeps consecutive inserts on neighbouring B-tree pages, which is
 /// several times faster than file order once the tables outgrow the page
 /// cache; the batch bounds the memory this costs.
@@ -541,22 +713,57 @@ impl Bad {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn load<T, V, K, I>(
+/// Where validated rows go: the one thing an import does differently on
+/// each backend (SQLite inserts each row; PostgreSQL streams them to a
+/// `COPY`).
+pub(crate) trait Dest {
+    /// A file of table `t` starts. `false`: the destination has failed
+    /// (and reports why itself); stop.
+    fn begin(&mut self, _t: Table) -> bool {
+        true
+    }
+    /// Writes one row, read at `line`.
+    fn row<R: Record>(&mut self, line: u64, r: &R) -> Result<(), Refused>;
+    /// The file has ended. `false` as for [`Dest::begin`].
+    fn end(&mut self, _t: Table) -> bool {
+        true
+    }
+}
+
+/// Reads, validates and writes to `dest` every file (in dependency order,
+/// see [`in_order`]); returns the bad rows and the rows written.
+pub(crate) fn load_files<D: Dest>(
+    files: &[(Table, PathBuf)],
+    today: Date,
+    dest: &mut D,
+) -> Result<(Bad, ImportCounts), ImportError> {
+    let mut bad = Bad::default();
+    let mut counts = ImportCounts::default();
+    for (t, f) in files {
+        if !dest.begin(*t) {
+            break;
+        }
+        let n = match t {
+            Table::Persons => load::<PersonRec, D>(f, today, &mut bad, dest)?,
+            Table::Cards => load::<CardRec, D>(f, today, &mut bad, dest)?,
+            Table::Accounts => load::<AccountRec, D>(f, today, &mut bad, dest)?,
+            Table::Links => load::<LinkRec, D>(f, today, &mut bad, dest)?,
+            Table::Contributions => load::<ContributionRec, D>(f, today, &mut bad, dest)?,
+        };
+        counts.add(*t, n);
+        if !dest.end(*t) {
+            break;
+        }
+    }
+    Ok((bad, counts))
+}
+
+fn load<R: Record, D: Dest>(
     path: &Path,
-    columns: &[&str],
     today: Date,
     bad: &mut Bad,
-    validate: V,
-    key: K,
-    insert: I,
-) -> Result<u64, ImportError>
-where
-    T: for<'de> Deserialize<'de>,
-    V: Fn(&T, Date) -> Result<(), String>,
-    K: Fn(&T) -> &str,
-    I: Fn(u64, &T) -> Result<(), Refused>,
-{
+    dest: &mut D,
+) -> Result<u64, ImportError> {
     let file = path.display().to_string();
     let io = |source| ImportError::Io {
         file: file.clone(),
@@ -567,6 +774,7 @@ where
         .from_path(path)
         .map_err(io)?;
     let headers = rdr.headers().map_err(io)?.clone();
+    let columns = R::HEADER;
     // A header row is required: without it the first data row would be
     // taken for one and every row would then fail on a "missing field".
     if headers.is_empty() {
@@ -598,13 +806,13 @@ where
     }
     let mut n = 0;
     let mut raw = csv::StringRecord::new();
-    let mut batch: Vec<(u64, T)> = Vec::new();
-    let mut flush = |batch: &mut Vec<(u64, T)>, bad: &mut Bad| {
+    let mut batch: Vec<(u64, R)> = Vec::new();
+    let mut flush = |batch: &mut Vec<(u64, R)>, bad: &mut Bad| {
         // Unstable on (key, line) orders like a stable sort by key, with
         // fewer moves of the records.
-        batch.sort_unstable_by(|a, b| key(&a.1).cmp(key(&b.1)).then(a.0.cmp(&b.0)));
+        batch.sort_unstable_by(|a, b| a.1.key().cmp(b.1.key()).then(a.0.cmp(&b.0)));
         for (line, rec) in batch.drain(..) {
-            match insert(line, &rec) {
+            match dest.row(line, &rec) {
                 Ok(()) => n += 1,
                 Err(Refused::Db(why)) => push(bad, &file, line, why),
                 Err(Refused::Rule(why)) => push(bad, &file, line, why.into()),
@@ -626,14 +834,14 @@ where
         if let Some(pos) = raw.position() {
             line = pos.line();
         }
-        let rec: T = match raw.deserialize(Some(&headers)) {
+        let rec: R = match raw.deserialize(Some(&headers)) {
             Ok(r) => r,
             Err(e) => {
                 push(bad, &file, line, format!("{e}"));
                 continue;
             }
         };
-        if let Err(reason) = validate(&rec, today) {
+        if let Err(reason) = rec.validate(today) {
             push(bad, &file, line, reason);
             continue;
         }
@@ -646,13 +854,17 @@ where
     Ok(n)
 }
 
-/// Why a validated row could not be inserted.
+/// Why a validated row could not be written.
 pub(crate) enum Refused {
     /// The database refused it (keys, constraints): the reason.
     Db(String),
     /// A rule across rows refused it.
     Rule(&'static str),
 }
+
+/// The reason given for an active link whose holder its member covers.
+pub(crate) const MUTUAL_LINK: &str =
+    "mutual link: the holder is covered by this member (directly or through other links)";
 
 impl From<rusqlite::Error> for Refused {
     fn from(e: rusqlite::Error) -> Self {
@@ -684,18 +896,119 @@ fn db_reason(e: &rusqlite::Error) -> String {
     }
 }
 
+/// The audit row of a bulk load.
+pub(crate) struct LoadAudit {
+    pub(crate) actor: String,
+    pub(crate) action: &'static str,
+    pub(crate) outcome: String,
+}
+
+impl LoadAudit {
+    pub(crate) fn entry(&self) -> Entry<'_> {
+        Entry {
+            actor: &self.actor,
+            action: self.action,
+            ssn: None,
+            outcome: &self.outcome,
+        }
+    }
+}
+
+/// The audit row of a bulk load, from what it loaded.
+pub(crate) type AuditRow<'a> = &'a dyn Fn(&ImportCounts) -> LoadAudit;
+
+/// A bulk load as a backend receives it: the files in dependency order,
+/// the day rows are checked on and the audit row to write.
+pub(crate) struct Load<'a> {
+    pub(crate) files: Vec<(Table, PathBuf)>,
+    pub(crate) today: Date,
+    pub(crate) audit: AuditRow<'a>,
+}
+
+impl<'a> Load<'a> {
+    /// Refuses a file that is not one of the five tables.
+    pub(crate) fn new(files: &[PathBuf], audit: AuditRow<'a>) -> Result<Self, ImportError> {
+        Ok(Load {
+            files: in_order(files)?,
+            today: Date::today_cst(),
+            audit,
+        })
+    }
+}
+
+/// The audit row of `import` by `actor`.
+pub(crate) fn import_audit(actor: &str) -> impl Fn(&ImportCounts) -> LoadAudit + '_ {
+    move |c| LoadAudit {
+        actor: actor.to_string(),
+        action: "import",
+        outcome: format!(
+            "ok persons={} cards={} links={} accounts={} contributions={}",
+            c.persons, c.cards, c.links, c.accounts, c.contributions
+        ),
+    }
+}
+
+/// SQLite's [`Dest`]: each row inserted at once, in the import's
+/// transaction; the persons it touches noted for the read model; an active
+/// link checked for a cycle through the links already in.
+struct SqliteRows<'c> {
+    conn: &'c Connection,
+    timeout: Duration,
+    touched: Option<Touched<'c>>,
+    insert: String,
+}
+
+impl Dest for SqliteRows<'_> {
+    fn begin(&mut self, t: Table) -> bool {
+        let cols = t.columns();
+        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        self.insert = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            t.sql_name(),
+            cols.join(", "),
+            marks.join(", ")
+        );
+        true
+    }
+
+    fn row<R: Record>(&mut self, _line: u64, r: &R) -> Result<(), Refused> {
+        let fields = r.fields();
+        self.conn
+            .prepare_cached(&self.insert)?
+            .execute(rusqlite::params_from_iter(&fields))?;
+        if let Some(t) = &self.touched {
+            for &i in R::TABLE.touched_columns() {
+                if let Some(Field::Text(ssn)) = fields.get(i) {
+                    t.add(ssn)?;
+                }
+            }
+        }
+        if let Some((h, m)) = r.active_link() {
+            let (h, m) = (upper(h), upper(m));
+            let mut facts = super::bind::SqliteFacts {
+                conn: self.conn,
+                timeout: self.timeout,
+            };
+            let mutual = futures::executor::block_on(super::bind::covered_by(&mut facts, &h, &m))
+                .map_err(|e| Refused::Db(e.to_string()))?;
+            if mutual {
+                return Err(Refused::Rule(MUTUAL_LINK));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Sqlite {
-    /// Imports CSV files all-or-nothing; see the module docs.
-    pub fn import(&mut self, files: &[PathBuf], actor: &str) -> Result<ImportCounts, ImportError> {
-        let sorted = in_order(files)?;
-        let today = Date::today_cst();
+    /// Runs a bulk load in one `BEGIN IMMEDIATE` transaction: all or
+    /// nothing (see the module docs).
+    pub(crate) fn bulk_load(&mut self, load: &Load<'_>) -> Result<ImportCounts, ImportError> {
         let timeout = self.busy_timeout;
         let sql = |e| ImportError::Registry(RegistryError::from_sql(e, timeout));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        let ins = Inserter::new(&tx);
         // The read model: the persons the rows touch are noted as they go
         // in and refreshed with their neighbours at the end; into an empty
         // registry, or past 200,000 noted rows, it is rebuilt set-based
@@ -711,103 +1024,16 @@ impl Sqlite {
         } else {
             Some(Touched::new(&tx, 200_000).map_err(sql)?)
         };
-        let touch = |ssn: &str| -> Result<(), Refused> {
-            if let Some(t) = &touched {
-                t.add(&upper(ssn))?;
-            }
-            Ok(())
+        let mut rows = SqliteRows {
+            conn: &tx,
+            timeout,
+            touched,
+            insert: String::new(),
         };
-        let mut counts = ImportCounts::default();
-        let mut bad = Bad::default();
-        for (t, f) in sorted {
-            match t {
-                Table::Persons => {
-                    counts.persons += load(
-                        f,
-                        PERSON_COLUMNS,
-                        today,
-                        &mut bad,
-                        PersonRec::validate,
-                        |r: &PersonRec| r.ssn.as_str(),
-                        |_, r| {
-                            ins.person(r)?;
-                            touch(&r.ssn)
-                        },
-                    )?
-                }
-                Table::Cards => {
-                    counts.cards += load(
-                        f,
-                        CARD_COLUMNS,
-                        today,
-                        &mut bad,
-                        CardRec::validate,
-                        |r: &CardRec| r.card_no.as_str(),
-                        |_, r| {
-                            ins.card(r)?;
-                            touch(&r.ssn)
-                        },
-                    )?
-                }
-                Table::Accounts => {
-                    counts.accounts += load(
-                        f,
-                        ACCOUNT_COLUMNS,
-                        today,
-                        &mut bad,
-                        AccountRec::validate,
-                        |r: &AccountRec| r.holder_ssn.as_str(),
-                        |_, r| {
-                            ins.account(r)?;
-                            touch(&r.holder_ssn)
-                        },
-                    )?
-                }
-                Table::Links => {
-                    counts.links += load(
-                        f,
-                        LINK_COLUMNS,
-                        today,
-                        &mut bad,
-                        LinkRec::validate,
-                        // File order: link ids (and so each holder's
-                        // member list) keep the order of the file, which
-                        // export writes in id order.
-                        |_: &LinkRec| "",
-                        |_, r| {
-                            ins.link(r)?;
-                            touch(&r.holder_ssn)?;
-                            touch(&r.member_ssn)?;
-                            let (h, m) = (upper(&r.holder_ssn), upper(&r.member_ssn));
-                            let mut facts = super::bind::SqliteFacts { conn: &tx, timeout };
-                            let mutual = r.status == "active"
-                                && futures::executor::block_on(super::bind::covered_by(
-                                    &mut facts, &h, &m,
-                                ))
-                                .map_err(|e| Refused::Db(e.to_string()))?;
-                            if mutual {
-                                return Err(Refused::Rule(
-                                    "mutual link: the holder is covered by this member (directly or through other links)",
-                                ));
-                            }
-                            Ok(())
-                        },
-                    )?
-                }
-                Table::Contributions => {
-                    counts.contributions += load(
-                        f,
-                        CONTRIBUTION_COLUMNS,
-                        today,
-                        &mut bad,
-                        ContributionRec::validate,
-                        |r: &ContributionRec| r.ssn.as_str(),
-                        |_, r| Ok(ins.contribution(r)?),
-                    )?
-                }
-            }
-        }
+        let (bad, counts) = load_files(&load.files, load.today, &mut rows)?;
+        let touched = rows.touched;
         if let Some(e) = bad.into_error() {
+            drop(touched);
             tx.rollback().map_err(sql)?;
             return Err(e);
         }
@@ -815,83 +1041,39 @@ impl Sqlite {
             Some(t) => t.finish().map_err(sql)?,
             None => super::derived::rebuild(&tx).map_err(sql)?,
         };
-        append(
-            &tx,
-            &Entry {
-                actor,
-                action: "import",
-                ssn: None,
-                outcome: &format!(
-                    "ok persons={} cards={} links={} accounts={} contributions={}",
-                    counts.persons,
-                    counts.cards,
-                    counts.links,
-                    counts.accounts,
-                    counts.contributions
-                ),
-            },
-        )
-        .map_err(sql)?;
+        append(&tx, &(load.audit)(&counts).entry()).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(counts)
     }
-}
 
-impl Sqlite {
     /// Writes every table as CSV files (the import format) into `dir`.
     pub fn export(&self, dir: &Path) -> Result<ImportCounts, ImportError> {
-        let io = |file: &str| {
-            let file = dir.join(file).display().to_string();
-            move |source: csv::Error| ImportError::Io {
-                file: file.clone(),
-                source,
-            }
+        let io = |path: &Path, source: csv::Error| ImportError::Io {
+            file: path.display().to_string(),
+            source,
         };
-        std::fs::create_dir_all(dir).map_err(|e| io("")(e.into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e.into()))?;
+        let db = |e| ImportError::Registry(self.sql(e));
         let mut counts = ImportCounts::default();
-        macro_rules! dump {
-            ($file:literal, $sql:literal, $count:ident, |$r:ident| $rec:expr) => {{
-                let mut w = csv::Writer::from_path(dir.join($file)).map_err(io($file))?;
-                let mut st = self
-                    .conn
-                    .prepare($sql)
-                    .map_err(|e| ImportError::Registry(self.sql(e)))?;
-                let mut rows = st
-                    .query([])
-                    .map_err(|e| ImportError::Registry(self.sql(e)))?;
-                while let Some($r) = rows
-                    .next()
-                    .map_err(|e| ImportError::Registry(self.sql(e)))?
-                {
-                    let rec = (|| -> rusqlite::Result<_> { Ok($rec) })()
-                        .map_err(|e| ImportError::Registry(self.sql(e)))?;
-                    w.serialize(rec).map_err(io($file))?;
-                    counts.$count += 1;
+        for t in Table::ALL {
+            let path = dir.join(t.file());
+            let mut w = csv::Writer::from_path(&path).map_err(|e| io(&path, e))?;
+            w.write_record(t.columns()).map_err(|e| io(&path, e))?;
+            let mut st = self.conn.prepare(&t.export_select()).map_err(db)?;
+            let mut rows = st.query([]).map_err(db)?;
+            let mut n = 0;
+            while let Some(r) = rows.next().map_err(db)? {
+                for i in 0..t.columns().len() {
+                    Field::from(r.get_ref(i).map_err(db)?)
+                        .write_csv(&mut w)
+                        .map_err(|e| io(&path, e))?;
                 }
-                w.flush().map_err(|e| io($file)(e.into()))?;
-            }};
-        }
-        dump!("persons.csv", "SELECT ssn, name, sex, birth_date, insurance_type, insurance_status, region FROM persons ORDER BY ssn", persons, |r| PersonRec {
-            ssn: r.get(0)?, name: r.get(1)?, sex: r.get(2)?, birth_date: r.get(3)?, insurance_type: r.get(4)?, insurance_status: r.get(5)?, region: r.get(6)?,
-        });
-        dump!("cards.csv", "SELECT card_no, pan, ssn, generation, issued, expires, status FROM cards ORDER BY card_no", cards, |r| CardRec {
-            card_no: r.get(0)?, pan: r.get(1)?, ssn: r.get(2)?, generation: r.get(3)?, issued: r.get(4)?, expires: r.get(5)?, status: r.get(6)?,
-        });
-        dump!(
-            "accounts.csv",
-            "SELECT holder_ssn, balance_fen FROM accounts ORDER BY holder_ssn",
-            accounts,
-            |r| AccountRec {
-                holder_ssn: r.get(0)?,
-                balance_fen: r.get(1)?,
+                w.write_record(None::<&[u8]>).map_err(|e| io(&path, e))?;
+                n += 1;
             }
-        );
-        dump!("links.csv", "SELECT holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at FROM family_links ORDER BY id", links, |r| LinkRec {
-            holder_ssn: r.get(0)?, member_ssn: r.get(1)?, relation: r.get(2)?, status: r.get(3)?, channel: r.get(4)?, operator: r.get(5)?, created_at: r.get(6)?, revoked_at: r.get(7)?,
-        });
-        dump!("contributions.csv", "SELECT ssn, month, employer, base_fen, employee_fen, employer_fen, account_fen FROM contributions ORDER BY ssn, month", contributions, |r| ContributionRec {
-            ssn: r.get(0)?, month: r.get(1)?, employer: r.get(2)?, base_fen: r.get(3)?, employee_fen: r.get(4)?, employer_fen: r.get(5)?, account_fen: r.get(6)?,
-        });
+            w.flush().map_err(|e| io(&path, e.into()))?;
+            counts.add(t, n);
+        }
         Ok(counts)
     }
 }

@@ -454,7 +454,9 @@ impl Registry {
         files: &[PathBuf],
         actor: &str,
     ) -> Result<import::ImportCounts, import::ImportError> {
-        dispatch_mut!(self.import(files, actor))
+        let audit = import::import_audit(actor);
+        let load = import::Load::new(files, &audit)?;
+        dispatch_mut!(self.bulk_load(&load))
     }
 
     /// Writes every table as CSV files (the import format) into `dir`.
@@ -462,9 +464,27 @@ impl Registry {
         dispatch!(self.export(dir))
     }
 
-    /// Fills the registry with demo data in one transaction.
+    /// Fills the registry with demo data in one transaction: generated as
+    /// CSV into a temporary directory and imported, audited as `gen-demo`.
     pub fn gen_demo(&mut self, opts: &demo::DemoOptions) -> Result<(), RegistryError> {
-        dispatch_mut!(self.gen_demo(opts))
+        let (_dir, files) = demo::demo_files(opts)?;
+        let outcome = format!(
+            "ok persons={} months={} seed={}",
+            opts.persons, opts.months, opts.seed
+        );
+        let audit = |_: &import::ImportCounts| import::LoadAudit {
+            actor: "gen-demo".into(),
+            action: "gen-demo",
+            outcome: outcome.clone(),
+        };
+        let refused = |e| match e {
+            import::ImportError::Registry(e) => e,
+            other => RegistryError::Corrupt(format!("demo data refused: {other}")),
+        };
+        let load = import::Load::new(&files, &audit).map_err(refused)?;
+        dispatch_mut!(self.bulk_load(&load))
+            .map(drop)
+            .map_err(refused)
     }
 
     /// Cards that show every outcome (see `sim::sample_cards`), by group.

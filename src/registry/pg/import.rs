@@ -1,28 +1,23 @@
-//! Import (COPY), export (COPY TO) and `gen-demo` on PostgreSQL.
+//! Import (COPY) and export (COPY TO) on PostgreSQL.
 //!
-//! An import parses and validates the CSV files with the same code as
-//! SQLite's ([`crate::registry::import::load`]) on a blocking thread and
-//! streams the valid rows, each with its line number, into temporary
-//! staging tables with `COPY ... FROM STDIN`. Set-based statements then
-//! find what the database would refuse (duplicate keys, references to
-//! unknown persons, a second active payer, mutual links), each reported as
-//! `file:line: reason` like SQLite's, and move the rows into the tables.
-//! All in one write transaction: all or nothing.
+//! An import reads and validates the CSV files with the same loop as
+//! SQLite's ([`crate::registry::import::load_files`]) on a blocking thread;
+//! its [`Dest`] here streams the valid rows, each with its line number,
+//! into temporary staging tables with `COPY ... FROM STDIN`. Set-based
+//! statements then find what the database would refuse (duplicate keys,
+//! references to unknown persons, a second active payer, mutual links),
+//! each reported as `file:line: reason` like SQLite's, and move the rows
+//! into the tables. All in one write transaction: all or nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
-use firmware_protocol::Date;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::Postgres;
-use crate::registry::audit::Entry;
-use crate::registry::demo::{self, CsvSink, DemoOptions};
 use crate::registry::import::{
-    in_order, load, push, upper, AccountRec, Bad, CardRec, ContributionRec, ImportCounts,
-    ImportError, LinkRec, PersonRec, Refused, Table, ACCOUNT_COLUMNS, CARD_COLUMNS,
-    CONTRIBUTION_COLUMNS, LINK_COLUMNS, PERSON_COLUMNS,
+    load_files, push, Dest, ImportCounts, ImportError, Load, Record, Refused, Table, MUTUAL_LINK,
 };
 use crate::registry::RegistryError;
 
@@ -102,8 +97,7 @@ const MUTUAL: &str = "WITH RECURSIVE up (line, member, who, depth) AS ( \
        SELECT u.line, u.member, l.holder_ssn, u.depth + 1 FROM up u \
          JOIN family_links l ON l.member_ssn = u.who AND l.status = 'active' \
         WHERE u.depth < 64 AND u.who <> u.member) \
-     SELECT DISTINCT line, 'mutual link: the holder is covered by this member (directly or through other links)' \
-       FROM up WHERE depth > 0 AND who = member";
+     SELECT DISTINCT line FROM up WHERE depth > 0 AND who = member";
 
 /// Persons whose derived rows an import into a populated registry moves:
 /// those its rows name, and (added below) their payers and members.
@@ -122,33 +116,47 @@ enum Msg {
 /// Bytes buffered before a chunk goes to the server.
 const CHUNK: usize = 1 << 20;
 
-/// Writes validated rows as CSV with their line first and sends them in chunks.
+/// PostgreSQL's [`Dest`]: each file a `COPY` into its staging table, the
+/// rows as CSV with their line first, sent in chunks.
 struct Stager<'a> {
-    w: std::cell::RefCell<csv::Writer<Vec<u8>>>,
+    w: csv::Writer<Vec<u8>>,
     send: &'a mpsc::Sender<Msg>,
 }
 
 impl Stager<'_> {
-    fn row<const N: usize>(&self, line: u64, fields: [&str; N]) -> Result<(), Refused> {
-        let mut w = self.w.borrow_mut();
-        let line = line.to_string();
-        w.write_field(&line)
-            .and_then(|()| w.write_record(fields))
-            .map_err(|e| Refused::Db(format!("staging: {e}")))?;
-        if w.get_ref().len() >= CHUNK {
-            self.flush(&mut w);
+    fn flush(&mut self) {
+        if self.w.flush().is_err() || self.w.get_ref().is_empty() {
+            return;
+        }
+        if let Ok(chunk) = std::mem::replace(&mut self.w, writer()).into_inner() {
+            // A closed channel means the COPY failed; its error is reported.
+            let _ = self.send.blocking_send(Msg::Data(Bytes::from(chunk)));
+        }
+    }
+}
+
+impl Dest for Stager<'_> {
+    fn begin(&mut self, t: Table) -> bool {
+        self.send.blocking_send(Msg::Start(t)).is_ok()
+    }
+
+    fn row<R: Record>(&mut self, line: u64, r: &R) -> Result<(), Refused> {
+        let staged = self.w.write_field(line.to_string()).and_then(|()| {
+            for f in r.fields() {
+                f.write_csv(&mut self.w)?;
+            }
+            self.w.write_record(None::<&[u8]>)
+        });
+        staged.map_err(|e| Refused::Db(format!("staging: {e}")))?;
+        if self.w.get_ref().len() >= CHUNK {
+            self.flush();
         }
         Ok(())
     }
 
-    fn flush(&self, w: &mut csv::Writer<Vec<u8>>) {
-        if w.flush().is_err() || w.get_ref().is_empty() {
-            return;
-        }
-        if let Ok(chunk) = std::mem::replace(w, writer()).into_inner() {
-            // A closed channel means the COPY failed; its error is reported.
-            let _ = self.send.blocking_send(Msg::Data(Bytes::from(chunk)));
-        }
+    fn end(&mut self, _t: Table) -> bool {
+        self.flush();
+        self.send.blocking_send(Msg::End).is_ok()
     }
 }
 
@@ -158,174 +166,15 @@ fn writer() -> csv::Writer<Vec<u8>> {
         .from_writer(Vec::with_capacity(CHUNK + 4096))
 }
 
-fn opt(s: &Option<String>) -> &str {
-    s.as_deref().unwrap_or("")
-}
-
-/// Parses every file on this (blocking) thread, streaming valid rows.
-fn parse(
-    files: &[(Table, PathBuf)],
-    today: Date,
-    send: &mpsc::Sender<Msg>,
-) -> Result<(Bad, ImportCounts), ImportError> {
-    let mut bad = Bad::default();
-    let mut counts = ImportCounts::default();
-    for (t, f) in files {
-        if send.blocking_send(Msg::Start(*t)).is_err() {
-            break;
-        }
-        let st = Stager {
-            w: std::cell::RefCell::new(writer()),
-            send,
-        };
-        match t {
-            Table::Persons => {
-                counts.persons += load(
-                    f,
-                    PERSON_COLUMNS,
-                    today,
-                    &mut bad,
-                    PersonRec::validate,
-                    |r: &PersonRec| r.ssn.as_str(),
-                    |line, r| {
-                        st.row(
-                            line,
-                            [
-                                &upper(&r.ssn),
-                                &r.name,
-                                &r.sex,
-                                &r.birth_date,
-                                &r.insurance_type,
-                                &r.insurance_status,
-                                opt(&r.region),
-                            ],
-                        )
-                    },
-                )?
-            }
-            Table::Cards => {
-                counts.cards += load(
-                    f,
-                    CARD_COLUMNS,
-                    today,
-                    &mut bad,
-                    CardRec::validate,
-                    |r: &CardRec| r.card_no.as_str(),
-                    |line, r| {
-                        st.row(
-                            line,
-                            [
-                                &r.card_no,
-                                opt(&r.pan),
-                                &upper(&r.ssn),
-                                &r.generation.to_string(),
-                                &r.issued,
-                                &r.expires,
-                                &r.status,
-                            ],
-                        )
-                    },
-                )?
-            }
-            Table::Accounts => {
-                counts.accounts += load(
-                    f,
-                    ACCOUNT_COLUMNS,
-                    today,
-                    &mut bad,
-                    AccountRec::validate,
-                    |r: &AccountRec| r.holder_ssn.as_str(),
-                    |line, r| st.row(line, [&upper(&r.holder_ssn), &r.balance_fen.to_string()]),
-                )?
-            }
-            Table::Links => {
-                counts.links += load(
-                    f,
-                    LINK_COLUMNS,
-                    today,
-                    &mut bad,
-                    LinkRec::validate,
-                    |_: &LinkRec| "",
-                    |line, r| {
-                        st.row(
-                            line,
-                            [
-                                &upper(&r.holder_ssn),
-                                &upper(&r.member_ssn),
-                                &r.relation,
-                                &r.status,
-                                &r.channel,
-                                &r.operator,
-                                &r.created_at,
-                                opt(&r.revoked_at),
-                            ],
-                        )
-                    },
-                )?
-            }
-            Table::Contributions => {
-                counts.contributions += load(
-                    f,
-                    CONTRIBUTION_COLUMNS,
-                    today,
-                    &mut bad,
-                    ContributionRec::validate,
-                    |r: &ContributionRec| r.ssn.as_str(),
-                    |line, r| {
-                        st.row(
-                            line,
-                            [
-                                &upper(&r.ssn),
-                                &r.month,
-                                &r.employer,
-                                &r.base_fen.to_string(),
-                                &r.employee_fen.to_string(),
-                                &r.employer_fen.to_string(),
-                                &r.account_fen.to_string(),
-                            ],
-                        )
-                    },
-                )?
-            }
-        }
-        st.flush(&mut st.w.borrow_mut());
-        if send.blocking_send(Msg::End).is_err() {
-            break;
-        }
-    }
-    Ok((bad, counts))
-}
-
 impl Postgres {
-    /// Imports CSV files all-or-nothing (see the module docs).
-    pub fn import(&mut self, files: &[PathBuf], actor: &str) -> Result<ImportCounts, ImportError> {
-        self.import_as(files, &|c: &ImportCounts| {
-            (
-                actor.to_string(),
-                "import",
-                format!(
-                    "ok persons={} cards={} links={} accounts={} contributions={}",
-                    c.persons, c.cards, c.links, c.accounts, c.contributions
-                ),
-            )
-        })
-    }
-
-    /// An import whose audit row is `audit(counts)`: (actor, action, outcome).
-    fn import_as(
-        &mut self,
-        files: &[PathBuf],
-        audit: &dyn Fn(&ImportCounts) -> (String, &'static str, String),
-    ) -> Result<ImportCounts, ImportError> {
-        let ordered: Vec<(Table, PathBuf)> = in_order(files)?
-            .into_iter()
-            .map(|(t, f)| (t, f.clone()))
-            .collect();
-        let names: Vec<(Table, String)> = ordered
+    /// Runs a bulk load in one write transaction: all or nothing (see the
+    /// module docs).
+    pub(crate) fn bulk_load(&mut self, load: &Load<'_>) -> Result<ImportCounts, ImportError> {
+        let names: Vec<(Table, String)> = load
+            .files
             .iter()
             .map(|(t, f)| (*t, f.display().to_string()))
             .collect();
-        let today = Date::today_cst();
         self.run_bulk(async |c| {
             let err = |e: tokio_postgres::Error| ImportError::Registry(self.err(&e));
             let tx = self.write_tx(c).await?;
@@ -336,8 +185,14 @@ impl Postgres {
                 .get(0);
             tx.batch_execute(STAGE).await.map_err(err)?;
             let (send, mut recv) = mpsc::channel::<Msg>(4);
-            let files = ordered.clone();
-            let parser = tokio::task::spawn_blocking(move || parse(&files, today, &send));
+            let (files, today) = (load.files.clone(), load.today);
+            let parser = tokio::task::spawn_blocking(move || {
+                let mut stager = Stager {
+                    w: writer(),
+                    send: &send,
+                };
+                load_files(&files, today, &mut stager)
+            });
             let mut sink = None;
             let mut copy_failed = None;
             while let Some(msg) = recv.recv().await {
@@ -387,7 +242,7 @@ impl Postgres {
                 tx.execute(insert, &[]).await.map_err(err)?;
                 if *t == Table::Links {
                     for r in tx.query(MUTUAL, &[]).await.map_err(err)? {
-                        push(&mut bad, file, r.get::<_, i64>(0) as u64, r.get(1));
+                        push(&mut bad, file, r.get::<_, i64>(0) as u64, MUTUAL_LINK.into());
                     }
                 }
             }
@@ -420,17 +275,7 @@ impl Postgres {
                     .map_err(err)?;
                 }
             }
-            let (actor, action, outcome) = audit(&counts);
-            self.append(
-                &tx,
-                &Entry {
-                    actor: &actor,
-                    action,
-                    ssn: None,
-                    outcome: &outcome,
-                },
-            )
-            .await?;
+            self.append(&tx, &(load.audit)(&counts).entry()).await?;
             tx.commit().await.map_err(err)?;
             Ok(counts)
         })
@@ -444,13 +289,6 @@ impl Postgres {
             source: e.into(),
         };
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        const TABLES: [(&str, &str); 5] = [
-            ("persons.csv", "SELECT ssn, name, sex, birth_date, insurance_type, insurance_status, region FROM persons ORDER BY ssn"),
-            ("cards.csv", "SELECT card_no, pan, ssn, generation, issued, expires, status FROM cards ORDER BY card_no"),
-            ("accounts.csv", "SELECT holder_ssn, balance_fen FROM accounts ORDER BY holder_ssn"),
-            ("links.csv", "SELECT holder_ssn, member_ssn, relation, status, channel, operator, created_at, revoked_at FROM family_links ORDER BY id"),
-            ("contributions.csv", "SELECT ssn, month, employer, base_fen, employee_fen, employer_fen, account_fen FROM contributions ORDER BY ssn, month, employer"),
-        ];
         self.run_bulk(async |c| {
             let err = |e: tokio_postgres::Error| ImportError::Registry(self.err(&e));
             let tx = c
@@ -460,14 +298,17 @@ impl Postgres {
                 .start()
                 .await
                 .map_err(err)?;
-            let mut n = [0u64; 5];
-            for (i, (file, select)) in TABLES.iter().enumerate() {
-                let path = dir.join(file);
+            let mut counts = ImportCounts::default();
+            for t in Table::ALL {
+                let path = dir.join(t.file());
                 let mut out = std::io::BufWriter::new(
                     std::fs::File::create(&path).map_err(|e| io(&path, e))?,
                 );
                 let stream = tx
-                    .copy_out(&format!("COPY ({select}) TO STDOUT (FORMAT csv, HEADER)"))
+                    .copy_out(&format!(
+                        "COPY ({}) TO STDOUT (FORMAT csv, HEADER)",
+                        t.export_select()
+                    ))
                     .await
                     .map_err(err)?;
                 futures::pin_mut!(stream);
@@ -480,51 +321,9 @@ impl Postgres {
                 std::io::Write::flush(&mut out).map_err(|e| io(&path, e))?;
                 // One line per row after the header (no field holds a
                 // newline: import refuses control characters).
-                n[i] = newlines.saturating_sub(1);
+                counts.add(t, newlines.saturating_sub(1));
             }
-            Ok(ImportCounts {
-                persons: n[0],
-                cards: n[1],
-                accounts: n[2],
-                links: n[3],
-                contributions: n[4],
-            })
+            Ok(counts)
         })
-    }
-
-    /// Fills the registry with demo data: generated as CSV into a
-    /// temporary directory and imported, audited as `gen-demo`.
-    pub fn gen_demo(&mut self, opts: &DemoOptions) -> Result<(), RegistryError> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cardlink-gen-demo-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let csv_err =
-            |e: csv::Error| RegistryError::Corrupt(format!("demo CSV in {}: {e}", dir.display()));
-        let result = (|| {
-            let mut sink = CsvSink::create(&dir).map_err(csv_err)?;
-            demo::generate(opts, &mut sink).map_err(csv_err)?;
-            sink.finish().map_err(csv_err)?;
-            let files: Vec<PathBuf> = ["persons", "cards", "accounts", "links", "contributions"]
-                .iter()
-                .map(|t| dir.join(format!("{t}.csv")))
-                .collect();
-            let outcome = format!(
-                "ok persons={} months={} seed={}",
-                opts.persons, opts.months, opts.seed
-            );
-            self.import_as(&files, &|_| {
-                ("gen-demo".into(), "gen-demo", outcome.clone())
-            })
-            .map(drop)
-            .map_err(|e| match e {
-                ImportError::Registry(e) => e,
-                other => RegistryError::Corrupt(format!("demo data refused: {other}")),
-            })
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
-        result
     }
 }
