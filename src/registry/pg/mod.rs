@@ -105,21 +105,16 @@ impl Target {
             }
             keep.join(" ")
         } else {
-            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let (base, params) = url_params(url);
             let mut keep = Vec::new();
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                match k {
-                    "sslmode" => mode = Some(percent_decode(v)),
-                    "sslrootcert" => ca = Some(PathBuf::from(percent_decode(v))),
-                    _ => keep.push(pair),
+            for (key, value) in params {
+                match key.as_str() {
+                    "sslmode" => mode = Some(value),
+                    "sslrootcert" => ca = Some(PathBuf::from(value)),
+                    _ => keep.push((key, value)),
                 }
             }
-            if keep.is_empty() {
-                base.to_string()
-            } else {
-                format!("{base}?{}", keep.join("&"))
-            }
+            with_params(base, &keep)
         };
         let mut config =
             tokio_postgres::Config::from_str(&rebuilt).map_err(|e| bad(e.to_string()))?;
@@ -153,28 +148,45 @@ impl Target {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
+/// A URL's base and its query parameters, decoded as libpq decodes them:
+/// `%XX` escapes only (a `+` stays a plus sign, unlike in an HTML form).
+fn url_params(url: &str) -> (&str, Vec<(String, String)>) {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let query = query.replace('+', "%2B");
+    let params = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    (base, params)
+}
+
+/// What a query value must escape to be read back as itself by
+/// [`url_params`] (and by tokio-postgres): controls, blanks and the query's
+/// own delimiters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`');
+
+/// `base` with the query `params` (none: no `?`).
+fn with_params(base: &str, params: &[(String, String)]) -> String {
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    if query.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", query.join("&"))
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether a `database` setting is a libpq `key=value` connection string
@@ -281,22 +293,26 @@ pub fn redact_url(url: &str) -> String {
         }
         return out;
     }
-    let mut out = url.to_string();
-    if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (base, params) = url_params(url);
+    let mut out = base.to_string();
+    if let Some(rest) = base.split_once("://").map(|(_, r)| r) {
+        let auth_end = rest.find('/').unwrap_or(rest.len());
         if let Some(at) = rest[..auth_end].rfind('@') {
             if let Some(colon) = rest[..at].find(':') {
-                let start = url.len() - rest.len();
+                let start = base.len() - rest.len();
                 out.replace_range(start + colon + 1..start + at, "***");
             }
         }
     }
     // A password given as a parameter.
-    if let Some(p) = out.find("password=") {
-        let end = out[p..].find('&').map_or(out.len(), |e| p + e);
-        out.replace_range(p + "password=".len()..end, "***");
-    }
-    out
+    let params: Vec<(String, String)> = params
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "password" => (k, "***".into()),
+            _ => (k, v),
+        })
+        .collect();
+    with_params(&out, &params)
 }
 
 /// Reachability of the server.
@@ -792,5 +808,27 @@ mod tests {
         let e = Target::parse("postgres://db/r?sslmode=require").unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
         assert!(Target::parse("postgres://db/r").unwrap().ca_file.is_none());
+    }
+
+    #[test]
+    fn url_parameters_are_decoded_like_libpq() {
+        // `%XX` is decoded, `+` is a plus sign (libpq's reading, not a form's).
+        let t = Target::parse(
+            "postgres://db/r?password=a+b%20c%26d%3D&application_name=box%201&sslrootcert=%2Fca+1.pem&sslmode=verify-full",
+        )
+        .unwrap();
+        assert_eq!(t.config.get_password(), Some(&b"a+b c&d="[..]));
+        assert_eq!(t.config.get_application_name(), Some("box 1"));
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca+1.pem"))
+        );
+        assert_eq!(
+            redact_url("postgres://db/r?password=a+b%26c&user=x%20y"),
+            "postgres://db/r?password=***&user=x%20y"
+        );
+        let e = Target::parse("postgres://u:s3cret@db/r?password=s3cret&bogus=1").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }
