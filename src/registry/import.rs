@@ -9,8 +9,8 @@
 //! nothing is imported.
 //!
 //! Written once for both backends: each table is a [`Record`] (its header,
-//! checks, write order and column values) and [`load_files`] is the loop;
-//! a backend only says where rows go ([`Dest`]: SQLite inserts them here,
+//! checks, write order and column values) and `load_files` is the loop;
+//! a backend only says where rows go (`Dest`: SQLite inserts them here,
 //! PostgreSQL `COPY`s them in `pg/import.rs`).
 
 use std::borrow::Cow;
@@ -225,7 +225,7 @@ fn optional(s: &Option<String>) -> Field<'_> {
 /// One table of the import format, written once for every backend and
 /// every use (import, `gen-demo`): its record type, the checks of one row,
 /// the order rows are written in and the values of its columns. Where the
-/// rows go is the backend's [`Dest`].
+/// rows go is the backend's `Dest`.
 pub trait Record: DeserializeOwned + Serialize {
     /// The table.
     const TABLE: Table;
@@ -1033,7 +1033,6 @@ impl Sqlite {
         let (bad, counts) = load_files(&load.files, load.today, &mut rows)?;
         let touched = rows.touched;
         if let Some(e) = bad.into_error() {
-            drop(touched);
             tx.rollback().map_err(sql)?;
             return Err(e);
         }
