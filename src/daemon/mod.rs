@@ -9,7 +9,7 @@
 //! * [`serial`]: one task per reader (open, decode, ACK/NAK, dedup,
 //!   feedback, reconnect with backoff) and one resolver task beside it, so a
 //!   busy registry never stalls a reader.
-//! * [`worker`]: the registry off the async runtime.
+//! * [`store`]: the registry off the async runtime.
 //! * [`server`]: the display socket (many clients, bounded queues).
 //!
 //! [`Ctx`] is the shared state they meet in: the event bus, reader states,
@@ -19,7 +19,7 @@ pub mod capture;
 pub mod library;
 pub mod serial;
 pub mod server;
-pub mod worker;
+pub mod store;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,11 +33,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Station};
 use crate::protocol::{self, ErrorCode};
 use crate::reader::card::{CardRead, CardSource};
-use crate::registry::audit::Entry;
 use crate::registry::{BindPolicy, Lookup, Outcome, Registry, RegistryError, Resolution};
 use crate::Ssn;
 pub use serial::{OpenPort, Port, SerialPorts};
-pub use worker::Worker;
+pub use store::Store;
 
 /// A resolved card read, ready to be rendered for each client
 /// ([`protocol::card_message`]).
@@ -168,8 +167,8 @@ pub enum DaemonError {
 
 /// Shared daemon state.
 pub struct Ctx {
-    /// Registry worker.
-    pub worker: Worker,
+    /// The registry.
+    pub store: Store,
     /// Event bus.
     pub events: broadcast::Sender<Event>,
     /// Reader states by name.
@@ -203,10 +202,10 @@ pub struct ReadFailure {
 
 impl Ctx {
     /// New shared state.
-    pub fn new(worker: Worker, cfg: &Config) -> Arc<Ctx> {
+    pub fn new(store: Store, cfg: &Config) -> Arc<Ctx> {
         let (events, _) = broadcast::channel(CLIENT_QUEUE);
         Arc::new(Ctx {
-            worker,
+            store,
             events,
             readers: Mutex::new(BTreeMap::new()),
             live: RwLock::new(Live {
@@ -352,11 +351,7 @@ impl Ctx {
             card_no: read.card_no.clone(),
             pan: read.pan.clone(),
         };
-        let who = actor.to_string();
-        let res = self
-            .worker
-            .call(move |reg| resolve_and_audit(reg, &who, &lookup))
-            .await;
+        let res = self.store.resolve_audited(actor, lookup).await;
         let resolution = match res {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -549,24 +544,6 @@ impl Ctx {
     }
 }
 
-/// Resolve, then write the audit row; a resolution without its audit row
-/// is an error (nothing is shown that is not audited).
-fn resolve_and_audit(
-    reg: &mut Registry,
-    actor: &str,
-    lookup: &Lookup,
-) -> Result<Resolution, RegistryError> {
-    let r = reg.resolve(lookup)?;
-    let ssn = r.person.as_ref().map(|p| p.ssn).or(lookup.ssn);
-    reg.record(&Entry {
-        actor,
-        action: "resolve",
-        ssn: ssn.as_ref(),
-        outcome: r.outcome.as_str(),
-    })?;
-    Ok(r)
-}
-
 /// Pings systemd's watchdog while the daemon is healthy: the ping runs on
 /// the async runtime (a stuck event loop cannot send it) and only after the
 /// registry worker has answered a no-op job (a wedged database thread stops
@@ -578,7 +555,7 @@ async fn watchdog(ctx: Arc<Ctx>, every: Duration, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match tokio::time::timeout(every, ctx.worker.call(|_| ())).await {
+        match tokio::time::timeout(every, ctx.store.ping()).await {
             Ok(Ok(())) => crate::notify::notify("WATCHDOG=1"),
             _ => tracing::error!("registry worker did not answer; withholding the watchdog ping"),
         }
@@ -609,7 +586,7 @@ async fn reconnect(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        if ctx.worker.call(|reg| reg.reconnect()).await.is_err() {
+        if ctx.store.reconnect().await.is_err() {
             return;
         }
     }
@@ -625,8 +602,8 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
         mut updates,
     } = d;
     let shared = registry.is_shared();
-    let worker = Worker::start(registry);
-    let ctx = Ctx::new(worker, &cfg);
+    let store = Store::start(registry);
+    let ctx = Ctx::new(store, &cfg);
     let mut readers = serial::Readers::new(ports, &cfg);
     readers.apply(&cfg.readers, &ctx, &shutdown);
     tracing::info!(

@@ -24,6 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
+use super::store::Answer;
 use super::{Ctx, Event};
 use crate::config::Station;
 use crate::protocol::{
@@ -266,7 +267,7 @@ async fn party(
                 card_no: read.card_no,
                 pan: read.pan,
             };
-            let r = registry(ctx, move |reg| reg.resolve(&lookup)).await?;
+            let r = registry(ctx.store.resolve(lookup)).await?;
             match (r.outcome, r.person) {
                 (crate::registry::Outcome::Ok, Some(p)) => Ok(p.ssn),
                 (o, _) => Err((
@@ -301,16 +302,14 @@ async fn parties(ctx: &Ctx, station: Station, p: &Parties) -> Result<(Ssn, Ssn),
     Ok((h, m))
 }
 
-/// Runs `f` on the registry worker; both the worker's and the call's
+/// Awaits a registry request; both the store's and the registry's
 /// failures become refusals with their one code.
-async fn registry<T, E, F>(ctx: &Ctx, f: F) -> Result<T, Refusal>
+async fn registry<T, E>(job: impl std::future::Future<Output = Answer<T, E>>) -> Result<T, Refusal>
 where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::fmt::Display,
     for<'a> &'a E: Into<ErrorCode>,
-    F: FnOnce(&mut crate::registry::Registry) -> Result<T, E> + Send + 'static,
 {
-    match ctx.worker.call(f).await {
+    match job.await {
         Ok(r) => r.map_err(|e| ((&e).into(), e.to_string())),
         Err(e) => Err((ErrorCode::Internal, e.to_string())),
     }
@@ -401,19 +400,15 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
                 Station::Kiosk => Channel::Kiosk,
             };
             let operator = operator_or_actor(operator);
-            let actor = actor.to_string();
-            registry(ctx, move |reg| {
-                let req = BindRequest {
-                    holder: h,
-                    member: m,
-                    relation: rel,
-                    channel,
-                    operator: &operator,
-                    actor: &actor,
-                };
-                reg.bind(&req, &live.policy)
-            })
-            .await?;
+            let req = BindRequest {
+                holder: h,
+                member: m,
+                relation: rel,
+                channel,
+                operator: &operator,
+                actor,
+            };
+            registry(ctx.store.bind(&req, &live.policy)).await?;
             tracing::info!(holder = %h, member = %m, relation = %relation, "family link bound");
             to_value(&Bound {
                 bound: true,
@@ -427,8 +422,7 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
         } => {
             let (h, m) = parties(ctx, live.station, &p).await?;
             let operator = operator_or_actor(operator);
-            let actor = actor.to_string();
-            registry(ctx, move |reg| reg.unbind(&h, &m, &operator, &actor)).await?;
+            registry(ctx.store.unbind(h, m, operator, actor.to_string())).await?;
             tracing::info!(holder = %h, member = %m, "family link revoked");
             to_value(&Unbound { unbound: true })
         }
@@ -448,7 +442,7 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
             )
             .await?;
             let months = months.unwrap_or(12).clamp(1, 120);
-            let records = registry(ctx, move |reg| reg.contributions(&ssn, months)).await?;
+            let records = registry(ctx.store.contributions(ssn, months)).await?;
             to_value(&protocol::Records {
                 months,
                 records: records.iter().map(Into::into).collect(),

@@ -15,9 +15,9 @@ use firmware_protocol::ssn::check_char;
 use firmware_protocol::Date;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rusqlite::TransactionBehavior;
 
 use super::import::{AccountRec, CardRec, ContributionRec, Inserter, LinkRec, PersonRec};
+use super::write::WriteTx;
 use super::{RegistryError, Sqlite};
 
 /// Options of the generator.
@@ -352,15 +352,11 @@ impl Sqlite {
     pub fn gen_demo(&mut self, opts: &DemoOptions) -> Result<(), RegistryError> {
         let t = self.busy_timeout;
         let sql = |e| RegistryError::from_sql(e, t);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        generate(opts, &mut DbSink(Inserter::new(&tx))).map_err(sql)?;
-        super::derived::rebuild(&tx).map_err(sql)?;
-        super::audit::append(
-            &tx,
-            &super::audit::Entry {
+        let mut tx = self.write_tx()?;
+        generate(opts, &mut DbSink(Inserter::new(tx.conn()))).map_err(sql)?;
+        futures::executor::block_on(async {
+            tx.rebuild().await?;
+            tx.append(&super::audit::Entry {
                 actor: "gen-demo",
                 action: "gen-demo",
                 ssn: None,
@@ -368,10 +364,10 @@ impl Sqlite {
                     "ok persons={} months={} seed={}",
                     opts.persons, opts.months, opts.seed
                 ),
-            },
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)
+            })
+            .await?;
+            tx.commit().await
+        })
     }
 }
 
@@ -390,6 +386,20 @@ pub struct SampleCard {
     pub issued: String,
     /// `YYYY-MM-DD`.
     pub expires: String,
+}
+
+impl SampleCard {
+    /// The one decoder of a [`sample_queries`] row.
+    pub(crate) fn read(r: &impl super::resolve::Columns) -> Result<SampleCard, RegistryError> {
+        Ok(SampleCard {
+            ssn: r.req_text(0)?,
+            card_no: r.req_text(1)?,
+            pan: r.text(2)?,
+            name: r.req_text(3)?,
+            issued: r.req_text(4)?,
+            expires: r.req_text(5)?,
+        })
+    }
 }
 
 /// The groups of [`crate::registry::Registry::sample_cards`], each a query
@@ -418,19 +428,12 @@ impl Sqlite {
         let mut groups = Vec::new();
         for q in &sample_queries() {
             let mut st = self.conn.prepare(q).map_err(|e| self.sql(e))?;
-            let rows = st
-                .query_map([&today], |r| {
-                    Ok(SampleCard {
-                        ssn: r.get(0)?,
-                        card_no: r.get(1)?,
-                        pan: r.get(2)?,
-                        name: r.get(3)?,
-                        issued: r.get(4)?,
-                        expires: r.get(5)?,
-                    })
-                })
-                .map_err(|e| self.sql(e))?;
-            groups.push(rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?);
+            let mut rows = st.query([&today]).map_err(|e| self.sql(e))?;
+            let mut group = Vec::new();
+            while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+                group.push(SampleCard::read(r)?);
+            }
+            groups.push(group);
         }
         Ok(groups)
     }
