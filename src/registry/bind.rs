@@ -5,6 +5,9 @@ use rusqlite::{params, OptionalExtension};
 
 use super::policy::{BindPolicy, Relation};
 use super::resolve::{now, CardRow, Fut};
+
+/// The answer of [`Facts::revoked_since`].
+pub(crate) type Since<'a> = Fut<'a, Option<String>>;
 use super::RegistryError;
 
 /// Where a link was made.
@@ -157,14 +160,9 @@ pub(crate) trait Facts {
     fn region<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<String>>;
     /// Members the holder's account actively covers.
     fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32>;
-    /// The latest `revoked_at` after `cutoff` of a link of `member` to a
-    /// holder other than `holder`.
-    fn revoked_since<'a>(
-        &'a mut self,
-        member: &'a str,
-        holder: &'a str,
-        cutoff: &'a str,
-    ) -> Fut<'a, Option<String>>;
+    /// The latest `revoked_at` after `cutoff` of a link of member `m` to a
+    /// holder other than `h`.
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a>;
 }
 
 /// Whether `holder` is covered by `member`, directly or up a chain of
@@ -401,12 +399,7 @@ impl Facts for SqliteFacts<'_> {
     fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32> {
         now(self.active_members_now(holder))
     }
-    fn revoked_since<'a>(
-        &'a mut self,
-        member: &'a str,
-        holder: &'a str,
-        cutoff: &'a str,
-    ) -> Fut<'a, Option<String>> {
-        now(self.revoked_since_now(member, holder, cutoff))
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        now(self.revoked_since_now(m, h, cutoff))
     }
 }

@@ -19,7 +19,7 @@ use firmware_protocol::{Date, Ssn};
 use rusqlite::ErrorCode;
 
 use super::audit::{self, Entry};
-use super::bind::{self, BindError, BindRequest, Facts, SqliteFacts};
+use super::bind::{self, BindError, BindRequest, Facts, Since, SqliteFacts};
 use super::derived::{self, repair_outcome, Drift, Repair, REBUILD_ABOVE};
 use super::policy::BindPolicy;
 use futures::executor::block_on;
@@ -353,13 +353,8 @@ impl Facts for SqliteTx<'_> {
     fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32> {
         now(self.facts().active_members_now(holder))
     }
-    fn revoked_since<'a>(
-        &'a mut self,
-        member: &'a str,
-        holder: &'a str,
-        cutoff: &'a str,
-    ) -> Fut<'a, Option<String>> {
-        now(self.facts().revoked_since_now(member, holder, cutoff))
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        now(self.facts().revoked_since_now(m, h, cutoff))
     }
 }
 

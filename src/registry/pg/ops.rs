@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{Postgres, WRITE_LOCK};
 use crate::registry::audit::{self, Entry, Row as AuditRow};
-use crate::registry::bind::{self, BindError, BindRequest, Facts};
+use crate::registry::bind::{self, BindError, BindRequest, Facts, Since};
 use crate::registry::derived::{Drift, Repair, COLUMNS};
 use crate::registry::policy::BindPolicy;
 use crate::registry::resolve::{
@@ -121,16 +121,8 @@ impl<C: GenericClient + Sync> Facts for Pg<'_, C> {
             Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
     }
-    fn revoked_since<'a>(
-        &'a mut self,
-        member: &'a str,
-        holder: &'a str,
-        cutoff: &'a str,
-    ) -> Fut<'a, Option<String>> {
-        Box::pin(async move {
-            self.text(bind::REVOKED_SINCE_SQL, &[&member, &holder, &cutoff])
-                .await
-        })
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        Box::pin(async move { self.text(bind::REVOKED_SINCE_SQL, &[&m, &h, &cutoff]).await })
     }
 }
 
@@ -199,13 +191,8 @@ impl Facts for PgTx<'_> {
     fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32> {
         Box::pin(async move { self.q()?.active_members(holder).await })
     }
-    fn revoked_since<'a>(
-        &'a mut self,
-        member: &'a str,
-        holder: &'a str,
-        cutoff: &'a str,
-    ) -> Fut<'a, Option<String>> {
-        Box::pin(async move { self.q()?.revoked_since(member, holder, cutoff).await })
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        Box::pin(async move { self.q()?.revoked_since(m, h, cutoff).await })
     }
 }
 
