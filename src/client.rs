@@ -353,3 +353,60 @@ impl Requester {
         result(self.request(Request::Status { id: Value::Null }).await?)
     }
 }
+
+/// First and longest wait between attempts to reach the daemon.
+pub const RECONNECT: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(5),
+);
+
+/// The one reconnect loop of the daemon's long-lived clients (the
+/// display, `cardlinkctl watch`): hands out connections to the daemon at
+/// one socket, one after another, with a [`Backoff`](crate::backoff::Backoff)
+/// ([`RECONNECT`]) between attempts.
+#[derive(Debug)]
+pub struct Reconnect {
+    socket: PathBuf,
+    backoff: crate::backoff::Backoff,
+    first: bool,
+}
+
+impl Reconnect {
+    /// For the daemon at `socket`; the first attempt is made at once.
+    pub fn new(socket: impl Into<PathBuf>) -> Reconnect {
+        Reconnect {
+            socket: socket.into(),
+            backoff: crate::backoff::Backoff::new(RECONNECT.0, RECONNECT.1),
+            first: true,
+        }
+    }
+
+    /// The next connection: at once the first time, after the backoff's
+    /// first wait after a connection that closed. A failed attempt is shown
+    /// to `give_up` with the backoff as it stands (its next wait) and tried
+    /// again after that wait unless `give_up` says so, which returns the
+    /// error. `Ok(None)` once `stop`.
+    pub async fn next(
+        &mut self,
+        stop: &tokio_util::sync::CancellationToken,
+        mut give_up: impl FnMut(&ClientError, &crate::backoff::Backoff) -> bool,
+    ) -> Result<Option<Client>, ClientError> {
+        loop {
+            if !std::mem::take(&mut self.first) && !self.backoff.wait(stop).await {
+                return Ok(None);
+            }
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return Ok(None),
+                c = Client::connect(&self.socket) => c,
+            };
+            match attempt {
+                Ok(c) => {
+                    self.backoff.reset();
+                    return Ok(Some(c));
+                }
+                Err(e) if give_up(&e, &self.backoff) => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+}

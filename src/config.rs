@@ -303,20 +303,22 @@ fn default_capture_mib() -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    // The cause is part of the message (and so not also a `source()`,
+    // which would print it twice).
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// Path.
         path: String,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML syntax or types.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Parse {
         /// Path.
         path: String,
         /// Cause.
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     /// A semantic problem.
     #[error("{0}")]
@@ -326,18 +328,18 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: origin.to_string(),
-            source,
+            cause,
         })?;
         cfg.validate()?;
         Ok(cfg)

@@ -856,13 +856,6 @@ fn slow_headers_do_not_block_the_display() {
         .stderr(std::process::Stdio::piped());
     soft_nofile(&mut cmd, 1024);
     let mut child = cmd.spawn().unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stderr = child.stderr.take().unwrap();
     let _child = Kill(child);
     let mut lines = std::io::BufReader::new(stderr).lines();

@@ -44,9 +44,7 @@ use tokio_util::sync::CancellationToken;
 use firmware_protocol::Date;
 
 use super::capture::{Capture, Direction};
-use super::serial::{
-    back_off, deliver, resolve_reads, set_state, OpenPort, BACKOFF_MAX, BACKOFF_MIN,
-};
+use super::serial::{deliver, reader_backoff, resolve_reads, set_state, OpenPort, BACKOFF_MAX};
 use super::{Ctx, Event, Port};
 use crate::config::ReaderConfig;
 use crate::reader::card::{self, CardRead};
@@ -99,7 +97,7 @@ pub async fn run(
         insertions: Insertions::new(),
         answered: false,
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = reader_backoff();
     let mut started = 0u64;
     loop {
         if stop.is_cancelled() {
@@ -124,10 +122,10 @@ pub async fn run(
         // failing at once (a library that crashes at every call) slows
         // down to one start every BACKOFF_MAX.
         if poller.answered && began.elapsed() >= 2 * BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
         set_state(&ctx, &cfg, &stop, "error", Some(cause));
-        if !back_off(&stop, &mut backoff).await {
+        if !backoff.wait(&stop).await {
             break;
         }
     }

@@ -231,7 +231,7 @@ pub async fn run(
         pending,
         feedback_tx,
     ));
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = reader_backoff();
     loop {
         if stop.is_cancelled() {
             break;
@@ -239,7 +239,7 @@ pub async fn run(
         match ports.open(&cfg) {
             Ok(port) => {
                 let port = super::capture::CapturePort::wrap(port, capture.clone());
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 set_state(&ctx, &cfg, &stop, "connected", None);
                 let reason = if cfg.mode == Mode::Idcard {
                     serve_idcard(&cfg, &ctx, &stop, port, &reads, &mut feedback).await
@@ -260,7 +260,7 @@ pub async fn run(
                 Some(format!("cannot open: {e}")),
             ),
         }
-        if !back_off(&stop, &mut backoff).await {
+        if !backoff.wait(&stop).await {
             break;
         }
     }
@@ -269,15 +269,10 @@ pub async fn run(
     let _ = resolver.await;
 }
 
-/// Waits out `backoff` (then doubles it, up to [`BACKOFF_MAX`]) before a
-/// reader's next attempt; `false` when the reader is stopped meanwhile.
-pub(super) async fn back_off(stop: &CancellationToken, backoff: &mut Duration) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => return false,
-        _ = tokio::time::sleep(*backoff) => {}
-    }
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    true
+/// The waits between a reader's attempts: [`BACKOFF_MIN`] doubling up to
+/// [`BACKOFF_MAX`].
+pub(super) fn reader_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
 }
 
 /// The resolver beside a reader: resolves and audits reads in order and
@@ -488,7 +483,7 @@ async fn serve_idcard(
     // racing `next()` in select! loses nothing.
     let mut framed = Framed::new(port, ReaderCodec::new(Mode::Idcard));
     let poll = Duration::from_millis(cfg.poll_ms);
-    let mut pause = poll;
+    let mut pause = crate::backoff::Backoff::new(poll, ID_BACKOFF_MAX);
     let mut placement = Placement::Empty;
     // The command awaiting its reply, and how often it was sent.
     let mut pending: Option<(Command, u32)> = Some((Command::SamStatus, 1));
@@ -544,7 +539,7 @@ async fn serve_idcard(
                             placement = Placement::Done;
                         } else {
                             faulty = true;
-                            pause = (pause * 2).min(ID_BACKOFF_MAX);
+                            pause.fail();
                             set_state(
                                 ctx,
                                 cfg,
@@ -553,7 +548,7 @@ async fn serve_idcard(
                                 Some("模块无应答 / the module does not answer".into()),
                             );
                         }
-                        next_poll = TInstant::now() + pause;
+                        next_poll = TInstant::now() + pause.current();
                     }
                 }
                 None if !sam_known && !faulty => {
@@ -577,7 +572,7 @@ async fn serve_idcard(
                             given_up_read(ctx, cfg);
                             placement = Placement::Done;
                         }
-                        next_poll = TInstant::now() + pause;
+                        next_poll = TInstant::now() + pause.current();
                     }
                     None => {}
                 }
@@ -600,7 +595,7 @@ async fn serve_idcard(
                         tracing::warn!(reader = %cfg.name, sw3, "unknown SW3 from the module");
                         match asked {
                             Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
-                            _ => next_poll = TInstant::now() + pause,
+                            _ => next_poll = TInstant::now() + pause.current(),
                         }
                     }
                     Some(sw) => {
@@ -608,21 +603,21 @@ async fn serve_idcard(
                             let why = format!("SAM {sw3:02X}: {} / {}", sw.zh(), sw.en());
                             tracing::warn!(reader = %cfg.name, sw3, meaning = sw.en(), "identity-card module fault");
                             faulty = true;
-                            pause = (pause * 2).min(ID_BACKOFF_MAX);
+                            pause.fail();
                             set_state(ctx, cfg, stop, "error", Some(why));
-                            next_poll = TInstant::now() + pause;
+                            next_poll = TInstant::now() + pause.current();
                             if placement == Placement::Reading {
                                 placement = Placement::Empty;
                             }
                         } else if sw.is_line_error() {
                             match asked {
                                 Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
-                                _ => next_poll = TInstant::now() + pause,
+                                _ => next_poll = TInstant::now() + pause.current(),
                             }
                         } else {
                             if faulty {
                                 faulty = false;
-                                pause = poll;
+                                pause.reset();
                                 set_state(ctx, cfg, stop, "connected", None);
                             }
                             let asked_cmd = asked.map(|(c, _)| c);
@@ -643,12 +638,12 @@ async fn serve_idcard(
                                     if asked_cmd == Some(Command::Find) {
                                         send = Some((Command::Select, 1));
                                     } else {
-                                        next_poll = TInstant::now() + pause;
+                                        next_poll = TInstant::now() + pause.current();
                                     }
                                 }
                                 (IdAnswer::NotFound, _) => {
                                     placement = Placement::Empty;
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::SelectFailed, p) => {
                                     if p == Placement::Done {
@@ -657,10 +652,10 @@ async fn serve_idcard(
                                         });
                                     }
                                     placement = Placement::Empty;
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Selected, Placement::Done) => {
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Selected, _) => {
                                     placement = Placement::Reading;
@@ -670,11 +665,11 @@ async fn serve_idcard(
                                     // A read nobody asked for while the card was
                                     // already shown: not a new placement.
                                     drop(text);
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Read(text), _) => {
                                     placement = Placement::Done;
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                     match card::from_id_text(&text, Date::today_cst()) {
                                         Ok(read) => {
                                             drop(text);
@@ -704,7 +699,7 @@ async fn serve_idcard(
                                     let text = format!("SAM {}", sam_id_text(&id));
                                     tracing::info!(reader = %cfg.name, firmware = %text, "identity-card module");
                                     ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Other, _) => {
                                     if sw != Sw3::Success {
@@ -714,7 +709,7 @@ async fn serve_idcard(
                                             placement = Placement::Done;
                                         }
                                     }
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                             }
                         }

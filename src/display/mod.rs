@@ -50,7 +50,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, Requester};
+use crate::client::Requester;
 use crate::protocol::{
     Card, DisplayMsg, ErrorCode, Message, PageRequest, Parties, Reply, Request, MAX_REQUEST,
 };
@@ -64,8 +64,6 @@ const APP_CSS: &str = include_str!("assets/app.css");
 /// Messages queued per page; a page further behind misses events (it shows
 /// the next swipe anyway).
 const PAGE_QUEUE: usize = 256;
-/// First and longest delay between attempts to reach cardlinkd.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 /// A connection that has not sent its request headers by then is closed
 /// (a local browser sends them at once).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -662,53 +660,45 @@ fn relay(s: &Shared, mut m: Message) -> Relayed {
 /// and reconnects with backoff; the health state says which.
 async fn daemon_link(s: Arc<Shared>, shutdown: CancellationToken) {
     let socket = s.settings.socket.clone();
-    let mut delay = BACKOFF.0;
-    loop {
-        if let Ok(mut c) = Client::connect(&socket).await {
-            let role = c.status().await.ok().map(|st| st.role);
-            delay = BACKOFF.0;
-            if let Ok(mut r) = s.requester.write() {
-                *r = Some(c.requester());
-            }
-            tracing::info!(socket = %socket.display(), role = ?role, "connected to cardlinkd");
-            s.health.send_modify(|h| {
-                h.daemon = "connected";
-                h.role = role;
-            });
-            loop {
-                let m = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    m = c.next_event() => m,
-                };
-                let Some(m) = m else { break };
-                if let Message::Role(r) = &m {
-                    // Before any later event is relayed: from here on the
-                    // pages are of the new role (masking, what they may do).
-                    tracing::info!(role = %r.role, "the daemon's role changed");
-                    let role = r.role.clone();
-                    s.health.send_modify(|h| h.role = Some(role));
-                    continue;
-                }
-                let r = relay(&s, m);
-                if let Seen::Reader(name) = &r.seen {
-                    if let Ok(mut readers) = s.readers.write() {
-                        readers.insert(name.clone(), r.line.clone());
-                    }
-                }
-                let _ = s.lines.send(Arc::new(r));
-            }
-            tracing::warn!("cardlinkd closed the connection; reconnecting");
-            if let Ok(mut r) = s.requester.write() {
-                *r = None;
-            }
-            // The role stays as it was: a kiosk screen stays a kiosk screen
-            // (and keeps masking) while the daemon is away.
-            s.health.send_modify(|h| h.daemon = "offline");
+    let mut link = crate::client::Reconnect::new(&socket);
+    while let Ok(Some(mut c)) = link.next(&shutdown, |_, _| false).await {
+        let role = c.status().await.ok().map(|st| st.role);
+        if let Ok(mut r) = s.requester.write() {
+            *r = Some(c.requester());
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        tracing::info!(socket = %socket.display(), role = ?role, "connected to cardlinkd");
+        s.health.send_modify(|h| {
+            h.daemon = "connected";
+            h.role = role;
+        });
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = c.next_event() => m,
+            };
+            let Some(m) = m else { break };
+            if let Message::Role(r) = &m {
+                // Before any later event is relayed: from here on the
+                // pages are of the new role (masking, what they may do).
+                tracing::info!(role = %r.role, "the daemon's role changed");
+                let role = r.role.clone();
+                s.health.send_modify(|h| h.role = Some(role));
+                continue;
+            }
+            let r = relay(&s, m);
+            if let Seen::Reader(name) = &r.seen {
+                if let Ok(mut readers) = s.readers.write() {
+                    readers.insert(name.clone(), r.line.clone());
+                }
+            }
+            let _ = s.lines.send(Arc::new(r));
         }
-        delay = (delay * 2).min(BACKOFF.1);
+        tracing::warn!("cardlinkd closed the connection; reconnecting");
+        if let Ok(mut r) = s.requester.write() {
+            *r = None;
+        }
+        // The role stays as it was: a kiosk screen stays a kiosk screen
+        // (and keeps masking) while the daemon is away.
+        s.health.send_modify(|h| h.daemon = "offline");
     }
 }
