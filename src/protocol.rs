@@ -4,8 +4,11 @@
 //! and request is a serde struct here; the registry's and the daemon's own
 //! types never go onto the wire directly, they are mapped in
 //! [`card_message`] and friends, so renaming a Rust field elsewhere cannot
-//! change the protocol. `docs/socket-protocol.md` is the specification; a
-//! test keeps its error-code tables and [`ErrorCode`] the same set.
+//! change the protocol. It converts from registry and reader types (and
+//! from nothing above them: the daemon renders its own events in
+//! `daemon::render`). `docs/socket-protocol.md` is the specification; its
+//! tests keep the document's error-code table and [`ErrorCode`] the same
+//! set, and parse and round-trip every JSON example in it.
 //!
 //! Server → client messages ([`Message`]) have a `class`: `VERSION`,
 //! `READER`, `CARD`, `ERROR`, `REPLY`. Client → server requests
@@ -17,9 +20,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::daemon::CardEvent;
+use crate::config::Station;
 use crate::mask;
-use crate::registry::{self, Contribution, Member, Outcome, Payer, Resolution};
+pub use crate::reader::card::CardSource;
+use crate::registry::{self, Contribution, Member, Outcome, Payer};
 use crate::Ssn;
 
 /// Protocol version announced in `VERSION`.
@@ -194,25 +198,29 @@ pub enum Privacy {
 }
 
 impl Privacy {
-    fn ssn(self, s: &Ssn) -> String {
+    /// The value as this client sees it.
+    pub fn ssn(self, s: &Ssn) -> String {
         match self {
             Privacy::Full => s.expose().to_string(),
             Privacy::Masked => s.masked().to_string(),
         }
     }
-    fn name(self, s: &str) -> String {
+    /// The value as this client sees it.
+    pub fn name(self, s: &str) -> String {
         match self {
             Privacy::Full => s.to_string(),
             Privacy::Masked => mask::name(s),
         }
     }
-    fn card_no(self, s: &str) -> String {
+    /// The value as this client sees it.
+    pub fn card_no(self, s: &str) -> String {
         match self {
             Privacy::Full => s.to_string(),
             Privacy::Masked => mask::card_no(s),
         }
     }
-    fn pan(self, s: &str) -> String {
+    /// The value as this client sees it.
+    pub fn pan(self, s: &str) -> String {
         match self {
             Privacy::Full => s.to_string(),
             Privacy::Masked => mask::pan(s),
@@ -248,25 +256,113 @@ pub enum Message {
 /// (`ended`: `idle`); the page returns to its idle screen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMsg {
-    /// Why: `idle`.
-    pub ended: String,
+    /// Why.
+    pub ended: SessionEnd,
 }
+
+/// Why a kiosk page's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// Nobody swiped or touched the screen for `idle_s` seconds.
+    Idle,
+}
+
+macro_rules! wire_names {
+    ($t:ty { $($variant:ident = $text:literal),* $(,)? }) => {
+        impl $t {
+            /// The name as sent on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(<$t>::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+wire_names!(SessionEnd { Idle = "idle" });
+
+/// A station's role on the wire (`ROLE`, `DISPLAY`, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A service window: a clerk, numbers typed in.
+    Window,
+    /// A self-service kiosk: swipes only, masked.
+    Kiosk,
+}
+
+wire_names!(Role {
+    Window = "window",
+    Kiosk = "kiosk",
+});
+
+impl From<Station> for Role {
+    fn from(s: Station) -> Role {
+        match s {
+            Station::Window => Role::Window,
+            Station::Kiosk => Role::Kiosk,
+        }
+    }
+}
+
+/// A reader's state (`READER`, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaderState {
+    /// Open and answering.
+    Connected,
+    /// Not open (unplugged, not yet opened, reconnecting).
+    #[default]
+    Disconnected,
+    /// Open but cannot read: an identity-card module's SAM fault or
+    /// silence, a library reader whose helper ended.
+    Error,
+}
+
+wire_names!(ReaderState {
+    Connected = "connected",
+    Disconnected = "disconnected",
+    Error = "error",
+});
+
+/// Whether `cardlink-display` reaches cardlinkd (`DISPLAY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonLink {
+    /// Connected to cardlinkd.
+    Connected,
+    /// cardlinkd cannot be reached; the display retries.
+    Offline,
+}
+
+wire_names!(DaemonLink {
+    Connected = "connected",
+    Offline = "offline",
+});
 
 /// `ROLE`: the daemon's role after a reload changed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleMsg {
-    /// `window` or `kiosk`.
-    pub role: String,
+    /// The new role.
+    pub role: Role,
 }
 
 /// `DISPLAY`: `cardlink-display`'s state for its page, sent on connect and
 /// whenever the daemon link or the role changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayMsg {
-    /// `connected` or `offline`.
-    pub daemon: String,
-    /// `kiosk` or `window`, once known.
-    pub role: Option<String>,
+    /// Whether the display reaches cardlinkd.
+    pub daemon: DaemonLink,
+    /// The daemon's role, once known.
+    pub role: Option<Role>,
     /// The operator this (window) screen binds as, from the display's
     /// configuration; `null` where none is configured.
     pub operator: Option<String>,
@@ -298,9 +394,9 @@ impl Version {
 pub struct ReaderMsg {
     /// Reader name.
     pub reader: String,
-    /// `connected`, `disconnected` or `error` (an idcard reader whose
-    /// module cannot read; `error` says why).
-    pub state: String,
+    /// Its state (`error`: an idcard reader whose module cannot read;
+    /// `error` the field says why).
+    pub state: ReaderState,
     /// Device path.
     pub path: String,
     /// Why the reader is disconnected (the last open or read error).
@@ -377,7 +473,7 @@ pub struct Reply {
     pub ok: bool,
     /// The result (command-specific) when `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<ReplyResult>,
     /// The refusal code when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
@@ -387,8 +483,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A successful reply with its (already encoded) result.
-    pub fn ok(id: Value, result: Value) -> Reply {
+    /// A successful reply with its result.
+    pub fn ok(id: Value, result: ReplyResult) -> Reply {
         Reply {
             id,
             ok: true,
@@ -408,6 +504,61 @@ impl Reply {
             message: Some(message),
         }
     }
+}
+
+/// The `result` of a successful `REPLY`, one shape per command. On the wire
+/// it is the bare object (no tag of its own); each shape has fields the
+/// others lack, which is how a client tells them apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReplyResult {
+    /// `lookup`: the `CARD` message of the typed number, with its `class`.
+    Card(CardResult),
+    /// `status`.
+    Status(Status),
+    /// `contributions`.
+    Records(Records),
+    /// `bind`.
+    Bound(Bound),
+    /// `unbind`.
+    Unbound(Unbound),
+    /// `capture`.
+    Capturing(Capturing),
+    /// `bind_start` (display, kiosk): `{"bind":"started"}`.
+    BindStarted(BindStarted),
+    /// `end` (display, kiosk): `{"ended":true}`.
+    Ended(Ended),
+}
+
+/// The result of `lookup`: a `CARD` message, `class` included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "class")]
+pub enum CardResult {
+    /// The card.
+    #[serde(rename = "CARD")]
+    Card(Box<Card>),
+}
+
+/// The result of `bind_start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindStarted {
+    /// Always `started`.
+    pub bind: BindStep,
+}
+
+/// What `bind_start` began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindStep {
+    /// The next card swiped is the member's.
+    Started,
+}
+
+/// The result of `end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// Always `true`.
+    pub ended: bool,
 }
 
 /// How a card resolved (the registry's outcome on the wire).
@@ -515,8 +666,8 @@ pub struct Card {
     pub reader: String,
     /// Swipe id.
     pub swipe: u64,
-    /// `ic`, `magstripe`, `manual` or `id_card`.
-    pub source: String,
+    /// How the number was read.
+    pub source: CardSource,
     /// For `id_card`: the document read (`resident_id` 居民身份证,
     /// `hmt_residence_permit` 港澳台居民居住证, `foreign_permanent` 2023
     /// 外国人永久居留身份证).
@@ -549,53 +700,36 @@ pub struct Card {
     pub members: Vec<MemberMsg>,
 }
 
-fn payer_msg(p: &Payer, v: Privacy) -> PayerMsg {
-    PayerMsg {
-        ssn: v.ssn(&p.ssn),
-        name: v.name(&p.name),
-        relation: p.relation.clone(),
-        balance_fen: p.balance_fen,
+impl PayerMsg {
+    /// Who pays, as `v` sees it.
+    pub fn new(p: &Payer, v: Privacy) -> PayerMsg {
+        PayerMsg {
+            ssn: v.ssn(&p.ssn),
+            name: v.name(&p.name),
+            relation: p.relation.clone(),
+            balance_fen: p.balance_fen,
+        }
     }
 }
 
-fn member_msg(m: &Member, v: Privacy) -> MemberMsg {
-    MemberMsg {
-        ssn: v.ssn(&m.ssn),
-        name: v.name(&m.name),
-        relation: m.relation.clone(),
-        since: m.since.clone(),
+impl MemberMsg {
+    /// A covered member, as `v` sees them.
+    pub fn new(m: &Member, v: Privacy) -> MemberMsg {
+        MemberMsg {
+            ssn: v.ssn(&m.ssn),
+            name: v.name(&m.name),
+            relation: m.relation.clone(),
+            since: m.since.clone(),
+        }
     }
 }
 
-/// The `CARD` message of a resolved read, for one client.
-pub fn card_message(e: &CardEvent, v: Privacy) -> Card {
-    let r: &Resolution = &e.resolution;
-    let ssn = r.person.as_ref().map(|p| p.ssn).or(e.ssn);
-    let name = r.person.as_ref().map(|p| p.name.clone()).or(e.name.clone());
-    Card {
-        reader: e.reader.clone(),
-        swipe: e.swipe,
-        source: e.source.to_string(),
-        document: e.document.map(|d| d.as_str().to_string()),
-        ssn: ssn.map(|s| v.ssn(&s)),
-        card_no: e
-            .card_no
-            .clone()
-            .or(r.card_no.clone())
-            .map(|c| v.card_no(&c)),
-        pan: e.pan.as_deref().map(|p| v.pan(p)),
-        name: name.map(|n| v.name(&n)),
-        outcome: r.outcome.into(),
-        role: r.role.into(),
-        card_status: r.card_status.clone(),
-        insurance: r.person.as_ref().map(|p| Insurance {
+impl From<&registry::PersonInfo> for Insurance {
+    fn from(p: &registry::PersonInfo) -> Insurance {
+        Insurance {
             kind: p.insurance_type.clone(),
             status: p.insurance_status.clone(),
-        }),
-        payer: r.payer.as_ref().map(|p| payer_msg(p, v)),
-        relation: r.payer.as_ref().and_then(|p| p.relation.clone()),
-        balance_fen: r.payer.as_ref().and_then(|p| p.balance_fen),
-        members: r.members.iter().map(|m| member_msg(m, v)).collect(),
+        }
     }
 }
 
@@ -663,10 +797,8 @@ pub struct ReaderStatus {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected`, `disconnected` or `error` (an idcard reader whose
-    /// module cannot read: a SAM fault, no answer; a library reader whose
-    /// helper ended).
-    pub state: String,
+    /// Its state.
+    pub state: ReaderState,
     /// Valid frames or lines.
     pub items: u64,
     /// Card reads reported.
@@ -697,8 +829,8 @@ pub struct ReaderStatus {
 pub struct Status {
     /// Release.
     pub release: String,
-    /// `window` or `kiosk`.
-    pub role: String,
+    /// The daemon's role.
+    pub role: Role,
     /// Seconds since start.
     pub uptime_s: u64,
     /// Readers.
@@ -1050,7 +1182,7 @@ mod tests {
         );
         let e = serde_json::to_value(Message::Reader(ReaderMsg {
             reader: "r".into(),
-            state: "connected".into(),
+            state: ReaderState::Connected,
             path: "/p".into(),
             error: None,
         }))

@@ -44,11 +44,11 @@ use tokio_util::sync::CancellationToken;
 use firmware_protocol::Date;
 
 use super::capture::{Capture, Direction};
-use super::serial::{
-    back_off, deliver, resolve_reads, set_state, OpenPort, BACKOFF_MAX, BACKOFF_MIN,
-};
-use super::{Ctx, Event, Port};
+use super::port::{OpenPort, Port};
+use super::serial::{back_off, deliver, resolve_reads, set_state, BACKOFF_MAX, BACKOFF_MIN};
+use super::{Ctx, Event};
 use crate::config::ReaderConfig;
+use crate::protocol::ReaderState;
 use crate::reader::card::{self, CardRead};
 use crate::reader::codec::{Mode, ReaderCodec, ReaderItem};
 use crate::reader::library::{Answer, Change, Insertions, MAX_ANSWER, POLL};
@@ -126,7 +126,7 @@ pub async fn run(
         if poller.answered && began.elapsed() >= 2 * BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
-        set_state(&ctx, &cfg, &stop, "error", Some(cause));
+        set_state(&ctx, &cfg, &stop, ReaderState::Error, Some(cause));
         if !back_off(&stop, &mut backoff).await {
             break;
         }
@@ -183,7 +183,7 @@ impl Poller<'_> {
     /// the end.
     async fn lines(&mut self, port: Port) -> String {
         let mut framed = FramedRead::new(port, ReaderCodec::new(Mode::Library));
-        set_state(self.ctx, self.cfg, self.stop, "connected", None);
+        set_state(self.ctx, self.cfg, self.stop, ReaderState::Connected, None);
         loop {
             let item = tokio::select! {
                 _ = self.stop.cancelled() => return "stopped".into(),
@@ -245,7 +245,7 @@ impl Poller<'_> {
             Err(e) => return e,
         }
         tracing::info!(reader = %cfg.name, library = %cfg.shown_path(), itype = cfg.card_type.itype(), "library loaded by the helper");
-        set_state(self.ctx, self.cfg, self.stop, "connected", None);
+        set_state(self.ctx, self.cfg, self.stop, ReaderState::Connected, None);
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.poll_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

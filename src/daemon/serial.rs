@@ -17,19 +17,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use firmware_protocol::frame::{Cmd, Feedback};
 use firmware_protocol::Date;
 
+use super::port::{OpenPort, Port};
 use super::{Ctx, Event};
-use crate::config::{Parity, ReaderConfig};
-use crate::protocol::ErrorCode;
+use crate::config::ReaderConfig;
+use crate::protocol::{ErrorCode, ReaderState};
 use crate::reader::card::{self, CardRead, ReaderEvent};
 use crate::reader::codec::{HostFrame, Mode, ReaderCodec, ReaderItem};
 use crate::reader::dedup::Deduper;
@@ -44,49 +43,6 @@ const NAK_INTERVAL: Duration = Duration::from_millis(300);
 /// Card reads of one reader acknowledged and waiting for the registry;
 /// when this many wait, the reader task stops reading until one is done.
 pub const PENDING_READS: usize = 64;
-
-/// A reader's byte stream.
-pub trait PortIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> PortIo for T {}
-
-/// An open reader port.
-pub type Port = Box<dyn PortIo>;
-
-/// Opens reader ports.
-pub trait OpenPort: Send + Sync + 'static {
-    /// Opens the port of `cfg`, with stale input discarded.
-    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port>;
-
-    /// For a `mode = "library"` reader: `None` to run the vendor library
-    /// in a helper process (production), or a port whose lines stand for
-    /// the library's answers (in-memory tests, `replay --check`).
-    fn library_port(&self, _cfg: &ReaderConfig) -> Option<std::io::Result<Port>> {
-        None
-    }
-}
-
-/// Real serial ports (tokio-serial).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SerialPorts;
-
-impl OpenPort for SerialPorts {
-    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port> {
-        let parity = match cfg.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        };
-        let port = tokio_serial::new(cfg.path.to_string_lossy(), cfg.baud)
-            .parity(parity)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .stop_bits(tokio_serial::StopBits::One)
-            .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async()?;
-        // Whatever the reader sent while nobody listened is stale.
-        port.clear(ClearBuffer::Input)?;
-        Ok(Box::new(port))
-    }
-}
 
 /// The running reader tasks, by name.
 pub struct Readers {
@@ -173,7 +129,7 @@ pub(super) fn set_state(
     ctx: &Ctx,
     cfg: &ReaderConfig,
     stop: &CancellationToken,
-    state: &'static str,
+    state: ReaderState,
     error: Option<String>,
 ) {
     // Published under the readers lock, under which a new client subscribes
@@ -200,10 +156,10 @@ pub(super) fn set_state(
     if changed {
         match &error {
             Some(e) => {
-                tracing::warn!(reader = %cfg.name, path = %cfg.shown_path(), state, error = %e, "reader state")
+                tracing::warn!(reader = %cfg.name, path = %cfg.shown_path(), state = state.as_str(), error = %e, "reader state")
             }
             None => {
-                tracing::info!(reader = %cfg.name, path = %cfg.shown_path(), state, "reader state")
+                tracing::info!(reader = %cfg.name, path = %cfg.shown_path(), state = state.as_str(), "reader state")
             }
         }
         crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
@@ -240,7 +196,7 @@ pub async fn run(
             Ok(port) => {
                 let port = super::capture::CapturePort::wrap(port, capture.clone());
                 backoff = BACKOFF_MIN;
-                set_state(&ctx, &cfg, &stop, "connected", None);
+                set_state(&ctx, &cfg, &stop, ReaderState::Connected, None);
                 let reason = if cfg.mode == Mode::Idcard {
                     serve_idcard(&cfg, &ctx, &stop, port, &reads, &mut feedback).await
                 } else {
@@ -249,14 +205,14 @@ pub async fn run(
                 if stop.is_cancelled() {
                     break;
                 }
-                set_state(&ctx, &cfg, &stop, "disconnected", Some(reason));
+                set_state(&ctx, &cfg, &stop, ReaderState::Disconnected, Some(reason));
             }
             Err(_) if stop.is_cancelled() => break,
             Err(e) => set_state(
                 &ctx,
                 &cfg,
                 &stop,
-                "disconnected",
+                ReaderState::Disconnected,
                 Some(format!("cannot open: {e}")),
             ),
         }
@@ -549,7 +505,7 @@ async fn serve_idcard(
                                 ctx,
                                 cfg,
                                 stop,
-                                "error",
+                                ReaderState::Error,
                                 Some("模块无应答 / the module does not answer".into()),
                             );
                         }
@@ -609,7 +565,7 @@ async fn serve_idcard(
                             tracing::warn!(reader = %cfg.name, sw3, meaning = sw.en(), "identity-card module fault");
                             faulty = true;
                             pause = (pause * 2).min(ID_BACKOFF_MAX);
-                            set_state(ctx, cfg, stop, "error", Some(why));
+                            set_state(ctx, cfg, stop, ReaderState::Error, Some(why));
                             next_poll = TInstant::now() + pause;
                             if placement == Placement::Reading {
                                 placement = Placement::Empty;
@@ -623,7 +579,7 @@ async fn serve_idcard(
                             if faulty {
                                 faulty = false;
                                 pause = poll;
-                                set_state(ctx, cfg, stop, "connected", None);
+                                set_state(ctx, cfg, stop, ReaderState::Connected, None);
                             }
                             let asked_cmd = asked.map(|(c, _)| c);
                             let answer = classify(sw, asked_cmd, data);
