@@ -53,8 +53,8 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, Requester};
 use crate::protocol::{
     BindStarted, BindStep, Card, CardResult, DaemonLink, DisplayMsg, Ended, ErrorCode, Message,
-    PageRequest, Parties, Reply, ReplyResult, Request, Role, SessionEnd, SessionMsg, WireOutcome,
-    MAX_REQUEST,
+    PageRequest, Parties, Reply, ReplyResult, Request, Role, Sentence, SessionEnd, SessionMsg,
+    WireOutcome, MAX_REQUEST,
 };
 pub use key::ScreenKey;
 use session::Session;
@@ -62,6 +62,8 @@ use session::Session;
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+/// `/codes.js`, made once from the code table.
+static CODES_JS: std::sync::LazyLock<String> = std::sync::LazyLock::new(codes_js);
 
 /// Messages queued per page; a page further behind misses events (it shows
 /// the next swipe anyway).
@@ -197,6 +199,10 @@ pub async fn serve(
             get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
         )
         .route(
+            "/codes.js",
+            get(|| asset(CODES_JS.as_str(), "text/javascript; charset=utf-8")),
+        )
+        .route(
             "/app.css",
             get(|| asset(APP_CSS, "text/css; charset=utf-8")),
         )
@@ -297,6 +303,31 @@ async fn guard(State(s): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Re
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The page's tables of sentences and labels, as a script it loads before
+/// its own: every [`ErrorCode`]'s sentence ([`ErrorCode::sentence`]) and
+/// every relation's label ([`crate::protocol::relation_label`]), in
+/// Chinese and English. The one table is Rust's; the page keeps no copy.
+pub fn codes_js() -> String {
+    let entry =
+        |key: &str, s: Sentence| format!("  {}: [{}, {}],\n", line(&key), line(&s.zh), line(&s.en));
+    let mut out = String::from(
+        "// Made by cardlink-display from its code table (protocol::ErrorCode,\n\
+         // registry::Relation); the page keeps no copy of its own.\n\
+         \"use strict\";\n\nconst SENTENCES = {\n",
+    );
+    for c in ErrorCode::ALL {
+        if let Some(s) = c.sentence() {
+            out += &entry(c.as_str(), s);
+        }
+    }
+    out += "};\n\n// In the order of the bind screen's buttons.\nconst RELATIONS = {\n";
+    for r in crate::registry::Relation::ALL {
+        out += &entry(r.as_str(), crate::protocol::relation_label(r));
+    }
+    out += "};\n";
+    out
 }
 
 async fn index() -> Response {
