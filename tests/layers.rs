@@ -2,9 +2,13 @@
 //! imports only from its own layer or one below, and the file-level import
 //! graph has no cycle.
 //!
-//! An import is any `crate::…` path outside comments: `use crate::…`
-//! (grouped trees included) and inline paths such as
-//! `crate::mask::name(..)`. It points at the file of the longest module
+//! An import is any `crate::…` or `super::…` path outside comments:
+//! `use crate::…` (grouped trees included), inline paths such as
+//! `crate::mask::name(..)`, and `super::…` paths: to a sibling file
+//! (`daemon/serial.rs` → `daemon/port.rs`) or to the parent's own items
+//! (`super::Ctx` → `daemon/mod.rs`). A parent's relative paths to its
+//! children (`serial::Readers` in `daemon/mod.rs`) are not counted: the
+//! parent declares them. It points at the file of the longest module
 //! prefix of the path (`crate::registry::BindError` → `src/registry/mod.rs`,
 //! `crate::registry::audit::Entry` → `src/registry/audit.rs`,
 //! `crate::Ssn` → the crate root); a `mod.rs` and its children are separate
@@ -73,8 +77,9 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
-/// Every `crate::` path in `code`, as its segments (use trees expanded).
-fn crate_paths(code: &str) -> Vec<Vec<String>> {
+/// Every `crate::` and `super::` path in the code of `module`, as the
+/// segments of its absolute path (use trees expanded).
+fn crate_paths(module: &str, code: &str) -> Vec<Vec<String>> {
     fn ident(s: &[u8], i: &mut usize) -> Option<String> {
         while *i < s.len() && s[*i].is_ascii_whitespace() {
             *i += 1;
@@ -128,17 +133,36 @@ fn crate_paths(code: &str) -> Vec<Vec<String>> {
         out.push(path);
     }
     let s = code.as_bytes();
+    let own: Vec<String> = module
+        .split("::")
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .collect();
     let mut out = Vec::new();
     let mut from = 0;
-    while let Some(at) = code[from..].find("crate::") {
-        let start = from + at;
-        let mut i = start + "crate::".len();
+    loop {
+        let next = ["crate::", "super::"]
+            .iter()
+            .filter_map(|k| code[from..].find(k).map(|at| (from + at, *k)))
+            .min();
+        let Some((start, key)) = next else { break };
+        let mut i = start + key.len();
         let word_before = start > 0 && {
             let b = s[start - 1];
-            b.is_ascii_alphanumeric() || b == b'_'
+            b.is_ascii_alphanumeric() || b == b'_' || b == b':'
         };
         if !word_before {
-            tree(s, &mut i, Vec::new(), &mut out);
+            let mut base = Vec::new();
+            if key == "super::" {
+                // `super` of a file's module, as often as it is repeated.
+                base = own.clone();
+                base.pop();
+                while code[i..].starts_with("super::") {
+                    base.pop();
+                    i += "super::".len();
+                }
+            }
+            tree(s, &mut i, base, &mut out);
         }
         from = i.max(start + 1);
     }
@@ -150,7 +174,7 @@ fn graph(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>>
     files
         .iter()
         .map(|(module, text)| {
-            let targets = crate_paths(&code(text))
+            let targets = crate_paths(module, &code(text))
                 .into_iter()
                 .map(|path| {
                     (0..=path.len())
@@ -245,9 +269,15 @@ fn nothing_imports_upward_and_there_is_no_cycle() {
 fn the_checker_sees_imports_and_cycles() {
     let text = "use crate::a::{self, b::{C, d}};\n// crate::x::y\nfn f() { crate::e::g(); }\n\
                 let s = my_crate::z::w;\n#[cfg(test)]\nmod tests { use crate::t::u; }\n";
-    let paths = crate_paths(&code(text));
+    let paths = crate_paths("m::n", &code(text));
     let joined: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
     assert_eq!(joined, ["a::self", "a::b::C", "a::b::d", "e::g"]);
+    let text = "use super::{k::L, Ctx};\nfn f() { super::super::q::r(); }\n";
+    let joined: Vec<String> = crate_paths("m::n", text)
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(joined, ["m::k::L", "m::Ctx", "q::r"]);
     let files: BTreeMap<String, String> = [
         ("a".into(), "use crate::b::X;".into()),
         ("b".into(), "fn f() { crate::c::f() }".into()),

@@ -45,7 +45,9 @@ use firmware_protocol::Date;
 
 use super::capture::{Capture, Direction};
 use super::port::{OpenPort, Port};
-use super::serial::{back_off, deliver, resolve_reads, set_state, BACKOFF_MAX, BACKOFF_MIN};
+use super::reading::{
+    back_off, deliver, resolve_reads, set_state, BACKOFF_MAX, BACKOFF_MIN, PENDING_READS,
+};
 use super::{Ctx, Event};
 use crate::config::ReaderConfig;
 use crate::protocol::ReaderState;
@@ -79,7 +81,7 @@ pub async fn run(
     capture: Arc<Capture>,
     stop: CancellationToken,
 ) {
-    let (reads, pending) = mpsc::channel(super::serial::PENDING_READS);
+    let (reads, pending) = mpsc::channel(PENDING_READS);
     // A library reader has no light or beeper of ours: FEEDBACK is dropped.
     let (feedback, _) = mpsc::channel(1);
     let resolver = tokio::spawn(resolve_reads(

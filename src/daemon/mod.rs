@@ -18,6 +18,7 @@
 pub mod capture;
 pub mod library;
 pub mod port;
+pub mod reading;
 pub mod render;
 pub mod serial;
 pub mod server;
