@@ -509,8 +509,7 @@ impl Version {
 pub struct ReaderMsg {
     /// Reader name.
     pub reader: String,
-    /// Its state (`error`: an idcard reader whose module cannot read;
-    /// `error` the field says why).
+    /// Its state; the field `error` says why when it is not connected.
     pub state: ReaderState,
     /// Device path.
     pub path: String,

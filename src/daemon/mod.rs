@@ -11,6 +11,11 @@
 //!   busy registry never stalls a reader.
 //! * [`worker`]: the registry off the async runtime.
 //! * [`server`]: the display socket (many clients, bounded queues).
+//! * [`render`]: the daemon's events as wire messages, for one client.
+//! * [`port`]: reader ports and how they are opened; [`reading`]: what
+//!   every reader task shares (state, backoff, the resolver);
+//!   [`library`]: readers behind a vendor library's helper process;
+//!   [`capture`]: recording a reader's traffic.
 //!
 //! [`Ctx`] is the shared state they meet in: the event bus, reader states,
 //! counters and the recent-swipe table used for kiosk binding.
