@@ -44,7 +44,7 @@ pub enum CtlError {
     /// A replay failed.
     #[cfg(feature = "sim")]
     #[error(transparent)]
-    Replay(#[from] crate::capture::replay::ReplayError),
+    Replay(#[from] crate::tools::replay::ReplayError),
 }
 
 /// One `check-ssn` line for `number`, and whether it was valid.
@@ -105,7 +105,7 @@ fn card_text(c: &Card) -> String {
         "card   {:<10} #{} {:<9} {} {} card {}  => {}",
         c.reader,
         c.swipe,
-        c.source,
+        c.source.as_str(),
         or_dash(&c.name),
         or_dash(&c.ssn),
         or_dash(&c.card_no),
@@ -755,7 +755,7 @@ pub async fn replay_check(
             reg
         }
     };
-    let events = crate::capture::replay::check(&file, reg, dir.path()).await?;
+    let events = crate::tools::replay::check(&file, reg, dir.path()).await?;
     let mut chk = capture.as_os_str().to_owned();
     chk.push(".chk");
     let chk = PathBuf::from(chk);
@@ -771,7 +771,7 @@ pub async fn replay_check(
             format!("{}: {e} (write it with --regen)", chk.display()),
         )
     })?;
-    Ok(match crate::capture::replay::diff(&expected, &events) {
+    Ok(match crate::tools::replay::diff(&expected, &events) {
         None => CheckOutcome::Match(events.len()),
         Some(d) => CheckOutcome::Differ(d),
     })
@@ -789,7 +789,7 @@ pub async fn replay_pty(
     link: &Path,
     speed: f64,
     text_start: Duration,
-) -> Result<crate::capture::replay::PlayReport, CtlError> {
+) -> Result<crate::tools::replay::PlayReport, CtlError> {
     use tokio::io::AsyncReadExt;
     let file = crate::capture::CaptureFile::read(capture)?;
     let frame = file.header.mode == crate::reader::codec::Mode::Frame;
@@ -817,7 +817,7 @@ pub async fn replay_pty(
     );
     let pty = open(link.to_path_buf()).await?;
     let link = link.to_path_buf();
-    let (mut pty, report) = crate::capture::replay::play(&file, pty, speed, || {
+    let (mut pty, report) = crate::tools::replay::play(&file, pty, speed, || {
         eprintln!("replay: unplugged; plugging in again");
         open(link.clone())
     })

@@ -29,6 +29,8 @@ pub mod reader;
 pub mod registry;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
+pub mod tools;
 
 pub use firmware_protocol::{Date, Ssn, SsnError};
 

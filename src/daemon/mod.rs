@@ -11,12 +11,20 @@
 //!   busy registry never stalls a reader.
 //! * [`worker`]: the registry off the async runtime.
 //! * [`server`]: the display socket (many clients, bounded queues).
+//! * [`render`]: the daemon's events as wire messages, for one client.
+//! * [`port`]: reader ports and how they are opened; [`reading`]: what
+//!   every reader task shares (state, backoff, the resolver);
+//!   [`library`]: readers behind a vendor library's helper process;
+//!   [`capture`]: recording a reader's traffic.
 //!
 //! [`Ctx`] is the shared state they meet in: the event bus, reader states,
 //! counters and the recent-swipe table used for kiosk binding.
 
 pub mod capture;
 pub mod library;
+pub mod port;
+pub mod reading;
+pub mod render;
 pub mod serial;
 pub mod server;
 pub mod worker;
@@ -36,19 +44,19 @@ use crate::reader::card::{CardRead, CardSource};
 use crate::registry::audit::Entry;
 use crate::registry::{BindPolicy, Lookup, Outcome, Registry, RegistryError, Resolution};
 use crate::Ssn;
-pub use serial::{OpenPort, Port, SerialPorts};
+pub use port::{OpenPort, Port, PortIo, SerialPorts};
 pub use worker::Worker;
 
 /// A resolved card read, ready to be rendered for each client
-/// ([`protocol::card_message`]).
+/// ([`render::card`]).
 #[derive(Debug, Clone)]
 pub struct CardEvent {
     /// Reader name (or `manual` for typed lookups).
     pub reader: String,
     /// Swipe id, usable in kiosk-mode `bind` requests.
     pub swipe: u64,
-    /// `ic`, `magstripe`, `manual`, `id_card`.
-    pub source: &'static str,
+    /// How the number was read.
+    pub source: CardSource,
     /// The identity document of an `id_card` read.
     pub document: Option<firmware_protocol::idcard::Document>,
     /// SSN from the card.
@@ -70,8 +78,8 @@ pub enum Event {
     Reader {
         /// Reader name.
         name: String,
-        /// `connected` or `disconnected`.
-        state: &'static str,
+        /// Its new state.
+        state: protocol::ReaderState,
         /// Device path.
         path: String,
         /// Why it is disconnected.
@@ -114,7 +122,7 @@ pub struct ReaderState {
     pub mode: String,
     /// `connected` / `disconnected` / `error` (idcard: the module cannot
     /// read; library: the helper ended).
-    pub state: &'static str,
+    pub state: protocol::ReaderState,
     /// Valid frames or lines received.
     pub items: u64,
     /// Card reads reported.
@@ -315,7 +323,7 @@ impl Ctx {
             ReaderState {
                 path,
                 mode,
-                state: "disconnected",
+                state: protocol::ReaderState::Disconnected,
                 ..ReaderState::default()
             },
         );
@@ -327,10 +335,10 @@ impl Ctx {
     pub fn remove_reader(&self, name: &str) {
         let mut map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.remove(name) {
-            if s.state != "disconnected" {
+            if s.state != protocol::ReaderState::Disconnected {
                 self.publish(Event::Reader {
                     name: name.to_string(),
-                    state: "disconnected",
+                    state: protocol::ReaderState::Disconnected,
                     path: s.path,
                     error: None,
                 });
@@ -396,7 +404,7 @@ impl Ctx {
         let event = Arc::new(CardEvent {
             reader: actor.to_string(),
             swipe,
-            source: read.source.as_str(),
+            source: read.source,
             document: read.document,
             ssn: read.ssn,
             card_no: read.card_no,
@@ -407,7 +415,7 @@ impl Ctx {
         tracing::info!(
             reader = actor,
             swipe,
-            source = event.source,
+            source = event.source.as_str(),
             ssn = %event.ssn.or(event.resolution.person.as_ref().map(|p| p.ssn)).map(|s| s.masked().to_string()).unwrap_or_default(),
             outcome = event.resolution.outcome.as_str(),
             "card resolved"
@@ -504,12 +512,7 @@ impl Ctx {
         let events = self.events.subscribe();
         let readers = map
             .iter()
-            .map(|(name, r)| protocol::ReaderMsg {
-                reader: name.clone(),
-                state: r.state.into(),
-                path: r.path.clone(),
-                error: r.last_error.clone().filter(|_| r.state != "connected"),
-            })
+            .map(|(name, r)| render::reader(name, r))
             .collect();
         (events, readers)
     }
@@ -521,25 +524,11 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(name, r)| protocol::ReaderStatus {
-                name: name.clone(),
-                path: r.path.clone(),
-                mode: r.mode.clone(),
-                state: r.state.into(),
-                items: r.items,
-                cards: r.cards,
-                duplicates: r.duplicates,
-                rejected: r.rejected,
-                noise_bytes: r.noise_bytes,
-                firmware: r.firmware.clone(),
-                last_error: r.last_error.clone(),
-                restarts: r.restarts,
-                last_code: r.last_code,
-            })
+            .map(|(name, r)| render::reader_status(name, r))
             .collect();
         protocol::Status {
             release: env!("CARGO_PKG_VERSION").into(),
-            role: self.live().station.as_str().into(),
+            role: self.live().station.into(),
             uptime_s: self.started.elapsed().as_secs(),
             readers,
             clients: self.clients.load(Ordering::Relaxed),

@@ -17,77 +17,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use firmware_protocol::frame::{Cmd, Feedback};
 use firmware_protocol::Date;
 
+use super::port::{OpenPort, Port};
+use super::reading::{
+    deliver, reader_backoff, hand_over, resolve_reads, set_state, PENDING_READS,
+};
 use super::{Ctx, Event};
-use crate::config::{Parity, ReaderConfig};
-use crate::protocol::ErrorCode;
-use crate::reader::card::{self, CardRead, ReaderEvent};
+use crate::config::ReaderConfig;
+use crate::protocol::{ErrorCode, ReaderState};
+use crate::reader::card::{self, CardRead};
 use crate::reader::codec::{HostFrame, Mode, ReaderCodec, ReaderItem};
 use crate::reader::dedup::Deduper;
-use crate::registry::Outcome;
 
-/// First reconnect delay.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Least time between two NAKs.
 const NAK_INTERVAL: Duration = Duration::from_millis(300);
-/// Card reads of one reader acknowledged and waiting for the registry;
-/// when this many wait, the reader task stops reading until one is done.
-pub const PENDING_READS: usize = 64;
-
-/// A reader's byte stream.
-pub trait PortIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> PortIo for T {}
-
-/// An open reader port.
-pub type Port = Box<dyn PortIo>;
-
-/// Opens reader ports.
-pub trait OpenPort: Send + Sync + 'static {
-    /// Opens the port of `cfg`, with stale input discarded.
-    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port>;
-
-    /// For a `mode = "library"` reader: `None` to run the vendor library
-    /// in a helper process (production), or a port whose lines stand for
-    /// the library's answers (in-memory tests, `replay --check`).
-    fn library_port(&self, _cfg: &ReaderConfig) -> Option<std::io::Result<Port>> {
-        None
-    }
-}
-
-/// Real serial ports (tokio-serial).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SerialPorts;
-
-impl OpenPort for SerialPorts {
-    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port> {
-        let parity = match cfg.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        };
-        let port = tokio_serial::new(cfg.path.to_string_lossy(), cfg.baud)
-            .parity(parity)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .stop_bits(tokio_serial::StopBits::One)
-            .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async()?;
-        // Whatever the reader sent while nobody listened is stale.
-        port.clear(ClearBuffer::Input)?;
-        Ok(Box::new(port))
-    }
-}
-
 /// The running reader tasks, by name.
 pub struct Readers {
     ports: Arc<dyn OpenPort>,
@@ -167,49 +117,6 @@ impl Readers {
     }
 }
 
-/// Sets a reader's state and cause; publishes `READER` and logs when
-/// either changed.
-pub(super) fn set_state(
-    ctx: &Ctx,
-    cfg: &ReaderConfig,
-    stop: &CancellationToken,
-    state: &'static str,
-    error: Option<String>,
-) {
-    // Published under the readers lock, under which a new client subscribes
-    // and takes its snapshot: it sees each change once, either in its
-    // hello lines or as an event, never both.
-    let changed = ctx
-        .update_reader(&cfg.name, stop, |s| {
-            let changed = s.state != state || (error.is_some() && s.last_error != error);
-            s.state = state;
-            if error.is_some() {
-                s.last_error = error.clone();
-            }
-            if changed {
-                ctx.publish(Event::Reader {
-                    name: cfg.name.clone(),
-                    state,
-                    path: cfg.shown_path(),
-                    error: error.clone(),
-                });
-            }
-            changed
-        })
-        .unwrap_or(false);
-    if changed {
-        match &error {
-            Some(e) => {
-                tracing::warn!(reader = %cfg.name, path = %cfg.shown_path(), state, error = %e, "reader state")
-            }
-            None => {
-                tracing::info!(reader = %cfg.name, path = %cfg.shown_path(), state, "reader state")
-            }
-        }
-        crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
-    }
-}
-
 /// The reader task: connect, serve, reconnect, until cancelled.
 pub async fn run(
     cfg: ReaderConfig,
@@ -240,7 +147,7 @@ pub async fn run(
             Ok(port) => {
                 let port = super::capture::CapturePort::wrap(port, capture.clone());
                 backoff.reset();
-                set_state(&ctx, &cfg, &stop, "connected", None);
+                set_state(&ctx, &cfg, &stop, ReaderState::Connected, None);
                 let reason = if cfg.mode == Mode::Idcard {
                     serve_idcard(&cfg, &ctx, &stop, port, &reads, &mut feedback).await
                 } else {
@@ -249,14 +156,14 @@ pub async fn run(
                 if stop.is_cancelled() {
                     break;
                 }
-                set_state(&ctx, &cfg, &stop, "disconnected", Some(reason));
+                set_state(&ctx, &cfg, &stop, ReaderState::Disconnected, Some(reason));
             }
             Err(_) if stop.is_cancelled() => break,
             Err(e) => set_state(
                 &ctx,
                 &cfg,
                 &stop,
-                "disconnected",
+                ReaderState::Disconnected,
                 Some(format!("cannot open: {e}")),
             ),
         }
@@ -267,57 +174,6 @@ pub async fn run(
     // Reads already acknowledged are still resolved and shown.
     drop(reads);
     let _ = resolver.await;
-}
-
-/// The waits between a reader's attempts: [`BACKOFF_MIN`] doubling up to
-/// [`BACKOFF_MAX`].
-pub(super) fn reader_backoff() -> crate::backoff::Backoff {
-    crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
-}
-
-/// The resolver beside a reader: resolves and audits reads in order and
-/// answers each with the FEEDBACK the reader should show.
-pub(super) async fn resolve_reads(
-    name: String,
-    ctx: Arc<Ctx>,
-    stop: CancellationToken,
-    mut reads: mpsc::Receiver<CardRead>,
-    feedback: mpsc::Sender<Feedback>,
-) {
-    while let Some(read) = reads.recv().await {
-        let fb = match ctx.handle_read(&name, read).await {
-            Ok(event) => {
-                ctx.update_reader(&name, &stop, |s| s.cards += 1);
-                if event.resolution.outcome == Outcome::Ok {
-                    Feedback::Accepted
-                } else {
-                    Feedback::Rejected
-                }
-            }
-            Err(_) => Feedback::Attention,
-        };
-        // Never wait here: the reader task may itself be waiting for room
-        // in the read queue. FEEDBACK is a beep or a light; with a whole
-        // queue of it unsent, older ones are stale anyway.
-        let _ = feedback.try_send(fb);
-    }
-}
-
-/// Queues a card read for the resolver, waiting while the queue is full;
-/// `Err` with the reason when the reader must stop.
-async fn hand_over(
-    cfg: &ReaderConfig,
-    stop: &CancellationToken,
-    reads: &mpsc::Sender<CardRead>,
-    read: CardRead,
-) -> Result<(), String> {
-    if reads.capacity() == 0 {
-        tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
-    }
-    tokio::select! {
-        _ = stop.cancelled() => Err("stopped".into()),
-        sent = reads.send(read) => sent.map_err(|_| "resolver stopped".into()),
-    }
 }
 
 async fn serve(
@@ -544,7 +400,7 @@ async fn serve_idcard(
                                 ctx,
                                 cfg,
                                 stop,
-                                "error",
+                                ReaderState::Error,
                                 Some("模块无应答 / the module does not answer".into()),
                             );
                         }
@@ -604,7 +460,7 @@ async fn serve_idcard(
                             tracing::warn!(reader = %cfg.name, sw3, meaning = sw.en(), "identity-card module fault");
                             faulty = true;
                             pause.fail();
-                            set_state(ctx, cfg, stop, "error", Some(why));
+                            set_state(ctx, cfg, stop, ReaderState::Error, Some(why));
                             next_poll = TInstant::now() + pause.current();
                             if placement == Placement::Reading {
                                 placement = Placement::Empty;
@@ -618,7 +474,7 @@ async fn serve_idcard(
                             if faulty {
                                 faulty = false;
                                 pause.reset();
-                                set_state(ctx, cfg, stop, "connected", None);
+                                set_state(ctx, cfg, stop, ReaderState::Connected, None);
                             }
                             let asked_cmd = asked.map(|(c, _)| c);
                             let answer = classify(sw, asked_cmd, data);
@@ -787,59 +643,4 @@ async fn send_id(
         .send(cmd)
         .await
         .map_err(|e| format!("write failed: {e}"))
-}
-
-/// Hands one decoded reader item on: a card read to the resolver (waiting
-/// for room in its queue: back-pressure), a removal, firmware text or a
-/// read error to the displays. Returns the FEEDBACK to show at once, or
-/// why the reader must stop (cancelled, resolver gone).
-pub(super) async fn deliver(
-    cfg: &ReaderConfig,
-    ctx: &Ctx,
-    stop: &CancellationToken,
-    reads: &mpsc::Sender<CardRead>,
-    decoded: Result<ReaderEvent, card::CardError>,
-) -> Result<Option<Feedback>, String> {
-    let fb = match decoded {
-        Ok(ReaderEvent::Card(read)) => {
-            // A full queue is back-pressure: stop reading (so stop
-            // ACKing) until the resolver catches up. The reader resends
-            // what is not ACKed and the deduper drops the copies.
-            hand_over(cfg, stop, reads, read).await?;
-            None
-        }
-        Ok(ReaderEvent::Removed) => {
-            ctx.publish(Event::Removed {
-                reader: cfg.name.clone(),
-            });
-            None
-        }
-        Ok(ReaderEvent::Status(text)) => {
-            // Free text from the reader: shown masked, like all else.
-            let text = crate::mask::free_text(&text);
-            tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
-            ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-            None
-        }
-        Ok(ReaderEvent::ReadError { code, text }) => {
-            ctx.publish_reader_error(&cfg.name, code, &text);
-            None
-        }
-        Err(e @ card::CardError::NotAuthenticated) => {
-            // Not a bad card: the reader is missing its PSAM key.
-            tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
-            ctx.publish_error(
-                ErrorCode::CardNotAuthenticated,
-                format!("{}: {e}", cfg.name),
-            );
-            Some(Feedback::Attention)
-        }
-        Err(e) => {
-            ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
-            tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
-            ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
-            Some(Feedback::Rejected)
-        }
-    };
-    Ok(fb)
 }
