@@ -44,11 +44,12 @@ use tokio_util::sync::CancellationToken;
 use firmware_protocol::Date;
 
 use super::capture::{Capture, Direction};
+use super::ctx::Ctx;
+use super::event::Event;
 use super::port::{OpenPort, Port};
 use super::reading::{
     deliver, reader_backoff, resolve_reads, set_state, BACKOFF_MAX, PENDING_READS,
 };
-use super::{Ctx, Event};
 use crate::config::ReaderConfig;
 use crate::protocol::ReaderState;
 use crate::reader::card::{self, CardRead};

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use firmware_protocol::frame::Feedback;
 
-use super::{Ctx, Event};
+use super::ctx::Ctx;
+use super::event::Event;
 use crate::config::ReaderConfig;
 use crate::protocol::{ErrorCode, ReaderState};
 use crate::reader::card::{self, CardRead, ReaderEvent};

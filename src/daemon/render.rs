@@ -3,7 +3,7 @@
 //! [`protocol`] message is here, so `protocol` knows nothing of the daemon
 //! and the rest of the daemon builds no wire message by hand.
 
-use super::{CardEvent, Event, ReaderState};
+use super::event::{CardEvent, Event, ReaderState};
 use crate::protocol::{
     self, Card, ErrorCode, ErrorMsg, Insurance, MemberMsg, Message, PayerMsg, Privacy,
 };

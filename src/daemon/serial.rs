@@ -25,11 +25,10 @@ use tokio_util::sync::CancellationToken;
 use firmware_protocol::frame::{Cmd, Feedback};
 use firmware_protocol::Date;
 
+use super::ctx::Ctx;
+use super::event::Event;
 use super::port::{OpenPort, Port};
-use super::reading::{
-    deliver, reader_backoff, hand_over, resolve_reads, set_state, PENDING_READS,
-};
-use super::{Ctx, Event};
+use super::reading::{deliver, hand_over, reader_backoff, resolve_reads, set_state, PENDING_READS};
 use crate::config::ReaderConfig;
 use crate::protocol::{ErrorCode, ReaderState};
 use crate::reader::card::{self, CardRead};

@@ -2,7 +2,7 @@
 //! ([`crate::protocol`]).
 //!
 //! Each client gets its own task and its own bounded event queue (a
-//! broadcast receiver of [`super::CLIENT_QUEUE`] events). A client that
+//! broadcast receiver of [`super::ctx::CLIENT_QUEUE`] events). A client that
 //! falls behind gets `ERROR lagged` and is dropped; a client whose writes
 //! stall for [`WRITE_TIMEOUT`] is dropped. Neither delays readers or other
 //! clients. Bad JSON and unknown commands get an `ERROR`/`REPLY` and the
@@ -23,8 +23,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
+use super::ctx::Ctx;
 use super::render::{self, error};
-use super::Ctx;
 use crate::config::Station;
 use crate::protocol::{
     self, Bound, CardResult, ErrorCode, Message, Parties, Privacy, Reply, ReplyResult, Request,
