@@ -95,7 +95,8 @@ pub enum BindError {
 }
 
 impl BindError {
-    /// Stable machine-readable code for clients and the audit log.
+    /// Stable machine-readable code for the audit log and, the same
+    /// string, for clients (`protocol::ErrorCode` converts by it).
     pub fn code(&self) -> &'static str {
         match self {
             BindError::HolderUnknown(_) => "holder_unknown",
@@ -115,7 +116,7 @@ impl BindError {
             BindError::NotLinked => "not_linked",
             BindError::Registry(RegistryError::Busy(_)) => "database_busy",
             BindError::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
-            BindError::Registry(_) => "database_error",
+            BindError::Registry(_) => "registry",
         }
     }
 }

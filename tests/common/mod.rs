@@ -183,6 +183,17 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+pub mod chromedriver;
+
+/// A child process killed (and reaped) when the test lets go of it, also
+/// when the test fails first.
+pub struct Kill(pub std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 pub mod pg;
 
 /// The registry backends the behavioural suite runs on.
