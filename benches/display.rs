@@ -7,8 +7,7 @@
 //! after rendering) with `performance.timeOrigin + performance.now()`, on
 //! the same clock as the host's `SystemTime` here.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cardlink::registry::demo::{demo_card_no, demo_ssn, DemoOptions};
@@ -18,11 +17,8 @@ use fantoccini::{ClientBuilder, Locator};
 use firmware_protocol::frame::{encode_vec, Cmd};
 use tokio::io::AsyncWriteExt;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+#[path = "../tests/common/chromedriver.rs"]
+mod chromedriver;
 
 fn now_ms() -> f64 {
     SystemTime::now()
@@ -68,13 +64,12 @@ async fn main() -> anyhow::Result<()> {
     while !socket.exists() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let port = free_port()?;
     let mut display = Command::new(env!("CARGO_BIN_EXE_cardlink-display"))
         .args(["--socket"])
         .arg(&socket)
         .args([
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--log-level",
             "warn",
             "--idle-s",
@@ -83,22 +78,8 @@ async fn main() -> anyhow::Result<()> {
         ])
         .arg(tmp.path())
         .spawn()?;
-    let driver_port = free_port()?;
-    let mut driver = Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let out = driver
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(out).lines();
-    for l in lines.by_ref() {
-        if l?.contains("started successfully") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let (mut driver, driver_port) =
+        chromedriver::start().ok_or_else(|| anyhow::anyhow!("chromedriver did not start"))?;
     let caps = serde_json::json!({"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -22,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
 use crate::protocol::{
-    Bound, Card, ErrorCode, Message, Parties, Records, Reply, Request, Status, Unbound, Version,
+    Bound, Card, CardResult, ErrorCode, Message, Parties, Records, Reply, ReplyResult, Request,
+    Status, Unbound, Version,
 };
 
 /// Events buffered for a client that does not read them; beyond this,
@@ -224,15 +224,21 @@ async fn route(
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
-fn result<T: DeserializeOwned>(reply: Reply) -> Result<T, ClientError> {
+/// The result of a reply, if it is the shape `pick` takes.
+fn result<T>(
+    reply: Reply,
+    pick: impl FnOnce(ReplyResult) -> Result<T, ReplyResult>,
+) -> Result<T, ClientError> {
     if !reply.ok {
         return Err(ClientError::Refused {
             code: reply.code.unwrap_or(ErrorCode::Internal),
             message: reply.message.unwrap_or_default(),
         });
     }
-    serde_json::from_value(reply.result.unwrap_or(Value::Null))
-        .map_err(|e| ClientError::Protocol(format!("unexpected result: {e}")))
+    let Some(r) = reply.result else {
+        return Err(ClientError::Protocol("a reply without a result".into()));
+    };
+    pick(r).map_err(|other| ClientError::Protocol(format!("unexpected result: {other:?}")))
 }
 
 impl Requester {
@@ -290,10 +296,10 @@ impl Requester {
                 number: number.into(),
             })
             .await?;
-        match result::<Message>(reply)? {
-            Message::Card(c) => Ok(*c),
-            other => Err(ClientError::Protocol(format!("lookup answered {other:?}"))),
-        }
+        result(reply, |r| match r {
+            ReplyResult::Card(CardResult::Card(c)) => Ok(*c),
+            other => Err(other),
+        })
     }
 
     /// Binds a member to a holder.
@@ -311,6 +317,10 @@ impl Requester {
                 operator: operator.map(Into::into),
             })
             .await?,
+            |r| match r {
+                ReplyResult::Bound(b) => Ok(b),
+                other => Err(other),
+            },
         )
     }
 
@@ -327,6 +337,10 @@ impl Requester {
                 operator: operator.map(Into::into),
             })
             .await?,
+            |r| match r {
+                ReplyResult::Unbound(u) => Ok(u),
+                other => Err(other),
+            },
         )
     }
 
@@ -345,11 +359,78 @@ impl Requester {
                 months,
             })
             .await?,
+            |r| match r {
+                ReplyResult::Records(rs) => Ok(rs),
+                other => Err(other),
+            },
         )
     }
 
     /// Daemon status.
     pub async fn status(&self) -> Result<Status, ClientError> {
-        result(self.request(Request::Status { id: Value::Null }).await?)
+        result(
+            self.request(Request::Status { id: Value::Null }).await?,
+            |r| match r {
+                ReplyResult::Status(s) => Ok(s),
+                other => Err(other),
+            },
+        )
+    }
+}
+
+/// First and longest wait between attempts to reach the daemon.
+pub const RECONNECT: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(5),
+);
+
+/// The one reconnect loop of the daemon's long-lived clients (the
+/// display, `cardlinkctl watch`): hands out connections to the daemon at
+/// one socket, one after another, with a [`Backoff`](crate::backoff::Backoff)
+/// ([`RECONNECT`]) between attempts.
+#[derive(Debug)]
+pub struct Reconnect {
+    socket: PathBuf,
+    backoff: crate::backoff::Backoff,
+    first: bool,
+}
+
+impl Reconnect {
+    /// For the daemon at `socket`; the first attempt is made at once.
+    pub fn new(socket: impl Into<PathBuf>) -> Reconnect {
+        Reconnect {
+            socket: socket.into(),
+            backoff: crate::backoff::Backoff::new(RECONNECT.0, RECONNECT.1),
+            first: true,
+        }
+    }
+
+    /// The next connection: at once the first time, after the backoff's
+    /// first wait after a connection that closed. A failed attempt is shown
+    /// to `give_up` with the backoff as it stands (its next wait) and tried
+    /// again after that wait unless `give_up` says so, which returns the
+    /// error. `Ok(None)` once `stop`.
+    pub async fn next(
+        &mut self,
+        stop: &tokio_util::sync::CancellationToken,
+        mut give_up: impl FnMut(&ClientError, &crate::backoff::Backoff) -> bool,
+    ) -> Result<Option<Client>, ClientError> {
+        loop {
+            if !std::mem::take(&mut self.first) && !self.backoff.wait(stop).await {
+                return Ok(None);
+            }
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return Ok(None),
+                c = Client::connect(&self.socket) => c,
+            };
+            match attempt {
+                Ok(c) => {
+                    self.backoff.reset();
+                    return Ok(Some(c));
+                }
+                Err(e) if give_up(&e, &self.backoff) => return Err(e),
+                Err(_) => {}
+            }
+        }
     }
 }

@@ -303,20 +303,22 @@ fn default_capture_mib() -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    // The cause is part of the message (and so not also a `source()`,
+    // which would print it twice).
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// Path.
         path: String,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML syntax or types.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Parse {
         /// Path.
         path: String,
         /// Cause.
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     /// A semantic problem.
     #[error("{0}")]
@@ -326,18 +328,18 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: origin.to_string(),
-            source,
+            cause,
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -389,7 +391,7 @@ impl Config {
                 return bad(format!("reader name '{}' is used twice", r.name));
             }
             if r.mode == Mode::Library {
-                crate::reader::library::validate(r).map_err(ConfigError::Invalid)?;
+                validate_library(r).map_err(ConfigError::Invalid)?;
             } else if r.path.as_os_str().is_empty() {
                 return bad(format!("reader '{}': path is empty", r.name));
             } else if r.library.is_some() {
@@ -526,6 +528,66 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The checks `Config::validate` makes on a `mode = "library"` reader.
+fn validate_library(r: &ReaderConfig) -> Result<(), String> {
+    let name = &r.name;
+    match &r.library {
+        None => {
+            return Err(format!(
+                "reader '{name}': mode = \"library\" needs library = \"/path/to/the/vendor/library.so\""
+            ))
+        }
+        Some(l) if l.as_os_str().is_empty() => {
+            return Err(format!("reader '{name}': library is empty"))
+        }
+        Some(l) if !l.is_absolute() => {
+            return Err(format!(
+                "reader '{name}': library {} must be an absolute path",
+                l.display()
+            ))
+        }
+        Some(_) => {}
+    }
+    let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
+        if range.contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "reader '{name}': {key} {v} out of range {}..={}",
+                range.start(),
+                range.end()
+            ))
+        }
+    };
+    within("poll_ms", r.poll_ms, crate::reader::library::POLL_MS)?;
+    within(
+        "call_timeout_ms",
+        r.call_timeout_ms,
+        crate::reader::library::CALL_TIMEOUT_MS,
+    )?;
+    if let Some(w) = &r.workdir {
+        if !w.is_absolute() {
+            return Err(format!(
+                "reader '{name}': workdir {} must be an absolute path",
+                w.display()
+            ));
+        }
+    }
+    for k in r.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(format!(
+                "reader '{name}': bad environment variable name '{k}'"
+            ));
+        }
+    }
+    if r.env.values().any(|v| v.contains('\0')) {
+        return Err(format!(
+            "reader '{name}': an environment value holds a NUL byte"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

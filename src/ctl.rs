@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientError};
+use crate::client::ClientError;
 use crate::protocol::{Card, FamilyRole, Message, Status, WireOutcome};
-use crate::registry::demo::DemoOptions;
 use crate::registry::{Database, OpenOptions, Registry, RegistryError};
+#[cfg(feature = "sim")]
 use crate::sim::{self, PtyMaster, SimOptions};
 use crate::Ssn;
 use std::os::unix::fs::DirBuilderExt;
@@ -42,8 +42,9 @@ pub enum CtlError {
     #[error(transparent)]
     Redact(#[from] crate::capture::redact::RedactError),
     /// A replay failed.
+    #[cfg(feature = "sim")]
     #[error(transparent)]
-    Replay(#[from] crate::capture::replay::ReplayError),
+    Replay(#[from] crate::tools::replay::ReplayError),
 }
 
 /// One `check-ssn` line for `number`, and whether it was valid.
@@ -104,7 +105,7 @@ fn card_text(c: &Card) -> String {
         "card   {:<10} #{} {:<9} {} {} card {}  => {}",
         c.reader,
         c.swipe,
-        c.source,
+        c.source.as_str(),
         or_dash(&c.name),
         or_dash(&c.ssn),
         or_dash(&c.card_no),
@@ -236,42 +237,35 @@ pub async fn watch(
     out: &mut (dyn Write + Send),
     stop: &CancellationToken,
 ) -> Result<(), CtlError> {
-    let mut delay = Duration::from_millis(200);
+    let line = |m: &Message| -> Result<String, CtlError> {
+        Ok(if raw {
+            serde_json::to_string(m)?
+        } else {
+            render(m)
+        })
+    };
+    let mut link = crate::client::Reconnect::new(socket);
     let mut ever = false;
-    loop {
-        match Client::connect(socket).await {
-            Ok(mut c) => {
-                ever = true;
-                delay = Duration::from_millis(200);
-                let v = Message::Version(c.version().clone());
-                let line = |m: &Message| -> Result<String, CtlError> {
-                    Ok(if raw {
-                        serde_json::to_string(m)?
-                    } else {
-                        render(m)
-                    })
-                };
-                writeln!(out, "{}", line(&v)?)?;
-                loop {
-                    let m = tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        m = c.next_event() => m,
-                    };
-                    let Some(m) = m else { break };
-                    writeln!(out, "{}", line(&m)?)?;
-                    out.flush()?;
-                }
-                eprintln!("cardlinkctl: daemon closed the connection; reconnecting");
-            }
-            Err(e) if !ever && delay >= Duration::from_secs(2) => return Err(e.into()),
-            Err(_) => {}
+    while let Some(mut c) = link
+        .next(stop, |_, backoff| {
+            !ever && backoff.current() >= Duration::from_secs(2)
+        })
+        .await?
+    {
+        ever = true;
+        writeln!(out, "{}", line(&Message::Version(c.version().clone()))?)?;
+        loop {
+            let m = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = c.next_event() => m,
+            };
+            let Some(m) = m else { break };
+            writeln!(out, "{}", line(&m)?)?;
+            out.flush()?;
         }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        eprintln!("cardlinkctl: daemon closed the connection; reconnecting");
     }
+    Ok(())
 }
 
 /// `db check`: SQLite's integrity and foreign keys, the resolution copies
@@ -471,6 +465,7 @@ pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, 
     Ok(Migrated { counts, audit_rows })
 }
 
+#[cfg(feature = "sim")]
 /// Writes sample cards (see [`sim::sample_cards`]) as JSON lines.
 pub fn write_sample_cards(reg: &Registry, out: &Path) -> Result<usize, CtlError> {
     let cards = sim::sample_cards(reg, crate::Date::today_cst())?;
@@ -482,6 +477,7 @@ pub fn write_sample_cards(reg: &Registry, out: &Path) -> Result<usize, CtlError>
     Ok(cards.len())
 }
 
+#[cfg(feature = "sim")]
 /// Where `simulate` plays the reader.
 #[derive(Debug, Clone)]
 pub enum SimTarget {
@@ -491,6 +487,7 @@ pub enum SimTarget {
     Port(PathBuf),
 }
 
+#[cfg(feature = "sim")]
 /// Plays a reader swiping `cards` on `target`, logging each swipe (card
 /// number masked) and the report on stderr.
 pub async fn simulate(
@@ -535,6 +532,7 @@ pub async fn simulate(
     Ok(report)
 }
 
+#[cfg(feature = "sim")]
 /// The demo's settings.
 #[derive(Debug, Clone)]
 pub struct Demo {
@@ -552,6 +550,7 @@ pub struct Demo {
     pub display_listen: std::net::SocketAddr,
 }
 
+#[cfg(feature = "sim")]
 /// Runs the whole system: a demo registry, `cardlinkd` on it, a simulated
 /// reader swiping sample cards, and the live view on `out`, until `stop`.
 pub async fn demo(
@@ -571,9 +570,9 @@ pub async fn demo(
             db.display()
         );
         let mut reg = open_registry(&Database::from(db.clone()), 64)?;
-        reg.gen_demo(&DemoOptions {
+        reg.gen_demo(&crate::registry::demo::DemoOptions {
             persons: d.persons,
-            ..DemoOptions::default()
+            ..crate::registry::demo::DemoOptions::default()
         })?;
         write_sample_cards(&reg, &cards)?;
     }
@@ -598,6 +597,11 @@ pub async fn demo(
         .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.daemon.display())))?;
     let key_dir = d.dir.join("screen");
     std::fs::create_dir_all(&key_dir)?;
+    // The display says where it serves (`--display-listen` may name port
+    // 0) when it is ready, as it tells systemd.
+    let notify_path = d.dir.join("display-notify.sock");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = tokio::net::UnixDatagram::bind(&notify_path)?;
     let mut display = tokio::process::Command::new(&d.display)
         .arg("--socket")
         .arg(&socket)
@@ -611,16 +615,23 @@ pub async fn demo(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .env("NOTIFY_SOCKET", &notify_path)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CtlError::Daemon(format!("starting {}: {e}", d.display.display())))?;
+    let serving = tokio::select! {
+        s = display_ready(&notify) => s?,
+        e = display.wait() => {
+            return Err(CtlError::Daemon(format!("{} exited at start: {}", d.display.display(), e?)));
+        }
+        _ = stop.cancelled() => return Ok(()),
+    };
     // The browser logs in through the display's login page (it posts the
-    // screen key); the page is written once the display has started.
+    // screen key).
     writeln!(
         out,
-        "demo: the clerk's screen: open file://{} in a browser (it logs in to http://{}/)",
+        "demo: the clerk's screen: open file://{} in a browser (it logs in to {serving})",
         key_dir.join(crate::display::key::LOGIN_FILE).display(),
-        d.display_listen
     )?;
     eprintln!(
         "demo: cardlinkd is up; a simulated reader swipes a card every {} s. Ctrl-C to stop.",
@@ -653,6 +664,25 @@ pub async fn demo(
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
     result
+}
+
+#[cfg(feature = "sim")]
+/// The address the display serves, from its `READY=1` notification
+/// (`STATUS=serving http://…/`).
+#[cfg(feature = "sim")]
+async fn display_ready(notify: &tokio::net::UnixDatagram) -> Result<String, CtlError> {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = notify.recv(&mut buf).await?;
+        let msg = String::from_utf8_lossy(&buf[..n]);
+        if msg.lines().any(|l| l == "READY=1") {
+            return Ok(msg
+                .lines()
+                .find_map(|l| l.strip_prefix("STATUS=serving "))
+                .unwrap_or("the display")
+                .to_string());
+        }
+    }
 }
 
 /// The registry a capture check replays against: `gen-demo` with these
@@ -689,6 +719,7 @@ pub fn redact_capture(input: &Path, output: &Path) -> Result<String, CtlError> {
     ))
 }
 
+#[cfg(feature = "sim")]
 /// What `replay --check` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -700,6 +731,7 @@ pub enum CheckOutcome {
     Written(usize),
 }
 
+#[cfg(feature = "sim")]
 /// `replay --check FILE [--regen]`: replays `capture` against an
 /// in-process daemon on a new demo registry ([`REPLAY_REGISTRY`], or a
 /// copy of `registry`) and compares the masked events with `FILE.chk` (or
@@ -723,7 +755,7 @@ pub async fn replay_check(
             reg
         }
     };
-    let events = crate::capture::replay::check(&file, reg, dir.path()).await?;
+    let events = crate::tools::replay::check(&file, reg, dir.path()).await?;
     let mut chk = capture.as_os_str().to_owned();
     chk.push(".chk");
     let chk = PathBuf::from(chk);
@@ -739,12 +771,13 @@ pub async fn replay_check(
             format!("{}: {e} (write it with --regen)", chk.display()),
         )
     })?;
-    Ok(match crate::capture::replay::diff(&expected, &events) {
+    Ok(match crate::tools::replay::diff(&expected, &events) {
         None => CheckOutcome::Match(events.len()),
         Some(d) => CheckOutcome::Differ(d),
     })
 }
 
+#[cfg(feature = "sim")]
 /// `replay FILE`: plays the capture's reader side into a new
 /// pseudo-terminal linked at `link`, at `speed` times its timing. It
 /// starts once cardlinkd has the port open: in frame mode at the host's
@@ -756,7 +789,7 @@ pub async fn replay_pty(
     link: &Path,
     speed: f64,
     text_start: Duration,
-) -> Result<crate::capture::replay::PlayReport, CtlError> {
+) -> Result<crate::tools::replay::PlayReport, CtlError> {
     use tokio::io::AsyncReadExt;
     let file = crate::capture::CaptureFile::read(capture)?;
     let frame = file.header.mode == crate::reader::codec::Mode::Frame;
@@ -784,7 +817,7 @@ pub async fn replay_pty(
     );
     let pty = open(link.to_path_buf()).await?;
     let link = link.to_path_buf();
-    let (mut pty, report) = crate::capture::replay::play(&file, pty, speed, || {
+    let (mut pty, report) = crate::tools::replay::play(&file, pty, speed, || {
         eprintln!("replay: unplugged; plugging in again");
         open(link.clone())
     })

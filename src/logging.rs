@@ -90,3 +90,24 @@ fn install(filter: EnvFilter) -> Sink {
         .try_init();
     Sink::Stderr
 }
+
+/// An error and its causes in one line (`a: b: c`), for a binary's last
+/// words. A cause whose text its error already shows is not repeated:
+/// many of our errors name their cause in their own message (the TOML
+/// error of a configuration, the I/O error of a socket), which anyhow's
+/// `Caused by:` or `{:#}` would print a second time.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut shown = out.clone();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !shown.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        shown = text;
+        cause = c.source();
+    }
+    out
+}

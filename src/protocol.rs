@@ -4,8 +4,11 @@
 //! and request is a serde struct here; the registry's and the daemon's own
 //! types never go onto the wire directly, they are mapped in
 //! [`card_message`] and friends, so renaming a Rust field elsewhere cannot
-//! change the protocol. `docs/socket-protocol.md` is the specification; a
-//! test keeps its error-code tables and [`ErrorCode`] the same set.
+//! change the protocol. It converts from registry and reader types (and
+//! from nothing above them: the daemon renders its own events in
+//! `daemon::render`). `docs/socket-protocol.md` is the specification; its
+//! tests keep the document's error-code table and [`ErrorCode`] the same
+//! set, and parse and round-trip every JSON example in it.
 //!
 //! Server → client messages ([`Message`]) have a `class`: `VERSION`,
 //! `READER`, `CARD`, `ERROR`, `REPLY`. Client → server requests
@@ -17,9 +20,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::daemon::CardEvent;
+use crate::config::Station;
 use crate::mask;
-use crate::registry::{self, Contribution, Member, Outcome, Payer, Resolution};
+pub use crate::reader::card::CardSource;
+use crate::registry::{self, Contribution, Member, Outcome, Payer};
 use crate::Ssn;
 
 /// Protocol version announced in `VERSION`.
@@ -28,7 +32,7 @@ pub const PROTO: u32 = 1;
 pub const MAX_REQUEST: usize = 64 * 1024;
 
 macro_rules! error_codes {
-    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal $(=> $zh:literal, $en:literal)?,)*) => {
         /// Every machine-readable code the daemon sends, in `ERROR` events and
         /// failed `REPLY`s. One enum, so a refusal cannot invent a code that
         /// the documentation does not list.
@@ -47,101 +51,213 @@ macro_rules! error_codes {
                     $(ErrorCode::$variant => $text,)*
                 }
             }
+
+            /// The code sent on the wire as `s`, if it is one.
+            pub fn from_wire(s: &str) -> Option<ErrorCode> {
+                match s {
+                    $($text => Some(ErrorCode::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// What a screen says for this code: a plain sentence in
+            /// Chinese and in English. `None` only for a code whose event
+            /// brings its own (`reader_read_error`: the reader's return
+            /// code, in `zh` and `en`).
+            pub fn sentence(self) -> Option<Sentence> {
+                match self {
+                    $(ErrorCode::$variant => sentence!($($zh, $en)?),)*
+                }
+            }
         }
     };
+}
+
+macro_rules! sentence {
+    () => {
+        None
+    };
+    ($zh:literal, $en:literal) => {
+        Some(Sentence { zh: $zh, en: $en })
+    };
+}
+
+/// A sentence for people, in Chinese and in English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sentence {
+    /// Chinese.
+    pub zh: &'static str,
+    /// English.
+    pub en: &'static str,
 }
 
 error_codes! {
     // Events (ERROR) about readers and the registry.
     /// A card read failed validation; nothing was guessed.
-    BadCard = "bad_card",
+    BadCard = "bad_card"
+        => "卡片信息无法读取，请重新刷卡。",
+        "The card could not be read; please swipe again.",
     /// The reader reported a failure.
     ReaderReadError = "reader_read_error",
     /// An identity-card module could not read a card (SW3 in
     /// `reader_code`, its meaning in `zh`/`en`).
-    IdCardError = "id_card_error",
+    IdCardError = "id_card_error"
+        => "证件读取失败，请重新放置。",
+        "The identity card could not be read; please place it again.",
     /// A third-generation card the reader could not authenticate (its PSAM
     /// lacks the key); not a bad card.
-    CardNotAuthenticated = "card_not_authenticated",
+    CardNotAuthenticated = "card_not_authenticated"
+        => "社保卡未能认证，请联系工作人员。",
+        "The card could not be authenticated; please ask staff.",
     /// The registry could not answer (not a busy lock).
-    Registry = "registry",
+    Registry = "registry"
+        => "系统暂时无法查询，请联系工作人员。",
+        "The registry cannot be reached; please ask staff.",
     /// Another writer held the registry longer than `busy_timeout_ms`.
-    DatabaseBusy = "database_busy",
+    DatabaseBusy = "database_busy"
+        => "系统繁忙，请稍后再试。",
+        "The system is busy; please try again shortly.",
     /// The shared (PostgreSQL) registry cannot be reached; the daemon
     /// retries with backoff and keeps reading cards.
-    RegistryUnavailable = "registry_unavailable",
+    RegistryUnavailable = "registry_unavailable"
+        => "暂时无法连接医保信息库，请稍后再试或联系工作人员。",
+        "The registry cannot be reached right now; please try again shortly or ask staff.",
     /// The registry worker stopped; the daemon is shutting down or broken.
-    Internal = "internal",
+    Internal = "internal"
+        => "系统故障，请联系工作人员。",
+        "System error; please ask staff.",
     /// Sent by `cardlink-display` to its page: cardlinkd cannot be reached.
-    DaemonOffline = "daemon_offline",
+    DaemonOffline = "daemon_offline"
+        => "读卡服务未连接，请联系工作人员。",
+        "The card service is offline; please ask staff.",
     // Events about the client's own connection.
     /// The line was not JSON.
-    BadJson = "bad_json",
+    BadJson = "bad_json"
+        => "请求格式有误。",
+        "The request is not valid JSON.",
     /// The line exceeded 64 KiB; the connection is closed.
-    LineTooLong = "line_too_long",
+    LineTooLong = "line_too_long"
+        => "请求内容过长。",
+        "The request is too long.",
     /// The client fell more than 512 events behind; the connection is closed.
-    Lagged = "lagged",
+    Lagged = "lagged"
+        => "连接中断，请稍候。",
+        "The screen fell behind and was disconnected; please wait.",
     // Request refusals.
     /// Unknown `cmd`.
-    UnknownCommand = "unknown_command",
+    UnknownCommand = "unknown_command"
+        => "不支持该操作。",
+        "This request is not supported.",
     /// Missing, ill-typed, unknown or contradictory fields.
-    BadRequest = "bad_request",
+    BadRequest = "bad_request"
+        => "请求有误。",
+        "The request is not valid.",
     /// `lookup` at a kiosk.
-    ManualEntryNotAllowed = "manual_entry_not_allowed",
+    ManualEntryNotAllowed = "manual_entry_not_allowed"
+        => "自助机不支持手工输入，请刷卡。",
+        "Manual entry is not available at a kiosk; please swipe the card.",
     /// A typed number that is not a valid SSN, card or bank card number.
-    BadNumber = "bad_number",
+    BadNumber = "bad_number"
+        => "号码有误，请核对。",
+        "The number is not valid; please check it.",
     /// A party given by number at a kiosk.
-    KioskRequiresSwipe = "kiosk_requires_swipe",
+    KioskRequiresSwipe = "kiosk_requires_swipe"
+        => "自助机上请刷卡办理。",
+        "At a kiosk, please swipe the cards.",
     /// A swipe id that is unknown, failed or older than 5 minutes.
-    UnknownSwipe = "unknown_swipe",
+    UnknownSwipe = "unknown_swipe"
+        => "刷卡记录已失效，请重新刷卡。",
+        "That swipe has expired; please swipe again.",
     /// A party's card resolved to something other than `ok`.
-    CardNotUsable = "card_not_usable",
+    CardNotUsable = "card_not_usable"
+        => "该卡不能使用。",
+        "This card cannot be used.",
     /// A party identified by an identity card where `[policy] id_card`
     /// does not let one bind (by default: at a kiosk).
-    IdCardNotAllowed = "id_card_not_allowed",
+    IdCardNotAllowed = "id_card_not_allowed"
+        => "自助机绑定请刷社保卡。",
+        "At a kiosk, binding needs the social-security card.",
     // Binding rules (registry).
     /// Holder and member are the same person.
-    SamePerson = "same_person",
+    SamePerson = "same_person"
+        => "参保人与家庭成员不能是同一人。",
+        "The account holder and the member are the same person.",
     /// The relation is not in the allowed list.
-    RelationNotAllowed = "relation_not_allowed",
+    RelationNotAllowed = "relation_not_allowed"
+        => "本地不允许该亲属关系共济。",
+        "This relation is not allowed here.",
     /// The holder is not in the registry.
-    HolderUnknown = "holder_unknown",
+    HolderUnknown = "holder_unknown"
+        => "未找到参保人信息。",
+        "The account holder is not registered.",
     /// The member is not in the registry.
-    MemberUnknown = "member_unknown",
+    MemberUnknown = "member_unknown"
+        => "未找到家庭成员信息。",
+        "The family member is not registered.",
     /// The holder has no active employee medical insurance.
-    HolderNotEmployee = "holder_not_employee",
+    HolderNotEmployee = "holder_not_employee"
+        => "只有参加职工医保的人员才有个人账户，才能为家人共济。",
+        "Only an employee-insured person has a personal account to pay from.",
     /// The holder has no active, unexpired card.
-    HolderNoActiveCard = "holder_no_active_card",
+    HolderNoActiveCard = "holder_no_active_card"
+        => "参保人没有有效的社保卡。",
+        "The account holder has no valid card.",
     /// The member has no active basic medical insurance.
-    MemberNotInsured = "member_not_insured",
+    MemberNotInsured = "member_not_insured"
+        => "家庭成员须参加基本医疗保险。",
+        "The family member must be enrolled in basic medical insurance.",
     /// The member has no active, unexpired card.
-    MemberNoActiveCard = "member_no_active_card",
+    MemberNoActiveCard = "member_no_active_card"
+        => "家庭成员没有有效的社保卡。",
+        "The family member has no valid card.",
     /// This link is already active.
-    AlreadyLinked = "already_linked",
+    AlreadyLinked = "already_linked"
+        => "已经绑定过该家庭成员。",
+        "This family member is already bound to this account.",
     /// The member already has another payer.
-    MemberHasPayer = "member_has_payer",
+    MemberHasPayer = "member_has_payer"
+        => "该家庭成员已由其他账户共济。",
+        "This family member is already covered by another account.",
     /// The holder's account covers the most members the province allows.
-    TooManyMembers = "too_many_members",
+    TooManyMembers = "too_many_members"
+        => "该账户共济人数已达上限。",
+        "This account covers the most members allowed.",
     /// The member was unbound from another payer within the cooldown.
-    Cooldown = "cooldown",
+    Cooldown = "cooldown"
+        => "解除绑定后需等待一段时间才能绑定其他账户。",
+        "After an unbind the member must wait before another account can cover them.",
     /// Holder and member are not insured in the same province (or city).
-    OutOfScope = "out_of_scope",
+    OutOfScope = "out_of_scope"
+        => "目前仅支持在同一统筹区域内共济。",
+        "Mutual aid is only possible within the same region for now.",
     /// The holder is covered by the member: the link would be mutual.
-    MutualLink = "mutual_link",
+    MutualLink = "mutual_link"
+        => "双方不能互相共济。",
+        "Two people cannot pay for each other.",
     /// `unbind` of a link that is not active.
-    NotLinked = "not_linked",
+    NotLinked = "not_linked"
+        => "没有找到该绑定关系。",
+        "There is no such link.",
     /// A request only a privileged client may make (`capture`).
-    NotPrivileged = "not_privileged",
+    NotPrivileged = "not_privileged"
+        => "此操作需要工作人员权限。",
+        "Only staff may do this.",
     /// The socket already serves `socket.max_clients` clients; the
     /// connection is closed.
-    TooManyClients = "too_many_clients",
+    TooManyClients = "too_many_clients"
+        => "系统繁忙，请稍后再试。",
+        "The system is busy; please try again shortly.",
     // Sent by `cardlink-display` to its page.
     /// At a kiosk: the swipe is not the person (or the bind flow) of this
     /// screen's session; swipe the card again.
-    NotInSession = "not_in_session",
+    NotInSession = "not_in_session"
+        => "请重新刷卡后再办理。",
+        "Please swipe the card again first.",
     /// At a window: this screen has no operator configured, so it cannot
     /// bind or unbind (`cardlink-display --operator`).
-    OperatorRequired = "operator_required",
+    OperatorRequired = "operator_required"
+        => "本窗口未配置操作员，不能办理绑定。",
+        "This window has no operator configured and cannot bind.",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -151,26 +267,11 @@ impl std::fmt::Display for ErrorCode {
 }
 
 impl From<&registry::BindError> for ErrorCode {
+    /// A bind refusal's code is [`registry::BindError::code`], the string
+    /// its audit row records: one table for the audit log and the wire. A
+    /// test checks that every refusal's string is a code.
     fn from(e: &registry::BindError) -> ErrorCode {
-        use registry::BindError as B;
-        match e {
-            B::HolderUnknown(_) => ErrorCode::HolderUnknown,
-            B::MemberUnknown(_) => ErrorCode::MemberUnknown,
-            B::SamePerson => ErrorCode::SamePerson,
-            B::HolderNotEmployee => ErrorCode::HolderNotEmployee,
-            B::HolderNoActiveCard => ErrorCode::HolderNoActiveCard,
-            B::MemberNotInsured => ErrorCode::MemberNotInsured,
-            B::MemberNoActiveCard => ErrorCode::MemberNoActiveCard,
-            B::RelationNotAllowed(_) => ErrorCode::RelationNotAllowed,
-            B::TooManyMembers(_) => ErrorCode::TooManyMembers,
-            B::Cooldown { .. } => ErrorCode::Cooldown,
-            B::OutOfScope(_) => ErrorCode::OutOfScope,
-            B::AlreadyLinked => ErrorCode::AlreadyLinked,
-            B::MemberHasPayer => ErrorCode::MemberHasPayer,
-            B::MutualLink => ErrorCode::MutualLink,
-            B::NotLinked => ErrorCode::NotLinked,
-            B::Registry(r) => r.into(),
-        }
+        ErrorCode::from_wire(e.code()).unwrap_or(ErrorCode::Internal)
     }
 }
 
@@ -184,6 +285,24 @@ impl From<&registry::RegistryError> for ErrorCode {
     }
 }
 
+/// A relation's label on a screen: Chinese (the registry's) and English.
+pub fn relation_label(r: registry::Relation) -> Sentence {
+    use registry::Relation as R;
+    Sentence {
+        zh: r.label_zh(),
+        en: match r {
+            R::Spouse => "spouse",
+            R::Parent => "parent",
+            R::Child => "child",
+            R::Sibling => "brother or sister",
+            R::Grandparent => "paternal grandparent",
+            R::MaternalGrandparent => "maternal grandparent",
+            R::Grandchild => "grandchild (son's child)",
+            R::MaternalGrandchild => "grandchild (daughter's child)",
+        },
+    }
+}
+
 /// Whether a client sees full SSNs and names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Privacy {
@@ -194,25 +313,29 @@ pub enum Privacy {
 }
 
 impl Privacy {
-    fn ssn(self, s: &Ssn) -> String {
+    /// The value as this client sees it.
+    pub fn ssn(self, s: &Ssn) -> String {
         match self {
             Privacy::Full => s.expose().to_string(),
             Privacy::Masked => s.masked().to_string(),
         }
     }
-    fn name(self, s: &str) -> String {
+    /// The value as this client sees it.
+    pub fn name(self, s: &str) -> String {
         match self {
             Privacy::Full => s.to_string(),
             Privacy::Masked => mask::name(s),
         }
     }
-    fn card_no(self, s: &str) -> String {
+    /// The value as this client sees it.
+    pub fn card_no(self, s: &str) -> String {
         match self {
             Privacy::Full => s.to_string(),
             Privacy::Masked => mask::card_no(s),
         }
     }
-    fn pan(self, s: &str) -> String {
+    /// The value as this client sees it.
+    pub fn pan(self, s: &str) -> String {
         match self {
             Privacy::Full => s.to_string(),
             Privacy::Masked => mask::pan(s),
@@ -248,25 +371,113 @@ pub enum Message {
 /// (`ended`: `idle`); the page returns to its idle screen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMsg {
-    /// Why: `idle`.
-    pub ended: String,
+    /// Why.
+    pub ended: SessionEnd,
 }
+
+/// Why a kiosk page's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// Nobody swiped or touched the screen for `idle_s` seconds.
+    Idle,
+}
+
+macro_rules! wire_names {
+    ($t:ty { $($variant:ident = $text:literal),* $(,)? }) => {
+        impl $t {
+            /// The name as sent on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(<$t>::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+wire_names!(SessionEnd { Idle = "idle" });
+
+/// A station's role on the wire (`ROLE`, `DISPLAY`, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A service window: a clerk, numbers typed in.
+    Window,
+    /// A self-service kiosk: swipes only, masked.
+    Kiosk,
+}
+
+wire_names!(Role {
+    Window = "window",
+    Kiosk = "kiosk",
+});
+
+impl From<Station> for Role {
+    fn from(s: Station) -> Role {
+        match s {
+            Station::Window => Role::Window,
+            Station::Kiosk => Role::Kiosk,
+        }
+    }
+}
+
+/// A reader's state (`READER`, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaderState {
+    /// Open and answering.
+    Connected,
+    /// Not open (unplugged, not yet opened, reconnecting).
+    #[default]
+    Disconnected,
+    /// Open but cannot read: an identity-card module's SAM fault or
+    /// silence, a library reader whose helper ended.
+    Error,
+}
+
+wire_names!(ReaderState {
+    Connected = "connected",
+    Disconnected = "disconnected",
+    Error = "error",
+});
+
+/// Whether `cardlink-display` reaches cardlinkd (`DISPLAY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonLink {
+    /// Connected to cardlinkd.
+    Connected,
+    /// cardlinkd cannot be reached; the display retries.
+    Offline,
+}
+
+wire_names!(DaemonLink {
+    Connected = "connected",
+    Offline = "offline",
+});
 
 /// `ROLE`: the daemon's role after a reload changed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleMsg {
-    /// `window` or `kiosk`.
-    pub role: String,
+    /// The new role.
+    pub role: Role,
 }
 
 /// `DISPLAY`: `cardlink-display`'s state for its page, sent on connect and
 /// whenever the daemon link or the role changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayMsg {
-    /// `connected` or `offline`.
-    pub daemon: String,
-    /// `kiosk` or `window`, once known.
-    pub role: Option<String>,
+    /// Whether the display reaches cardlinkd.
+    pub daemon: DaemonLink,
+    /// The daemon's role, once known.
+    pub role: Option<Role>,
     /// The operator this (window) screen binds as, from the display's
     /// configuration; `null` where none is configured.
     pub operator: Option<String>,
@@ -298,9 +509,8 @@ impl Version {
 pub struct ReaderMsg {
     /// Reader name.
     pub reader: String,
-    /// `connected`, `disconnected` or `error` (an idcard reader whose
-    /// module cannot read; `error` says why).
-    pub state: String,
+    /// Its state; the field `error` says why when it is not connected.
+    pub state: ReaderState,
     /// Device path.
     pub path: String,
     /// Why the reader is disconnected (the last open or read error).
@@ -377,7 +587,7 @@ pub struct Reply {
     pub ok: bool,
     /// The result (command-specific) when `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<ReplyResult>,
     /// The refusal code when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
@@ -387,8 +597,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A successful reply with its (already encoded) result.
-    pub fn ok(id: Value, result: Value) -> Reply {
+    /// A successful reply with its result.
+    pub fn ok(id: Value, result: ReplyResult) -> Reply {
         Reply {
             id,
             ok: true,
@@ -408,6 +618,61 @@ impl Reply {
             message: Some(message),
         }
     }
+}
+
+/// The `result` of a successful `REPLY`, one shape per command. On the wire
+/// it is the bare object (no tag of its own); each shape has fields the
+/// others lack, which is how a client tells them apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReplyResult {
+    /// `lookup`: the `CARD` message of the typed number, with its `class`.
+    Card(CardResult),
+    /// `status`.
+    Status(Status),
+    /// `contributions`.
+    Records(Records),
+    /// `bind`.
+    Bound(Bound),
+    /// `unbind`.
+    Unbound(Unbound),
+    /// `capture`.
+    Capturing(Capturing),
+    /// `bind_start` (display, kiosk): `{"bind":"started"}`.
+    BindStarted(BindStarted),
+    /// `end` (display, kiosk): `{"ended":true}`.
+    Ended(Ended),
+}
+
+/// The result of `lookup`: a `CARD` message, `class` included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "class")]
+pub enum CardResult {
+    /// The card.
+    #[serde(rename = "CARD")]
+    Card(Box<Card>),
+}
+
+/// The result of `bind_start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindStarted {
+    /// Always `started`.
+    pub bind: BindStep,
+}
+
+/// What `bind_start` began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindStep {
+    /// The next card swiped is the member's.
+    Started,
+}
+
+/// The result of `end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// Always `true`.
+    pub ended: bool,
 }
 
 /// How a card resolved (the registry's outcome on the wire).
@@ -515,8 +780,8 @@ pub struct Card {
     pub reader: String,
     /// Swipe id.
     pub swipe: u64,
-    /// `ic`, `magstripe`, `manual` or `id_card`.
-    pub source: String,
+    /// How the number was read.
+    pub source: CardSource,
     /// For `id_card`: the document read (`resident_id` 居民身份证,
     /// `hmt_residence_permit` 港澳台居民居住证, `foreign_permanent` 2023
     /// 外国人永久居留身份证).
@@ -549,53 +814,36 @@ pub struct Card {
     pub members: Vec<MemberMsg>,
 }
 
-fn payer_msg(p: &Payer, v: Privacy) -> PayerMsg {
-    PayerMsg {
-        ssn: v.ssn(&p.ssn),
-        name: v.name(&p.name),
-        relation: p.relation.clone(),
-        balance_fen: p.balance_fen,
+impl PayerMsg {
+    /// Who pays, as `v` sees it.
+    pub fn new(p: &Payer, v: Privacy) -> PayerMsg {
+        PayerMsg {
+            ssn: v.ssn(&p.ssn),
+            name: v.name(&p.name),
+            relation: p.relation.clone(),
+            balance_fen: p.balance_fen,
+        }
     }
 }
 
-fn member_msg(m: &Member, v: Privacy) -> MemberMsg {
-    MemberMsg {
-        ssn: v.ssn(&m.ssn),
-        name: v.name(&m.name),
-        relation: m.relation.clone(),
-        since: m.since.clone(),
+impl MemberMsg {
+    /// A covered member, as `v` sees them.
+    pub fn new(m: &Member, v: Privacy) -> MemberMsg {
+        MemberMsg {
+            ssn: v.ssn(&m.ssn),
+            name: v.name(&m.name),
+            relation: m.relation.clone(),
+            since: m.since.clone(),
+        }
     }
 }
 
-/// The `CARD` message of a resolved read, for one client.
-pub fn card_message(e: &CardEvent, v: Privacy) -> Card {
-    let r: &Resolution = &e.resolution;
-    let ssn = r.person.as_ref().map(|p| p.ssn).or(e.ssn);
-    let name = r.person.as_ref().map(|p| p.name.clone()).or(e.name.clone());
-    Card {
-        reader: e.reader.clone(),
-        swipe: e.swipe,
-        source: e.source.to_string(),
-        document: e.document.map(|d| d.as_str().to_string()),
-        ssn: ssn.map(|s| v.ssn(&s)),
-        card_no: e
-            .card_no
-            .clone()
-            .or(r.card_no.clone())
-            .map(|c| v.card_no(&c)),
-        pan: e.pan.as_deref().map(|p| v.pan(p)),
-        name: name.map(|n| v.name(&n)),
-        outcome: r.outcome.into(),
-        role: r.role.into(),
-        card_status: r.card_status.clone(),
-        insurance: r.person.as_ref().map(|p| Insurance {
+impl From<&registry::PersonInfo> for Insurance {
+    fn from(p: &registry::PersonInfo) -> Insurance {
+        Insurance {
             kind: p.insurance_type.clone(),
             status: p.insurance_status.clone(),
-        }),
-        payer: r.payer.as_ref().map(|p| payer_msg(p, v)),
-        relation: r.payer.as_ref().and_then(|p| p.relation.clone()),
-        balance_fen: r.payer.as_ref().and_then(|p| p.balance_fen),
-        members: r.members.iter().map(|m| member_msg(m, v)).collect(),
+        }
     }
 }
 
@@ -663,10 +911,8 @@ pub struct ReaderStatus {
     pub path: String,
     /// Mode.
     pub mode: String,
-    /// `connected`, `disconnected` or `error` (an idcard reader whose
-    /// module cannot read: a SAM fault, no answer; a library reader whose
-    /// helper ended).
-    pub state: String,
+    /// Its state.
+    pub state: ReaderState,
     /// Valid frames or lines.
     pub items: u64,
     /// Card reads reported.
@@ -697,8 +943,8 @@ pub struct ReaderStatus {
 pub struct Status {
     /// Release.
     pub release: String,
-    /// `window` or `kiosk`.
-    pub role: String,
+    /// The daemon's role.
+    pub role: Role,
     /// Seconds since start.
     pub uptime_s: u64,
     /// Readers.
@@ -976,6 +1222,50 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Every refusal of the registry is a code on the wire, and the code
+    /// its audit row records: `BindError::code` is the one table, and a
+    /// registry failure inside a bind is the same code as outside one.
+    #[test]
+    fn bind_refusals_are_wire_codes() {
+        use registry::{BindError as B, RegistryError as R};
+        let ssn = Ssn::parse("11010519491231002X").unwrap();
+        let all = [
+            B::HolderUnknown(ssn),
+            B::MemberUnknown(ssn),
+            B::SamePerson,
+            B::HolderNotEmployee,
+            B::HolderNoActiveCard,
+            B::MemberNotInsured,
+            B::MemberNoActiveCard,
+            B::RelationNotAllowed("x".into()),
+            B::TooManyMembers(3),
+            B::Cooldown {
+                since: "a".into(),
+                until: "b".into(),
+            },
+            B::OutOfScope("x".into()),
+            B::AlreadyLinked,
+            B::MemberHasPayer,
+            B::MutualLink,
+            B::NotLinked,
+            B::Registry(R::Busy(std::time::Duration::from_secs(5))),
+            B::Registry(R::Unavailable("down".into())),
+            B::Registry(R::Corrupt("x".into())),
+            B::Registry(R::Pg("x".into())),
+        ];
+        for e in &all {
+            assert_eq!(
+                ErrorCode::from_wire(e.code()).map(ErrorCode::as_str),
+                Some(e.code()),
+                "{e:?}"
+            );
+            if let B::Registry(r) = e {
+                assert_eq!(ErrorCode::from(e), ErrorCode::from(r), "{e:?}");
+            }
+        }
+        assert_eq!(ErrorCode::from(&all[0]), ErrorCode::HolderUnknown);
+    }
+
     #[test]
     fn error_codes_round_trip() {
         for c in ErrorCode::ALL {
@@ -1050,7 +1340,7 @@ mod tests {
         );
         let e = serde_json::to_value(Message::Reader(ReaderMsg {
             reader: "r".into(),
-            state: "connected".into(),
+            state: ReaderState::Connected,
             path: "/p".into(),
             error: None,
         }))

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,8 +19,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use firmware_protocol::frame::{encode_vec, Cmd};
 use tokio::io::AsyncWriteExt;
 
+use common::chromedriver::CHROMEDRIVER;
+
 const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 fn browser_available() -> bool {
     let found = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
@@ -35,14 +35,6 @@ fn browser_available() -> bool {
     found
 }
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// chromedriver and the browsers it starts, in a process group of their
 /// own: killed together, also when a test fails before closing its session.
 struct KillGroup(Child);
@@ -53,19 +45,11 @@ impl Drop for KillGroup {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts cardlink-display on `port` for the daemon at `socket` (as
+/// Starts cardlink-display on a port of its own for the daemon at `socket` (as
 /// operator `clerk7`, kiosk sessions ending after 10 s); returns once it
 /// has sent READY=1, with the `file://` URL of its login page, which a
 /// browser opens as the kiosk's does at start.
-fn start_display(dir: &Path, socket: &Path, port: u16) -> (Kill, String) {
+fn start_display(dir: &Path, socket: &Path) -> (Kill, String) {
     let notify_path = dir.join("display-notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     let keys = dir.join("screen");
@@ -74,7 +58,7 @@ fn start_display(dir: &Path, socket: &Path, port: u16) -> (Kill, String) {
         .arg("--socket")
         .arg(socket)
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg("127.0.0.1:0")
         .arg("--key-dir")
         .arg(&keys)
         .args(["--operator", "clerk7", "--idle-s", "10"])
@@ -90,27 +74,10 @@ fn start_display(dir: &Path, socket: &Path, port: u16) -> (Kill, String) {
     )
 }
 
-/// Starts chromedriver; returns once it says it is listening.
-fn start_chromedriver(port: u16) -> KillGroup {
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("started successfully") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("chromedriver did not start"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    KillGroup(child)
+/// Starts chromedriver; returns once it says where it is listening.
+fn start_chromedriver() -> (KillGroup, u16) {
+    let (child, port) = common::chromedriver::start().expect("chromedriver did not start");
+    (KillGroup(child), port)
 }
 
 async fn browser(driver_port: u16, profile: &Path, w: u32, h: u32) -> Client {
@@ -141,10 +108,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The display and chromedriver for daemon `d`, and a 1280×800 browser
 /// logged in through the login page, once it shows screen `first`.
 async fn open_screen(d: &Process, first: &str) -> (Kill, KillGroup, Client) {
-    let port = free_port();
-    let (display, login) = start_display(d.dir.path(), &d.socket, port);
-    let driver_port = free_port();
-    let driver = start_chromedriver(driver_port);
+    let (display, login) = start_display(d.dir.path(), &d.socket);
+    let (driver, driver_port) = start_chromedriver();
     let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
     viewport(&c, 1280, 800).await;
     c.goto(&login).await.unwrap();
@@ -266,10 +231,8 @@ async fn kiosk_screens_in_headless_chromium() {
     let (mut d, mut ptys) = Process::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"");
     let text0 = privileged_config(&std::fs::read_to_string(&d.config).unwrap());
     d.reload(&text0);
-    let port = free_port();
-    let (_display, login) = start_display(d.dir.path(), &d.socket, port);
-    let driver_port = free_port();
-    let _driver = start_chromedriver(driver_port);
+    let (_display, login) = start_display(d.dir.path(), &d.socket);
+    let (_driver, driver_port) = start_chromedriver();
     let c = browser(driver_port, &d.path("profile"), 1280, 800).await;
     viewport(&c, 1280, 800).await;
     c.goto(&login).await.unwrap();

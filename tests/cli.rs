@@ -434,12 +434,6 @@ async fn simulate_and_socket_clients() {
 #[test]
 fn demo_command_shows_swipes_resolving_into_families() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
     let mut demo = ctl()
         .args([
             "demo",
@@ -448,7 +442,7 @@ fn demo_command_shows_swipes_resolving_into_families() {
             "--every",
             "1",
             "--display-listen",
-            &listen,
+            "127.0.0.1:0",
             "--dir",
         ])
         .arg(dir.path())
@@ -478,7 +472,14 @@ fn demo_command_shows_swipes_resolving_into_families() {
             }
         }
     }
-    // The screen is served while the demo runs.
+    // The screen is served, where the demo says, while it runs.
+    let listen = seen
+        .iter()
+        .find_map(|l| l.split("logs in to http://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no address printed:\n{}", seen.join("\n")));
+    assert!(!listen.ends_with(":0"), "{listen}");
     let page = {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&listen).unwrap();
@@ -759,4 +760,15 @@ fn capture_redact_refuses_when_anything_shaped_like_personal_data_is_left() {
         !said.contains(LEAK_SSN),
         "the value itself is not shown: {said}"
     );
+}
+
+/// Issue 22.9: `bind --help` listed three relations of the eight; the
+/// list now comes from the registry's own.
+#[test]
+fn bind_help_lists_every_relation() {
+    let out = ctl().args(["bind", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for r in cardlink::registry::Relation::ALL {
+        assert!(help.contains(r.as_str()), "{} missing:\n{help}", r.as_str());
+    }
 }

@@ -591,6 +591,38 @@ fn check_config_prints_the_effective_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("morse"));
 }
 
+/// Issue 22.9: a configuration error printed its TOML error twice
+/// (after `Error:` and again under `Caused by:`), and cardlinkctl its
+/// socket error twice.
+#[test]
+fn errors_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "database = \"/tmp/x.db\"\n[[reader]\nname = 1\n").unwrap();
+    for args in [&["--check-config"][..], &[]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("TOML parse error").count(), 1, "{err}");
+        assert!(err.starts_with("cardlinkd: "), "{err}");
+        assert!(!err.contains("Caused by"), "{err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(["status", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is cardlinkd running?"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
 /// The typed library client (what cardlinkctl and the displays use):
 /// a kiosk bind by two swipes, refusals as typed codes, events as a
 /// stream, and a clean error once the daemon is gone.

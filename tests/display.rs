@@ -346,6 +346,70 @@ async fn the_daemon_going_away_shows_offline_and_its_return_recovers() {
     drop(d);
 }
 
+/// The entries of `const NAME = {…};` in a script made by `codes_js`.
+fn js_table(js: &str, name: &str) -> Vec<(String, [String; 2])> {
+    let body = js
+        .split(&format!("const {name} = {{\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("\n};").next())
+        .unwrap_or_else(|| panic!("no table {name} in {js}"));
+    body.lines()
+        .map(|l| {
+            let l = l.trim().trim_end_matches(',');
+            let (key, value) = l.split_once(": ").unwrap();
+            (
+                serde_json::from_str(key).unwrap(),
+                serde_json::from_str(value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// One code table end to end: the page gets its sentences and relation
+/// labels from the display, made from Rust's tables, and keeps none of
+/// its own. Every code a screen shows has a sentence in Chinese and in
+/// English; every relation has both labels, in the order of `Relation::ALL`.
+#[tokio::test(start_paused = true)]
+async fn every_code_has_a_sentence_and_every_relation_a_label() {
+    use cardlink::protocol::ErrorCode;
+    use cardlink::registry::Relation;
+    let (d, _p) = Daemon::start(&[], "").await;
+    let disp = display(&d.socket).await;
+    let r = http_get(disp.addr, "/codes.js").await;
+    let js = r.split("\r\n\r\n").nth(1).unwrap();
+    let chinese = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+    let english = |s: &str| s.chars().any(|c| c.is_ascii_alphabetic()) && !chinese(s);
+    let sentences: std::collections::BTreeMap<String, [String; 2]> =
+        js_table(js, "SENTENCES").into_iter().collect();
+    for code in ErrorCode::ALL {
+        // Its event brings its own zh and en (the reader's return code).
+        if *code == ErrorCode::ReaderReadError {
+            continue;
+        }
+        let s = sentences
+            .get(code.as_str())
+            .unwrap_or_else(|| panic!("no sentence for {code}"));
+        assert!(chinese(&s[0]) && english(&s[1]), "{code}: {s:?}");
+    }
+    let relations = js_table(js, "RELATIONS");
+    let names: Vec<&str> = relations.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, Relation::ALL.map(|r| r.as_str()));
+    for ((_, [zh, en]), r) in relations.iter().zip(Relation::ALL) {
+        assert_eq!(zh, r.label_zh());
+        assert!(english(en), "{r}: {en}");
+    }
+    // The page has no table of its own to drift, and loads this one first.
+    let app = http_get(disp.addr, "/app.js").await;
+    assert!(!app.contains("const SENTENCES") && !app.contains("const RELATIONS"));
+    assert!(!app.contains("配偶") && !app.contains("系统繁忙"));
+    let html = http_get(disp.addr, "/").await;
+    let (codes, page) = (
+        html.find("/codes.js").unwrap(),
+        html.find("/app.js").unwrap(),
+    );
+    assert!(codes < page);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_page_and_its_assets_are_served_from_the_binary() {
     let (d, _p) = Daemon::start(&[], "").await;
@@ -353,6 +417,7 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
     for (path, kind) in [
         ("/", "text/html"),
         ("/app.js", "text/javascript"),
+        ("/codes.js", "text/javascript"),
         ("/app.css", "text/css"),
     ] {
         let r = http_get(disp.addr, path).await;
@@ -856,13 +921,6 @@ fn slow_headers_do_not_block_the_display() {
         .stderr(std::process::Stdio::piped());
     soft_nofile(&mut cmd, 1024);
     let mut child = cmd.spawn().unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stderr = child.stderr.take().unwrap();
     let _child = Kill(child);
     let mut lines = std::io::BufReader::new(stderr).lines();

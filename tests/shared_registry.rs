@@ -384,3 +384,84 @@ fn check_config_never_shows_the_registry_password() {
     );
     assert!(!shown.contains("s3cr3t"), "{shown}");
 }
+
+/// The daemon drives PostgreSQL on its own runtime and concurrent requests
+/// take several of the pool's connections: a read is answered while a
+/// write waits for the registry's write lock (held here by another
+/// session). One connection serving the requests in turn (the registry
+/// worker of old) would keep the read waiting behind the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_served_on_another_connection_while_a_write_waits_for_the_lock() {
+    let test = "pool_concurrency";
+    let Some(server) = pg::server(test, None, &[]) else {
+        return;
+    };
+    let db = off_runtime(|| fixture_on(&server));
+    let opts = cardlink::registry::OpenOptions {
+        busy_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let reg = off_runtime(|| Registry::open_database(&db, &opts).unwrap());
+    let store = cardlink::daemon::Store::start(reg);
+
+    // Another session takes the write lock and keeps it.
+    let (mut other, connection) =
+        tokio_postgres::connect(&server.url("cardlink"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let lock = other.transaction().await.unwrap();
+    lock.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&cardlink::registry::pg::WRITE_LOCK],
+    )
+    .await
+    .unwrap();
+
+    // A write of the daemon waits for it...
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .unbind(ssn(HOLDER), ssn(CHILD), "clerk1".into(), "test".into())
+                .await
+        })
+    };
+    loop {
+        let waiting: i64 = lock
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+
+    // ...while a read is answered on another of the pool's connections.
+    let read = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.resolve(Lookup::ssn(ssn(HOLDER))),
+    )
+    .await
+    .expect("the read is not answered while a write waits for the lock")
+    .expect("the store answers")
+    .expect("the registry resolves");
+    assert_eq!(read.outcome, Outcome::Ok);
+    assert!(!writer.is_finished(), "the write waits for the lock");
+
+    // Once the lock is free the write goes through.
+    lock.commit().await.unwrap();
+    let unbound = writer.await.unwrap().expect("the store answers");
+    assert!(
+        matches!(
+            unbound,
+            Ok(()) | Err(cardlink::registry::BindError::NotLinked)
+        ),
+        "{unbound:?}"
+    );
+}

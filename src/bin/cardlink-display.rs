@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Serves the kiosk or clerk screen of a cardlinkd on a loopback HTTP address.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = cardlink::VERSION, about)]
 struct Args {
     /// cardlinkd's display socket.
     #[arg(long, default_value = "/run/cardlink/display.sock")]
@@ -38,7 +38,20 @@ struct Args {
     log_level: String,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "cardlink-display: {}",
+                cardlink::logging::error_chain(e.as_ref())
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     cardlink::logging::parse_level(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level '{}': {e}", args.log_level))?;
@@ -52,7 +65,13 @@ fn main() -> anyhow::Result<()> {
             "--operator must be 1 to 64 printable characters"
         );
     }
-    let key = cardlink::display::ScreenKey::load_or_create(&args.key_dir, args.listen)
+    // Bound first, so that the login page names the address really bound
+    // (`--listen 127.0.0.1:0` takes a free port, without a race).
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let key = cardlink::display::ScreenKey::load_or_create(&args.key_dir, addr)
         .context("cannot set up the screen key (--key-dir)")?;
     let settings = cardlink::display::Settings {
         socket: args.socket,
@@ -69,9 +88,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -84,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             }
             stop.cancel();
         });
-        cardlink::notify::notify("READY=1");
+        cardlink::notify::notify(&format!("READY=1\nSTATUS=serving http://{addr}/"));
         cardlink::display::serve(listener, settings, shutdown).await?;
         anyhow::Ok(())
     })

@@ -5,17 +5,20 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "sim")]
 use std::time::Duration;
 
+#[cfg(feature = "sim")]
 use anyhow::{bail, Context};
 use cardlink::client::Client;
-use cardlink::ctl::{self, Demo};
+use cardlink::ctl;
 use cardlink::protocol::{Message, Parties, Reply, Request};
-use cardlink::reader::card::TextEncoding;
-use cardlink::reader::codec::Mode;
+#[cfg(feature = "sim")]
+use cardlink::reader::{card::TextEncoding, codec::Mode};
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
-use cardlink::registry::Database;
+use cardlink::registry::{Database, Relation};
+#[cfg(feature = "sim")]
 use cardlink::sim::{self, SimOptions};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -26,7 +29,7 @@ const DEFAULT_DB: &str = "/var/lib/cardlink/registry.db";
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = cardlink::VERSION,
     about = "cardlink operator tool: watch events, simulate a reader, manage the registry"
 )]
 struct Cli {
@@ -67,6 +70,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "sim")]
     /// A simulated card reader.
     Simulate {
         /// Serial device to write to (e.g. one end of a null-modem pair).
@@ -118,8 +122,8 @@ enum Cmd {
         /// Member SSN or card number.
         #[arg(long)]
         member: String,
-        /// spouse, parent, child.
-        #[arg(long)]
+        /// The member's relation to the holder (近亲属, 国办发〔2024〕38号).
+        #[arg(long, value_parser = relations())]
         relation: String,
         /// Operator id.
         #[arg(long)]
@@ -152,6 +156,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaptureCmd,
     },
+    #[cfg(feature = "sim")]
     /// Play a capture back: as a reader on a new pseudo-terminal, or with
     /// --check through an in-process daemon, compared with FILE.chk.
     Replay {
@@ -189,6 +194,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "sim")]
     /// Run the whole system on a demo registry with a simulated reader and a display.
     Demo {
         /// Persons in the demo registry.
@@ -274,10 +280,16 @@ enum DbCmd {
         /// Write CSV files into this directory instead of the database.
         #[arg(long)]
         csv: Option<PathBuf>,
+        #[cfg(feature = "sim")]
         /// Also write a JSON-lines file of sample cards for `simulate`.
         #[arg(long)]
         sample_cards: Option<PathBuf>,
     },
+}
+
+/// Every relation the registry knows, for `bind --relation`.
+fn relations() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Relation::ALL.map(Relation::as_str))
 }
 
 fn parse_database(s: &str) -> Result<Database, String> {
@@ -289,7 +301,10 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cardlinkctl: {e:#}");
+            eprintln!(
+                "cardlinkctl: {}",
+                cardlink::logging::error_chain(e.as_ref())
+            );
             2
         }
     };
@@ -334,6 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ctl::watch(&socket, json, &mut std::io::stdout(), &stop).await?;
             Ok(0)
         }),
+        #[cfg(feature = "sim")]
         Cmd::Simulate {
             port,
             pty,
@@ -443,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", ctl::redact_capture(&input, &output)?);
             Ok(0)
         }
+        #[cfg(feature = "sim")]
         Cmd::Replay {
             file,
             speed,
@@ -496,6 +513,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", ctl::status_text(&status));
             Ok(0)
         }
+        #[cfg(feature = "sim")]
         Cmd::Demo {
             persons,
             every,
@@ -503,7 +521,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             display_listen,
         } => {
             let exe = std::env::current_exe()?;
-            let demo = Demo {
+            let demo = ctl::Demo {
                 persons,
                 every,
                 dir: dir.unwrap_or_else(|| {
@@ -604,6 +622,7 @@ fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             months,
             seed,
             csv,
+            #[cfg(feature = "sim")]
             sample_cards,
         } => {
             let opts = DemoOptions {
@@ -620,6 +639,7 @@ fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
                 let mut reg = open()?;
                 reg.gen_demo(&opts)?;
                 println!("{path}: {}", serde_json::to_string(&reg.stats()?)?);
+                #[cfg(feature = "sim")]
                 if let Some(out) = sample_cards {
                     let n = ctl::write_sample_cards(&reg, &out)?;
                     println!("wrote {n} sample cards to {}", out.display());
@@ -646,6 +666,7 @@ fn request(socket: &Path, req: Request) -> anyhow::Result<i32> {
     Ok(if ok { 0 } else { 1 })
 }
 
+#[cfg(feature = "sim")]
 fn parse_hex_u8(s: &str) -> Result<u8, String> {
     u8::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("'{s}': {e}"))
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Social-security card kiosk daemon: serial card readers to family-link results on a Unix socket.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = cardlink::VERSION, about)]
 struct Args {
     /// Configuration file.
     #[arg(long, short, default_value = DEFAULT_PATH)]
@@ -31,7 +31,17 @@ struct Args {
     check_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cardlinkd: {}", logging::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = Config::load(&args.config)?;
     if args.check_config {
@@ -48,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = rt.block_on(serve(cfg, args.config));
     if let Err(e) = &result {
-        tracing::error!("{e:#}");
+        tracing::error!("{}", logging::error_chain(e.as_ref()));
     }
     result
 }
@@ -217,7 +227,7 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         notify::notify("STOPPING=1");
         stop.cancel();
     });
-    tracing::info!(socket = %socket.display(), database = %cfg.database, "starting");
+    tracing::info!(version = cardlink::VERSION, socket = %socket.display(), database = %cfg.database, "starting");
     notify::notify("READY=1\nSTATUS=serving");
     let result = daemon::run(
         Daemon {

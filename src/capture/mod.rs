@@ -1,12 +1,11 @@
 //! Capture files: a reader's raw traffic, both directions, with monotonic
 //! timestamps (format: PROTOCOL.md §6). cardlinkd writes them
 //! (`daemon::capture`); this module reads and writes them for the tools:
-//! [`redact`] makes one safe to share, [`replay`] plays one back into a
-//! pseudo-terminal or through an in-process daemon against a `.chk` file.
+//! [`redact`] makes one safe to share; `tools::replay` (feature `sim`)
+//! plays one back into a pseudo-terminal or through an in-process daemon
+//! against a `.chk` file.
 
 pub mod redact;
-#[cfg(feature = "sim")]
-pub mod replay;
 pub mod shapes;
 
 use std::time::Duration;

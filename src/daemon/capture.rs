@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::serial::{Port, PortIo};
+use super::port::{Port, PortIo};
 use crate::config::ReaderConfig;
 
 pub use crate::capture::{Direction, MAGIC};

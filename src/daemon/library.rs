@@ -44,11 +44,14 @@ use tokio_util::sync::CancellationToken;
 use firmware_protocol::Date;
 
 use super::capture::{Capture, Direction};
-use super::serial::{
-    back_off, deliver, resolve_reads, set_state, OpenPort, BACKOFF_MAX, BACKOFF_MIN,
+use super::ctx::Ctx;
+use super::event::Event;
+use super::port::{OpenPort, Port};
+use super::reading::{
+    deliver, reader_backoff, resolve_reads, set_state, BACKOFF_MAX, PENDING_READS,
 };
-use super::{Ctx, Event, Port};
 use crate::config::ReaderConfig;
+use crate::protocol::ReaderState;
 use crate::reader::card::{self, CardRead};
 use crate::reader::codec::{Mode, ReaderCodec, ReaderItem};
 use crate::reader::library::{Answer, Change, Insertions, MAX_ANSWER, POLL};
@@ -79,7 +82,7 @@ pub async fn run(
     capture: Arc<Capture>,
     stop: CancellationToken,
 ) {
-    let (reads, pending) = mpsc::channel(super::serial::PENDING_READS);
+    let (reads, pending) = mpsc::channel(PENDING_READS);
     // A library reader has no light or beeper of ours: FEEDBACK is dropped.
     let (feedback, _) = mpsc::channel(1);
     let resolver = tokio::spawn(resolve_reads(
@@ -99,7 +102,7 @@ pub async fn run(
         insertions: Insertions::new(),
         answered: false,
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = reader_backoff();
     let mut started = 0u64;
     loop {
         if stop.is_cancelled() {
@@ -124,10 +127,10 @@ pub async fn run(
         // failing at once (a library that crashes at every call) slows
         // down to one start every BACKOFF_MAX.
         if poller.answered && began.elapsed() >= 2 * BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
-        set_state(&ctx, &cfg, &stop, "error", Some(cause));
-        if !back_off(&stop, &mut backoff).await {
+        set_state(&ctx, &cfg, &stop, ReaderState::Error, Some(cause));
+        if !backoff.wait(&stop).await {
             break;
         }
     }
@@ -183,7 +186,7 @@ impl Poller<'_> {
     /// the end.
     async fn lines(&mut self, port: Port) -> String {
         let mut framed = FramedRead::new(port, ReaderCodec::new(Mode::Library));
-        set_state(self.ctx, self.cfg, self.stop, "connected", None);
+        set_state(self.ctx, self.cfg, self.stop, ReaderState::Connected, None);
         loop {
             let item = tokio::select! {
                 _ = self.stop.cancelled() => return "stopped".into(),
@@ -245,7 +248,7 @@ impl Poller<'_> {
             Err(e) => return e,
         }
         tracing::info!(reader = %cfg.name, library = %cfg.shown_path(), itype = cfg.card_type.itype(), "library loaded by the helper");
-        set_state(self.ctx, self.cfg, self.stop, "connected", None);
+        set_state(self.ctx, self.cfg, self.stop, ReaderState::Connected, None);
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.poll_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -17,77 +17,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use firmware_protocol::frame::{Cmd, Feedback};
 use firmware_protocol::Date;
 
-use super::{Ctx, Event};
-use crate::config::{Parity, ReaderConfig};
-use crate::protocol::ErrorCode;
-use crate::reader::card::{self, CardRead, ReaderEvent};
+use super::ctx::Ctx;
+use super::event::Event;
+use super::port::{OpenPort, Port};
+use super::reading::{deliver, hand_over, reader_backoff, resolve_reads, set_state, PENDING_READS};
+use crate::config::ReaderConfig;
+use crate::protocol::{ErrorCode, ReaderState};
+use crate::reader::card::{self, CardRead};
 use crate::reader::codec::{HostFrame, Mode, ReaderCodec, ReaderItem};
 use crate::reader::dedup::Deduper;
-use crate::registry::Outcome;
 
-/// First reconnect delay.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Least time between two NAKs.
 const NAK_INTERVAL: Duration = Duration::from_millis(300);
-/// Card reads of one reader acknowledged and waiting for the registry;
-/// when this many wait, the reader task stops reading until one is done.
-pub const PENDING_READS: usize = 64;
-
-/// A reader's byte stream.
-pub trait PortIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> PortIo for T {}
-
-/// An open reader port.
-pub type Port = Box<dyn PortIo>;
-
-/// Opens reader ports.
-pub trait OpenPort: Send + Sync + 'static {
-    /// Opens the port of `cfg`, with stale input discarded.
-    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port>;
-
-    /// For a `mode = "library"` reader: `None` to run the vendor library
-    /// in a helper process (production), or a port whose lines stand for
-    /// the library's answers (in-memory tests, `replay --check`).
-    fn library_port(&self, _cfg: &ReaderConfig) -> Option<std::io::Result<Port>> {
-        None
-    }
-}
-
-/// Real serial ports (tokio-serial).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SerialPorts;
-
-impl OpenPort for SerialPorts {
-    fn open(&self, cfg: &ReaderConfig) -> std::io::Result<Port> {
-        let parity = match cfg.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        };
-        let port = tokio_serial::new(cfg.path.to_string_lossy(), cfg.baud)
-            .parity(parity)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .stop_bits(tokio_serial::StopBits::One)
-            .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async()?;
-        // Whatever the reader sent while nobody listened is stale.
-        port.clear(ClearBuffer::Input)?;
-        Ok(Box::new(port))
-    }
-}
-
 /// The running reader tasks, by name.
 pub struct Readers {
     ports: Arc<dyn OpenPort>,
@@ -167,49 +116,6 @@ impl Readers {
     }
 }
 
-/// Sets a reader's state and cause; publishes `READER` and logs when
-/// either changed.
-pub(super) fn set_state(
-    ctx: &Ctx,
-    cfg: &ReaderConfig,
-    stop: &CancellationToken,
-    state: &'static str,
-    error: Option<String>,
-) {
-    // Published under the readers lock, under which a new client subscribes
-    // and takes its snapshot: it sees each change once, either in its
-    // hello lines or as an event, never both.
-    let changed = ctx
-        .update_reader(&cfg.name, stop, |s| {
-            let changed = s.state != state || (error.is_some() && s.last_error != error);
-            s.state = state;
-            if error.is_some() {
-                s.last_error = error.clone();
-            }
-            if changed {
-                ctx.publish(Event::Reader {
-                    name: cfg.name.clone(),
-                    state,
-                    path: cfg.shown_path(),
-                    error: error.clone(),
-                });
-            }
-            changed
-        })
-        .unwrap_or(false);
-    if changed {
-        match &error {
-            Some(e) => {
-                tracing::warn!(reader = %cfg.name, path = %cfg.shown_path(), state, error = %e, "reader state")
-            }
-            None => {
-                tracing::info!(reader = %cfg.name, path = %cfg.shown_path(), state, "reader state")
-            }
-        }
-        crate::notify::notify(&format!("STATUS={}", ctx.readers_summary()));
-    }
-}
-
 /// The reader task: connect, serve, reconnect, until cancelled.
 pub async fn run(
     cfg: ReaderConfig,
@@ -231,7 +137,7 @@ pub async fn run(
         pending,
         feedback_tx,
     ));
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = reader_backoff();
     loop {
         if stop.is_cancelled() {
             break;
@@ -239,8 +145,8 @@ pub async fn run(
         match ports.open(&cfg) {
             Ok(port) => {
                 let port = super::capture::CapturePort::wrap(port, capture.clone());
-                backoff = BACKOFF_MIN;
-                set_state(&ctx, &cfg, &stop, "connected", None);
+                backoff.reset();
+                set_state(&ctx, &cfg, &stop, ReaderState::Connected, None);
                 let reason = if cfg.mode == Mode::Idcard {
                     serve_idcard(&cfg, &ctx, &stop, port, &reads, &mut feedback).await
                 } else {
@@ -249,80 +155,24 @@ pub async fn run(
                 if stop.is_cancelled() {
                     break;
                 }
-                set_state(&ctx, &cfg, &stop, "disconnected", Some(reason));
+                set_state(&ctx, &cfg, &stop, ReaderState::Disconnected, Some(reason));
             }
             Err(_) if stop.is_cancelled() => break,
             Err(e) => set_state(
                 &ctx,
                 &cfg,
                 &stop,
-                "disconnected",
+                ReaderState::Disconnected,
                 Some(format!("cannot open: {e}")),
             ),
         }
-        if !back_off(&stop, &mut backoff).await {
+        if !backoff.wait(&stop).await {
             break;
         }
     }
     // Reads already acknowledged are still resolved and shown.
     drop(reads);
     let _ = resolver.await;
-}
-
-/// Waits out `backoff` (then doubles it, up to [`BACKOFF_MAX`]) before a
-/// reader's next attempt; `false` when the reader is stopped meanwhile.
-pub(super) async fn back_off(stop: &CancellationToken, backoff: &mut Duration) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => return false,
-        _ = tokio::time::sleep(*backoff) => {}
-    }
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    true
-}
-
-/// The resolver beside a reader: resolves and audits reads in order and
-/// answers each with the FEEDBACK the reader should show.
-pub(super) async fn resolve_reads(
-    name: String,
-    ctx: Arc<Ctx>,
-    stop: CancellationToken,
-    mut reads: mpsc::Receiver<CardRead>,
-    feedback: mpsc::Sender<Feedback>,
-) {
-    while let Some(read) = reads.recv().await {
-        let fb = match ctx.handle_read(&name, read).await {
-            Ok(event) => {
-                ctx.update_reader(&name, &stop, |s| s.cards += 1);
-                if event.resolution.outcome == Outcome::Ok {
-                    Feedback::Accepted
-                } else {
-                    Feedback::Rejected
-                }
-            }
-            Err(_) => Feedback::Attention,
-        };
-        // Never wait here: the reader task may itself be waiting for room
-        // in the read queue. FEEDBACK is a beep or a light; with a whole
-        // queue of it unsent, older ones are stale anyway.
-        let _ = feedback.try_send(fb);
-    }
-}
-
-/// Queues a card read for the resolver, waiting while the queue is full;
-/// `Err` with the reason when the reader must stop.
-async fn hand_over(
-    cfg: &ReaderConfig,
-    stop: &CancellationToken,
-    reads: &mpsc::Sender<CardRead>,
-    read: CardRead,
-) -> Result<(), String> {
-    if reads.capacity() == 0 {
-        tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
-    }
-    tokio::select! {
-        _ = stop.cancelled() => Err("stopped".into()),
-        sent = reads.send(read) => sent.map_err(|_| "resolver stopped".into()),
-    }
 }
 
 async fn serve(
@@ -488,7 +338,7 @@ async fn serve_idcard(
     // racing `next()` in select! loses nothing.
     let mut framed = Framed::new(port, ReaderCodec::new(Mode::Idcard));
     let poll = Duration::from_millis(cfg.poll_ms);
-    let mut pause = poll;
+    let mut pause = crate::backoff::Backoff::new(poll, ID_BACKOFF_MAX);
     let mut placement = Placement::Empty;
     // The command awaiting its reply, and how often it was sent.
     let mut pending: Option<(Command, u32)> = Some((Command::SamStatus, 1));
@@ -544,16 +394,16 @@ async fn serve_idcard(
                             placement = Placement::Done;
                         } else {
                             faulty = true;
-                            pause = (pause * 2).min(ID_BACKOFF_MAX);
+                            pause.fail();
                             set_state(
                                 ctx,
                                 cfg,
                                 stop,
-                                "error",
+                                ReaderState::Error,
                                 Some("模块无应答 / the module does not answer".into()),
                             );
                         }
-                        next_poll = TInstant::now() + pause;
+                        next_poll = TInstant::now() + pause.current();
                     }
                 }
                 None if !sam_known && !faulty => {
@@ -577,7 +427,7 @@ async fn serve_idcard(
                             given_up_read(ctx, cfg);
                             placement = Placement::Done;
                         }
-                        next_poll = TInstant::now() + pause;
+                        next_poll = TInstant::now() + pause.current();
                     }
                     None => {}
                 }
@@ -600,7 +450,7 @@ async fn serve_idcard(
                         tracing::warn!(reader = %cfg.name, sw3, "unknown SW3 from the module");
                         match asked {
                             Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
-                            _ => next_poll = TInstant::now() + pause,
+                            _ => next_poll = TInstant::now() + pause.current(),
                         }
                     }
                     Some(sw) => {
@@ -608,22 +458,22 @@ async fn serve_idcard(
                             let why = format!("SAM {sw3:02X}: {} / {}", sw.zh(), sw.en());
                             tracing::warn!(reader = %cfg.name, sw3, meaning = sw.en(), "identity-card module fault");
                             faulty = true;
-                            pause = (pause * 2).min(ID_BACKOFF_MAX);
-                            set_state(ctx, cfg, stop, "error", Some(why));
-                            next_poll = TInstant::now() + pause;
+                            pause.fail();
+                            set_state(ctx, cfg, stop, ReaderState::Error, Some(why));
+                            next_poll = TInstant::now() + pause.current();
                             if placement == Placement::Reading {
                                 placement = Placement::Empty;
                             }
                         } else if sw.is_line_error() {
                             match asked {
                                 Some((cmd, n)) if n < ID_ATTEMPTS => send = Some((cmd, n + 1)),
-                                _ => next_poll = TInstant::now() + pause,
+                                _ => next_poll = TInstant::now() + pause.current(),
                             }
                         } else {
                             if faulty {
                                 faulty = false;
-                                pause = poll;
-                                set_state(ctx, cfg, stop, "connected", None);
+                                pause.reset();
+                                set_state(ctx, cfg, stop, ReaderState::Connected, None);
                             }
                             let asked_cmd = asked.map(|(c, _)| c);
                             let answer = classify(sw, asked_cmd, data);
@@ -643,12 +493,12 @@ async fn serve_idcard(
                                     if asked_cmd == Some(Command::Find) {
                                         send = Some((Command::Select, 1));
                                     } else {
-                                        next_poll = TInstant::now() + pause;
+                                        next_poll = TInstant::now() + pause.current();
                                     }
                                 }
                                 (IdAnswer::NotFound, _) => {
                                     placement = Placement::Empty;
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::SelectFailed, p) => {
                                     if p == Placement::Done {
@@ -657,10 +507,10 @@ async fn serve_idcard(
                                         });
                                     }
                                     placement = Placement::Empty;
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Selected, Placement::Done) => {
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Selected, _) => {
                                     placement = Placement::Reading;
@@ -670,11 +520,11 @@ async fn serve_idcard(
                                     // A read nobody asked for while the card was
                                     // already shown: not a new placement.
                                     drop(text);
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Read(text), _) => {
                                     placement = Placement::Done;
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                     match card::from_id_text(&text, Date::today_cst()) {
                                         Ok(read) => {
                                             drop(text);
@@ -704,7 +554,7 @@ async fn serve_idcard(
                                     let text = format!("SAM {}", sam_id_text(&id));
                                     tracing::info!(reader = %cfg.name, firmware = %text, "identity-card module");
                                     ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                                 (IdAnswer::Other, _) => {
                                     if sw != Sw3::Success {
@@ -714,7 +564,7 @@ async fn serve_idcard(
                                             placement = Placement::Done;
                                         }
                                     }
-                                    next_poll = TInstant::now() + pause;
+                                    next_poll = TInstant::now() + pause.current();
                                 }
                             }
                         }
@@ -792,59 +642,4 @@ async fn send_id(
         .send(cmd)
         .await
         .map_err(|e| format!("write failed: {e}"))
-}
-
-/// Hands one decoded reader item on: a card read to the resolver (waiting
-/// for room in its queue: back-pressure), a removal, firmware text or a
-/// read error to the displays. Returns the FEEDBACK to show at once, or
-/// why the reader must stop (cancelled, resolver gone).
-pub(super) async fn deliver(
-    cfg: &ReaderConfig,
-    ctx: &Ctx,
-    stop: &CancellationToken,
-    reads: &mpsc::Sender<CardRead>,
-    decoded: Result<ReaderEvent, card::CardError>,
-) -> Result<Option<Feedback>, String> {
-    let fb = match decoded {
-        Ok(ReaderEvent::Card(read)) => {
-            // A full queue is back-pressure: stop reading (so stop
-            // ACKing) until the resolver catches up. The reader resends
-            // what is not ACKed and the deduper drops the copies.
-            hand_over(cfg, stop, reads, read).await?;
-            None
-        }
-        Ok(ReaderEvent::Removed) => {
-            ctx.publish(Event::Removed {
-                reader: cfg.name.clone(),
-            });
-            None
-        }
-        Ok(ReaderEvent::Status(text)) => {
-            // Free text from the reader: shown masked, like all else.
-            let text = crate::mask::free_text(&text);
-            tracing::info!(reader = %cfg.name, firmware = %text, "reader status");
-            ctx.update_reader(&cfg.name, stop, |s| s.firmware = Some(text));
-            None
-        }
-        Ok(ReaderEvent::ReadError { code, text }) => {
-            ctx.publish_reader_error(&cfg.name, code, &text);
-            None
-        }
-        Err(e @ card::CardError::NotAuthenticated) => {
-            // Not a bad card: the reader is missing its PSAM key.
-            tracing::warn!(reader = %cfg.name, "card not authenticated: the reader's PSAM lacks the key");
-            ctx.publish_error(
-                ErrorCode::CardNotAuthenticated,
-                format!("{}: {e}", cfg.name),
-            );
-            Some(Feedback::Attention)
-        }
-        Err(e) => {
-            ctx.update_reader(&cfg.name, stop, |s| s.rejected += 1);
-            tracing::warn!(reader = %cfg.name, error = %e, "card read rejected");
-            ctx.publish_error(ErrorCode::BadCard, format!("{}: {e}", cfg.name));
-            Some(Feedback::Rejected)
-        }
-    };
-    Ok(fb)
 }

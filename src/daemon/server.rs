@@ -2,7 +2,7 @@
 //! ([`crate::protocol`]).
 //!
 //! Each client gets its own task and its own bounded event queue (a
-//! broadcast receiver of [`super::CLIENT_QUEUE`] events). A client that
+//! broadcast receiver of [`super::ctx::CLIENT_QUEUE`] events). A client that
 //! falls behind gets `ERROR lagged` and is dropped; a client whose writes
 //! stall for [`WRITE_TIMEOUT`] is dropped. Neither delays readers or other
 //! clients. Bad JSON and unknown commands get an `ERROR`/`REPLY` and the
@@ -17,18 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, Event};
+use super::ctx::Ctx;
+use super::render::{self, error};
+use super::store::Answer;
 use crate::config::Station;
 use crate::protocol::{
-    self, Bound, ErrorCode, ErrorMsg, Message, Parties, Privacy, Reply, Request, Unbound,
-    MAX_REQUEST,
+    self, Bound, CardResult, ErrorCode, Message, Parties, Privacy, Reply, ReplyResult, Request,
+    Unbound, MAX_REQUEST,
 };
 use crate::reader::manual_read;
 use crate::registry::{BindRequest, Channel};
@@ -108,38 +109,6 @@ impl Writer {
     }
 }
 
-fn error(code: ErrorCode, message: String) -> Message {
-    Message::Error(ErrorMsg::new(code, message))
-}
-
-fn render(e: &Event, privacy: Privacy) -> Message {
-    match e {
-        Event::Reader {
-            name,
-            state,
-            path,
-            error,
-        } => Message::Reader(protocol::ReaderMsg {
-            reader: name.clone(),
-            state: (*state).into(),
-            path: path.clone(),
-            error: error.clone(),
-        }),
-        Event::Card(c) => Message::Card(Box::new(protocol::card_message(c, privacy))),
-        Event::Removed { reader } => Message::Removed(protocol::RemovedMsg {
-            reader: reader.clone(),
-        }),
-        Event::Error {
-            code,
-            message,
-            reader_code,
-        } => Message::Error(ErrorMsg::new(*code, message.clone()).with_reader_code(*reader_code)),
-        Event::Role(station) => Message::Role(protocol::RoleMsg {
-            role: station.as_str().into(),
-        }),
-    }
-}
-
 async fn client(stream: UnixStream, ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let privacy = match uid {
@@ -180,7 +149,7 @@ async fn client(stream: UnixStream, ctx: Arc<Ctx>, shutdown: CancellationToken) 
         tokio::select! {
             _ = shutdown.cancelled() => break,
             ev = events.recv() => match ev {
-                Ok(e) => ok = out.send(&render(&e, privacy)).await.is_ok(),
+                Ok(e) => ok = out.send(&render::event(&e, privacy)).await.is_ok(),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(uid, missed = n, "client lagged, dropping it");
                     let _ = out.send(&error(ErrorCode::Lagged, format!("client fell {n} events behind and is disconnected"))).await;
@@ -266,7 +235,7 @@ async fn party(
                 card_no: read.card_no,
                 pan: read.pan,
             };
-            let r = registry(ctx, move |reg| reg.resolve(&lookup)).await?;
+            let r = registry(ctx.store.resolve(lookup)).await?;
             match (r.outcome, r.person) {
                 (crate::registry::Outcome::Ok, Some(p)) => Ok(p.ssn),
                 (o, _) => Err((
@@ -301,16 +270,14 @@ async fn parties(ctx: &Ctx, station: Station, p: &Parties) -> Result<(Ssn, Ssn),
     Ok((h, m))
 }
 
-/// Runs `f` on the registry worker; both the worker's and the call's
+/// Awaits a registry request; both the store's and the registry's
 /// failures become refusals with their one code.
-async fn registry<T, E, F>(ctx: &Ctx, f: F) -> Result<T, Refusal>
+async fn registry<T, E>(job: impl std::future::Future<Output = Answer<T, E>>) -> Result<T, Refusal>
 where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::fmt::Display,
     for<'a> &'a E: Into<ErrorCode>,
-    F: FnOnce(&mut crate::registry::Registry) -> Result<T, E> + Send + 'static,
 {
-    match ctx.worker.call(f).await {
+    match job.await {
         Ok(r) => r.map_err(|e| ((&e).into(), e.to_string())),
         Err(e) => Err((ErrorCode::Internal, e.to_string())),
     }
@@ -324,15 +291,16 @@ async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Reply
     }
 }
 
-fn to_value(v: &impl serde::Serialize) -> Result<Value, Refusal> {
-    serde_json::to_value(v).map_err(|e| (ErrorCode::Internal, format!("cannot encode reply: {e}")))
-}
-
-async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Result<Value, Refusal> {
+async fn answer(
+    ctx: &Ctx,
+    req: Request,
+    actor: &str,
+    privacy: Privacy,
+) -> Result<ReplyResult, Refusal> {
     let live = ctx.live();
     let operator_or_actor = |op: Option<String>| op.unwrap_or_else(|| actor.to_string());
     match req {
-        Request::Status { .. } => to_value(&ctx.status()),
+        Request::Status { .. } => Ok(ReplyResult::Status(ctx.status())),
         Request::Capture {
             reader, minutes, ..
         } => {
@@ -355,11 +323,11 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
                 tokio::time::Instant::now() + Duration::from_secs(u64::from(minutes) * 60),
             );
             tracing::info!(reader = %reader, minutes, actor, "capture started");
-            to_value(&protocol::Capturing {
+            Ok(ReplyResult::Capturing(protocol::Capturing {
                 reader,
                 path: capture.path().display().to_string(),
                 minutes,
-            })
+            }))
         }
         Request::Lookup { number, .. } => {
             if live.station == Station::Kiosk {
@@ -373,9 +341,9 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
                 .handle_read("manual", read)
                 .await
                 .map_err(|f| (f.code, f.message))?;
-            to_value(&Message::Card(Box::new(protocol::card_message(
+            Ok(ReplyResult::Card(CardResult::Card(Box::new(render::card(
                 &handled, privacy,
-            ))))
+            )))))
         }
         Request::Bind {
             parties: p,
@@ -401,24 +369,20 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
                 Station::Kiosk => Channel::Kiosk,
             };
             let operator = operator_or_actor(operator);
-            let actor = actor.to_string();
-            registry(ctx, move |reg| {
-                let req = BindRequest {
-                    holder: h,
-                    member: m,
-                    relation: rel,
-                    channel,
-                    operator: &operator,
-                    actor: &actor,
-                };
-                reg.bind(&req, &live.policy)
-            })
-            .await?;
+            let req = BindRequest {
+                holder: h,
+                member: m,
+                relation: rel,
+                channel,
+                operator: &operator,
+                actor,
+            };
+            registry(ctx.store.bind(&req, &live.policy)).await?;
             tracing::info!(holder = %h, member = %m, relation = %relation, "family link bound");
-            to_value(&Bound {
+            Ok(ReplyResult::Bound(Bound {
                 bound: true,
                 relation,
-            })
+            }))
         }
         Request::Unbind {
             parties: p,
@@ -427,10 +391,9 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
         } => {
             let (h, m) = parties(ctx, live.station, &p).await?;
             let operator = operator_or_actor(operator);
-            let actor = actor.to_string();
-            registry(ctx, move |reg| reg.unbind(&h, &m, &operator, &actor)).await?;
+            registry(ctx.store.unbind(h, m, operator, actor.to_string())).await?;
             tracing::info!(holder = %h, member = %m, "family link revoked");
-            to_value(&Unbound { unbound: true })
+            Ok(ReplyResult::Unbound(Unbound { unbound: true }))
         }
         Request::Contributions {
             number,
@@ -448,11 +411,11 @@ async fn answer(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Resul
             )
             .await?;
             let months = months.unwrap_or(12).clamp(1, 120);
-            let records = registry(ctx, move |reg| reg.contributions(&ssn, months)).await?;
-            to_value(&protocol::Records {
+            let records = registry(ctx.store.contributions(ssn, months)).await?;
+            Ok(ReplyResult::Records(protocol::Records {
                 months,
                 records: records.iter().map(Into::into).collect(),
-            })
+            }))
         }
     }
 }

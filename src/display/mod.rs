@@ -50,9 +50,11 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, Requester};
+use crate::client::Requester;
 use crate::protocol::{
-    Card, DisplayMsg, ErrorCode, Message, PageRequest, Parties, Reply, Request, MAX_REQUEST,
+    BindStarted, BindStep, Card, CardResult, DaemonLink, DisplayMsg, Ended, ErrorCode, Message,
+    PageRequest, Parties, Reply, ReplyResult, Request, Role, Sentence, SessionEnd, SessionMsg,
+    WireOutcome, MAX_REQUEST,
 };
 pub use key::ScreenKey;
 use session::Session;
@@ -60,12 +62,12 @@ use session::Session;
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+/// `/codes.js`, made once from the code table.
+static CODES_JS: std::sync::LazyLock<String> = std::sync::LazyLock::new(codes_js);
 
 /// Messages queued per page; a page further behind misses events (it shows
 /// the next swipe anyway).
 const PAGE_QUEUE: usize = 256;
-/// First and longest delay between attempts to reach cardlinkd.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 /// A connection that has not sent its request headers by then is closed
 /// (a local browser sends them at once).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,8 +105,8 @@ pub struct Settings {
 /// The daemon connection as the pages see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Health {
-    daemon: &'static str,
-    role: Option<String>,
+    daemon: DaemonLink,
+    role: Option<Role>,
 }
 
 /// What the daemon sent, as a page task needs to know it.
@@ -143,7 +145,7 @@ impl Shared {
     /// sessions): everywhere but at a window the daemon said it is, so a
     /// daemon that does not say its role is treated as a kiosk.
     fn kiosk(&self) -> bool {
-        self.health.borrow().role.as_deref() != Some("window")
+        self.health.borrow().role != Some(Role::Window)
     }
 }
 
@@ -174,7 +176,7 @@ pub async fn serve(
 ) -> Result<(), DisplayError> {
     let addr = listener.local_addr()?;
     let (health, _) = watch::channel(Health {
-        daemon: "offline",
+        daemon: DaemonLink::Offline,
         role: None,
     });
     let (lines, _) = broadcast::channel(PAGE_QUEUE);
@@ -193,6 +195,10 @@ pub async fn serve(
         .route(
             "/app.js",
             get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/codes.js",
+            get(|| asset(CODES_JS.as_str(), "text/javascript; charset=utf-8")),
         )
         .route(
             "/app.css",
@@ -297,6 +303,31 @@ async fn guard(State(s): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Re
     response
 }
 
+/// The page's tables of sentences and labels, as a script it loads before
+/// its own: every [`ErrorCode`]'s sentence ([`ErrorCode::sentence`]) and
+/// every relation's label ([`crate::protocol::relation_label`]), in
+/// Chinese and English. The one table is Rust's; the page keeps no copy.
+pub fn codes_js() -> String {
+    let entry =
+        |key: &str, s: Sentence| format!("  {}: [{}, {}],\n", line(&key), line(&s.zh), line(&s.en));
+    let mut out = String::from(
+        "// Made by cardlink-display from its code table (protocol::ErrorCode,\n\
+         // registry::Relation); the page keeps no copy of its own.\n\
+         \"use strict\";\n\nconst SENTENCES = {\n",
+    );
+    for c in ErrorCode::ALL {
+        if let Some(s) = c.sentence() {
+            out += &entry(c.as_str(), s);
+        }
+    }
+    out += "};\n\n// In the order of the bind screen's buttons.\nconst RELATIONS = {\n";
+    for r in crate::registry::Relation::ALL {
+        out += &entry(r.as_str(), crate::protocol::relation_label(r));
+    }
+    out += "};\n";
+    out
+}
+
 async fn index() -> Response {
     asset(INDEX_HTML, "text/html; charset=utf-8").await
 }
@@ -320,7 +351,7 @@ async fn asset(body: &'static str, kind: &'static str) -> Response {
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     #[derive(Serialize)]
     struct Healthz {
-        daemon: &'static str,
+        daemon: DaemonLink,
     }
     axum::Json(Healthz {
         daemon: s.health.borrow().daemon,
@@ -409,8 +440,8 @@ fn line(v: &impl Serialize) -> String {
 
 fn display_line(s: &Shared, h: &Health) -> String {
     line(&Message::Display(DisplayMsg {
-        daemon: h.daemon.into(),
-        role: h.role.clone(),
+        daemon: h.daemon,
+        role: h.role,
         operator: s.settings.operator.clone(),
         idle_s: s.settings.idle.as_secs(),
     }))
@@ -448,7 +479,9 @@ async fn page(mut socket: WebSocket, s: Arc<Shared>) {
                 if !session.expire_now() {
                     continue;
                 }
-                line(&Message::Session(crate::protocol::SessionMsg { ended: "idle".into() }))
+                line(&Message::Session(SessionMsg {
+                    ended: SessionEnd::Idle,
+                }))
             }
             l = lines.recv() => match l {
                 Ok(r) => {
@@ -532,13 +565,18 @@ async fn answer(s: &Shared, session: &mut Session, text: &str) -> Message {
         PageRequest::Daemon(r) => r,
         PageRequest::BindStart { .. } if kiosk => {
             return match session.bind_start() {
-                Ok(()) => Message::Reply(Reply::ok(id, serde_json::json!({"bind": "started"}))),
+                Ok(()) => Message::Reply(Reply::ok(
+                    id,
+                    ReplyResult::BindStarted(BindStarted {
+                        bind: BindStep::Started,
+                    }),
+                )),
                 Err(why) => refuse(&id, ErrorCode::NotInSession, why.message()),
             };
         }
         PageRequest::End { .. } if kiosk => {
             session.end();
-            return Message::Reply(Reply::ok(id, serde_json::json!({"ended": true})));
+            return Message::Reply(Reply::ok(id, ReplyResult::Ended(Ended { ended: true })));
         }
         PageRequest::BindStart { .. } | PageRequest::End { .. } => {
             return refuse(&id, ErrorCode::BadRequest, "kiosk sessions only");
@@ -623,16 +661,9 @@ fn mask_card(c: &mut Card) {
 }
 
 fn mask_reply(r: &mut Reply) {
-    let Some(result) = r.result.take() else {
-        return;
-    };
-    r.result = Some(match serde_json::from_value::<Message>(result.clone()) {
-        Ok(Message::Card(mut c)) => {
-            mask_card(&mut c);
-            serde_json::to_value(Message::Card(c)).unwrap_or(Value::Null)
-        }
-        _ => result,
-    });
+    if let Some(ReplyResult::Card(CardResult::Card(c))) = r.result.as_mut() {
+        mask_card(c);
+    }
 }
 
 /// A daemon message as it goes to every page: masked at a kiosk, with what
@@ -645,7 +676,7 @@ fn relay(s: &Shared, mut m: Message) -> Relayed {
             }
             Seen::Card {
                 swipe: card.swipe,
-                usable: card.outcome == crate::protocol::WireOutcome::Ok,
+                usable: card.outcome == WireOutcome::Ok,
             }
         }
         Message::Removed(_) => Seen::Removed,
@@ -662,53 +693,45 @@ fn relay(s: &Shared, mut m: Message) -> Relayed {
 /// and reconnects with backoff; the health state says which.
 async fn daemon_link(s: Arc<Shared>, shutdown: CancellationToken) {
     let socket = s.settings.socket.clone();
-    let mut delay = BACKOFF.0;
-    loop {
-        if let Ok(mut c) = Client::connect(&socket).await {
-            let role = c.status().await.ok().map(|st| st.role);
-            delay = BACKOFF.0;
-            if let Ok(mut r) = s.requester.write() {
-                *r = Some(c.requester());
-            }
-            tracing::info!(socket = %socket.display(), role = ?role, "connected to cardlinkd");
-            s.health.send_modify(|h| {
-                h.daemon = "connected";
-                h.role = role;
-            });
-            loop {
-                let m = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    m = c.next_event() => m,
-                };
-                let Some(m) = m else { break };
-                if let Message::Role(r) = &m {
-                    // Before any later event is relayed: from here on the
-                    // pages are of the new role (masking, what they may do).
-                    tracing::info!(role = %r.role, "the daemon's role changed");
-                    let role = r.role.clone();
-                    s.health.send_modify(|h| h.role = Some(role));
-                    continue;
-                }
-                let r = relay(&s, m);
-                if let Seen::Reader(name) = &r.seen {
-                    if let Ok(mut readers) = s.readers.write() {
-                        readers.insert(name.clone(), r.line.clone());
-                    }
-                }
-                let _ = s.lines.send(Arc::new(r));
-            }
-            tracing::warn!("cardlinkd closed the connection; reconnecting");
-            if let Ok(mut r) = s.requester.write() {
-                *r = None;
-            }
-            // The role stays as it was: a kiosk screen stays a kiosk screen
-            // (and keeps masking) while the daemon is away.
-            s.health.send_modify(|h| h.daemon = "offline");
+    let mut link = crate::client::Reconnect::new(&socket);
+    while let Ok(Some(mut c)) = link.next(&shutdown, |_, _| false).await {
+        let role = c.status().await.ok().map(|st| st.role);
+        if let Ok(mut r) = s.requester.write() {
+            *r = Some(c.requester());
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        tracing::info!(socket = %socket.display(), role = ?role, "connected to cardlinkd");
+        s.health.send_modify(|h| {
+            h.daemon = DaemonLink::Connected;
+            h.role = role;
+        });
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = c.next_event() => m,
+            };
+            let Some(m) = m else { break };
+            if let Message::Role(r) = &m {
+                // Before any later event is relayed: from here on the
+                // pages are of the new role (masking, what they may do).
+                tracing::info!(role = %r.role, "the daemon's role changed");
+                let role = r.role;
+                s.health.send_modify(|h| h.role = Some(role));
+                continue;
+            }
+            let r = relay(&s, m);
+            if let Seen::Reader(name) = &r.seen {
+                if let Ok(mut readers) = s.readers.write() {
+                    readers.insert(name.clone(), r.line.clone());
+                }
+            }
+            let _ = s.lines.send(Arc::new(r));
         }
-        delay = (delay * 2).min(BACKOFF.1);
+        tracing::warn!("cardlinkd closed the connection; reconnecting");
+        if let Ok(mut r) = s.requester.write() {
+            *r = None;
+        }
+        // The role stays as it was: a kiosk screen stays a kiosk screen
+        // (and keeps masking) while the daemon is away.
+        s.health.send_modify(|h| h.daemon = DaemonLink::Offline);
     }
 }

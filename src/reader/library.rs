@@ -17,8 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ReaderConfig;
-
 /// The `iType` of `iReadCardBas`: which card interface it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,62 +182,6 @@ impl Insertions {
         }
         Change::New(line)
     }
-}
-
-/// The checks `Config::validate` makes on a `mode = "library"` reader.
-pub fn validate(r: &ReaderConfig) -> Result<(), String> {
-    let name = &r.name;
-    match &r.library {
-        None => {
-            return Err(format!(
-                "reader '{name}': mode = \"library\" needs library = \"/path/to/the/vendor/library.so\""
-            ))
-        }
-        Some(l) if l.as_os_str().is_empty() => {
-            return Err(format!("reader '{name}': library is empty"))
-        }
-        Some(l) if !l.is_absolute() => {
-            return Err(format!(
-                "reader '{name}': library {} must be an absolute path",
-                l.display()
-            ))
-        }
-        Some(_) => {}
-    }
-    let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
-        if range.contains(&v) {
-            Ok(())
-        } else {
-            Err(format!(
-                "reader '{name}': {key} {v} out of range {}..={}",
-                range.start(),
-                range.end()
-            ))
-        }
-    };
-    within("poll_ms", r.poll_ms, POLL_MS)?;
-    within("call_timeout_ms", r.call_timeout_ms, CALL_TIMEOUT_MS)?;
-    if let Some(w) = &r.workdir {
-        if !w.is_absolute() {
-            return Err(format!(
-                "reader '{name}': workdir {} must be an absolute path",
-                w.display()
-            ));
-        }
-    }
-    for k in r.env.keys() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(format!(
-                "reader '{name}': bad environment variable name '{k}'"
-            ));
-        }
-    }
-    if r.env.values().any(|v| v.contains('\0')) {
-        return Err(format!(
-            "reader '{name}': an environment value holds a NUL byte"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

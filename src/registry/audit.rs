@@ -15,9 +15,10 @@
 //! a chain alone; compare the row count with an off-box copy for that.
 
 use firmware_protocol::Ssn;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
+use super::resolve::Columns;
 use super::{now_rfc3339, RegistryError, Sqlite};
 
 /// `prev_hash` of the first row.
@@ -169,14 +170,10 @@ impl Chain {
 
 /// Appends a row inside the caller's (write) transaction.
 pub(crate) fn append(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<()> {
-    let last: Option<(i64, String)> = conn
-        .prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    insert(conn, &Row::next(last, e))
+    insert(conn, &Row::next(head(conn)?, e))
 }
 
-fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
+pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit (id, at, actor, action, ssn, outcome, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -226,70 +223,49 @@ pub struct Verification {
     pub broken: Option<(i64, String)>,
 }
 
-impl Sqlite {
-    /// Appends one audit row in its own transaction.
-    pub fn record(&mut self, e: &Entry<'_>) -> Result<(), RegistryError> {
-        let t = self.busy_timeout;
-        let sql = |e| RegistryError::from_sql(e, t);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        append(&tx, e).map_err(sql)?;
-        tx.commit().map_err(sql)
+impl Row {
+    /// The one decoder of an audit row (`id, at, actor, action, ssn,
+    /// outcome, prev_hash, hash`), both backends.
+    pub(crate) fn read(r: &impl Columns) -> Result<Row, RegistryError> {
+        Ok(Row {
+            id: r.req_int(0)?,
+            at: r.req_text(1)?,
+            actor: r.req_text(2)?,
+            action: r.req_text(3)?,
+            ssn: r.text(4)?,
+            outcome: r.req_text(5)?,
+            prev_hash: r.req_text(6)?,
+            hash: r.req_text(7)?,
+        })
     }
+}
 
+/// The statement of every audit row in chain order (both backends).
+pub(crate) const ROWS_SQL: &str =
+    "SELECT id, at, actor, action, ssn, outcome, prev_hash, hash FROM audit ORDER BY id";
+/// The chain's head: `(id, hash)` of its last row (both backends).
+pub(crate) const HEAD_SQL: &str = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1";
+
+/// Reads the chain's head (SQLite).
+pub(crate) fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
+    conn.prepare_cached(HEAD_SQL)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+impl Sqlite {
     /// Every row in id order.
     pub fn audit_rows(
         &self,
         each: &mut dyn FnMut(Row) -> Result<(), RegistryError>,
     ) -> Result<u64, RegistryError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, at, actor, action, ssn, outcome, prev_hash, hash FROM audit ORDER BY id")
-            .map_err(|e| self.sql(e))?;
+        let mut st = self.conn.prepare(ROWS_SQL).map_err(|e| self.sql(e))?;
         let mut rows = st.query([]).map_err(|e| self.sql(e))?;
         let mut n = 0;
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
-            let row = (|| {
-                Ok::<_, rusqlite::Error>(Row {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    ssn: r.get(4)?,
-                    outcome: r.get(5)?,
-                    prev_hash: r.get(6)?,
-                    hash: r.get(7)?,
-                })
-            })()
-            .map_err(|e| self.sql(e))?;
             n += 1;
-            each(row)?;
+            each(Row::read(r)?)?;
         }
         Ok(n)
-    }
-
-    /// Writes `rows` as they are, if they continue the chain.
-    pub fn load_audit(&mut self, rows: &[Row]) -> Result<(), RegistryError> {
-        let t = self.busy_timeout;
-        let sql = |e| RegistryError::from_sql(e, t);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let head: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(sql)?;
-        check_continues(head, rows)?;
-        for r in rows {
-            insert(&tx, r).map_err(sql)?;
-        }
-        tx.commit().map_err(sql)
     }
 }

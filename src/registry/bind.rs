@@ -1,12 +1,14 @@
 //! `bind` and `unbind`: making and revoking family links, with the rules.
 
 use firmware_protocol::{Date, Ssn};
-use rusqlite::{params, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
-use super::audit::{append, Entry};
 use super::policy::{BindPolicy, Relation};
-use super::resolve::CardRow;
-use super::{now_rfc3339, RegistryError, Sqlite};
+use super::resolve::{now, CardRow, Fut};
+
+/// The answer of [`Facts::revoked_since`].
+pub(crate) type Since<'a> = Fut<'a, Option<String>>;
+use super::RegistryError;
 
 /// Where a link was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +95,8 @@ pub enum BindError {
 }
 
 impl BindError {
-    /// Stable machine-readable code for clients and the audit log.
+    /// Stable machine-readable code for the audit log and, the same
+    /// string, for clients (`protocol::ErrorCode` converts by it).
     pub fn code(&self) -> &'static str {
         match self {
             BindError::HolderUnknown(_) => "holder_unknown",
@@ -113,7 +116,7 @@ impl BindError {
             BindError::NotLinked => "not_linked",
             BindError::Registry(RegistryError::Busy(_)) => "database_busy",
             BindError::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
-            BindError::Registry(_) => "database_error",
+            BindError::Registry(_) => "registry",
         }
     }
 }
@@ -146,33 +149,28 @@ fn days_ago(days: u32) -> (String, std::time::SystemTime) {
 /// The facts the binding rules look at, as a backend answers them inside
 /// its write transaction. Async so that PostgreSQL awaits its round trips;
 /// SQLite's answers are ready at once.
+/// The futures are boxed and `Send`, like [`super::resolve::Source`]'s.
 pub(crate) trait Facts {
     /// `(insurance_type, insurance_status)` of a person, `None` if unknown.
-    async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError>;
+    fn insurance<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<(String, String)>>;
     /// The person's best card (`resolve::best_card`).
-    async fn best_card(&mut self, ssn: &str, today: Date)
-        -> Result<Option<CardRow>, RegistryError>;
+    fn best_card<'a>(&'a mut self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>>;
     /// The holder whose account actively covers `member`.
-    async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError>;
+    fn payer_of<'a>(&'a mut self, member: &'a str) -> Fut<'a, Option<String>>;
     /// The person's insured region.
-    async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError>;
+    fn region<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<String>>;
     /// Members the holder's account actively covers.
-    async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError>;
-    /// The latest `revoked_at` after `cutoff` of a link of `member` to a
-    /// holder other than `holder`.
-    async fn revoked_since(
-        &mut self,
-        member: &str,
-        holder: &str,
-        cutoff: &str,
-    ) -> Result<Option<String>, RegistryError>;
+    fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32>;
+    /// The latest `revoked_at` after `cutoff` of a link of member `m` to a
+    /// holder other than `h`.
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a>;
 }
 
 /// Whether `holder` is covered by `member`, directly or up a chain of
 /// payers (each person has at most one active payer, so the walk is a
 /// line; it is bounded in case the data already holds a cycle).
 pub(crate) async fn covered_by(
-    f: &mut impl Facts,
+    f: &mut (impl Facts + ?Sized),
     holder: &str,
     member: &str,
 ) -> Result<bool, RegistryError> {
@@ -194,7 +192,7 @@ pub(crate) async fn covered_by(
 /// account; the member must be insured) and the province rules of the
 /// `[policy]` table (scope, members, cooldown); see `policy.rs`.
 pub(crate) async fn check_rules(
-    f: &mut impl Facts,
+    f: &mut (impl Facts + ?Sized),
     req: &BindRequest<'_>,
     policy: &BindPolicy,
     today: Date,
@@ -343,8 +341,11 @@ impl SqliteFacts<'_> {
     }
 }
 
-impl Facts for SqliteFacts<'_> {
-    async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError> {
+impl SqliteFacts<'_> {
+    pub(crate) fn insurance_now(
+        &self,
+        ssn: &str,
+    ) -> Result<Option<(String, String)>, RegistryError> {
         self.conn
             .prepare_cached(INSURANCE_SQL)
             .and_then(|mut st| {
@@ -353,134 +354,53 @@ impl Facts for SqliteFacts<'_> {
             })
             .map_err(|e| RegistryError::from_sql(e, self.timeout))
     }
-    async fn best_card(
-        &mut self,
+    pub(crate) fn best_card_now(
+        &self,
         ssn: &str,
         today: Date,
     ) -> Result<Option<CardRow>, RegistryError> {
-        super::resolve::best_card(self.conn, ssn, today)
-            .map_err(|e| RegistryError::from_sql(e, self.timeout))
+        super::resolve::best_card(self.conn, ssn, today, self.timeout)
     }
-    async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError> {
+    pub(crate) fn payer_of_now(&self, member: &str) -> Result<Option<String>, RegistryError> {
         self.one(PAYER_OF_SQL, [member])
     }
-    async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError> {
-        Ok(self.one::<Option<String>>(REGION_SQL, [ssn])?.flatten())
+    pub(crate) fn region_now(&self, ssn: &str) -> Result<Option<String>, RegistryError> {
+        self.one::<Option<String>>(REGION_SQL, [ssn])
+            .map(Option::flatten)
     }
-    async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError> {
-        Ok(self.one(ACTIVE_MEMBERS_SQL, [holder])?.unwrap_or(0))
+    pub(crate) fn active_members_now(&self, holder: &str) -> Result<u32, RegistryError> {
+        self.one(ACTIVE_MEMBERS_SQL, [holder])
+            .map(|n| n.unwrap_or(0))
     }
-    async fn revoked_since(
-        &mut self,
+    pub(crate) fn revoked_since_now(
+        &self,
         member: &str,
         holder: &str,
         cutoff: &str,
     ) -> Result<Option<String>, RegistryError> {
-        Ok(self
-            .one::<Option<String>>(REVOKED_SINCE_SQL, params![member, holder, cutoff])?
-            .flatten())
+        self.one::<Option<String>>(REVOKED_SINCE_SQL, params![member, holder, cutoff])
+            .map(Option::flatten)
     }
 }
 
-impl Sqlite {
-    /// Binds with every rule, the link and its audit row in one
-    /// transaction (refusals are audited by the caller,
-    /// [`crate::registry::Registry::bind_on`]).
-    pub(crate) fn try_bind(
-        &mut self,
-        req: &BindRequest<'_>,
-        policy: &BindPolicy,
-        today: Date,
-    ) -> Result<(), BindError> {
-        let t = self.busy_timeout;
-        let sql = |e| BindError::Registry(RegistryError::from_sql(e, t));
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        futures::executor::block_on(check_rules(
-            &mut SqliteFacts {
-                conn: &tx,
-                timeout: t,
-            },
-            req,
-            policy,
-            today,
-        ))?;
-        let inserted = tx.execute(
-            "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \
-             VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
-            params![
-                req.holder.expose(),
-                req.member.expose(),
-                req.relation.as_str(),
-                req.channel.as_str(),
-                req.operator,
-                now_rfc3339()
-            ],
-        );
-        if let Err(e) = inserted {
-            // The partial unique index is the last line of defence.
-            if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
-                return Err(BindError::MemberHasPayer);
-            }
-            return Err(sql(e));
-        }
-        super::derived::refresh(&tx, &[req.holder.expose(), req.member.expose()]).map_err(sql)?;
-        append(
-            &tx,
-            &Entry {
-                actor: req.actor,
-                action: "bind",
-                ssn: Some(&req.member),
-                outcome: &bind_outcome(req),
-            },
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        Ok(())
+/// SQLite's answers are ready at once.
+impl Facts for SqliteFacts<'_> {
+    fn insurance<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<(String, String)>> {
+        now(self.insurance_now(ssn))
     }
-
-    /// Revokes the active link between `holder` and `member`.
-    pub fn unbind(
-        &mut self,
-        holder: &Ssn,
-        member: &Ssn,
-        operator: &str,
-        actor: &str,
-    ) -> Result<(), BindError> {
-        let t = self.busy_timeout;
-        let sql = |e| BindError::Registry(RegistryError::from_sql(e, t));
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let n = tx
-            .execute(
-                "UPDATE family_links SET status = 'revoked', revoked_at = ?3 \
-                 WHERE holder_ssn = ?1 AND member_ssn = ?2 AND status = 'active'",
-                params![holder.expose(), member.expose(), now_rfc3339()],
-            )
-            .map_err(sql)?;
-        if n > 0 {
-            super::derived::refresh(&tx, &[holder.expose(), member.expose()]).map_err(sql)?;
-        }
-        let outcome = unbind_outcome(n as u64, holder, operator);
-        append(
-            &tx,
-            &Entry {
-                actor,
-                action: "unbind",
-                ssn: Some(member),
-                outcome: &outcome,
-            },
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        if n == 0 {
-            Err(BindError::NotLinked)
-        } else {
-            Ok(())
-        }
+    fn best_card<'a>(&'a mut self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>> {
+        now(self.best_card_now(ssn, today))
+    }
+    fn payer_of<'a>(&'a mut self, member: &'a str) -> Fut<'a, Option<String>> {
+        now(self.payer_of_now(member))
+    }
+    fn region<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<String>> {
+        now(self.region_now(ssn))
+    }
+    fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32> {
+        now(self.active_members_now(holder))
+    }
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        now(self.revoked_since_now(m, h, cutoff))
     }
 }

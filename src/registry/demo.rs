@@ -335,6 +335,20 @@ pub struct SampleCard {
     pub expires: String,
 }
 
+impl SampleCard {
+    /// The one decoder of a [`sample_queries`] row.
+    pub(crate) fn read(r: &impl super::resolve::Columns) -> Result<SampleCard, RegistryError> {
+        Ok(SampleCard {
+            ssn: r.req_text(0)?,
+            card_no: r.req_text(1)?,
+            pan: r.text(2)?,
+            name: r.req_text(3)?,
+            issued: r.req_text(4)?,
+            expires: r.req_text(5)?,
+        })
+    }
+}
+
 /// The groups of [`crate::registry::Registry::sample_cards`], each a query
 /// on `cards c JOIN persons p` with `$1` today; the same SQL on both
 /// backends (SQLite reads `$1` as the first parameter).
@@ -361,19 +375,12 @@ impl Sqlite {
         let mut groups = Vec::new();
         for q in &sample_queries() {
             let mut st = self.conn.prepare(q).map_err(|e| self.sql(e))?;
-            let rows = st
-                .query_map([&today], |r| {
-                    Ok(SampleCard {
-                        ssn: r.get(0)?,
-                        card_no: r.get(1)?,
-                        pan: r.get(2)?,
-                        name: r.get(3)?,
-                        issued: r.get(4)?,
-                        expires: r.get(5)?,
-                    })
-                })
-                .map_err(|e| self.sql(e))?;
-            groups.push(rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?);
+            let mut rows = st.query([&today]).map_err(|e| self.sql(e))?;
+            let mut group = Vec::new();
+            while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+                group.push(SampleCard::read(r)?);
+            }
+            groups.push(group);
         }
         Ok(groups)
     }

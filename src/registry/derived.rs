@@ -24,9 +24,8 @@
 use std::cmp::Ordering;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
-use super::audit::{append, Entry};
 use super::{RegistryError, Sqlite};
 
 /// The columns of `resolution` and `resolution_source`, in order.
@@ -176,7 +175,7 @@ pub(crate) fn repair_outcome(drift: &Drift, rebuilt: bool) -> String {
 
 /// Walks the view and the table together in key order and calls `each`
 /// for every SSN whose rows differ. Constant memory.
-fn compare(
+pub(crate) fn compare(
     c: &Connection,
     mut each: impl FnMut(&str, Ordering) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<Drift> {
@@ -251,43 +250,5 @@ impl Sqlite {
     /// cardlink's back.
     pub fn drift(&self) -> Result<Drift, RegistryError> {
         compare(&self.conn, |_, _| Ok(())).map_err(|e| self.sql(e))
-    }
-
-    /// Rebuilds what differs in the read model, in one transaction with an
-    /// audit row, and reports what it changed.
-    pub fn repair(&mut self, actor: &str) -> Result<Repair, RegistryError> {
-        let t = self.busy_timeout;
-        let sql = |e| RegistryError::from_sql(e, t);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let mut differing = Vec::new();
-        let drift = compare(&tx, |ssn, _| {
-            if (differing.len() as u64) <= REBUILD_ABOVE {
-                differing.push(ssn.to_string());
-            }
-            Ok(())
-        })
-        .map_err(sql)?;
-        let rebuilt = drift.total() > REBUILD_ABOVE;
-        if rebuilt {
-            rebuild(&tx).map_err(sql)?;
-        } else {
-            let ssns: Vec<&str> = differing.iter().map(String::as_str).collect();
-            refresh(&tx, &ssns).map_err(sql)?;
-        }
-        append(
-            &tx,
-            &Entry {
-                actor,
-                action: "repair",
-                ssn: None,
-                outcome: &repair_outcome(&drift, rebuilt),
-            },
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        Ok(Repair { drift, rebuilt })
     }
 }

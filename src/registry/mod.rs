@@ -13,10 +13,11 @@
 //! the same rules with the same code: the binding rules
 //! ([`bind::check_rules`]), the resolution ([`resolve::resolve_with`]) and
 //! the audit chain ([`audit::Chain`]) are written once against small
-//! traits that each backend implements with its own SQL.
+//! traits that each backend implements with its own SQL, and so is the
+//! write side ([`write`]: bind, unbind, repair, audit rows).
 //!
 //! A SQLite [`Registry`] owns one connection; the daemon keeps one for its
-//! blocking worker, `cardlinkctl` opens its own. Concurrency between them is
+//! blocking worker (`daemon::store`), `cardlinkctl` opens its own. Concurrency between them is
 //! SQLite's: WAL mode, `busy_timeout`, and write transactions started with
 //! `BEGIN IMMEDIATE` so two writers never deadlock. A PostgreSQL registry
 //! holds a small connection pool; writers of every box serialise on one
@@ -31,6 +32,7 @@ pub mod pg;
 pub mod policy;
 pub(crate) mod resolve;
 mod schema;
+pub(crate) mod write;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -303,7 +305,18 @@ impl Registry {
     pub fn reconnect(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(_) => false,
-            Backend::Postgres(p) => p.reconnect(),
+            Backend::Postgres(p) => p
+                .block(async { Ok::<_, RegistryError>(p.reconnect().await) })
+                .unwrap_or(false),
+        }
+    }
+
+    /// A PostgreSQL registry, to be driven on the caller's runtime from now
+    /// on ([`pg::Postgres::into_async`]); a SQLite registry is given back.
+    pub fn into_async_postgres(self) -> Result<pg::Postgres, Box<Registry>> {
+        match self.backend {
+            Backend::Postgres(p) => Ok(p.into_async()),
+            backend => Err(Box::new(Registry { backend })),
         }
     }
 
@@ -351,7 +364,25 @@ impl Registry {
         lookup: &Lookup,
         today: firmware_protocol::Date,
     ) -> Result<Resolution, RegistryError> {
-        dispatch!(self.resolve_on(lookup, today))
+        match &self.backend {
+            Backend::Sqlite(s) => s.resolve_on(lookup, today),
+            Backend::Postgres(p) => p.block(p.resolve_on(lookup, today)),
+        }
+    }
+
+    /// Resolves, then writes the resolution's audit row (a resolution whose
+    /// row cannot be written is an error: nothing is shown that is not
+    /// audited).
+    pub fn resolve_audited(
+        &mut self,
+        actor: &str,
+        lookup: &Lookup,
+    ) -> Result<Resolution, RegistryError> {
+        let today = firmware_protocol::Date::today_cst();
+        match &mut self.backend {
+            Backend::Sqlite(s) => s.resolve_audited(actor, lookup, today),
+            Backend::Postgres(p) => p.block(p.resolve_audited(actor, lookup, today)),
+        }
     }
 
     /// [`Registry::resolve_on`] with today's date (China Standard Time).
@@ -361,7 +392,10 @@ impl Registry {
 
     /// Members currently covered by `holder`'s account.
     pub fn members(&self, holder: &firmware_protocol::Ssn) -> Result<Vec<Member>, RegistryError> {
-        dispatch!(self.members(holder))
+        match &self.backend {
+            Backend::Sqlite(s) => s.members(holder),
+            Backend::Postgres(p) => p.block(p.members(holder)),
+        }
     }
 
     /// The person's payment records of the last `months` months that have
@@ -371,34 +405,25 @@ impl Registry {
         ssn: &firmware_protocol::Ssn,
         months: u32,
     ) -> Result<Vec<Contribution>, RegistryError> {
-        dispatch!(self.contributions(ssn, months))
+        match &self.backend {
+            Backend::Sqlite(s) => s.contributions(ssn, months),
+            Backend::Postgres(p) => p.block(p.contributions(ssn, months)),
+        }
     }
 
     /// Binds `member` to `holder`'s account, enforcing every rule, judging
     /// card expiry against `today`. The link and its audit row are one
-    /// transaction; refusals are audited too.
+    /// transaction; refusals are audited too (see [`write::bind`]).
     pub fn bind_on(
         &mut self,
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: firmware_protocol::Date,
     ) -> Result<(), BindError> {
-        let result = dispatch_mut!(self.try_bind(req, policy, today));
-        match &result {
-            Ok(()) => {}
-            Err(e @ BindError::Registry(_)) => {
-                tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
-            }
-            Err(e) => {
-                self.record(&audit::Entry {
-                    actor: req.actor,
-                    action: "bind",
-                    ssn: Some(&req.member),
-                    outcome: &format!("refused:{}", e.code()),
-                })?;
-            }
+        match &mut self.backend {
+            Backend::Sqlite(s) => s.bind_on(req, policy, today),
+            Backend::Postgres(p) => p.block(p.bind_on(req, policy, today)),
         }
-        result
     }
 
     /// [`Registry::bind_on`] with today's date.
@@ -414,12 +439,18 @@ impl Registry {
         operator: &str,
         actor: &str,
     ) -> Result<(), BindError> {
-        dispatch_mut!(self.unbind(holder, member, operator, actor))
+        match &mut self.backend {
+            Backend::Sqlite(s) => s.unbind(holder, member, operator, actor),
+            Backend::Postgres(p) => p.block(p.unbind(holder, member, operator, actor)),
+        }
     }
 
     /// Appends one audit row in its own transaction.
     pub fn record(&mut self, e: &audit::Entry<'_>) -> Result<(), RegistryError> {
-        dispatch_mut!(self.record(e))
+        match &mut self.backend {
+            Backend::Sqlite(s) => s.record(e),
+            Backend::Postgres(p) => p.block(p.record(e)),
+        }
     }
 
     /// Recomputes the whole audit chain.

@@ -1,7 +1,7 @@
 //! `resolve`: from a card identifier to the family-link picture.
 
 use firmware_protocol::{Date, Ssn};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 use super::{parse_iso, RegistryError, Sqlite};
 
@@ -211,16 +211,15 @@ pub(crate) fn best_card(
     c: &rusqlite::Connection,
     ssn: &str,
     today: Date,
-) -> rusqlite::Result<Option<CardRow>> {
-    c.prepare_cached(BEST_CARD)?
-        .query_row(rusqlite::params![ssn, today.to_string()], |r| {
-            Ok(CardRow {
-                card_no: r.get(0)?,
-                status: r.get(1)?,
-                expires: r.get(2)?,
-            })
-        })
-        .optional()
+    timeout: std::time::Duration,
+) -> Result<Option<CardRow>, RegistryError> {
+    sqlite_opt(
+        c,
+        BEST_CARD,
+        rusqlite::params![ssn, today.to_string()],
+        timeout,
+        |r| CardRow::read(r),
+    )
 }
 
 /// Far-future bound used when re-validating SSNs already in the database.
@@ -329,12 +328,25 @@ impl Query {
 
 /// What a backend answers for [`resolve_with`]. Async so that PostgreSQL
 /// awaits its round trips; SQLite's answers are ready at once.
+///
+/// The futures are boxed and `Send` (the shape of `async-trait`), so that
+/// the shared code runs in the daemon's tasks on PostgreSQL (with `async
+/// fn` in traits, rustc cannot yet prove such generic futures `Send`);
+/// SQLite answers at once with a ready future.
 pub(crate) trait Source {
     /// One row of `q` for `key`.
-    async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError>;
+    fn row<'a>(&'a self, q: Query, key: &'a str) -> Fut<'a, Option<Row>>;
     /// The person's best card (see [`best_card`]).
-    async fn best_card(&self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError>;
+    fn best_card<'a>(&'a self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>>;
 }
+
+/// SQLite's answer, ready at once.
+pub(crate) fn now<'a, T: Send + 'a>(r: Result<T, RegistryError>) -> Fut<'a, T> {
+    Box::pin(std::future::ready(r))
+}
+
+/// The future of a registry question: boxed, `Send`.
+pub(crate) type Fut<'a, T> = futures::future::BoxFuture<'a, Result<T, RegistryError>>;
 
 /// One row of the resolve statements.
 pub(crate) struct Row {
@@ -359,59 +371,139 @@ pub(crate) struct Derived {
     pub(crate) cards: i64,
 }
 
-struct SqliteSource<'a>(&'a Sqlite);
+pub(crate) struct SqliteSource<'a>(pub(crate) &'a Sqlite);
 
 impl Source for SqliteSource<'_> {
-    async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError> {
-        self.0
-            .conn
-            .prepare_cached(q.sql())
-            .and_then(|mut st| st.query_row([key], Row::read).optional())
-            .map_err(|e| self.0.sql(e))
+    fn row<'a>(&'a self, q: Query, key: &'a str) -> Fut<'a, Option<Row>> {
+        now(sqlite_opt(
+            &self.0.conn,
+            q.sql(),
+            [key],
+            self.0.busy_timeout,
+            |r| Row::read(r),
+        ))
     }
-    async fn best_card(&self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
-        best_card(&self.0.conn, ssn, today).map_err(|e| self.0.sql(e))
+    fn best_card<'a>(&'a self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>> {
+        now(best_card(&self.0.conn, ssn, today, self.0.busy_timeout))
+    }
+}
+
+/// A row's columns by position, read fallibly: what each backend's row
+/// type offers the one decoder of each record ([`Row::read`],
+/// [`CardRow::read`], ...). A value of the wrong type is
+/// [`RegistryError::Corrupt`], never a panic.
+pub(crate) trait Columns {
+    /// A text column that may be NULL.
+    fn text(&self, i: usize) -> Result<Option<String>, RegistryError>;
+    /// An integer column that may be NULL.
+    fn int(&self, i: usize) -> Result<Option<i64>, RegistryError>;
+
+    /// A text column that must not be NULL.
+    fn req_text(&self, i: usize) -> Result<String, RegistryError> {
+        self.text(i)?.ok_or_else(|| null_column(i))
+    }
+    /// An integer column that must not be NULL.
+    fn req_int(&self, i: usize) -> Result<i64, RegistryError> {
+        self.int(i)?.ok_or_else(|| null_column(i))
+    }
+}
+
+fn null_column(i: usize) -> RegistryError {
+    RegistryError::Corrupt(format!("column {i} is NULL where a value is required"))
+}
+
+/// The column error of either driver.
+pub(crate) fn bad_column(i: usize, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Corrupt(format!("column {i}: {e}"))
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<Option<String>, RegistryError> {
+        self.get(i).map_err(|e| bad_column(i, e))
+    }
+    fn int(&self, i: usize) -> Result<Option<i64>, RegistryError> {
+        self.get(i).map_err(|e| bad_column(i, e))
     }
 }
 
 impl Row {
-    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-        let card_no: Option<String> = r.get(0)?;
-        let card = match card_no {
+    /// The one decoder of a resolve statement's row (both backends).
+    pub(crate) fn read(r: &impl Columns) -> Result<Row, RegistryError> {
+        let card = match r.text(0)? {
             Some(card_no) => Some(CardRow {
                 card_no,
-                status: r.get(1)?,
-                expires: r.get(2)?,
+                status: r.req_text(1)?,
+                expires: r.req_text(2)?,
             }),
             None => None,
         };
-        let ssn: Option<String> = r.get(4)?;
-        let derived = match ssn {
+        let derived = match r.text(4)? {
             Some(ssn) => {
-                let holder: Option<String> = r.get(10)?;
-                let payer = match holder {
-                    Some(h) => Some((h, r.get(11)?, r.get(12)?, r.get(13)?)),
+                let payer = match r.text(10)? {
+                    Some(h) => Some((h, r.req_text(11)?, r.req_text(12)?, r.int(13)?)),
                     None => None,
                 };
                 Some(Derived {
                     ssn,
-                    name: r.get(5)?,
-                    sex: r.get(6)?,
-                    insurance_type: r.get(7)?,
-                    insurance_status: r.get(8)?,
-                    own_balance: r.get(9)?,
+                    name: r.req_text(5)?,
+                    sex: r.req_text(6)?,
+                    insurance_type: r.req_text(7)?,
+                    insurance_status: r.req_text(8)?,
+                    own_balance: r.int(9)?,
                     payer,
-                    members: r.get(14)?,
-                    cards: r.get(15)?,
+                    members: r.req_text(14)?,
+                    cards: r.req_int(15)?,
                 })
             }
             None => None,
         };
         Ok(Row {
             card,
-            owner: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            owner: r.text(3)?.unwrap_or_default(),
             derived,
         })
+    }
+}
+
+impl CardRow {
+    /// The one decoder of a [`BEST_CARD`] row.
+    pub(crate) fn read(r: &impl Columns) -> Result<CardRow, RegistryError> {
+        Ok(CardRow {
+            card_no: r.req_text(0)?,
+            status: r.req_text(1)?,
+            expires: r.req_text(2)?,
+        })
+    }
+}
+
+impl Contribution {
+    /// The one decoder of a [`CONTRIBUTIONS_SQL`] row.
+    pub(crate) fn read(r: &impl Columns) -> Result<Contribution, RegistryError> {
+        Ok(Contribution {
+            month: r.req_text(0)?,
+            employer: r.req_text(1)?,
+            base_fen: r.req_int(2)?,
+            employee_fen: r.req_int(3)?,
+            employer_fen: r.req_int(4)?,
+            account_fen: r.req_int(5)?,
+        })
+    }
+}
+
+/// The first row of `sql` decoded by `read` (SQLite).
+pub(crate) fn sqlite_opt<T>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    timeout: std::time::Duration,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, RegistryError>,
+) -> Result<Option<T>, RegistryError> {
+    let sqlerr = |e| RegistryError::from_sql(e, timeout);
+    let mut st = c.prepare_cached(sql).map_err(sqlerr)?;
+    let mut rows = st.query(params).map_err(sqlerr)?;
+    match rows.next().map_err(sqlerr)? {
+        Some(r) => read(r).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -560,18 +652,13 @@ impl Sqlite {
             .conn
             .prepare_cached(CONTRIBUTIONS_SQL)
             .map_err(|e| self.sql(e))?;
-        let rows = st
-            .query_map(params![ssn.expose(), months], |r| {
-                Ok(Contribution {
-                    month: r.get(0)?,
-                    employer: r.get(1)?,
-                    base_fen: r.get(2)?,
-                    employee_fen: r.get(3)?,
-                    employer_fen: r.get(4)?,
-                    account_fen: r.get(5)?,
-                })
-            })
+        let mut rows = st
+            .query(params![ssn.expose(), months])
             .map_err(|e| self.sql(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            out.push(Contribution::read(r)?);
+        }
+        Ok(out)
     }
 }

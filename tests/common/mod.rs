@@ -183,6 +183,17 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+pub mod chromedriver;
+
+/// A child process killed (and reaped) when the test lets go of it, also
+/// when the test fails first.
+pub struct Kill(pub std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 pub mod pg;
 
 /// The registry backends the behavioural suite runs on.
@@ -280,7 +291,10 @@ impl Fx {
 }
 
 /// [`on_both_backends`] for `async fn name(Backend)` with tokio's paused
-/// clock (the in-process daemon's tests).
+/// clock (the in-process daemon's tests) on SQLite. On PostgreSQL the
+/// daemon awaits the server on its own runtime, where a paused clock would
+/// jump ahead at every network wait (and fire the calls' time bounds): the
+/// clock runs there.
 #[macro_export]
 macro_rules! on_both_backends_paused {
     ($($name:ident),* $(,)?) => {
@@ -290,7 +304,7 @@ macro_rules! on_both_backends_paused {
                 async fn sqlite() {
                     super::$name($crate::common::Backend::Sqlite).await
                 }
-                #[tokio::test(start_paused = true)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
                     super::$name($crate::common::Backend::Postgres).await
                 }

@@ -79,7 +79,11 @@ fn chown(path: &Path) {
     }
 }
 
-fn free_port() -> u16 {
+/// A port for a new server. PostgreSQL cannot be given port 0 and say
+/// which it took (`port` must be 1 to 65535), so a free port is probed and
+/// the start is tried again on another when a process took it meanwhile
+/// (see [`Server::init_with`]).
+fn probe_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -146,16 +150,24 @@ impl Server {
         if let Some(hba) = hba {
             std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         }
-        let s = Server {
-            port: free_port(),
+        let mut s = Server {
+            port: probe_port(),
             dir,
             bin,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             die_with_starter,
             child: Mutex::new(None),
         };
-        s.start();
-        Some(s)
+        // The probed port may be taken between the probe and the server's
+        // bind: then another.
+        for _ in 0..5 {
+            match s.try_start() {
+                Ok(()) => return Some(s),
+                Err(log) if log.contains("Address already in use") => s.port = probe_port(),
+                Err(log) => panic!("postgres exited during start:\n{log}"),
+            }
+        }
+        panic!("postgres found no free port in 5 attempts")
     }
 
     /// The data directory.
@@ -165,6 +177,14 @@ impl Server {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) {
+        if let Err(log) = self.try_start() {
+            panic!("postgres exited during start:\n{log}");
+        }
+    }
+
+    /// Starts the server and waits until it accepts connections; its log
+    /// when it exits first.
+    fn try_start(&self) -> Result<(), String> {
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D")
             .arg(self.data())
@@ -205,8 +225,13 @@ impl Server {
             let _ = ready.send(Err(log));
         });
         match started.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(())) => {}
-            Ok(Err(log)) => panic!("postgres exited during start:\n{log}"),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(log)) => {
+                if let Some(mut c) = self.child.lock().unwrap().take() {
+                    let _ = c.wait();
+                }
+                Err(log)
+            }
             Err(e) => panic!("postgres did not start in 60 s: {e}"),
         }
     }

@@ -25,12 +25,8 @@ const T = (zh, en) => (S.lang === "zh" ? zh : en);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const yuan = (fen) => (fen == null ? "—" : "¥" + (fen / 100).toFixed(2));
 
-const RELATIONS = {
-  spouse: ["配偶", "spouse"], parent: ["父母", "parent"], child: ["子女", "child"],
-  sibling: ["兄弟姐妹", "brother or sister"], grandparent: ["祖父母", "paternal grandparent"],
-  maternal_grandparent: ["外祖父母", "maternal grandparent"], grandchild: ["孙子女", "grandchild (son's child)"],
-  maternal_grandchild: ["外孙子女", "grandchild (daughter's child)"],
-};
+// RELATIONS (labels) and SENTENCES (one per code) come from /codes.js,
+// made by the display from its one code table.
 const rel = (r) => (RELATIONS[r] ? T(RELATIONS[r][0], RELATIONS[r][1]) : r ?? "—");
 
 const OUTCOMES = {
@@ -45,43 +41,6 @@ const DOCUMENTS = {
 };
 const docLabel = (c) => (DOCUMENTS[c.document] ? T(...DOCUMENTS[c.document]) : "");
 
-// Every refusal code as a plain sentence, Chinese with the English beside it.
-const SENTENCES = {
-  same_person: ["参保人与家庭成员不能是同一人。", "The account holder and the member are the same person."],
-  relation_not_allowed: ["本地不允许该亲属关系共济。", "This relation is not allowed here."],
-  holder_unknown: ["未找到参保人信息。", "The account holder is not registered."],
-  member_unknown: ["未找到家庭成员信息。", "The family member is not registered."],
-  holder_not_employee: ["只有参加职工医保的人员才有个人账户，才能为家人共济。", "Only an employee-insured person has a personal account to pay from."],
-  holder_no_active_card: ["参保人没有有效的社保卡。", "The account holder has no valid card."],
-  member_not_insured: ["家庭成员须参加基本医疗保险。", "The family member must be enrolled in basic medical insurance."],
-  member_no_active_card: ["家庭成员没有有效的社保卡。", "The family member has no valid card."],
-  already_linked: ["已经绑定过该家庭成员。", "This family member is already bound to this account."],
-  member_has_payer: ["该家庭成员已由其他账户共济。", "This family member is already covered by another account."],
-  mutual_link: ["双方不能互相共济。", "Two people cannot pay for each other."],
-  too_many_members: ["该账户共济人数已达上限。", "This account covers the most members allowed."],
-  cooldown: ["解除绑定后需等待一段时间才能绑定其他账户。", "After an unbind the member must wait before another account can cover them."],
-  out_of_scope: ["目前仅支持在同一统筹区域内共济。", "Mutual aid is only possible within the same region for now."],
-  kiosk_requires_swipe: ["自助机上请刷卡办理。", "At a kiosk, please swipe the cards."],
-  manual_entry_not_allowed: ["自助机不支持手工输入，请刷卡。", "Manual entry is not available at a kiosk; please swipe the card."],
-  unknown_swipe: ["刷卡记录已失效，请重新刷卡。", "That swipe has expired; please swipe again."],
-  card_not_usable: ["该卡不能使用。", "This card cannot be used."],
-  id_card_not_allowed: ["自助机绑定请刷社保卡。", "At a kiosk, binding needs the social-security card."],
-  id_card_error: ["证件读取失败，请重新放置。", "The identity card could not be read; please place it again."],
-  bad_number: ["号码有误，请核对。", "The number is not valid; please check it."],
-  database_busy: ["系统繁忙，请稍后再试。", "The system is busy; please try again shortly."],
-  registry: ["系统暂时无法查询，请联系工作人员。", "The registry cannot be reached; please ask staff."],
-  internal: ["系统故障，请联系工作人员。", "System error; please ask staff."],
-  daemon_offline: ["读卡服务未连接，请联系工作人员。", "The card service is offline; please ask staff."],
-  card_not_authenticated: ["社保卡未能认证，请联系工作人员。", "The card could not be authenticated; please ask staff."],
-  bad_card: ["卡片信息无法读取，请重新刷卡。", "The card could not be read; please swipe again."],
-  not_linked: ["没有找到该绑定关系。", "There is no such link."],
-  registry_unavailable: ["暂时无法连接医保信息库，请稍后再试或联系工作人员。", "The registry cannot be reached right now; please try again shortly or ask staff."],
-  not_privileged: ["此操作需要工作人员权限。", "Only staff may do this."],
-  not_in_session: ["请重新刷卡后再办理。", "Please swipe the card again first."],
-  operator_required: ["本窗口未配置操作员，不能办理绑定。", "This window has no operator configured and cannot bind."],
-  line_too_long: ["请求内容过长。", "The request is too long."],
-  too_many_clients: ["系统繁忙，请稍后再试。", "The system is busy; please try again shortly."],
-};
 const sentence = (code, fallback) =>
   SENTENCES[code] ? `${SENTENCES[code][0]} ${SENTENCES[code][1]}` : fallback || code;
 

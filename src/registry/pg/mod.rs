@@ -1,13 +1,16 @@
 //! The PostgreSQL backend: one registry shared by many boxes.
 //!
-//! Driver: tokio-postgres with a deadpool-postgres pool, on a
-//! current-thread tokio runtime of the backend's own.
-//! [`crate::registry::Registry`]'s methods are synchronous, like SQLite's,
-//! so the daemon's registry worker and `cardlinkctl` call both backends the
-//! same way; a PostgreSQL method blocks its caller (the worker's blocking
-//! thread, or the tool's main thread) on this runtime, which then drives
-//! the query and the connection on that one thread (no hand-over between
-//! threads per round trip).
+//! Driver: tokio-postgres with a deadpool-postgres pool.
+//!
+//! **In the daemon** ([`Postgres::into_async`], `daemon::store`) the
+//! operations it calls are async fns awaited on the daemon's runtime:
+//! the connections' tasks run there, and concurrent requests (readers,
+//! clients) each take a connection of the pool.
+//!
+//! **In the tools** [`crate::registry::Registry`]'s methods are
+//! synchronous, like SQLite's: a PostgreSQL method blocks its caller on a
+//! current-thread runtime of the backend's own, which drives the query and
+//! the connection on that one thread.
 //!
 //! The rules, the resolution and the audit chain are the shared code of
 //! [`super::bind`], [`super::resolve`] and [`super::audit`]; this module
@@ -38,6 +41,40 @@
 //! against the URL's host. `sslmode=disable` (or none) is plain TCP or a
 //! Unix socket; other modes are refused because they do not verify the
 //! server.
+
+/// Runs `$body` (an expression of type `Result<T, E>`, `E: Failure`,
+/// that uses `$c: &mut deadpool_postgres::Object`) with a pooled
+/// connection of `$pg`, bounded by `$limit` (`Option<Duration>`), keeping
+/// [`Health`]. A macro rather than a function taking an async closure: the
+/// future stays `Send` (higher-ranked closure lifetimes defeat that), so the
+/// daemon's tasks await it on their own runtime.
+macro_rules! pooled {
+    ($pg:expr, $limit:expr, |$c:ident| $body:expr) => {{
+        let pg: &$crate::registry::pg::Postgres = $pg;
+        let limit: Option<std::time::Duration> = $limit;
+        match pg.lease().await {
+            Err(e) => pg.settle(None, Ok(Err(e.into())), limit),
+            Ok(mut client) => {
+                let r = {
+                    let $c = &mut client;
+                    tokio::time::timeout(limit.unwrap_or(std::time::Duration::MAX), async { $body })
+                        .await
+                };
+                pg.settle(Some(client), r, limit)
+            }
+        }
+    }};
+}
+
+/// [`pooled!`] once the schema is ready, bounded by the call limit: the
+/// daemon's calls (in an async fn returning `Result<T, E>`).
+macro_rules! call {
+    ($pg:expr, |$c:ident| $body:expr) => {{
+        let pg: &$crate::registry::pg::Postgres = $pg;
+        pg.prepare_schema().await?;
+        pooled!(pg, Some(pg.limit()), |$c| $body)
+    }};
+}
 
 mod import;
 mod ops;
@@ -507,7 +544,7 @@ impl Postgres {
             ready: std::sync::atomic::AtomicBool::new(false),
             read_only: opts.read_only,
         };
-        match pg.prepare_schema() {
+        match pg.block(pg.prepare_schema()) {
             Err(RegistryError::Unavailable(why)) if opts.lazy => {
                 tracing::warn!(registry = %pg.url, error = %why, "registry unreachable at start; serving, and connecting when it is back");
             }
@@ -518,32 +555,46 @@ impl Postgres {
 
     /// Tries an unreachable server again once its backoff has passed (see
     /// [`crate::registry::Registry::reconnect`]); returns whether it answered.
-    pub fn reconnect(&self) -> bool {
+    pub async fn reconnect(&self) -> bool {
         if !self.health.lock().unwrap_or_else(|p| p.into_inner()).due() {
             return false;
         }
-        self.run(async |c| {
+        let answered: Result<(), RegistryError> = pooled!(self, Some(self.limit()), |c| {
             c.simple_query("SELECT 1")
                 .await
                 .map(drop)
                 .map_err(|e| self.err(&e))
-        })
-        .is_ok()
+        });
+        answered.is_ok()
+    }
+
+    /// This registry, to be driven by the caller's tokio runtime (the
+    /// daemon's) from now on: the backend's own runtime is shut down and the
+    /// connections made on it are dropped, so that every new connection's
+    /// task runs on the caller's runtime, and concurrent callers each take a
+    /// connection of the pool. Its synchronous methods then answer
+    /// `Unavailable`; call the async ones.
+    pub fn into_async(mut self) -> Postgres {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        self.pool.retain(|_, _| false);
+        self
     }
 
     /// Creates or upgrades the schema (checks its version when read-only),
     /// once.
-    fn prepare_schema(&self) -> Result<(), RegistryError> {
+    async fn prepare_schema(&self) -> Result<(), RegistryError> {
         use std::sync::atomic::Ordering;
         if self.ready.load(Ordering::Acquire) {
             return Ok(());
         }
         if self.read_only {
-            self.run_raw(Some(self.busy_timeout + CONNECT_TIMEOUT), async |c| {
-                self.version_on(c).await
-            })?;
+            let checked: Result<i64, RegistryError> =
+                pooled!(self, Some(self.limit()), |c| self.version_on(c).await);
+            checked?;
         } else {
-            self.migrate()?;
+            self.migrate().await?;
         }
         self.ready.store(true, Ordering::Release);
         Ok(())
@@ -551,6 +602,26 @@ impl Postgres {
 
     pub(crate) fn err(&self, e: &tokio_postgres::Error) -> RegistryError {
         classify(e, self.busy_timeout)
+    }
+
+    /// Drives `fut` on the backend's own runtime: the synchronous facade of
+    /// the tools. A registry made [`Postgres::into_async`] has none.
+    pub(crate) fn block<T, E: Failure>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match &self.rt {
+            Some(rt) => rt.block_on(fut),
+            None => Err(RegistryError::Unavailable(
+                "this registry is driven by the daemon's runtime; call its async methods".into(),
+            )
+            .into()),
+        }
+    }
+
+    /// How long one call may take (bulk work excepted).
+    pub(crate) fn limit(&self) -> Duration {
+        self.busy_timeout + CONNECT_TIMEOUT
     }
 
     /// Runs `op` with a pooled connection on the backend's runtime,
@@ -561,8 +632,10 @@ impl Postgres {
         E: Failure,
         F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
     {
-        self.prepare_schema()?;
-        self.run_raw(Some(self.busy_timeout + CONNECT_TIMEOUT), op)
+        self.block(async {
+            self.prepare_schema().await?;
+            pooled!(self, Some(self.limit()), |c| op(c).await)
+        })
     }
 
     /// [`Postgres::run`] without a time limit: bulk work (import, export,
@@ -573,62 +646,61 @@ impl Postgres {
         E: Failure,
         F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
     {
-        self.prepare_schema()?;
-        self.run_raw(None, op)
+        self.block(async {
+            self.prepare_schema().await?;
+            pooled!(self, None, |c| op(c).await)
+        })
     }
 
-    fn run_raw<T, E, F>(&self, limit: Option<Duration>, op: F) -> Result<T, E>
-    where
-        E: Failure,
-        F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
-    {
-        if let Some(e) = self
+    /// A pooled connection for one call, unless the server is known to be
+    /// down and its backoff has not passed.
+    pub(crate) async fn lease(&self) -> Result<deadpool_postgres::Object, RegistryError> {
+        let refused = self
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .refuse()
-        {
-            return Err(e.into());
+            .refuse();
+        if let Some(e) = refused {
+            return Err(e);
         }
-        let Some(rt) = &self.rt else {
-            return Err(RegistryError::Unavailable("registry closed".into()).into());
-        };
-        let limit = limit.unwrap_or(Duration::MAX);
-        let result: Result<T, E> = rt.block_on(async {
-            let mut client = match self.pool.get().await {
-                Ok(c) => c,
-                Err(e) => return Err(pool_error(e).into()),
-            };
-            // The connections' tasks run only while a call runs (this
-            // runtime is driven by its callers): let them see what the
-            // server did meanwhile (a restart closes them), and take a new
-            // connection instead of one found closed.
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        if self.rt.is_some() {
+            // On the backend's own runtime the connections' tasks run
+            // only while a call runs (its callers drive it): let them see
+            // what the server did meanwhile (a restart closes them), and
+            // take a new connection instead of one found closed. On the
+            // daemon's runtime they run all along.
             tokio::task::yield_now().await;
-            if client.is_closed() {
+        }
+        if client.is_closed() {
+            drop(deadpool_postgres::Object::take(client));
+            client = self.pool.get().await.map_err(pool_error)?;
+        }
+        Ok(client)
+    }
+
+    /// The end of a call: a connection in an unknown state (timed out) or
+    /// closed is dropped, never reused; [`Health`] learns the outcome.
+    pub(crate) fn settle<T, E: Failure>(
+        &self,
+        client: Option<deadpool_postgres::Object>,
+        ran: Result<Result<T, E>, tokio::time::error::Elapsed>,
+        limit: Option<Duration>,
+    ) -> Result<T, E> {
+        let timed_out = ran.is_err();
+        let result = match ran {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "no answer from the registry within {} ms",
+                limit.unwrap_or(Duration::MAX).as_millis()
+            ))
+            .into()),
+        };
+        if let Some(client) = client {
+            if timed_out || client.is_closed() {
                 drop(deadpool_postgres::Object::take(client));
-                client = match self.pool.get().await {
-                    Ok(c) => c,
-                    Err(e) => return Err(pool_error(e).into()),
-                };
             }
-            match tokio::time::timeout(limit, op(&mut client)).await {
-                Ok(r) => {
-                    if client.is_closed() {
-                        drop(deadpool_postgres::Object::take(client));
-                    }
-                    r
-                }
-                Err(_) => {
-                    // The connection is in an unknown state: never reuse it.
-                    drop(deadpool_postgres::Object::take(client));
-                    Err(RegistryError::Unavailable(format!(
-                        "no answer from the registry within {} ms",
-                        limit.as_millis()
-                    ))
-                    .into())
-                }
-            }
-        });
+        }
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Err(e) if e.unavailable().is_some() => {
@@ -641,8 +713,8 @@ impl Postgres {
 
     /// Creates or upgrades the schema, one migration per transaction, under
     /// an advisory lock so that boxes starting together take turns.
-    fn migrate(&self) -> Result<(), RegistryError> {
-        self.run_raw(None, async |c| {
+    async fn migrate(&self) -> Result<(), RegistryError> {
+        pooled!(self, None, |c| {
             let e = |e: tokio_postgres::Error| self.err(&e);
             c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
                 .await
@@ -657,7 +729,8 @@ impl Postgres {
                     .query_one("SELECT coalesce(max(version), 0) FROM cardlink_schema", &[])
                     .await
                     .map_err(e)?
-                    .get(0);
+                    .try_get(0)
+                    .map_err(e)?;
                 let known = MIGRATIONS.len() as i32;
                 if have > known {
                     return Err(RegistryError::Corrupt(format!(
@@ -701,7 +774,7 @@ impl Postgres {
                 )),
                 other => other,
             })?;
-        Ok(row.get(0))
+        super::resolve::Columns::req_int(&row, 0)
     }
 }
 

@@ -1,5 +1,13 @@
 //! The registry's operations on PostgreSQL: the same statements as
-//! SQLite's where the SQL is the same, the shared rules and chain.
+//! SQLite's where the SQL is the same; the shared rules, resolution, chain
+//! and write path ([`crate::registry::write`]) over a pooled connection.
+//!
+//! The operations the daemon calls (resolve, bind, unbind, an audit row,
+//! contributions, members) are async and run on the caller's runtime
+//! (the `call!` macro); the tools reach them through the synchronous
+//! [`crate::registry::Registry`] facade. Every value is read with the
+//! fallible accessors (a value of the wrong type is an error, never a
+//! panic).
 
 use deadpool_postgres::{GenericClient, Transaction};
 use firmware_protocol::{Date, Ssn};
@@ -8,56 +16,28 @@ use tokio_postgres::types::ToSql;
 
 use super::{Postgres, WRITE_LOCK};
 use crate::registry::audit::{self, Entry, Row as AuditRow};
-use crate::registry::bind::{self, BindError, BindRequest, Facts};
-use crate::registry::derived::{repair_outcome, Drift, Repair, COLUMNS, REBUILD_ABOVE};
+use crate::registry::bind::{self, BindError, BindRequest, Facts, Since};
+use crate::registry::derived::{Drift, Repair, COLUMNS};
 use crate::registry::policy::BindPolicy;
 use crate::registry::resolve::{
-    self, CardRow, Contribution, Derived, Lookup, Member, Query, Resolution, Row, Source,
+    self, bad_column, CardRow, Columns, Contribution, Fut, Lookup, Member, Query, Resolution, Row,
+    Source,
 };
+use crate::registry::write::{self, Conn, WriteTx};
 use crate::registry::{demo, RegistryError, Stats};
 
-fn read_row(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
-    let card_no: Option<String> = r.try_get(0)?;
-    let card = match card_no {
-        Some(card_no) => Some(CardRow {
-            card_no,
-            status: r.try_get(1)?,
-            expires: r.try_get(2)?,
-        }),
-        None => None,
-    };
-    let ssn: Option<String> = r.try_get(4)?;
-    let derived = match ssn {
-        Some(ssn) => {
-            let holder: Option<String> = r.try_get(10)?;
-            let payer = match holder {
-                Some(h) => Some((h, r.try_get(11)?, r.try_get(12)?, r.try_get(13)?)),
-                None => None,
-            };
-            Some(Derived {
-                ssn,
-                name: r.try_get(5)?,
-                sex: r.try_get(6)?,
-                insurance_type: r.try_get(7)?,
-                insurance_status: r.try_get(8)?,
-                own_balance: r.try_get(9)?,
-                payer,
-                members: r.try_get(14)?,
-                cards: r.try_get(15)?,
-            })
-        }
-        None => None,
-    };
-    Ok(Row {
-        card,
-        owner: r.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-        derived,
-    })
+impl Columns for tokio_postgres::Row {
+    fn text(&self, i: usize) -> Result<Option<String>, RegistryError> {
+        self.try_get(i).map_err(|e| bad_column(i, e))
+    }
+    fn int(&self, i: usize) -> Result<Option<i64>, RegistryError> {
+        self.try_get(i).map_err(|e| bad_column(i, e))
+    }
 }
 
 /// Answers for [`resolve::resolve_with`] and [`bind::check_rules`] from
 /// one client or transaction.
-struct Pg<'a, C> {
+pub(crate) struct Pg<'a, C> {
     c: &'a C,
     pg: &'a Postgres,
 }
@@ -84,69 +64,225 @@ impl<C: GenericClient + Sync> Pg<'_, C> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<String>, RegistryError> {
-        match self.opt(sql, params).await? {
-            Some(r) => r.try_get(0).map_err(|e| self.pg.err(&e)),
-            None => Ok(None),
-        }
+        Ok(self
+            .opt(sql, params)
+            .await?
+            .map(|r| r.text(0))
+            .transpose()?
+            .flatten())
     }
 }
 
 impl<C: GenericClient + Sync> Source for Pg<'_, C> {
-    async fn row(&self, q: Query, key: &str) -> Result<Option<Row>, RegistryError> {
-        match self.opt(q.sql(), &[&key]).await? {
-            Some(r) => read_row(&r).map(Some).map_err(|e| self.pg.err(&e)),
-            None => Ok(None),
-        }
+    fn row<'a>(&'a self, q: Query, key: &'a str) -> Fut<'a, Option<Row>> {
+        Box::pin(async move {
+            self.opt(q.sql(), &[&key])
+                .await?
+                .map(|r| Row::read(&r))
+                .transpose()
+        })
     }
 
-    async fn best_card(&self, ssn: &str, today: Date) -> Result<Option<CardRow>, RegistryError> {
-        let today = today.to_string();
-        match self.opt(resolve::BEST_CARD, &[&ssn, &today]).await? {
-            Some(r) => Ok(Some(CardRow {
-                card_no: r.get(0),
-                status: r.get(1),
-                expires: r.get(2),
-            })),
-            None => Ok(None),
-        }
+    fn best_card<'a>(&'a self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>> {
+        Box::pin(async move {
+            let today = today.to_string();
+            self.opt(resolve::BEST_CARD, &[&ssn, &today])
+                .await?
+                .map(|r| CardRow::read(&r))
+                .transpose()
+        })
     }
 }
 
 impl<C: GenericClient + Sync> Facts for Pg<'_, C> {
-    async fn insurance(&mut self, ssn: &str) -> Result<Option<(String, String)>, RegistryError> {
-        Ok(self
-            .opt(bind::INSURANCE_SQL, &[&ssn])
-            .await?
-            .map(|r| (r.get(0), r.get(1))))
+    fn insurance<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<(String, String)>> {
+        Box::pin(async move {
+            self.opt(bind::INSURANCE_SQL, &[&ssn])
+                .await?
+                .map(|r| Ok((r.req_text(0)?, r.req_text(1)?)))
+                .transpose()
+        })
     }
-    async fn best_card(
-        &mut self,
-        ssn: &str,
-        today: Date,
-    ) -> Result<Option<CardRow>, RegistryError> {
-        Source::best_card(self, ssn, today).await
+    fn best_card<'a>(&'a mut self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>> {
+        Source::best_card(&*self, ssn, today)
     }
-    async fn payer_of(&mut self, member: &str) -> Result<Option<String>, RegistryError> {
-        self.text(bind::PAYER_OF_SQL, &[&member]).await
+    fn payer_of<'a>(&'a mut self, member: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move { self.text(bind::PAYER_OF_SQL, &[&member]).await })
     }
-    async fn region(&mut self, ssn: &str) -> Result<Option<String>, RegistryError> {
-        self.text(bind::REGION_SQL, &[&ssn]).await
+    fn region<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move { self.text(bind::REGION_SQL, &[&ssn]).await })
     }
-    async fn active_members(&mut self, holder: &str) -> Result<u32, RegistryError> {
-        let n: i64 = self
-            .opt(bind::ACTIVE_MEMBERS_SQL, &[&holder])
-            .await?
-            .map_or(0, |r| r.get(0));
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32> {
+        Box::pin(async move {
+            let n = match self.opt(bind::ACTIVE_MEMBERS_SQL, &[&holder]).await? {
+                Some(r) => r.int(0)?.unwrap_or(0),
+                None => 0,
+            };
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
     }
-    async fn revoked_since(
-        &mut self,
-        member: &str,
-        holder: &str,
-        cutoff: &str,
-    ) -> Result<Option<String>, RegistryError> {
-        self.text(bind::REVOKED_SINCE_SQL, &[&member, &holder, &cutoff])
-            .await
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        Box::pin(async move { self.text(bind::REVOKED_SINCE_SQL, &[&m, &h, &cutoff]).await })
+    }
+}
+
+/// A pooled connection: PostgreSQL's [`Conn`].
+pub(crate) struct PgConn<'a> {
+    c: &'a mut deadpool_postgres::Object,
+    pg: &'a Postgres,
+}
+
+impl<'a> PgConn<'a> {
+    pub(crate) fn new(c: &'a mut deadpool_postgres::Object, pg: &'a Postgres) -> Self {
+        PgConn { c, pg }
+    }
+}
+
+/// PostgreSQL's write transaction (it holds the advisory write lock).
+pub(crate) struct PgTx<'a> {
+    /// `None` once committed.
+    tx: Option<Transaction<'a>>,
+    pg: &'a Postgres,
+}
+
+impl<'a> PgTx<'a> {
+    /// The open transaction's answers.
+    fn q(&self) -> Result<Pg<'_, Transaction<'a>>, RegistryError> {
+        match &self.tx {
+            Some(tx) => Ok(Pg { c: tx, pg: self.pg }),
+            None => Err(RegistryError::Pg(
+                "the write transaction is already committed".into(),
+            )),
+        }
+    }
+}
+
+impl Conn for PgConn<'_> {
+    fn begin(&mut self) -> Fut<'_, Box<dyn WriteTx + '_>> {
+        Box::pin(async move {
+            let tx = self.pg.write_tx(self.c).await?;
+            Ok(Box::new(PgTx {
+                tx: Some(tx),
+                pg: self.pg,
+            }) as Box<dyn WriteTx>)
+        })
+    }
+
+    /// One round trip: migration 002's function takes the lock itself.
+    fn record<'a>(&'a mut self, e: &'a Entry<'_>) -> Fut<'a, ()> {
+        Box::pin(self.pg.append(&*self.c, e))
+    }
+}
+
+/// The rules' questions inside the transaction.
+impl Facts for PgTx<'_> {
+    fn insurance<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<(String, String)>> {
+        Box::pin(async move { self.q()?.insurance(ssn).await })
+    }
+    fn best_card<'a>(&'a mut self, ssn: &'a str, today: Date) -> Fut<'a, Option<CardRow>> {
+        Box::pin(async move { Source::best_card(&self.q()?, ssn, today).await })
+    }
+    fn payer_of<'a>(&'a mut self, member: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move { self.q()?.payer_of(member).await })
+    }
+    fn region<'a>(&'a mut self, ssn: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(async move { self.q()?.region(ssn).await })
+    }
+    fn active_members<'a>(&'a mut self, holder: &'a str) -> Fut<'a, u32> {
+        Box::pin(async move { self.q()?.active_members(holder).await })
+    }
+    fn revoked_since<'a>(&'a mut self, m: &'a str, h: &'a str, cutoff: &'a str) -> Since<'a> {
+        Box::pin(async move { self.q()?.revoked_since(m, h, cutoff).await })
+    }
+}
+
+impl WriteTx for PgTx<'_> {
+    fn insert_link<'a>(&'a mut self, req: &'a BindRequest<'_>) -> Fut<'a, bool> {
+        Box::pin(async move {
+            let inserted = self
+                .q()?
+                .c
+                .execute(
+                    write::INSERT_LINK_SQL,
+                    &[
+                        &req.holder.expose(),
+                        &req.member.expose(),
+                        &req.relation.as_str(),
+                        &req.channel.as_str(),
+                        &req.operator,
+                        &crate::registry::now_rfc3339(),
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    Ok(false)
+                }
+                Err(e) => Err(self.pg.err(&e)),
+            }
+        })
+    }
+
+    fn revoke<'a>(&'a mut self, holder: &'a str, member: &'a str) -> Fut<'a, u64> {
+        Box::pin(async move {
+            self.q()?
+                .c
+                .execute(
+                    write::REVOKE_SQL,
+                    &[&crate::registry::now_rfc3339(), &holder, &member],
+                )
+                .await
+                .map_err(|e| self.pg.err(&e))
+        })
+    }
+
+    fn refresh<'a>(&'a mut self, ssns: &'a [&'a str]) -> Fut<'a, ()> {
+        Box::pin(async move { self.pg.refresh(self.q()?.c, ssns).await })
+    }
+
+    fn rebuild(&mut self) -> Fut<'_, u64> {
+        Box::pin(async move { self.pg.rebuild(self.q()?.c).await })
+    }
+
+    fn differing<'a>(&'a mut self, each: &'a mut (dyn FnMut(&str) + Send)) -> Fut<'a, Drift> {
+        Box::pin(async move { self.pg.differing(self.q()?.c, each).await })
+    }
+
+    fn append<'a>(&'a mut self, e: &'a Entry<'_>) -> Fut<'a, ()> {
+        Box::pin(async move { self.pg.append(self.q()?.c, e).await })
+    }
+
+    fn audit_head(&mut self) -> Fut<'_, Option<(i64, String)>> {
+        Box::pin(async move {
+            match self
+                .q()?
+                .c
+                .query_opt(audit::HEAD_SQL, &[])
+                .await
+                .map_err(|e| self.pg.err(&e))?
+            {
+                Some(r) => Ok(Some((r.req_int(0)?, r.req_text(1)?))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn insert_audit<'a>(&'a mut self, r: &'a AuditRow) -> Fut<'a, ()> {
+        Box::pin(async move {
+            insert_audit(self.q()?.c, r)
+                .await
+                .map_err(|e| self.pg.err(&e))
+        })
+    }
+
+    fn commit(&mut self) -> Fut<'_, ()> {
+        Box::pin(async move {
+            match self.tx.take() {
+                Some(tx) => tx.commit().await.map_err(|e| self.pg.err(&e)),
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -252,14 +388,14 @@ impl Postgres {
                 )
                 .await
                 .map_err(|e| self.err(&e))?;
-            let n = |i| r.get::<_, i64>(i) as u64;
+            let n = |i| r.req_int(i).map(|n| n as u64);
             Ok(Stats {
-                persons: n(0),
-                cards: n(1),
-                active_links: n(2),
-                accounts: n(3),
-                contributions: n(4),
-                audit: n(5),
+                persons: n(0)?,
+                cards: n(1)?,
+                active_links: n(2)?,
+                accounts: n(3)?,
+                contributions: n(4)?,
+                audit: n(5)?,
             })
         })
     }
@@ -282,18 +418,39 @@ impl Postgres {
                 )
                 .await
                 .map_err(|e| self.err(&e))?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
+            rows.iter().map(|r| r.req_text(0)).collect()
         })
     }
 
-    /// Resolves a card read or a typed identifier, judging expiry against `today`.
-    pub fn resolve_on(&self, lookup: &Lookup, today: Date) -> Result<Resolution, RegistryError> {
-        self.run(async |c| resolve::resolve_with(&Pg { c: &*c, pg: self }, lookup, today).await)
+    /// Resolves a card read or a typed identifier, judging expiry against
+    /// `today`.
+    pub async fn resolve_on(
+        &self,
+        lookup: &Lookup,
+        today: Date,
+    ) -> Result<Resolution, RegistryError> {
+        call!(self, |c| {
+            resolve::resolve_with(&Pg { c: &*c, pg: self }, lookup, today).await
+        })
+    }
+
+    /// Resolves, then writes the audit row (see [`write::audited`]), on
+    /// one pooled connection.
+    pub async fn resolve_audited(
+        &self,
+        actor: &str,
+        lookup: &Lookup,
+        today: Date,
+    ) -> Result<Resolution, RegistryError> {
+        call!(self, |c| {
+            let r = resolve::resolve_with(&Pg { c: &*c, pg: self }, lookup, today).await?;
+            write::audited(&mut PgConn::new(c, self), actor, lookup, r).await
+        })
     }
 
     /// Members currently covered by `holder`'s account.
-    pub fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
-        let json = self.run(async |c| {
+    pub async fn members(&self, holder: &Ssn) -> Result<Vec<Member>, RegistryError> {
+        let json: Option<String> = call!(self, |c| {
             Pg { c: &*c, pg: self }
                 .text(resolve::MEMBERS_SQL, &[&holder.expose()])
                 .await
@@ -303,12 +460,12 @@ impl Postgres {
 
     /// The person's payment records of the last `months` months that have
     /// records, newest first.
-    pub fn contributions(
+    pub async fn contributions(
         &self,
         ssn: &Ssn,
         months: u32,
     ) -> Result<Vec<Contribution>, RegistryError> {
-        self.run(async |c| {
+        call!(self, |c| {
             let rows = c
                 .query(
                     resolve::CONTRIBUTIONS_SQL,
@@ -316,120 +473,42 @@ impl Postgres {
                 )
                 .await
                 .map_err(|e| self.err(&e))?;
-            Ok(rows
-                .iter()
-                .map(|r| Contribution {
-                    month: r.get(0),
-                    employer: r.get(1),
-                    base_fen: r.get(2),
-                    employee_fen: r.get(3),
-                    employer_fen: r.get(4),
-                    account_fen: r.get(5),
-                })
-                .collect())
+            rows.iter().map(Contribution::read).collect()
         })
     }
 
-    /// Binds with every rule, the link and its audit row in one write
-    /// transaction (refusals are audited by the caller,
-    /// [`crate::registry::Registry::bind_on`]).
-    pub(crate) fn try_bind(
-        &mut self,
+    /// See [`write::bind`].
+    pub async fn bind_on(
+        &self,
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: Date,
     ) -> Result<(), BindError> {
-        self.run(async |c| {
-            let tx = self.write_tx(c).await?;
-            bind::check_rules(&mut Pg { c: &tx, pg: self }, req, policy, today).await?;
-            let inserted = tx
-                .execute(
-                    "INSERT INTO family_links (holder_ssn, member_ssn, relation, status, channel, operator, created_at) \
-                     VALUES ($1, $2, $3, 'active', $4, $5, $6)",
-                    &[
-                        &req.holder.expose(),
-                        &req.member.expose(),
-                        &req.relation.as_str(),
-                        &req.channel.as_str(),
-                        &req.operator,
-                        &crate::registry::now_rfc3339(),
-                    ],
-                )
-                .await;
-            if let Err(e) = inserted {
-                // The partial unique index is the last line of defence.
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                    return Err(BindError::MemberHasPayer);
-                }
-                return Err(self.err(&e).into());
-            }
-            self.refresh(&tx, &[req.holder.expose(), req.member.expose()])
-                .await?;
-            self.append(
-                &tx,
-                &Entry {
-                    actor: req.actor,
-                    action: "bind",
-                    ssn: Some(&req.member),
-                    outcome: &bind::bind_outcome(req),
-                },
-            )
-            .await?;
-            tx.commit().await.map_err(|e| self.err(&e))?;
-            Ok(())
-        })
+        call!(self, |c| write::bind(
+            &mut PgConn::new(c, self),
+            req,
+            policy,
+            today
+        )
+        .await)
     }
 
-    /// Revokes the active link between `holder` and `member`.
-    pub fn unbind(
-        &mut self,
+    /// See [`write::unbind`].
+    pub async fn unbind(
+        &self,
         holder: &Ssn,
         member: &Ssn,
         operator: &str,
         actor: &str,
     ) -> Result<(), BindError> {
-        let n = self.run(async |c| {
-            let tx = self.write_tx(c).await?;
-            let n = tx
-                .execute(
-                    "UPDATE family_links SET status = 'revoked', revoked_at = $3 \
-                     WHERE holder_ssn = $1 AND member_ssn = $2 AND status = 'active'",
-                    &[
-                        &holder.expose(),
-                        &member.expose(),
-                        &crate::registry::now_rfc3339(),
-                    ],
-                )
-                .await
-                .map_err(|e| self.err(&e))?;
-            if n > 0 {
-                self.refresh(&tx, &[holder.expose(), member.expose()])
-                    .await?;
-            }
-            let outcome = bind::unbind_outcome(n, holder, operator);
-            self.append(
-                &tx,
-                &Entry {
-                    actor,
-                    action: "unbind",
-                    ssn: Some(member),
-                    outcome: &outcome,
-                },
-            )
-            .await?;
-            tx.commit().await.map_err(|e| self.err(&e))?;
-            Ok::<_, RegistryError>(n)
-        })?;
-        if n == 0 {
-            Err(BindError::NotLinked)
-        } else {
-            Ok(())
-        }
+        call!(self, |c| {
+            write::unbind(&mut PgConn::new(c, self), holder, member, operator, actor).await
+        })
     }
 
     /// Appends one audit row in its own transaction.
-    pub fn record(&mut self, e: &Entry<'_>) -> Result<(), RegistryError> {
-        self.run(async |c| self.append(&*c, e).await)
+    pub async fn record(&self, e: &Entry<'_>) -> Result<(), RegistryError> {
+        call!(self, |c| PgConn::new(c, self).record(e).await)
     }
 
     /// Every audit row in id order, streamed.
@@ -441,10 +520,7 @@ impl Postgres {
             let err = |e: tokio_postgres::Error| self.err(&e);
             let tx = c.transaction().await.map_err(err)?;
             let rows = tx
-                .query_raw(
-                    "SELECT id, at, actor, action, ssn, outcome, prev_hash, hash FROM audit ORDER BY id",
-                    std::iter::empty::<i32>(),
-                )
+                .query_raw(audit::ROWS_SQL, std::iter::empty::<i32>())
                 .await
                 .map_err(err)?;
             futures::pin_mut!(rows);
@@ -452,36 +528,15 @@ impl Postgres {
             while let Some(r) = rows.next().await {
                 let r = r.map_err(err)?;
                 n += 1;
-                each(AuditRow {
-                    id: r.get(0),
-                    at: r.get(1),
-                    actor: r.get(2),
-                    action: r.get(3),
-                    ssn: r.get(4),
-                    outcome: r.get(5),
-                    prev_hash: r.get(6),
-                    hash: r.get(7),
-                })?;
+                each(AuditRow::read(&r)?)?;
             }
             Ok(n)
         })
     }
 
-    /// Writes `rows` as they are, if they continue the chain.
+    /// See [`write::load_audit`].
     pub fn load_audit(&mut self, rows: &[AuditRow]) -> Result<(), RegistryError> {
-        self.run_bulk(async |c| {
-            let tx = self.write_tx(c).await?;
-            let head = tx
-                .query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", &[])
-                .await
-                .map_err(|e| self.err(&e))?
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
-            audit::check_continues(head, rows)?;
-            for r in rows {
-                insert_audit(&tx, r).await.map_err(|e| self.err(&e))?;
-            }
-            tx.commit().await.map_err(|e| self.err(&e))
-        })
+        self.run_bulk(async |c| write::load_audit(&mut PgConn::new(c, self), rows).await)
     }
 
     /// The SSNs whose derived row differs from the view, with the kind of
@@ -489,7 +544,7 @@ impl Postgres {
     async fn differing(
         &self,
         c: &impl GenericClient,
-        mut each: impl FnMut(String),
+        each: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Drift, RegistryError> {
         let rows = c
             .query_raw(
@@ -505,7 +560,8 @@ impl Postgres {
         let mut drift = Drift::default();
         while let Some(r) = rows.next().await {
             let r = r.map_err(|e| self.err(&e))?;
-            let (ssn, missing, orphaned): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+            let flag = |i| r.try_get::<_, bool>(i).map_err(|e| bad_column(i, e));
+            let (ssn, missing, orphaned) = (r.req_text(0)?, flag(1)?, flag(2)?);
             match (missing, orphaned) {
                 (true, _) => drift.missing += 1,
                 (_, true) => drift.orphaned += 1,
@@ -514,48 +570,19 @@ impl Postgres {
             if drift.examples.len() < Drift::EXAMPLES {
                 drift.examples.push(ssn.clone());
             }
-            each(ssn);
+            each(&ssn);
         }
         Ok(drift)
     }
 
     /// How the read model differs from its definition.
     pub fn drift(&self) -> Result<Drift, RegistryError> {
-        self.run_bulk(async |c| self.differing(&*c, |_| ()).await)
+        self.run_bulk(async |c| self.differing(&*c, &mut |_| ()).await)
     }
 
-    /// Rebuilds what differs in the read model, audited.
+    /// See [`write::repair`].
     pub fn repair(&mut self, actor: &str) -> Result<Repair, RegistryError> {
-        self.run_bulk(async |c| {
-            let tx = self.write_tx(c).await?;
-            let mut ssns = Vec::new();
-            let drift = self
-                .differing(&tx, |s| {
-                    if ssns.len() as u64 <= REBUILD_ABOVE {
-                        ssns.push(s)
-                    }
-                })
-                .await?;
-            let rebuilt = drift.total() > REBUILD_ABOVE;
-            if rebuilt {
-                self.rebuild(&tx).await?;
-            } else {
-                let keys: Vec<&str> = ssns.iter().map(String::as_str).collect();
-                self.refresh(&tx, &keys).await?;
-            }
-            self.append(
-                &tx,
-                &Entry {
-                    actor,
-                    action: "repair",
-                    ssn: None,
-                    outcome: &repair_outcome(&drift, rebuilt),
-                },
-            )
-            .await?;
-            tx.commit().await.map_err(|e| self.err(&e))?;
-            Ok(Repair { drift, rebuilt })
-        })
+        self.run_bulk(async |c| write::repair(&mut PgConn::new(c, self), actor).await)
     }
 
     /// See [`crate::registry::Registry::sample_cards`].
@@ -567,15 +594,8 @@ impl Postgres {
                 let rows = c.query(q, &[&today]).await.map_err(|e| self.err(&e))?;
                 groups.push(
                     rows.iter()
-                        .map(|r| demo::SampleCard {
-                            ssn: r.get(0),
-                            card_no: r.get(1),
-                            pan: r.get(2),
-                            name: r.get(3),
-                            issued: r.get(4),
-                            expires: r.get(5),
-                        })
-                        .collect(),
+                        .map(demo::SampleCard::read)
+                        .collect::<Result<_, _>>()?,
                 );
             }
             Ok(groups)

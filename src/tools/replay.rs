@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CaptureFile, Direction, Line};
+use crate::capture::{CaptureFile, Direction, Line};
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::sim::VirtualPorts;
