@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use firmware_protocol::{Date, Ssn};
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::audit::{append, Entry};
+use super::audit::Entry;
 use super::derived::Touched;
+use super::write::WriteTx;
 use super::{parse_iso, RegistryError, Sqlite};
 
 /// A row of `persons.csv`.
@@ -1000,21 +1001,20 @@ impl Dest for SqliteRows<'_> {
 }
 
 impl Sqlite {
-    /// Runs a bulk load in one `BEGIN IMMEDIATE` transaction: all or
-    /// nothing (see the module docs).
+    /// Runs a bulk load in one write transaction (`BEGIN IMMEDIATE`, the
+    /// write seam's): all or nothing (see the module docs).
     pub(crate) fn bulk_load(&mut self, load: &Load<'_>) -> Result<ImportCounts, ImportError> {
         let timeout = self.busy_timeout;
         let sql = |e| ImportError::Registry(RegistryError::from_sql(e, timeout));
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        // Rolled back when dropped uncommitted (bad rows, any error).
+        let mut tx = self.write_tx()?;
+        let conn = tx.conn();
         // The read model: the persons the rows touch are noted as they go
         // in and refreshed with their neighbours at the end; into an empty
         // registry, or past 200,000 noted rows, it is rebuilt set-based
         // instead (one pass in key order costs less per row than refreshing
         // that many persons one by one).
-        let empty: bool = tx
+        let empty: bool = conn
             .query_row("SELECT NOT EXISTS (SELECT 1 FROM persons)", [], |r| {
                 r.get(0)
             })
@@ -1022,26 +1022,27 @@ impl Sqlite {
         let touched = if empty {
             None
         } else {
-            Some(Touched::new(&tx, 200_000).map_err(sql)?)
+            Some(Touched::new(conn, 200_000).map_err(sql)?)
         };
         let mut rows = SqliteRows {
-            conn: &tx,
+            conn,
             timeout,
             touched,
             insert: String::new(),
         };
         let (bad, counts) = load_files(&load.files, load.today, &mut rows)?;
-        let touched = rows.touched;
         if let Some(e) = bad.into_error() {
-            tx.rollback().map_err(sql)?;
             return Err(e);
         }
-        match touched {
+        match rows.touched {
             Some(t) => t.finish().map_err(sql)?,
-            None => super::derived::rebuild(&tx).map_err(sql)?,
+            None => super::derived::rebuild(conn).map_err(sql)?,
         };
-        append(&tx, &(load.audit)(&counts).entry()).map_err(sql)?;
-        tx.commit().map_err(sql)?;
+        let entry = (load.audit)(&counts);
+        futures::executor::block_on(async {
+            tx.append(&entry.entry()).await?;
+            tx.commit().await
+        })?;
         Ok(counts)
     }
 
