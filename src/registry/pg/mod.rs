@@ -362,7 +362,7 @@ struct Health {
 struct Down {
     since: Instant,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
     reason: String,
 }
 
@@ -392,16 +392,16 @@ impl Health {
         let now = Instant::now();
         match &mut self.down {
             Some(d) => {
-                d.backoff = (d.backoff * 2).min(BACKOFF_MAX);
-                d.retry_at = now + d.backoff;
+                d.retry_at = now + d.backoff.fail();
                 d.reason = reason.to_string();
             }
             None => {
                 tracing::warn!(registry = url, error = reason, "registry unreachable; answering registry_unavailable and retrying with backoff");
+                let mut backoff = crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
                 self.down = Some(Down {
                     since: now,
-                    retry_at: now + BACKOFF_MIN,
-                    backoff: BACKOFF_MIN,
+                    retry_at: now + backoff.fail(),
+                    backoff,
                     reason: reason.to_string(),
                 });
             }
