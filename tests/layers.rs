@@ -6,9 +6,10 @@
 //! `use crate::…` (grouped trees included), inline paths such as
 //! `crate::mask::name(..)`, and `super::…` paths: to a sibling file
 //! (`daemon/serial.rs` → `daemon/port.rs`) or to the parent's own items
-//! (`super::Ctx` → `daemon/mod.rs`). A parent's relative paths to its
-//! children (`serial::Readers` in `daemon/mod.rs`) are not counted: the
-//! parent declares them. It points at the file of the longest module
+//! (`super::Ctx` → `daemon/mod.rs`), and a parent's relative paths to its
+//! children (`serial::Readers`, `pub use port::Port` in `daemon/mod.rs`):
+//! so a child that imports its parent's own items while the parent
+//! imports the child is a cycle. It points at the file of the longest module
 //! prefix of the path (`crate::registry::BindError` → `src/registry/mod.rs`,
 //! `crate::registry::audit::Entry` → `src/registry/audit.rs`,
 //! `crate::Ssn` → the crate root); a `mod.rs` and its children are separate
@@ -79,7 +80,7 @@ fn code(text: &str) -> String {
 
 /// Every `crate::` and `super::` path in the code of `module`, as the
 /// segments of its absolute path (use trees expanded).
-fn crate_paths(module: &str, code: &str) -> Vec<Vec<String>> {
+fn crate_paths(module: &str, code: &str, children: &[String]) -> Vec<Vec<String>> {
     fn ident(s: &[u8], i: &mut usize) -> Option<String> {
         while *i < s.len() && s[*i].is_ascii_whitespace() {
             *i += 1;
@@ -140,8 +141,15 @@ fn crate_paths(module: &str, code: &str) -> Vec<Vec<String>> {
         .collect();
     let mut out = Vec::new();
     let mut from = 0;
+    // A parent's paths to its own children (`serial::Readers` in
+    // `daemon/mod.rs`, `pub use port::Port`): the parent imports them.
+    let child_keys: Vec<String> = children.iter().map(|c| format!("{c}::")).collect();
+    let keys: Vec<&str> = ["crate::", "super::", "self::"]
+        .into_iter()
+        .chain(child_keys.iter().map(String::as_str))
+        .collect();
     loop {
-        let next = ["crate::", "super::"]
+        let next = keys
             .iter()
             .filter_map(|k| code[from..].find(k).map(|at| (from + at, *k)))
             .min();
@@ -153,6 +161,13 @@ fn crate_paths(module: &str, code: &str) -> Vec<Vec<String>> {
         };
         if !word_before {
             let mut base = Vec::new();
+            if key == "self::" {
+                base = own.clone();
+            } else if key != "crate::" && key != "super::" {
+                // A child of this module: the path goes on from it.
+                base = own.clone();
+                base.push(key.trim_end_matches("::").to_string());
+            }
             if key == "super::" {
                 // `super` of a file's module, as often as it is repeated.
                 base = own.clone();
@@ -174,7 +189,18 @@ fn graph(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>>
     files
         .iter()
         .map(|(module, text)| {
-            let targets = crate_paths(module, &code(text))
+            let prefix = if module.is_empty() {
+                String::new()
+            } else {
+                format!("{module}::")
+            };
+            let children: Vec<String> = files
+                .keys()
+                .filter_map(|k| k.strip_prefix(prefix.as_str()))
+                .filter(|rest| !module.is_empty() && !rest.is_empty() && !rest.contains("::"))
+                .map(str::to_string)
+                .collect();
+            let targets = crate_paths(module, &code(text), &children)
                 .into_iter()
                 .map(|path| {
                     (0..=path.len())
@@ -269,15 +295,31 @@ fn nothing_imports_upward_and_there_is_no_cycle() {
 fn the_checker_sees_imports_and_cycles() {
     let text = "use crate::a::{self, b::{C, d}};\n// crate::x::y\nfn f() { crate::e::g(); }\n\
                 let s = my_crate::z::w;\n#[cfg(test)]\nmod tests { use crate::t::u; }\n";
-    let paths = crate_paths("m::n", &code(text));
+    let paths = crate_paths("m::n", &code(text), &[]);
     let joined: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
     assert_eq!(joined, ["a::self", "a::b::C", "a::b::d", "e::g"]);
     let text = "use super::{k::L, Ctx};\nfn f() { super::super::q::r(); }\n";
-    let joined: Vec<String> = crate_paths("m::n", text)
+    let joined: Vec<String> = crate_paths("m::n", text, &[])
         .iter()
         .map(|p| p.join("::"))
         .collect();
     assert_eq!(joined, ["m::k::L", "m::Ctx", "q::r"]);
+    // A parent's paths to its children count; a path that only ends in a
+    // child's name does not.
+    let text = "pub use k::L;\nfn f() { k::g(); other::k::h(); }\n";
+    let joined: Vec<String> = crate_paths("m", text, &["k".into()])
+        .iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(joined, ["m::k::L", "m::k::g"]);
+    // A parent and a child that import each other are a cycle.
+    let files: BTreeMap<String, String> = [
+        ("m".into(), "pub use k::L;\npub struct Ctx;".into()),
+        ("m::k".into(), "use super::Ctx;\npub struct L;".into()),
+    ]
+    .into_iter()
+    .collect();
+    assert!(cycle(&graph(&files)).is_some());
     let files: BTreeMap<String, String> = [
         ("a".into(), "use crate::b::X;".into()),
         ("b".into(), "fn f() { crate::c::f() }".into()),

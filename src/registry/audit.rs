@@ -18,8 +18,9 @@ use firmware_protocol::Ssn;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
+use super::error::RegistryError;
 use super::resolve::Columns;
-use super::{now_rfc3339, RegistryError, Sqlite};
+use super::sqlite::{now_rfc3339, Sqlite};
 
 /// `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

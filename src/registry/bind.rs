@@ -8,7 +8,7 @@ use super::resolve::{now, CardRow, Fut};
 
 /// The answer of [`Facts::revoked_since`].
 pub(crate) type Since<'a> = Fut<'a, Option<String>>;
-use super::RegistryError;
+use super::error::RegistryError;
 
 /// Where a link was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,9 @@ use firmware_protocol::Date;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::error::RegistryError;
 use super::import::{AccountRec, CardRec, ContributionRec, LinkRec, PersonRec, Record, Table};
-use super::{RegistryError, Sqlite};
+use super::sqlite::Sqlite;
 
 /// Options of the generator.
 #[derive(Debug, Clone)]

@@ -26,7 +26,8 @@ use std::cmp::Ordering;
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use super::{RegistryError, Sqlite};
+use super::error::RegistryError;
+use super::sqlite::Sqlite;
 
 /// The columns of `resolution` and `resolution_source`, in order.
 pub(crate) const COLUMNS: &str = "ssn, name, sex, insurance_type, insurance_status, \

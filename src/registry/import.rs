@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::Entry;
 use super::derived::Touched;
+use super::error::RegistryError;
+use super::sqlite::{parse_iso, Sqlite};
 use super::write::WriteTx;
-use super::{parse_iso, RegistryError, Sqlite};
 
 /// A row of `persons.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,11 +399,11 @@ impl Record for LinkRec {
         if self.holder_ssn.eq_ignore_ascii_case(&self.member_ssn) {
             return Err("holder and member are the same person".into());
         }
-        if super::Relation::parse(&self.relation).is_none() {
+        if super::policy::Relation::parse(&self.relation).is_none() {
             return Err(format!(
                 "relation: '{}' is not one of {}",
                 self.relation,
-                super::Relation::ALL.map(|r| r.as_str()).join(", ")
+                super::policy::Relation::ALL.map(|r| r.as_str()).join(", ")
             ));
         }
         one_of("status", &self.status, &["active", "revoked"])?;

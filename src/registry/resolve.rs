@@ -3,7 +3,8 @@
 use firmware_protocol::{Date, Ssn};
 use rusqlite::params;
 
-use super::{parse_iso, RegistryError, Sqlite};
+use super::error::RegistryError;
+use super::sqlite::{parse_iso, Sqlite};
 
 /// What to look up. At least one field must be set. When a card identifier
 /// (card number or PAN) and an SSN are both given, the card is looked up and

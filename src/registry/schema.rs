@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
-use super::RegistryError;
+use super::error::RegistryError;
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/001_init.sql")),

@@ -24,8 +24,9 @@ use super::derived::{self, repair_outcome, Drift, Repair, REBUILD_ABOVE};
 use super::policy::BindPolicy;
 use futures::executor::block_on;
 
+use super::error::RegistryError;
 use super::resolve::{now, CardRow, Fut, Lookup, Resolution};
-use super::{now_rfc3339, RegistryError, Sqlite};
+use super::sqlite::{now_rfc3339, Sqlite};
 
 type Answer<T> = Result<T, RegistryError>;
 

@@ -16,10 +16,10 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::Postgres;
+use crate::registry::error::RegistryError;
 use crate::registry::import::{
     load_files, push, Dest, ImportCounts, ImportError, Load, Record, Refused, Table, MUTUAL_LINK,
 };
-use crate::registry::RegistryError;
 
 const STAGE: &str = r#"
 CREATE TEMP TABLE stage_persons (line bigint, ssn text COLLATE "C", name text, sex text,

@@ -87,7 +87,8 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
-use super::{OpenOptions, RegistryError};
+use super::error::RegistryError;
+use super::sqlite::OpenOptions;
 
 /// The advisory lock every write transaction takes ("cardlink" in ASCII).
 pub const WRITE_LOCK: i64 = 0x6361_7264_6c69_6e6b;
@@ -433,10 +434,10 @@ impl Failure for RegistryError {
     }
 }
 
-impl Failure for super::BindError {
+impl Failure for super::bind::BindError {
     fn unavailable(&self) -> Option<&str> {
         match self {
-            super::BindError::Registry(e) => e.unavailable(),
+            super::bind::BindError::Registry(e) => e.unavailable(),
             _ => None,
         }
     }

@@ -18,13 +18,14 @@ use super::{Postgres, WRITE_LOCK};
 use crate::registry::audit::{self, Entry, Row as AuditRow};
 use crate::registry::bind::{self, BindError, BindRequest, Facts, Since};
 use crate::registry::derived::{Drift, Repair, COLUMNS};
+use crate::registry::error::RegistryError;
 use crate::registry::policy::BindPolicy;
 use crate::registry::resolve::{
     self, bad_column, CardRow, Columns, Contribution, Fut, Lookup, Member, Query, Resolution, Row,
     Source,
 };
 use crate::registry::write::{self, Conn, WriteTx};
-use crate::registry::{demo, RegistryError, Stats};
+use crate::registry::{demo, sqlite::Stats};
 
 impl Columns for tokio_postgres::Row {
     fn text(&self, i: usize) -> Result<Option<String>, RegistryError> {
@@ -210,7 +211,7 @@ impl WriteTx for PgTx<'_> {
                         &req.relation.as_str(),
                         &req.channel.as_str(),
                         &req.operator,
-                        &crate::registry::now_rfc3339(),
+                        &crate::registry::sqlite::now_rfc3339(),
                     ],
                 )
                 .await;
@@ -230,7 +231,7 @@ impl WriteTx for PgTx<'_> {
                 .c
                 .execute(
                     write::REVOKE_SQL,
-                    &[&crate::registry::now_rfc3339(), &holder, &member],
+                    &[&crate::registry::sqlite::now_rfc3339(), &holder, &member],
                 )
                 .await
                 .map_err(|e| self.pg.err(&e))
@@ -326,7 +327,7 @@ impl Postgres {
             &[
                 &WRITE_LOCK,
                 &timeout_ms,
-                &crate::registry::now_rfc3339(),
+                &crate::registry::sqlite::now_rfc3339(),
                 &e.actor,
                 &e.action,
                 &e.ssn.map(|s| s.expose()),
