@@ -182,7 +182,8 @@ impl Postgres {
                 .query_one("SELECT NOT EXISTS (SELECT 1 FROM persons)", &[])
                 .await
                 .map_err(err)?
-                .get(0);
+                .try_get(0)
+                .map_err(err)?;
             tx.batch_execute(STAGE).await.map_err(err)?;
             let (send, mut recv) = mpsc::channel::<Msg>(4);
             let (files, today) = (load.files.clone(), load.today);
@@ -236,13 +237,15 @@ impl Postgres {
                 let (_, checks, insert) = steps(*t);
                 for check in checks {
                     for r in tx.query(*check, &[]).await.map_err(err)? {
-                        push(&mut bad, file, r.get::<_, i64>(0) as u64, r.get(1));
+                        let line: i64 = r.try_get(0).map_err(err)?;
+                        push(&mut bad, file, line as u64, r.try_get(1).map_err(err)?);
                     }
                 }
                 tx.execute(insert, &[]).await.map_err(err)?;
                 if *t == Table::Links {
                     for r in tx.query(MUTUAL, &[]).await.map_err(err)? {
-                        push(&mut bad, file, r.get::<_, i64>(0) as u64, MUTUAL_LINK.into());
+                        let line: i64 = r.try_get(0).map_err(err)?;
+                        push(&mut bad, file, line as u64, MUTUAL_LINK.into());
                     }
                 }
             }
@@ -258,7 +261,8 @@ impl Postgres {
                     .query_one("SELECT count(*) FROM touched", &[])
                     .await
                     .map_err(err)?
-                    .get(0);
+                    .try_get(0)
+                    .map_err(err)?;
                 if n > 200_000 {
                     self.rebuild(&tx).await?;
                 } else {
