@@ -18,7 +18,8 @@
 //! (200,000) `resolve` calls by SSN and by card number on random persons,
 //! each timed alone, interleaved with a plain indexed point query
 //! (`SELECT ... FROM persons WHERE ssn = $1`, `... FROM cards WHERE
-//! card_no = $1`).
+//! card_no = $1`) and, by card, with the registry's own statement sent
+//! plainly (the card's row and its owner's derived row).
 //!
 //! The resolutions go through the daemon's path: the registry handed to a
 //! `daemon::Store` on a two-worker multi-thread runtime (as `cardlinkd`
@@ -121,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let store = rt.block_on(async { Store::start(reg) });
-    let (client, by_ssn, by_card) = rt.block_on(async {
+    let (client, by_ssn, by_card, by_card_join) = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         let s = client
@@ -130,7 +131,19 @@ fn main() -> anyhow::Result<()> {
         let c = client
             .prepare("SELECT card_no, status, expires, ssn FROM cards WHERE card_no = $1")
             .await?;
-        Ok::<_, tokio_postgres::Error>((client, s, c))
+        // By card the registry reads two rows (the card and its owner's
+        // derived row) where the point query reads one: the same statement
+        // as the registry's (`BY_CARD_NO` in registry/resolve.rs), sent
+        // plainly, separates the registry's own cost from the server's.
+        let j = client
+            .prepare(
+                "SELECT c.card_no, c.status, c.expires, c.ssn, r.ssn, r.name, r.sex, \
+                 r.insurance_type, r.insurance_status, r.balance_fen, r.payer_ssn, r.payer_name, \
+                 r.payer_relation, r.payer_balance_fen, r.members, r.cards \
+                 FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = $1",
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>((client, s, c, j))
     })?;
 
     let n = std::env::var("CARDLINK_BENCH_N")
@@ -143,7 +156,8 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (mut r_ssn, mut p_ssn, mut r_card, mut p_card) = (
+    let (mut r_ssn, mut p_ssn, mut r_card, mut p_card, mut j_card) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -175,9 +189,11 @@ fn main() -> anyhow::Result<()> {
             p_ssn.push(plain(&by_ssn, &ssn_text)?);
             r_card.push(resolve(Lookup::card_no(card.clone()))?);
             p_card.push(plain(&by_card, &card)?);
+            j_card.push(plain(&by_card_join, &card)?);
         } else {
             p_ssn.push(plain(&by_ssn, &ssn_text)?);
             r_ssn.push(resolve(Lookup::ssn(ssn))?);
+            j_card.push(plain(&by_card_join, &card)?);
             p_card.push(plain(&by_card, &card)?);
             r_card.push(resolve(Lookup::card_no(card.clone()))?);
         }
@@ -197,9 +213,8 @@ fn main() -> anyhow::Result<()> {
         report("resolve by SSN", r_ssn),
         report("plain point query by SSN", p_ssn),
     );
-    ratio(
-        report("resolve by card number", r_card),
-        report("plain point query by card number", p_card),
-    );
+    let r_card = report("resolve by card number", r_card);
+    ratio(r_card, report("plain point query by card number", p_card));
+    ratio(r_card, report("plain card + derived row query", j_card));
     Ok(())
 }
