@@ -94,8 +94,8 @@ fn install(filter: EnvFilter) -> Sink {
 /// An error and its causes in one line (`a: b: c`), for a binary's last
 /// words. A cause whose text its error already shows is not repeated:
 /// many of our errors name their cause in their own message (the TOML
-/// error of a configuration, the I/O error of a socket), which anyhow's
-/// `Caused by:` or `{:#}` would print a second time.
+/// error of a configuration, the I/O error of a socket), which a plain
+/// walk of the causes (`Caused by:`, `{:#}`) would print a second time.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut shown = out.clone();
