@@ -2,9 +2,10 @@
 //!
 //! This module is the only place that knows the wire format. Every message
 //! and request is a serde struct here; the registry's and the daemon's own
-//! types never go onto the wire directly, they are mapped in
-//! [`card_message`] and friends, so renaming a Rust field elsewhere cannot
-//! change the protocol. It converts from registry and reader types (and
+//! types never go onto the wire directly, they are mapped into these
+//! structs (from registry types here, from the daemon's events in
+//! `daemon::render::card` and friends), so renaming a Rust field elsewhere
+//! cannot change the protocol. It converts from registry and reader types (and
 //! from nothing above them: the daemon renders its own events in
 //! `daemon::render`). `docs/socket-protocol.md` is the specification; its
 //! tests keep the document's error-code table and [`ErrorCode`] the same

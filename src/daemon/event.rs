@@ -11,7 +11,7 @@ use crate::registry::Resolution;
 use crate::Ssn;
 
 /// A resolved card read, ready to be rendered for each client
-/// ([`render::card`]).
+/// ([`super::render::card`]).
 #[derive(Debug, Clone)]
 pub struct CardEvent {
     /// Reader name (or `manual` for typed lookups).
