@@ -10,8 +10,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{as_nobody, demo_ssn_full, sim_card, Client, Process, HOLDER, SPOUSE};
+use common::{as_nobody, demo_ssn_full, eventually, sim_card, Client, Process, HOLDER, SPOUSE};
 use serde_json::Value;
+
+/// The longest wait for a state no event announces.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// The stand-in library, built once per test binary (it is a workspace
 /// member, not a dependency, so that it never reaches the package).
@@ -192,11 +195,11 @@ async fn one_card_per_insertion_of_a_members_card() {
         "-2 is idle, not an error: {events:#?}"
     );
     // (The resolver counts a card just after its event.)
-    let mut s = lib_status(&mut c).await;
-    while s["cards"] != 3 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        s = lib_status(&mut c).await;
-    }
+    let s = eventually("the reader counts three cards", WAIT, async || {
+        let s = lib_status(&mut c).await;
+        (s["cards"] == 3).then_some(s)
+    })
+    .await;
     assert_eq!(s["mode"], "library");
     assert_eq!(s["state"], "connected");
     assert_eq!(s["cards"], 3, "{s}");
@@ -248,9 +251,10 @@ async fn return_codes_reach_the_screens_with_their_meanings() {
     assert_eq!(events[2]["code"], "card_not_authenticated", "{events:#?}");
     assert_eq!(events[3]["en"], "reader connection error");
     // After the script, "no card" again.
-    while lib_status(&mut c).await["last_code"] != -2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the last code is -2 again", WAIT, async || {
+        (lib_status(&mut c).await["last_code"] == -2).then_some(())
+    })
+    .await;
     // cardlinkctl status shows the state, the restarts and the last code.
     let out = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
         .args(["status", "--socket"])
@@ -372,13 +376,10 @@ async fn a_library_that_does_not_load_is_an_error_with_its_cause() {
     assert!(cause.contains("library: cannot load"), "{err}");
     assert!(cause.contains("libmissing.so"), "{err}");
     // It keeps trying, with backoff, counting restarts.
-    loop {
-        let s = lib_status(&mut c).await;
-        if s["restarts"].as_u64() >= Some(2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("two restarts", WAIT, async || {
+        (lib_status(&mut c).await["restarts"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
     p.stop();
 }
 
@@ -550,13 +551,11 @@ async fn the_helper_holds_no_more_than_it_needs_and_dies_with_the_daemon() {
         &[("CARDLINK_DAEMON_ONLY", "not for the library".into())],
     );
     let log = workdir.join("standin.log");
-    let probe = loop {
+    let probe = eventually("the stand-in's probe in its log", WAIT, async || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("\npgid ") {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        text.contains("\npgid ").then_some(text)
+    })
+    .await;
     let field = |name: &str| {
         probe
             .lines()
@@ -623,17 +622,15 @@ async fn the_helper_holds_no_more_than_it_needs_and_dies_with_the_daemon() {
     // Killed with the daemon, whatever kills the daemon.
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    loop {
+    eventually("the helper gone with the daemon", WAIT, async || {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let gone = st.is_empty()
             || st
                 .lines()
                 .any(|l| l.starts_with("State:") && l.contains('Z'));
-        if gone {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        gone.then_some(())
+    })
+    .await;
     // Nothing the daemon logged holds a full SSN (none was read here).
     assert!(!p.log.text().contains(&demo_ssn_full(HOLDER)));
 }

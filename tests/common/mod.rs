@@ -185,6 +185,28 @@ pub fn fixture_csv(dir: &Path) -> Vec<PathBuf> {
 
 pub mod chromedriver;
 
+/// Waits for a state that no event announces (a counter in `status`, a
+/// file another process writes, a process gone): asks `check` every 20 ms
+/// until it gives a value, and fails the test with `what` when it has not
+/// within `limit`.
+pub async fn eventually<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A child process killed (and reaped) when the test lets go of it, also
 /// when the test fails first.
 pub struct Kill(pub std::process::Child);
