@@ -132,28 +132,12 @@ fn main() -> anyhow::Result<()> {
         let c = client
             .prepare("SELECT card_no, status, expires, ssn FROM cards WHERE card_no = $1")
             .await?;
-        // By card the registry reads two rows (the card and its owner's
-        // derived row) where the point query reads one: the same statement
-        // as the registry's (`BY_CARD_NO` in registry/resolve.rs), sent
-        // plainly, separates the registry's own cost from the server's.
-        let j = client
-            .prepare(
-                "SELECT c.card_no, c.status, c.expires, c.ssn, r.ssn, r.name, r.sex, \
-                 r.insurance_type, r.insurance_status, r.balance_fen, r.payer_ssn, r.payer_name, \
-                 r.payer_relation, r.payer_balance_fen, r.members, r.cards \
-                 FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = $1",
-            )
-            .await?;
-        // By SSN the registry reads the person's derived row (`BY_SSN`),
-        // wider than the `persons` row: sent plainly too.
-        let d = client
-            .prepare(
-                "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, r.ssn, r.name, r.sex, \
-                 r.insurance_type, r.insurance_status, r.balance_fen, r.payer_ssn, r.payer_name, \
-                 r.payer_relation, r.payer_balance_fen, r.members, r.cards \
-                 FROM resolution r WHERE r.ssn = $1",
-            )
-            .await?;
+        // The registry's own statements, sent plainly: by card it reads
+        // two rows (the card and its owner's derived row) where the point
+        // query reads one; by SSN the person's derived row, wider than the
+        // `persons` row. Against them the ratio is the registry's own cost.
+        let j = client.prepare(cardlink::registry::BY_CARD_NO).await?;
+        let d = client.prepare(cardlink::registry::BY_SSN).await?;
         Ok::<_, tokio_postgres::Error>((client, s, c, j, d))
     })?;
 

@@ -46,6 +46,10 @@ pub use derived::{Drift, Repair};
 pub use error::RegistryError;
 pub use policy::{BindPolicy, Relation, Scope};
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
+/// The statements a resolution sends by SSN and by card number (the
+/// PostgreSQL benchmark sends them plainly, to tell the registry's own
+/// cost from the server's).
+pub use resolve::{BY_CARD_NO, BY_SSN};
 pub use sqlite::{OpenOptions, Sqlite, Stats, DEFAULT_BUSY_TIMEOUT};
 
 /// Where the registry lives: the `database` setting (config and

@@ -265,7 +265,7 @@ macro_rules! derived_columns {
 
 /// By card number or PAN: the card's own row and its owner's derived row
 /// (two row reads).
-pub(crate) const BY_CARD_NO: &str = concat!(
+pub const BY_CARD_NO: &str = concat!(
     "SELECT c.card_no, c.status, c.expires, c.ssn, ",
     derived_columns!(),
     " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.card_no = $1"
@@ -276,7 +276,7 @@ pub(crate) const BY_PAN: &str = concat!(
     " FROM cards c LEFT JOIN resolution r ON r.ssn = c.ssn WHERE c.pan = $1"
 );
 /// By SSN: the derived row alone, with its best card (one row read).
-pub(crate) const BY_SSN: &str = concat!(
+pub const BY_SSN: &str = concat!(
     "SELECT r.card_no, r.card_status, r.card_expires, r.ssn, ",
     derived_columns!(),
     " FROM resolution r WHERE r.ssn = $1"
