@@ -9,6 +9,8 @@
 //! busy_timeout_ms = 5000                # at most 60000
 //! cache_mib = 8                         # at most 1024
 //! capture_dir = "/var/lib/cardlink/captures"   # a directory
+//! audit_hash = "sha256"                 # or "sm3" (GB/T 32905-2016), for a new chain
+//! seal_key_file = "/var/lib/cardlink/registry.db.seal"   # the box's sealing key
 //!
 //! [policy]                              # province rules
 //! max_members = 0                       # 0: no limit
@@ -246,6 +248,15 @@ pub struct Config {
     /// Size of one capture file, MiB, before it is rotated (one older file is kept).
     #[serde(default = "default_capture_mib")]
     pub capture_max_mib: u32,
+    /// The hash of a new audit chain, `"sha256"` (default) or `"sm3"`; a
+    /// chain with rows keeps its own, and asking for the other is an
+    /// error at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_hash: Option<crate::registry::HashAlg>,
+    /// The box's sealing key (`cardlinkctl db seal init`); default for a
+    /// SQLite registry: `<database>.seal` when it exists. Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key_file: Option<PathBuf>,
     /// Display socket.
     #[serde(default)]
     pub socket: SocketConfig,

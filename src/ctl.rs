@@ -315,6 +315,26 @@ pub fn repair_text(r: &crate::registry::Repair) -> String {
 
 /// Opens a registry for the tool, creating a SQLite file's directory.
 pub fn open_registry(db: &Database, cache_mib: i64) -> Result<Registry, CtlError> {
+    open_registry_with(db, cache_mib, &AuditOptions::default())
+}
+
+/// The audit chain's settings of `cardlinkctl db` (`--audit-hash`,
+/// `--seal-key`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditOptions {
+    /// The algorithm of a new chain; a chain with rows keeps its own.
+    pub audit_hash: Option<crate::registry::HashAlg>,
+    /// The box's sealing key (default for SQLite: `<registry>.seal` when
+    /// it exists).
+    pub seal_key: Option<PathBuf>,
+}
+
+/// [`open_registry`] with the audit chain's settings.
+pub fn open_registry_with(
+    db: &Database,
+    cache_mib: i64,
+    audit: &AuditOptions,
+) -> Result<Registry, CtlError> {
     if let Some(dir) = db
         .path()
         .and_then(Path::parent)
@@ -324,9 +344,96 @@ pub fn open_registry(db: &Database, cache_mib: i64) -> Result<Registry, CtlError
     }
     let opts = OpenOptions {
         cache_kib: cache_mib.max(1) * 1024,
+        audit_hash: audit.audit_hash,
+        seal_key: audit.seal_key.clone(),
         ..OpenOptions::default()
     };
     Ok(Registry::open_database(db, &opts)?)
+}
+
+/// `db verify-audit`: the lines to print and the exit status. Without
+/// verification keys, the chain alone (0 intact, 1 broken); with them, the
+/// chain and every box's seals, each kind of tampering named with its own
+/// message and status ([`crate::registry::verify::Problem::exit_code`]).
+/// How far each box got is read from `key_states` (default for SQLite:
+/// `<registry>.seal`).
+pub fn verify_audit(
+    reg: &Registry,
+    db: &Database,
+    verify_keys: &[PathBuf],
+    key_states: &[PathBuf],
+) -> Result<(Vec<String>, i32), CtlError> {
+    use crate::registry::seal::{default_key_path, KeyState, VerifyKey};
+    let alg = reg.audit_hash();
+    if verify_keys.is_empty() {
+        let v = reg.verify_audit()?;
+        return Ok(match v.broken {
+            None => (
+                vec![format!("audit chain intact: {} rows ({alg})", v.rows)],
+                0,
+            ),
+            Some((id, why)) => (vec![format!("audit chain BROKEN at row {id}: {why}")], 1),
+        });
+    }
+    let keys = verify_keys
+        .iter()
+        .map(|p| VerifyKey::read(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RegistryError::from)?;
+    let mut paths = key_states.to_vec();
+    if paths.is_empty() {
+        paths.extend(db.path().map(default_key_path));
+    }
+    let states = paths
+        .into_iter()
+        .map(|p| {
+            let s = KeyState::read(&p);
+            (p, s)
+        })
+        .collect();
+    let report = reg.verify_sealed(keys, states)?;
+    let mut lines: Vec<String> = report
+        .findings
+        .iter()
+        .map(|f| format!("{}: {}", f.problem.label(), f.text))
+        .collect();
+    for b in &report.boxes {
+        lines.push(format!(
+            "box {}: {} sealed rows, last seal index {}, key at {}",
+            b.box_id,
+            b.rows,
+            b.last.map_or("none".into(), |l| l.to_string()),
+            b.key_index.map_or("?".into(), |k| k.to_string())
+        ));
+    }
+    lines.extend(report.notes.iter().map(|n| format!("note: {n}")));
+    let status = match report.primary() {
+        None => {
+            lines.push(format!(
+                "audit chain intact and sealed: {} rows ({alg})",
+                report.rows
+            ));
+            0
+        }
+        Some(f) => {
+            lines.push(format!(
+                "audit chain NOT intact ({} rows, {alg}): {}",
+                report.rows,
+                f.problem.label()
+            ));
+            f.problem.exit_code()
+        }
+    };
+    Ok((lines, status))
+}
+
+/// The box id `seal init` uses by default: the host's name.
+pub fn default_box_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| crate::registry::seal::valid_box_id(h))
+        .unwrap_or_else(|| "box".to_string())
 }
 
 /// What `db migrate` copied.
@@ -375,6 +482,18 @@ pub enum MigrateError {
 /// chain, and a `migrate` row. Checks the result: counts equal, chain
 /// intact, read model exact.
 pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, MigrateError> {
+    migrate_with(from, to, actor, &AuditOptions::default())
+}
+
+/// [`migrate`], the target's own rows (`import`, `migrate`) written with
+/// `target`'s settings (a sealing box passes its key, so that they are
+/// sealed like the rows before them). The chain keeps its algorithm.
+pub fn migrate_with(
+    from: &Database,
+    to: &Database,
+    actor: &str,
+    target: &AuditOptions,
+) -> Result<Migrated, MigrateError> {
     if matches!((from, to), (Database::Postgres(_), Database::Postgres(_))) {
         return Err(MigrateError::BothPostgres);
     }
@@ -385,7 +504,15 @@ pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, 
             ..OpenOptions::default()
         },
     )?;
-    let mut target = open_registry(to, 64)?;
+    let alg = source.audit_hash();
+    let mut target = open_registry_with(
+        to,
+        64,
+        &AuditOptions {
+            audit_hash: Some(alg),
+            seal_key: target.seal_key.clone(),
+        },
+    )?;
     let before = target.stats()?;
     if before.persons + before.cards + before.audit + before.contributions > 0 {
         return Err(MigrateError::TargetNotEmpty(
@@ -402,13 +529,13 @@ pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, 
     let audit_rows = source.audit_rows(&mut |row| {
         batch.push(row);
         if batch.len() == 10_000 {
-            target.load_audit(&batch)?;
+            target.load_audit(&batch, alg)?;
             batch.clear();
         }
         Ok(())
     })?;
     if !batch.is_empty() {
-        target.load_audit(&batch)?;
+        target.load_audit(&batch, alg)?;
     }
     // The tables through the import format, in a private directory.
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

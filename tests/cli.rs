@@ -87,8 +87,8 @@ fn db_commands_round_trip(b: Backend) {
     let (code, text) = run(&["init"]);
     assert_eq!(code, Some(0), "{text}");
     let version = match b {
-        Backend::Sqlite => "sqlite schema version 5",
-        Backend::Postgres => "postgresql schema version 2",
+        Backend::Sqlite => "sqlite schema version 6",
+        Backend::Postgres => "postgresql schema version 3",
     };
     assert!(text.contains(version), "{text}");
     let sample = dir.path().join("cards.jsonl");

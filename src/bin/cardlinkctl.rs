@@ -17,7 +17,7 @@ use cardlink::protocol::{Message, Parties, Reply, Request};
 use cardlink::reader::{card::TextEncoding, codec::Mode};
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
-use cardlink::registry::{Database, Relation};
+use cardlink::registry::{Database, HashAlg, Relation};
 #[cfg(feature = "sim")]
 use cardlink::sim::{self, SimOptions};
 use clap::{Parser, Subcommand};
@@ -58,6 +58,14 @@ enum Cmd {
         /// tables fit (10M persons: 2048).
         #[arg(long, default_value_t = 64)]
         cache_mib: i64,
+        /// The hash of a new audit chain: sha256 or sm3 (GB/T 32905-2016);
+        /// a chain with rows keeps its own.
+        #[arg(long)]
+        audit_hash: Option<HashAlg>,
+        /// This box's sealing key (default for a SQLite registry:
+        /// REGISTRY.seal beside it, when it exists).
+        #[arg(long)]
+        seal_key: Option<PathBuf>,
         #[command(subcommand)]
         cmd: DbCmd,
     },
@@ -250,8 +258,23 @@ enum DbCmd {
     Export { dir: PathBuf },
     /// Row counts.
     Stats,
-    /// Verify the audit hash chain.
-    VerifyAudit,
+    /// Verify the audit hash chain; with --verify-key, also every box's
+    /// forward-secure seals. Exit status: 0 intact, 1 chain broken
+    /// (unsealed check), 3 edited row, 4 deleted rows, 5 rows cut from the
+    /// end, 6 chain recomputed, 7 sealing key missing, 8 forged seal or key.
+    VerifyAudit {
+        /// An auditor's verification key (one per box; repeat for several).
+        #[arg(long)]
+        verify_key: Vec<PathBuf>,
+        /// A box's sealing key file, read for how far the box got (its
+        /// index; checked against the verification key). Default for a
+        /// SQLite registry: REGISTRY.seal (or --seal-key).
+        #[arg(long)]
+        key_state: Vec<PathBuf>,
+    },
+    /// Forward-secure sealing of the audit log.
+    #[command(subcommand)]
+    Seal(SealCmd),
     /// Check the database: SQLite integrity, foreign keys, the read model, audit chain.
     Check,
     /// Rebuild the read model (the `resolution` table) where it differs
@@ -284,6 +307,21 @@ enum DbCmd {
         /// Also write a JSON-lines file of sample cards for `simulate`.
         #[arg(long)]
         sample_cards: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SealCmd {
+    /// Create this box's sealing key (--seal-key, default REGISTRY.seal;
+    /// 0600) and write the auditor's verification key once; seal from now on.
+    Init {
+        /// Where to write the verification key (a new file, 0600): take it
+        /// off the box and keep it with the auditor.
+        #[arg(long)]
+        out: PathBuf,
+        /// This box's id in the registry (default: the host name).
+        #[arg(long = "box")]
+        box_id: Option<String>,
     },
 }
 
@@ -342,8 +380,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Db {
             database,
             cache_mib,
+            audit_hash,
+            seal_key,
             cmd,
-        } => db(&database, cache_mib, cmd),
+        } => db(
+            &database,
+            cache_mib,
+            &ctl::AuditOptions {
+                audit_hash,
+                seal_key,
+            },
+            cmd,
+        ),
         Cmd::Watch { socket, json } => runtime()?.block_on(async {
             let stop = ctrl_c();
             ctl::watch(&socket, json, &mut std::io::stdout(), &stop).await?;
@@ -540,8 +588,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
-    let open = || ctl::open_registry(path, cache_mib);
+fn db(
+    path: &Database,
+    cache_mib: i64,
+    audit: &ctl::AuditOptions,
+    cmd: DbCmd,
+) -> anyhow::Result<i32> {
+    let open = || ctl::open_registry_with(path, cache_mib, audit);
     match cmd {
         DbCmd::Init => {
             let reg = open()?;
@@ -552,7 +605,7 @@ fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             );
         }
         DbCmd::Migrate { from, to } => {
-            let m = ctl::migrate(&from, &to, "cardlinkctl migrate")?;
+            let m = ctl::migrate_with(&from, &to, "cardlinkctl migrate", audit)?;
             let c = m.counts;
             println!(
                 "copied {from} to {to}: {} persons, {} cards, {} links, {} accounts, {} contributions, {} audit rows (chain verified)",
@@ -592,15 +645,54 @@ fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             );
         }
         DbCmd::Stats => println!("{}", serde_json::to_string_pretty(&open()?.stats()?)?),
-        DbCmd::VerifyAudit => {
-            let v = open()?.verify_audit()?;
-            match v.broken {
-                None => println!("audit chain intact: {} rows", v.rows),
-                Some((id, why)) => {
-                    println!("audit chain BROKEN at row {id}: {why}");
-                    return Ok(1);
-                }
+        DbCmd::VerifyAudit {
+            verify_key,
+            key_state,
+        } => {
+            let mut key_state = key_state;
+            if key_state.is_empty() {
+                key_state.extend(audit.seal_key.clone());
             }
+            // Read only: a missing sealing key must not stop the check.
+            let reg = cardlink::registry::Registry::open_database(
+                path,
+                &cardlink::registry::OpenOptions {
+                    read_only: path.path().is_none_or(|p| p.exists()),
+                    cache_kib: cache_mib.max(1) * 1024,
+                    ..Default::default()
+                },
+            )?;
+            let (lines, status) = ctl::verify_audit(&reg, path, &verify_key, &key_state)?;
+            for l in &lines {
+                println!("{l}");
+            }
+            return Ok(status);
+        }
+        DbCmd::Seal(SealCmd::Init { out, box_id }) => {
+            let key = match (&audit.seal_key, path.path()) {
+                (Some(k), _) => k.clone(),
+                (None, Some(p)) => cardlink::registry::seal::default_key_path(p),
+                (None, None) => anyhow::bail!(
+                    "a PostgreSQL registry has no place beside it: give this box's key file with --seal-key"
+                ),
+            };
+            let box_id = box_id.unwrap_or_else(ctl::default_box_id);
+            // Opened without a key: the key is made here.
+            let mut reg = ctl::open_registry_with(
+                path,
+                cache_mib,
+                &ctl::AuditOptions {
+                    audit_hash: audit.audit_hash,
+                    seal_key: None,
+                },
+            )?;
+            reg.seal_init(&key, &out, &box_id, "cardlinkctl")?;
+            println!(
+                "box {box_id} seals the audit log of {path} ({}) from now on; sealing key {} (keep it on the box, 0600); verification key {} (take it off the box, to the auditor)",
+                reg.audit_hash(),
+                key.display(),
+                out.display()
+            );
         }
         DbCmd::Check => {
             let problems = ctl::check_registry(&open()?)?;

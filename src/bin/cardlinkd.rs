@@ -195,6 +195,8 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
             // A shared registry that is down at boot does not keep the
             // box from reading cards (they get registry_unavailable).
             lazy: true,
+            audit_hash: cfg.audit_hash,
+            seal_key: cfg.seal_key_file.clone(),
             ..OpenOptions::default()
         },
     );
@@ -202,6 +204,11 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .context("opening the registry")?
         .with_context(|| format!("registry {}", cfg.database))?;
+    // A sealed registry without its key: every read would fail to be
+    // audited, so the daemon does not start.
+    if let Some(why) = registry.seal_missing() {
+        bail!("registry {}: sealing key missing: {why}", cfg.database);
+    }
     let (listener, socket_lock) = bind(&cfg)?;
     let socket = cfg.socket.path.clone();
     let shutdown = CancellationToken::new();

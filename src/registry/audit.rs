@@ -5,21 +5,26 @@
 //! previous row and its own hash:
 //!
 //! ```text
-//! hash = SHA-256(prev_hash ␟ id ␟ at ␟ actor ␟ action ␟ ssn ␟ outcome)   (hex)
+//! hash = H(prev_hash ␟ id ␟ at ␟ actor ␟ action ␟ ssn ␟ outcome)   (hex)
 //! ```
 //!
-//! with `␟` the byte 0x1F and `prev_hash` of the first row 64 zeros.
+//! with H the chain's algorithm ([`HashAlg`]: SHA-256 unless the registry
+//! was created with `audit_hash = "sm3"`), `␟` the byte 0x1F and
+//! `prev_hash` of the first row 64 zeros.
 //! Triggers refuse UPDATE and DELETE; [`crate::registry::Registry::verify_audit`] recomputes
 //! the chain so that edits made around the triggers (or to the file) are
-//! detected. Removing rows from the *end* of the log cannot be detected by
-//! a chain alone; compare the row count with an off-box copy for that.
+//! detected. A chain alone cannot tell rows cut from its end, nor a chain
+//! recomputed from scratch: a sealed registry's rows also carry a
+//! forward-secure seal ([`super::seal`]) that `verify-audit
+//! --verify-key` checks ([`super::verify`]).
 
 use firmware_protocol::Ssn;
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
 
 use super::error::RegistryError;
+use super::hash::HashAlg;
 use super::resolve::Columns;
+use super::seal::{AuditSetup, RowSeal, LAST_SEAL_SQL};
 use super::sqlite::{now_rfc3339, Sqlite};
 
 /// `prev_hash` of the first row.
@@ -38,7 +43,10 @@ pub struct Entry<'a> {
     pub outcome: &'a str,
 }
 
-pub(crate) fn row_hash(
+/// A row's hash (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn row_hash(
+    alg: HashAlg,
     prev: &str,
     id: i64,
     at: &str,
@@ -47,17 +55,9 @@ pub(crate) fn row_hash(
     ssn: &str,
     outcome: &str,
 ) -> String {
-    let mut h = Sha256::new();
-    for (i, part) in [prev, &id.to_string(), at, actor, action, ssn, outcome]
-        .iter()
-        .enumerate()
-    {
-        if i > 0 {
-            h.update([0x1F]);
-        }
-        h.update(part.as_bytes());
-    }
-    hex::encode(h.finalize())
+    let id = id.to_string();
+    let parts = [prev, &id, at, actor, action, ssn, outcome].map(str::as_bytes);
+    hex::encode(alg.digest(&parts, Some(0x1F)))
 }
 
 /// One stored audit row, as written.
@@ -79,12 +79,14 @@ pub struct Row {
     pub prev_hash: String,
     /// This row's hash.
     pub hash: String,
+    /// Its seal, when a sealing box wrote it.
+    pub seal: Option<RowSeal>,
 }
 
 impl Row {
     /// The row that follows `last` (`(id, hash)` of the chain's head, if
     /// any) for event `e`, written now.
-    pub(crate) fn next(last: Option<(i64, String)>, e: &Entry<'_>) -> Row {
+    pub(crate) fn next(last: Option<(i64, String)>, e: &Entry<'_>, alg: HashAlg) -> Row {
         let (id, prev_hash) = match last {
             Some((id, hash)) => (id + 1, hash),
             None => (1, GENESIS.to_string()),
@@ -92,6 +94,7 @@ impl Row {
         let at = now_rfc3339();
         let ssn = e.ssn.map(|s| s.expose().to_string());
         let hash = row_hash(
+            alg,
             &prev_hash,
             id,
             &at,
@@ -109,6 +112,38 @@ impl Row {
             outcome: e.outcome.to_string(),
             prev_hash,
             hash,
+            seal: None,
+        }
+    }
+}
+
+/// How a row breaks the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Break {
+    /// Its id is not the next one: rows before it were removed (or
+    /// inserted).
+    Gap {
+        /// The id expected.
+        expected: i64,
+        /// The id found.
+        found: i64,
+    },
+    /// Its `prev_hash` is not the previous row's hash: the previous row
+    /// was edited and its hash recomputed.
+    Prev,
+    /// Its content does not match its hash: it was edited.
+    Content,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Break::Gap { expected, found } => write!(
+                f,
+                "row id {found} where {expected} was expected (rows removed or inserted)"
+            ),
+            Break::Prev => f.write_str("prev_hash does not match the previous row"),
+            Break::Content => f.write_str("row content does not match its hash"),
         }
     }
 }
@@ -117,14 +152,16 @@ impl Row {
 /// definition of a valid chain for both backends.
 #[derive(Debug)]
 pub(crate) struct Chain {
+    alg: HashAlg,
     prev: String,
     expect_id: i64,
     rows: u64,
 }
 
 impl Chain {
-    pub(crate) fn new() -> Chain {
+    pub(crate) fn new(alg: HashAlg) -> Chain {
         Chain {
+            alg,
             prev: GENESIS.to_string(),
             expect_id: 1,
             rows: 0,
@@ -133,15 +170,22 @@ impl Chain {
 
     /// `Some(reason)` when `r` breaks the chain.
     pub(crate) fn check(&mut self, r: &Row) -> Option<String> {
+        self.check_row(r).map(|b| b.to_string())
+    }
+
+    /// How `r` breaks the chain, if it does; the walk goes on from `r`
+    /// (its id and hash), so that each break is named once.
+    pub(crate) fn check_row(&mut self, r: &Row) -> Option<Break> {
         self.rows += 1;
         let broken = if r.id != self.expect_id {
-            Some(format!(
-                "row id {} where {} was expected (rows removed or inserted)",
-                r.id, self.expect_id
-            ))
+            Some(Break::Gap {
+                expected: self.expect_id,
+                found: r.id,
+            })
         } else if r.prev_hash != self.prev {
-            Some("prev_hash does not match the previous row".to_string())
+            Some(Break::Prev)
         } else if row_hash(
+            self.alg,
             &self.prev,
             r.id,
             &r.at,
@@ -151,13 +195,18 @@ impl Chain {
             &r.outcome,
         ) != r.hash
         {
-            Some("row content does not match its hash".to_string())
+            Some(Break::Content)
         } else {
             None
         };
         self.prev.clone_from(&r.hash);
-        self.expect_id += 1;
+        self.expect_id = r.id.saturating_add(1);
         broken
+    }
+
+    /// Rows checked so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
     }
 
     /// The result after the last row.
@@ -169,17 +218,36 @@ impl Chain {
     }
 }
 
-/// Appends a row inside the caller's (write) transaction.
-pub(crate) fn append(conn: &Connection, e: &Entry<'_>) -> rusqlite::Result<()> {
-    insert(conn, &Row::next(head(conn)?, e))
+/// Appends a row inside the caller's (write) transaction (SQLite), sealed
+/// when the writer seals; returns the seal index to move the key past once
+/// the transaction commits ([`AuditSetup::committed`]).
+pub(crate) fn append(
+    conn: &Connection,
+    e: &Entry<'_>,
+    setup: &AuditSetup,
+    sql: impl Fn(rusqlite::Error) -> RegistryError,
+) -> Result<Option<i64>, RegistryError> {
+    let sealer = setup.sealer()?;
+    let mut row = Row::next(head(conn).map_err(&sql)?, e, setup.alg());
+    if let Some(s) = sealer {
+        let last = conn
+            .prepare_cached(LAST_SEAL_SQL)
+            .and_then(|mut st| st.query_row([s.box_id()], |r| r.get::<_, Option<i64>>(0)))
+            .map_err(&sql)?;
+        row.seal = Some(s.seal(last, &row.hash)?);
+    }
+    insert(conn, &row).map_err(&sql)?;
+    Ok(row.seal.map(|s| s.index))
 }
 
+/// The statement that writes a row as it is (both backends).
+pub(crate) const INSERT_SQL: &str =
+    "INSERT INTO audit (id, at, actor, action, ssn, outcome, prev_hash, hash, seal_box, seal_index, seal) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
 pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO audit (id, at, actor, action, ssn, outcome, prev_hash, hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
+    let seal = r.seal.as_ref();
+    conn.prepare_cached(INSERT_SQL)?.execute(params![
         r.id,
         r.at,
         r.actor,
@@ -187,7 +255,10 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
         r.ssn,
         r.outcome,
         r.prev_hash,
-        r.hash
+        r.hash,
+        seal.map(|s| &s.box_id),
+        seal.map(|s| s.index),
+        seal.map(|s| &s.mac),
     ])?;
     Ok(())
 }
@@ -198,8 +269,9 @@ pub(crate) fn insert(conn: &Connection, r: &Row) -> rusqlite::Result<()> {
 pub(crate) fn check_continues(
     head: Option<(i64, String)>,
     rows: &[Row],
+    alg: HashAlg,
 ) -> Result<(), RegistryError> {
-    let mut chain = Chain::new();
+    let mut chain = Chain::new(alg);
     if let Some((id, hash)) = head {
         chain.prev = hash;
         chain.expect_id = id + 1;
@@ -226,9 +298,20 @@ pub struct Verification {
 
 impl Row {
     /// The one decoder of an audit row (`id, at, actor, action, ssn,
-    /// outcome, prev_hash, hash`), both backends.
+    /// outcome, prev_hash, hash, seal_box, seal_index, seal`), both backends.
     pub(crate) fn read(r: &impl Columns) -> Result<Row, RegistryError> {
+        let seal = match (r.text(8)?, r.int(9)?, r.text(10)?) {
+            (None, None, None) => None,
+            (Some(box_id), Some(index), Some(mac)) => Some(RowSeal { box_id, index, mac }),
+            _ => Some(RowSeal {
+                // A partial seal is no seal: verification names it.
+                box_id: r.text(8)?.unwrap_or_default(),
+                index: r.int(9)?.unwrap_or(-1),
+                mac: r.text(10)?.unwrap_or_default(),
+            }),
+        };
         Ok(Row {
+            seal,
             id: r.req_int(0)?,
             at: r.req_text(1)?,
             actor: r.req_text(2)?,
@@ -242,8 +325,8 @@ impl Row {
 }
 
 /// The statement of every audit row in chain order (both backends).
-pub(crate) const ROWS_SQL: &str =
-    "SELECT id, at, actor, action, ssn, outcome, prev_hash, hash FROM audit ORDER BY id";
+pub(crate) const ROWS_SQL: &str = "SELECT id, at, actor, action, ssn, outcome, prev_hash, hash, \
+     seal_box, seal_index, seal FROM audit ORDER BY id";
 /// The chain's head: `(id, hash)` of its last row (both backends).
 pub(crate) const HEAD_SQL: &str = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1";
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
+use super::seal::SealError;
+
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -37,6 +39,10 @@ pub enum RegistryError {
     /// The `database` setting is not usable.
     #[error("bad database setting: {0}")]
     Config(String),
+    /// The box's sealing key cannot be read, used or moved forward (an
+    /// audit row is not written unsealed in a sealed registry).
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 impl RegistryError {

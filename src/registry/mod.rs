@@ -28,12 +28,15 @@ pub(crate) mod bind;
 pub mod demo;
 pub mod derived;
 pub mod error;
+pub mod hash;
 pub mod import;
 pub mod pg;
 pub mod policy;
 pub(crate) mod resolve;
 mod schema;
+pub mod seal;
 pub mod sqlite;
+pub mod verify;
 pub(crate) mod write;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +47,7 @@ pub use audit::Entry;
 pub use bind::{BindError, BindRequest, Channel};
 pub use derived::{Drift, Repair};
 pub use error::RegistryError;
+pub use hash::HashAlg;
 pub use policy::{BindPolicy, Relation, Scope};
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 /// The statements a resolution sends by SSN and by card number (the
@@ -354,9 +358,35 @@ impl Registry {
         }
     }
 
+    fn audit_setup(&self) -> &seal::AuditSetup {
+        match &self.backend {
+            Backend::Sqlite(b) => &b.audit,
+            Backend::Postgres(b) => &b.audit,
+        }
+    }
+
+    /// The audit chain's algorithm.
+    pub fn audit_hash(&self) -> HashAlg {
+        self.audit_setup().alg()
+    }
+
+    /// The box id this writer seals as, if it seals.
+    pub fn sealing_box(&self) -> Option<String> {
+        match &self.audit_setup().seal {
+            seal::SealSetup::On(s) => Some(s.box_id().to_string()),
+            seal::SealSetup::Off => None,
+        }
+    }
+
+    /// Why this writer cannot write audit rows, if the registry is sealed
+    /// and its sealing key is missing (the daemon refuses to start then).
+    pub fn seal_missing(&self) -> Option<String> {
+        self.audit_setup().missing().map(str::to_string)
+    }
+
     /// Recomputes the whole audit chain.
     pub fn verify_audit(&self) -> Result<audit::Verification, RegistryError> {
-        let mut chain = audit::Chain::new();
+        let mut chain = audit::Chain::new(self.audit_hash());
         let mut broken = None;
         self.audit_rows(&mut |r| {
             if broken.is_none() {
@@ -435,10 +465,65 @@ impl Registry {
         dispatch!(self.audit_rows(each))
     }
 
-    /// Appends audit rows exactly as given (ids, times, hashes) to an
-    /// empty audit log, checking that they form one valid chain: the first
-    /// step of copying a registry with its history.
-    pub fn load_audit(&mut self, rows: &[audit::Row]) -> Result<(), RegistryError> {
-        dispatch_mut!(self.load_audit(rows))
+    /// Appends audit rows of a chain of `alg` exactly as given (ids,
+    /// times, hashes, seals) to an empty audit log (which takes `alg`),
+    /// checking that they form one valid chain: the first step of copying
+    /// a registry with its history.
+    pub fn load_audit(&mut self, rows: &[audit::Row], alg: HashAlg) -> Result<(), RegistryError> {
+        dispatch_mut!(self.load_audit(rows, alg))
+    }
+
+    /// Checks the chain and every box's seals with the auditor's `keys`,
+    /// and each box's key file as read (`states`: how far each box got);
+    /// see [`verify`].
+    pub fn verify_sealed(
+        &self,
+        keys: Vec<seal::VerifyKey>,
+        states: Vec<(PathBuf, Result<seal::KeyState, seal::SealError>)>,
+    ) -> Result<verify::SealReport, RegistryError> {
+        let mut v =
+            verify::Verifier::new(self.audit_hash(), keys).map_err(RegistryError::Config)?;
+        self.audit_rows(&mut |r| {
+            v.row(&r);
+            Ok(())
+        })?;
+        Ok(v.finish(states))
+    }
+
+    /// Starts sealing as box `box_id`: writes the sealing key at `key`
+    /// and the auditor's verification key at `verify_out` (new files,
+    /// 0600), then seals its first row (`seal-init`, by `actor`) with it.
+    pub fn seal_init(
+        &mut self,
+        key: &Path,
+        verify_out: &Path,
+        box_id: &str,
+        actor: &str,
+    ) -> Result<(), RegistryError> {
+        let mut sealed_by_box = false;
+        let mut head = 0;
+        self.audit_rows(&mut |r| {
+            head = r.id;
+            sealed_by_box |= r.seal.as_ref().is_some_and(|s| s.box_id == box_id);
+            Ok(())
+        })?;
+        if sealed_by_box {
+            return Err(RegistryError::Config(format!(
+                "box {box_id} already seals this registry; give each box its own id (--box)"
+            )));
+        }
+        let alg = self.audit_hash();
+        seal::create_keys(key, verify_out, box_id, alg, head + 1)?;
+        let sealer = seal::Sealer::open(key)?;
+        match &mut self.backend {
+            Backend::Sqlite(b) => b.audit.seal = seal::SealSetup::On(sealer),
+            Backend::Postgres(b) => b.audit.seal = seal::SealSetup::On(sealer),
+        }
+        self.record(&Entry {
+            actor,
+            action: "seal-init",
+            ssn: None,
+            outcome: &format!("ok box={box_id} alg={alg}"),
+        })
     }
 }

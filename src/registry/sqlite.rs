@@ -3,13 +3,15 @@
 //! check. What it answers (resolve, bind, import…) is written once for both
 //! backends in the sibling files; the [`super::Registry`] facade dispatches.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::error::RegistryError;
+use super::hash::HashAlg;
 use super::schema;
+use super::seal::{self, AuditSetup, SealSetup, Sealer};
 
 /// Default time a statement waits for another writer's lock.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +34,12 @@ pub struct OpenOptions {
     /// `registry_unavailable`, while the server is away). Otherwise opening
     /// fails. SQLite ignores it.
     pub lazy: bool,
+    /// The audit chain's algorithm asked for (`audit_hash`); `None`: the
+    /// registry's own (SHA-256 for a new one).
+    pub audit_hash: Option<HashAlg>,
+    /// The box's sealing key file (`seal_key_file`, `--seal-key`); a
+    /// SQLite registry's default is `<registry>.seal` when that exists.
+    pub seal_key: Option<PathBuf>,
 }
 
 impl Default for OpenOptions {
@@ -42,6 +50,8 @@ impl Default for OpenOptions {
             cache_kib: 8 * 1024,
             mmap_bytes: 0,
             lazy: false,
+            audit_hash: None,
+            seal_key: None,
         }
     }
 }
@@ -51,6 +61,8 @@ impl Default for OpenOptions {
 pub struct Sqlite {
     pub(crate) conn: Connection,
     pub(crate) busy_timeout: Duration,
+    /// The audit chain's algorithm and this writer's sealing.
+    pub(crate) audit: AuditSetup,
 }
 
 /// Counts of the main tables.
@@ -81,12 +93,21 @@ impl Sqlite {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
+        // The key first: a writer that cannot read it is told so.
+        let key = opts
+            .seal_key
+            .clone()
+            .or_else(|| Some(seal::default_key_path(path)).filter(|p| p.exists()));
+        let seal = match key {
+            Some(k) => SealSetup::On(Sealer::open(&k)?),
+            None => SealSetup::Off,
+        };
         let conn =
             Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {
                 path: path.display().to_string(),
                 source,
             })?;
-        Self::setup(conn, opts)
+        Self::setup(conn, opts, seal)
     }
 
     /// An in-memory registry (tests, simulations).
@@ -95,10 +116,14 @@ impl Sqlite {
             path: ":memory:".into(),
             source,
         })?;
-        Self::setup(conn, &OpenOptions::default())
+        Self::setup(conn, &OpenOptions::default(), SealSetup::Off)
     }
 
-    fn setup(mut conn: Connection, opts: &OpenOptions) -> Result<Sqlite, RegistryError> {
+    fn setup(
+        mut conn: Connection,
+        opts: &OpenOptions,
+        seal: SealSetup,
+    ) -> Result<Sqlite, RegistryError> {
         let t = opts.busy_timeout;
         let sql = |e| RegistryError::from_sql(e, t);
         conn.busy_timeout(t).map_err(sql)?;
@@ -129,10 +154,59 @@ impl Sqlite {
             schema::migrate(&mut conn)?;
         }
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Sqlite {
+        let mut s = Sqlite {
             conn,
             busy_timeout: t,
-        })
+            audit: AuditSetup::new(opts.audit_hash, seal),
+        };
+        s.settle_audit(opts.read_only)?;
+        Ok(s)
+    }
+
+    /// Reads (and for a new chain records) the chain's algorithm, and
+    /// checks this writer's sealing against the registry's.
+    fn settle_audit(&mut self, read_only: bool) -> Result<(), RegistryError> {
+        let t = self.busy_timeout;
+        let sql = |e| RegistryError::from_sql(e, t);
+        let conn = &self.conn;
+        let has_meta: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'audit_meta')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if !has_meta {
+            // A read-only look at a registry older than sealing.
+            self.audit.set_alg(HashAlg::Sha256);
+            return Ok(());
+        }
+        let recorded = conn
+            .query_row(seal::META_HASH_SQL, [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(sql)?;
+        let has_rows: bool = conn
+            .query_row(seal::HAS_ROWS_SQL, [], |r| r.get(0))
+            .map_err(sql)?;
+        let sealed_by = conn
+            .query_row(seal::ANY_SEAL_SQL, [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(sql)?;
+        let record = self
+            .audit
+            .settle(recorded, has_rows, sealed_by, read_only)
+            .map_err(RegistryError::Config)?;
+        if record {
+            conn.execute(seal::SET_META_HASH_SQL, [self.audit.alg().as_str()])
+                .map_err(sql)?;
+        }
+        if let (Some(b), false) = (self.audit.box_id(), read_only) {
+            let last = conn
+                .query_row(seal::LAST_SEAL_SQL, [b], |r| r.get::<_, Option<i64>>(0))
+                .map_err(sql)?;
+            self.audit.catch_up(last)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn sql(&self, e: rusqlite::Error) -> RegistryError {

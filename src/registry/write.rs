@@ -21,6 +21,7 @@ use rusqlite::ErrorCode;
 use super::audit::{self, Entry};
 use super::bind::{self, BindError, BindRequest, Facts, Since, SqliteFacts};
 use super::derived::{self, repair_outcome, Drift, Repair, REBUILD_ABOVE};
+use super::hash::HashAlg;
 use super::policy::BindPolicy;
 use futures::executor::block_on;
 
@@ -57,6 +58,10 @@ pub(crate) trait WriteTx: Facts + Send {
     fn audit_head(&mut self) -> Fut<'_, Option<(i64, String)>>;
     /// Writes a copied audit row as it is.
     fn insert_audit<'a>(&'a mut self, r: &'a audit::Row) -> Fut<'a, ()>;
+    /// The chain's algorithm as recorded (`None`: not recorded, SHA-256).
+    fn chain_alg(&mut self) -> Fut<'_, Option<HashAlg>>;
+    /// Records the chain's algorithm (an empty chain taking a copied one).
+    fn record_alg(&mut self, alg: HashAlg) -> Fut<'_, ()>;
     /// Commits; the transaction takes nothing more afterwards.
     fn commit(&mut self) -> Fut<'_, ()>;
 }
@@ -183,10 +188,26 @@ pub(crate) async fn repair(c: &mut dyn Conn, actor: &str) -> Result<Repair, Regi
     Ok(Repair { drift, rebuilt })
 }
 
-/// Writes `rows` as they are, if they continue the chain.
-pub(crate) async fn load_audit(c: &mut dyn Conn, rows: &[audit::Row]) -> Result<(), RegistryError> {
+/// Writes `rows` of a chain of `alg` as they are (seals included), if
+/// they continue the chain; an empty chain takes `alg`.
+pub(crate) async fn load_audit(
+    c: &mut dyn Conn,
+    rows: &[audit::Row],
+    alg: HashAlg,
+) -> Result<(), RegistryError> {
     let mut tx = c.begin().await?;
-    audit::check_continues(tx.audit_head().await?, rows)?;
+    let head = tx.audit_head().await?;
+    if head.is_none() {
+        tx.record_alg(alg).await?;
+    } else {
+        let have = tx.chain_alg().await?.unwrap_or_default();
+        if have != alg {
+            return Err(RegistryError::Config(format!(
+                "cannot append rows of a {alg} chain to this registry's {have} chain"
+            )));
+        }
+    }
+    audit::check_continues(head, rows, alg)?;
     for r in rows {
         tx.insert_audit(r).await?;
     }
@@ -218,6 +239,8 @@ pub(crate) async fn audited(
 pub(crate) struct SqliteTx<'c> {
     s: &'c mut Sqlite,
     open: bool,
+    /// The last seal index written in this transaction.
+    sealed: Option<i64>,
 }
 
 impl SqliteTx<'_> {
@@ -244,6 +267,17 @@ impl SqliteTx<'_> {
             .execute_batch("COMMIT")
             .map_err(|e| self.s.sql(e))?;
         self.open = false;
+        // Committed: the key moves past the rows just sealed.
+        Ok(self.s.audit.committed(self.sealed.take())?)
+    }
+
+    /// Appends one audit row (sealed when this writer seals).
+    fn append_now(&mut self, e: &Entry<'_>) -> Answer<()> {
+        let t = self.s.busy_timeout;
+        let sealed = audit::append(&self.s.conn, e, &self.s.audit, |e| {
+            RegistryError::from_sql(e, t)
+        })?;
+        self.sealed = sealed.or(self.sealed);
         Ok(())
     }
 }
@@ -268,6 +302,7 @@ impl Sqlite {
         Ok(SqliteTx {
             s: self,
             open: true,
+            sealed: None,
         })
     }
 
@@ -305,13 +340,13 @@ impl Sqlite {
     /// Appends one audit row in its own transaction.
     pub fn record(&mut self, e: &Entry<'_>) -> Answer<()> {
         let mut tx = self.write_tx()?;
-        audit::append(tx.conn(), e).map_err(|e| tx.sql(e))?;
+        tx.append_now(e)?;
         tx.commit_now()
     }
 
     /// See [`load_audit`].
-    pub fn load_audit(&mut self, rows: &[audit::Row]) -> Answer<()> {
-        self.now(async |s| load_audit(s, rows).await)
+    pub fn load_audit(&mut self, rows: &[audit::Row], alg: HashAlg) -> Answer<()> {
+        self.now(async |s| load_audit(s, rows, alg).await)
     }
 
     /// Resolves, then writes the audit row (see [`audited`]).
@@ -404,7 +439,7 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     fn append<'a>(&'a mut self, e: &'a Entry<'_>) -> Fut<'a, ()> {
-        now(audit::append(self.conn(), e).map_err(|e| self.sql(e)))
+        now(self.append_now(e))
     }
 
     fn audit_head(&mut self) -> Fut<'_, Option<(i64, String)>> {
@@ -413,6 +448,28 @@ impl WriteTx for SqliteTx<'_> {
 
     fn insert_audit<'a>(&'a mut self, r: &'a audit::Row) -> Fut<'a, ()> {
         now(audit::insert(self.conn(), r).map_err(|e| self.sql(e)))
+    }
+
+    fn chain_alg(&mut self) -> Fut<'_, Option<HashAlg>> {
+        use rusqlite::OptionalExtension;
+        let name = self
+            .conn()
+            .query_row(super::seal::META_HASH_SQL, [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(|e| self.sql(e));
+        now(name.and_then(|n| super::seal::recorded_alg(n).map_err(RegistryError::Corrupt)))
+    }
+
+    fn record_alg(&mut self, alg: HashAlg) -> Fut<'_, ()> {
+        let done = self
+            .conn()
+            .execute(super::seal::SET_META_HASH_SQL, [alg.as_str()])
+            .map(drop)
+            .map_err(|e| self.sql(e));
+        if done.is_ok() {
+            self.s.audit.set_alg(alg);
+        }
+        now(done)
     }
 
     fn commit(&mut self) -> Fut<'_, ()> {

@@ -279,8 +279,11 @@ impl Postgres {
                     .map_err(err)?;
                 }
             }
-            self.append(&tx, &(load.audit)(&counts).entry()).await?;
+            let sealed = self.append(&tx, &(load.audit)(&counts).entry()).await?;
             tx.commit().await.map_err(err)?;
+            self.audit
+                .committed(sealed)
+                .map_err(|e| ImportError::Registry(e.into()))?;
             Ok(counts)
         })
     }

@@ -100,6 +100,7 @@ const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_audit_append.sql"),
+    include_str!("migrations/005_seal.sql"),
 ];
 
 /// How long a connection attempt may take.
@@ -463,6 +464,8 @@ pub struct Postgres {
     /// The schema has been created or checked (see `OpenOptions::lazy`).
     ready: std::sync::atomic::AtomicBool,
     read_only: bool,
+    /// The audit chain's algorithm and this box's sealing.
+    pub(crate) audit: crate::registry::seal::AuditSetup,
 }
 
 impl Drop for Postgres {
@@ -544,6 +547,15 @@ impl Postgres {
             health: Mutex::new(Health::default()),
             ready: std::sync::atomic::AtomicBool::new(false),
             read_only: opts.read_only,
+            audit: crate::registry::seal::AuditSetup::new(
+                opts.audit_hash,
+                match &opts.seal_key {
+                    Some(k) => crate::registry::seal::SealSetup::On(
+                        crate::registry::seal::Sealer::open(k)?,
+                    ),
+                    None => crate::registry::seal::SealSetup::Off,
+                },
+            ),
         };
         match pg.block(pg.prepare_schema()) {
             Err(RegistryError::Unavailable(why)) if opts.lazy => {
@@ -597,7 +609,59 @@ impl Postgres {
         } else {
             self.migrate().await?;
         }
+        let settled: Result<(), RegistryError> =
+            pooled!(self, Some(self.limit()), |c| self.settle_audit(c).await);
+        settled?;
         self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads (and for a new chain records) the chain's algorithm, and
+    /// checks this box's sealing against the registry's (see
+    /// [`crate::registry::seal::AuditSetup::settle`]).
+    async fn settle_audit(&self, c: &deadpool_postgres::Object) -> Result<(), RegistryError> {
+        use crate::registry::seal;
+        let err = |e: tokio_postgres::Error| self.err(&e);
+        let has_meta: bool = c
+            .query_one("SELECT to_regclass('audit_meta') IS NOT NULL", &[])
+            .await
+            .map_err(err)?
+            .try_get(0)
+            .map_err(err)?;
+        if !has_meta {
+            // A read-only look at a registry older than sealing.
+            return Ok(());
+        }
+        let text = |r: Option<tokio_postgres::Row>| -> Result<Option<String>, RegistryError> {
+            r.map(|r| r.try_get::<_, String>(0).map_err(err))
+                .transpose()
+        };
+        let recorded = text(c.query_opt(seal::META_HASH_SQL, &[]).await.map_err(err)?)?;
+        let has_rows: bool = c
+            .query_one(seal::HAS_ROWS_SQL, &[])
+            .await
+            .map_err(err)?
+            .try_get(0)
+            .map_err(err)?;
+        let sealed_by = text(c.query_opt(seal::ANY_SEAL_SQL, &[]).await.map_err(err)?)?;
+        let record = self
+            .audit
+            .settle(recorded, has_rows, sealed_by, self.read_only)
+            .map_err(RegistryError::Config)?;
+        if record {
+            c.execute(seal::SET_META_HASH_SQL, &[&self.audit.alg().as_str()])
+                .await
+                .map_err(err)?;
+        }
+        if let (Some(b), false) = (self.audit.box_id(), self.read_only) {
+            let last: Option<i64> = c
+                .query_one(seal::LAST_SEAL_SQL, &[&b])
+                .await
+                .map_err(err)?
+                .try_get(0)
+                .map_err(err)?;
+            self.audit.catch_up(last)?;
+        }
         Ok(())
     }
 

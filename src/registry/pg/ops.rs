@@ -19,11 +19,13 @@ use crate::registry::audit::{self, Entry, Row as AuditRow};
 use crate::registry::bind::{self, BindError, BindRequest, Facts, Since};
 use crate::registry::derived::{Drift, Repair, COLUMNS};
 use crate::registry::error::RegistryError;
+use crate::registry::hash::HashAlg;
 use crate::registry::policy::BindPolicy;
 use crate::registry::resolve::{
     self, bad_column, CardRow, Columns, Contribution, Fut, Lookup, Member, Query, Resolution, Row,
     Source,
 };
+use crate::registry::seal;
 use crate::registry::write::{self, Conn, WriteTx};
 use crate::registry::{demo, sqlite::Stats};
 
@@ -144,6 +146,8 @@ pub(crate) struct PgTx<'a> {
     /// `None` once committed.
     tx: Option<Transaction<'a>>,
     pg: &'a Postgres,
+    /// The last seal index written in this transaction.
+    sealed: Option<i64>,
 }
 
 impl<'a> PgTx<'a> {
@@ -165,13 +169,22 @@ impl Conn for PgConn<'_> {
             Ok(Box::new(PgTx {
                 tx: Some(tx),
                 pg: self.pg,
+                sealed: None,
             }) as Box<dyn WriteTx>)
         })
     }
 
-    /// One round trip: migration 002's function takes the lock itself.
+    /// An unsealed SHA-256 chain: one round trip, migration 002's function
+    /// takes the lock itself. Otherwise a write transaction of its own.
     fn record<'a>(&'a mut self, e: &'a Entry<'_>) -> Fut<'a, ()> {
-        Box::pin(self.pg.append(&*self.c, e))
+        Box::pin(async move {
+            if self.pg.audit_fast_path() {
+                return self.pg.append(&*self.c, e).await.map(drop);
+            }
+            let mut tx = self.begin().await?;
+            tx.append(e).await?;
+            tx.commit().await
+        })
     }
 }
 
@@ -251,7 +264,11 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn append<'a>(&'a mut self, e: &'a Entry<'_>) -> Fut<'a, ()> {
-        Box::pin(async move { self.pg.append(self.q()?.c, e).await })
+        Box::pin(async move {
+            let sealed = self.pg.append(self.q()?.c, e).await?;
+            self.sealed = sealed.or(self.sealed);
+            Ok(())
+        })
     }
 
     fn audit_head(&mut self) -> Fut<'_, Option<(i64, String)>> {
@@ -277,12 +294,42 @@ impl WriteTx for PgTx<'_> {
         })
     }
 
+    fn chain_alg(&mut self) -> Fut<'_, Option<HashAlg>> {
+        Box::pin(async move {
+            let name = match self
+                .q()?
+                .c
+                .query_opt(seal::META_HASH_SQL, &[])
+                .await
+                .map_err(|e| self.pg.err(&e))?
+            {
+                Some(r) => r.text(0)?,
+                None => None,
+            };
+            seal::recorded_alg(name).map_err(RegistryError::Corrupt)
+        })
+    }
+
+    fn record_alg(&mut self, alg: HashAlg) -> Fut<'_, ()> {
+        Box::pin(async move {
+            self.q()?
+                .c
+                .execute(seal::SET_META_HASH_SQL, &[&alg.as_str()])
+                .await
+                .map_err(|e| self.pg.err(&e))?;
+            self.pg.audit.set_alg(alg);
+            Ok(())
+        })
+    }
+
     fn commit(&mut self) -> Fut<'_, ()> {
         Box::pin(async move {
             match self.tx.take() {
-                Some(tx) => tx.commit().await.map_err(|e| self.pg.err(&e)),
-                None => Ok(()),
+                Some(tx) => tx.commit().await.map_err(|e| self.pg.err(&e))?,
+                None => return Ok(()),
             }
+            // Committed: the key moves past the rows just sealed.
+            Ok(self.pg.audit.committed(self.sealed.take())?)
         })
     }
 }
@@ -308,12 +355,42 @@ impl Postgres {
         Ok(tx)
     }
 
-    /// Appends an audit row inside a write transaction (which holds the lock).
+    /// Whether audit rows go through migration 002's function: an
+    /// unsealed SHA-256 chain.
+    pub(crate) fn audit_fast_path(&self) -> bool {
+        matches!(self.audit.sealer(), Ok(None)) && self.audit.alg() == HashAlg::Sha256
+    }
+
+    /// Appends an audit row inside a write transaction (which holds the
+    /// lock; on the fast path the function takes it too), sealed when this
+    /// box seals; returns the seal index to move the key past once the
+    /// transaction commits.
     pub(crate) async fn append(
         &self,
         c: &impl GenericClient,
         e: &Entry<'_>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<i64>, RegistryError> {
+        if !self.audit_fast_path() {
+            // Sealed or SM3: the row is made in Rust (the key stays on the
+            // box; PostgreSQL has no SM3), under the caller's write lock.
+            let sealer = self.audit.sealer()?;
+            let err = |e: tokio_postgres::Error| self.err(&e);
+            let head = match c.query_opt(audit::HEAD_SQL, &[]).await.map_err(err)? {
+                Some(r) => Some((r.req_int(0)?, r.req_text(1)?)),
+                None => None,
+            };
+            let mut row = AuditRow::next(head, e, self.audit.alg());
+            if let Some(s) = sealer {
+                let last = c
+                    .query_one(seal::LAST_SEAL_SQL, &[&s.box_id()])
+                    .await
+                    .map_err(err)?
+                    .int(0)?;
+                row.seal = Some(s.seal(last, &row.hash)?);
+            }
+            insert_audit(c, &row).await.map_err(err)?;
+            return Ok(row.seal.map(|s| s.index));
+        }
         // One round trip: migration 002's function takes the lock, reads
         // the head and appends (in the caller's transaction, or in its own
         // when called alone).
@@ -335,7 +412,7 @@ impl Postgres {
             ],
         )
         .await
-        .map(drop)
+        .map(|_| None)
         .map_err(|e| self.err(&e))
     }
 
@@ -536,8 +613,8 @@ impl Postgres {
     }
 
     /// See [`write::load_audit`].
-    pub fn load_audit(&mut self, rows: &[AuditRow]) -> Result<(), RegistryError> {
-        self.run_bulk(async |c| write::load_audit(&mut PgConn::new(c, self), rows).await)
+    pub fn load_audit(&mut self, rows: &[AuditRow], alg: HashAlg) -> Result<(), RegistryError> {
+        self.run_bulk(async |c| write::load_audit(&mut PgConn::new(c, self), rows, alg).await)
     }
 
     /// The SSNs whose derived row differs from the view, with the kind of
@@ -604,13 +681,9 @@ impl Postgres {
     }
 }
 
-async fn insert_audit(tx: &Transaction<'_>, r: &AuditRow) -> Result<(), tokio_postgres::Error> {
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO audit (id, at, actor, action, ssn, outcome, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .await?;
+async fn insert_audit(tx: &impl GenericClient, r: &AuditRow) -> Result<(), tokio_postgres::Error> {
+    let st = tx.prepare_cached(audit::INSERT_SQL).await?;
+    let seal = r.seal.as_ref();
     tx.execute(
         &st,
         &[
@@ -622,6 +695,9 @@ async fn insert_audit(tx: &Transaction<'_>, r: &AuditRow) -> Result<(), tokio_po
             &r.outcome,
             &r.prev_hash,
             &r.hash,
+            &seal.map(|s| &s.box_id),
+            &seal.map(|s| s.index),
+            &seal.map(|s| &s.mac),
         ],
     )
     .await
