@@ -521,3 +521,45 @@ fn another_user_cannot_read_or_use_the_sealing_key() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("Permission denied"), "{out}");
 }
+
+/// Lookups through the daemon's socket are sealed as they are audited;
+/// once the box's key is gone, a lookup is refused (`registry`) rather than
+/// shown without its sealed row.
+#[tokio::test]
+async fn reads_through_the_daemon_are_sealed_and_refused_without_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::fixture_db(dir.path());
+    let dbs = db.display().to_string();
+    let vk = dir.path().join("v.key").display().to_string();
+    let key = dir.path().join("registry.db.seal");
+    assert_eq!(key.parent(), db.parent());
+    ok(&dbs, &["seal", "init", "--out", &vk, "--box", "window-1"]);
+    let d = common::Daemon::start_on(
+        dir,
+        db.clone(),
+        &[],
+        "role = \"window\"",
+        cardlink::sim::VirtualPorts::new(),
+    )
+    .await;
+    let mut c = d.client().await;
+    let lookup = serde_json::json!({"cmd": "lookup", "number": common::card(common::SPOUSE)});
+    for _ in 0..3 {
+        let r = c.request(lookup.clone()).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let (code, out) = verify(&dbs, &vk);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("box window-1: 4 sealed rows, last seal index 3, key at 4"),
+        "{out}"
+    );
+    std::fs::remove_file(&key).unwrap();
+    let r = c.request(lookup).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["code"].as_str()),
+        (Some(false), Some("registry")),
+        "{r}"
+    );
+    d.stop().await;
+}

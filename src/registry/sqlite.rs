@@ -99,8 +99,9 @@ impl Sqlite {
             .clone()
             .or_else(|| Some(seal::default_key_path(path)).filter(|p| p.exists()));
         let seal = match key {
-            Some(k) => SealSetup::On(Sealer::open(&k)?),
-            None => SealSetup::Off,
+            // A read-only registry writes no row: it needs no key.
+            Some(k) if !opts.read_only => SealSetup::On(Sealer::open(&k)?),
+            _ => SealSetup::Off,
         };
         let conn =
             Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {

@@ -550,10 +550,11 @@ impl Postgres {
             audit: crate::registry::seal::AuditSetup::new(
                 opts.audit_hash,
                 match &opts.seal_key {
-                    Some(k) => crate::registry::seal::SealSetup::On(
+                    // A read-only registry writes no row: it needs no key.
+                    Some(k) if !opts.read_only => crate::registry::seal::SealSetup::On(
                         crate::registry::seal::Sealer::open(k)?,
                     ),
-                    None => crate::registry::seal::SealSetup::Off,
+                    _ => crate::registry::seal::SealSetup::Off,
                 },
             ),
         };
