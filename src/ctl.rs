@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ClientError;
 use crate::protocol::{Card, FamilyRole, Message, Status, WireOutcome};
-use crate::registry::{Database, OpenOptions, Registry, RegistryError};
+use crate::registry::{Database, DbKey, OpenOptions, Registry, RegistryError};
 #[cfg(feature = "sim")]
 use crate::sim::{self, PtyMaster, SimOptions};
 use crate::Ssn;
@@ -314,7 +314,11 @@ pub fn repair_text(r: &crate::registry::Repair) -> String {
 }
 
 /// Opens a registry for the tool, creating a SQLite file's directory.
-pub fn open_registry(db: &Database, cache_mib: i64) -> Result<Registry, CtlError> {
+pub fn open_registry(
+    db: &Database,
+    cache_mib: i64,
+    key: Option<DbKey>,
+) -> Result<Registry, CtlError> {
     if let Some(dir) = db
         .path()
         .and_then(Path::parent)
@@ -324,6 +328,7 @@ pub fn open_registry(db: &Database, cache_mib: i64) -> Result<Registry, CtlError
     }
     let opts = OpenOptions {
         cache_kib: cache_mib.max(1) * 1024,
+        key,
         ..OpenOptions::default()
     };
     Ok(Registry::open_database(db, &opts)?)
@@ -375,17 +380,30 @@ pub enum MigrateError {
 /// chain, and a `migrate` row. Checks the result: counts equal, chain
 /// intact, read model exact.
 pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, MigrateError> {
+    migrate_keyed(from, to, None, actor)
+}
+
+/// [`migrate`] with the key of an encrypted SQLite end.
+pub fn migrate_keyed(
+    from: &Database,
+    to: &Database,
+    key: Option<DbKey>,
+    actor: &str,
+) -> Result<Migrated, MigrateError> {
     if matches!((from, to), (Database::Postgres(_), Database::Postgres(_))) {
         return Err(MigrateError::BothPostgres);
     }
+    // The key belongs to the SQLite end (both ends, if both are SQLite).
+    let key_for = |db: &Database| key.clone().filter(|_| db.path().is_some());
     let source = Registry::open_database(
         from,
         &OpenOptions {
             read_only: true,
+            key: key_for(from),
             ..OpenOptions::default()
         },
     )?;
-    let mut target = open_registry(to, 64)?;
+    let mut target = open_registry(to, 64, key_for(to))?;
     let before = target.stats()?;
     if before.persons + before.cards + before.audit + before.contributions > 0 {
         return Err(MigrateError::TargetNotEmpty(
@@ -569,7 +587,7 @@ pub async fn demo(
             d.persons,
             db.display()
         );
-        let mut reg = open_registry(&Database::from(db.clone()), 64)?;
+        let mut reg = open_registry(&Database::from(db.clone()), 64, None)?;
         reg.gen_demo(&crate::registry::demo::DemoOptions {
             persons: d.persons,
             ..crate::registry::demo::DemoOptions::default()

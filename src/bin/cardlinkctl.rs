@@ -15,9 +15,11 @@ use cardlink::ctl;
 use cardlink::protocol::{Message, Parties, Reply, Request};
 #[cfg(feature = "sim")]
 use cardlink::reader::{card::TextEncoding, codec::Mode};
+use cardlink::registry::crypt::{self, Conversion};
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
-use cardlink::registry::{Database, Relation};
+use cardlink::registry::key::CREDENTIAL;
+use cardlink::registry::{Database, KeySource, Relation};
 #[cfg(feature = "sim")]
 use cardlink::sim::{self, SimOptions};
 use clap::{Parser, Subcommand};
@@ -58,6 +60,12 @@ enum Cmd {
         /// tables fit (10M persons: 2048).
         #[arg(long, default_value_t = 64)]
         cache_mib: i64,
+        /// The key of an encrypted SQLite registry: a file of 64 hex digits
+        /// (`openssl rand -hex 32`), not readable by others. Without it, the
+        /// systemd credential cardlink-db-key in $CREDENTIALS_DIRECTORY when
+        /// there is one. For `db encrypt`: the new key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         #[command(subcommand)]
         cmd: DbCmd,
     },
@@ -269,6 +277,26 @@ enum DbCmd {
         #[arg(long, value_parser = parse_database)]
         to: Database,
     },
+    /// Encrypt a plain SQLite registry in place with the key of
+    /// --key-file (SQLCipher); audited. Stop cardlinkd first.
+    Encrypt,
+    /// Decrypt an encrypted SQLite registry (key: --key-file): in place, or
+    /// with --out into a plain copy (for inspection with sqlite3; shred it
+    /// after); audited.
+    Decrypt {
+        /// Write a plain copy here (a new file in a directory others
+        /// cannot enter, e.g. made with `install -d -m 0700`) and leave
+        /// the registry encrypted.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Give an encrypted SQLite registry a new key (the old one:
+    /// --key-file); audited. Stop cardlinkd first.
+    Rekey {
+        /// The new key: a file of 64 hex digits, not readable by others.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
     /// Write a deterministic synthetic registry.
     GenDemo {
         #[arg(long, default_value_t = 5000)]
@@ -342,8 +370,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Db {
             database,
             cache_mib,
+            key_file,
             cmd,
-        } => db(&database, cache_mib, cmd),
+        } => db(&database, cache_mib, key_file.as_deref(), cmd),
         Cmd::Watch { socket, json } => runtime()?.block_on(async {
             let stop = ctrl_c();
             ctl::watch(&socket, json, &mut std::io::stdout(), &stop).await?;
@@ -540,9 +569,62 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
-    let open = || ctl::open_registry(path, cache_mib);
+fn db(path: &Database, cache_mib: i64, key_file: Option<&Path>, cmd: DbCmd) -> anyhow::Result<i32> {
+    // The key's source (an explicit file, else the systemd credential)
+    // applies to a SQLite registry only; a PostgreSQL registry with
+    // --key-file is refused when it is opened.
+    let source = match path {
+        Database::Sqlite(_) => KeySource::choose(key_file),
+        Database::Postgres(_) => key_file.map(|f| KeySource::File(f.to_path_buf())),
+    };
+    let key = || source.as_ref().map(KeySource::load).transpose();
+    let open = || -> anyhow::Result<_> { Ok(ctl::open_registry(path, cache_mib, key()?)?) };
+    let file = || {
+        path.path().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{path} is PostgreSQL; encrypting it at rest is the server's job (see README)"
+            )
+        })
+    };
+    let need = |what: &str| {
+        key()?.ok_or_else(|| {
+            anyhow::anyhow!("give the {what} with --key-file (or the credential {CREDENTIAL})")
+        })
+    };
     match cmd {
+        DbCmd::Encrypt => {
+            let out = crypt::convert(
+                file()?,
+                &Conversion::Encrypt {
+                    key: need("new key")?,
+                },
+                "cardlinkctl",
+            )?;
+            println!("{}: encrypted", out.display());
+        }
+        DbCmd::Decrypt { out } => {
+            let done = crypt::convert(
+                file()?,
+                &Conversion::Decrypt {
+                    key: need("registry's key")?,
+                    out,
+                },
+                "cardlinkctl",
+            )?;
+            println!("{}: decrypted (a plain SQLite file)", done.display());
+        }
+        DbCmd::Rekey { new_key_file } => {
+            let new = KeySource::File(new_key_file).load()?;
+            let out = crypt::convert(
+                file()?,
+                &Conversion::Rekey {
+                    old: need("registry's current key")?,
+                    new,
+                },
+                "cardlinkctl",
+            )?;
+            println!("{}: key changed", out.display());
+        }
         DbCmd::Init => {
             let reg = open()?;
             println!(
@@ -552,7 +634,8 @@ fn db(path: &Database, cache_mib: i64, cmd: DbCmd) -> anyhow::Result<i32> {
             );
         }
         DbCmd::Migrate { from, to } => {
-            let m = ctl::migrate(&from, &to, "cardlinkctl migrate")?;
+            // The key (if any) is the SQLite end's.
+            let m = ctl::migrate_keyed(&from, &to, key()?, "cardlinkctl migrate")?;
             let c = m.counts;
             println!(
                 "copied {from} to {to}: {} persons, {} cards, {} links, {} accounts, {} contributions, {} audit rows (chain verified)",
