@@ -20,6 +20,13 @@
 //! alone, side by side with a plain indexed point query
 //! (`SELECT ... FROM persons WHERE ssn = ?`, `... FROM cards WHERE card_no = ?`)
 //! on the same file and connection settings.
+//!
+//! `CARDLINK_BENCH_ENCRYPTION=1` instead compares a plain registry with one
+//! encrypted by SQLCipher (a raw 32-byte key, as `database_key_file`
+//! gives it) in the same run: the same CSV files imported into each
+//! (timed, alternating), then `resolve` by SSN and by card number on both,
+//! interleaved call by call, with the daemon's settings (see
+//! [`encryption`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -115,6 +122,101 @@ fn floor(csv: &Path, db: &Path) -> anyhow::Result<Option<(f64, f64, f64)>> {
     Ok(Some((persons, cal, contributions)))
 }
 
+/// Plain against encrypted, same files, same run: import times and
+/// resolve latencies (`CARDLINK_BENCH_ENCRYPTION=1`).
+fn encryption(persons: u64, dir: &Path, csv_dir: &Path) -> anyhow::Result<()> {
+    use cardlink::registry::{DbKey, KeySource};
+    let key = DbKey::from_hex(
+        KeySource::File("bench".into()),
+        "5f3c9a0e7b21d4c6a8e0f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f50",
+    )
+    .ok_or_else(|| anyhow::anyhow!("bench key"))?;
+    let csv = |n: &str| csv_dir.join(format!("{n}.csv"));
+    let files: Vec<PathBuf> = ["persons", "cards", "accounts", "links", "contributions"]
+        .iter()
+        .map(|n| csv(n))
+        .collect();
+    let variants = [("plain", None), ("encrypted", Some(key))];
+    let dbs: Vec<PathBuf> = variants
+        .iter()
+        .map(|(name, _)| dir.join(format!("enc-{name}-{persons}.db")))
+        .collect();
+    let opts = |k: &Option<DbKey>, cache_kib: i64| OpenOptions {
+        cache_kib,
+        key: k.clone(),
+        ..OpenOptions::default()
+    };
+    // Import: each variant three times, alternating, into a new file
+    // (cardlinkctl's 64 MiB cache); the median of each.
+    let mut import: [Vec<f64>; 2] = Default::default();
+    for _round in 0..3 {
+        for (i, (_, k)) in variants.iter().enumerate() {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", dbs[i].display()));
+            }
+            let mut reg = Registry::open(&dbs[i], &opts(k, 64 << 10))?;
+            let t = Instant::now();
+            reg.import(&files, "bench")?;
+            reg.connection()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+            import[i].push(t.elapsed().as_secs_f64());
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ip, ie) = (med(&mut import[0]), med(&mut import[1]));
+    println!(
+        "import of all five files, median of 3: plain {ip:.2} s, encrypted {ie:.2} s, ratio {:.2}x",
+        ie / ip
+    );
+    // Resolve: the daemon's settings (8 MiB cache), interleaved call by
+    // call; one untimed pass warms the OS page cache.
+    let regs = variants
+        .iter()
+        .zip(&dbs)
+        .map(|((_, k), db)| Registry::open(db, &opts(k, OpenOptions::default().cache_kib)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = 100_000;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let ids: Vec<u64> = (0..n).map(|_| rng.random_range(0..persons)).collect();
+    let ssns: Vec<Ssn> = ids
+        .iter()
+        .map(|&i| Ssn::parse(&demo_ssn(i)).unwrap())
+        .collect();
+    let cards: Vec<String> = ids.iter().map(|&i| demo_card_no(i)).collect();
+    let mut lat: [[Vec<Duration>; 2]; 2] = Default::default();
+    for pass in 0..2 {
+        for i in 0..n {
+            for (v, reg) in regs.iter().enumerate() {
+                let t = Instant::now();
+                let r = reg.resolve(&Lookup::ssn(ssns[i]))?;
+                let d0 = t.elapsed();
+                let t = Instant::now();
+                reg.resolve(&Lookup::card_no(cards[i].clone()))?;
+                let d1 = t.elapsed();
+                anyhow::ensure!(r.person.is_some(), "every generated person resolves");
+                if pass == 1 {
+                    lat[v][0].push(d0);
+                    lat[v][1].push(d1);
+                }
+            }
+        }
+    }
+    let [[ps, pc], [es, ec]] = lat;
+    let (_, pps) = report("plain resolve by SSN", ps);
+    let (_, ppc) = report("plain resolve by card number", pc);
+    let (_, eps) = report("encrypted resolve by SSN", es);
+    let (_, epc) = report("encrypted resolve by card number", ec);
+    println!(
+        "p99 ratio encrypted/plain: by SSN {:.2}x, by card {:.2}x",
+        eps.as_secs_f64() / pps.as_secs_f64(),
+        epc.as_secs_f64() / ppc.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
@@ -148,6 +250,9 @@ fn main() -> anyhow::Result<()> {
         )?;
         sink.finish()?;
         println!("gen-demo --csv: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if std::env::var_os("CARDLINK_BENCH_ENCRYPTION").is_some() {
+        return encryption(persons, &dir, &csv_dir);
     }
     if !db.exists() {
         let csv = |n: &str| csv_dir.join(format!("{n}.csv"));

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! database = "/var/lib/cardlink/registry.db"   # or postgres://…: a shared registry
+//! database_key_file = "/etc/cardlink/db.key"   # an encrypted registry (SQLCipher): 64 hex digits, not readable by others
 //! role = "window"                       # or "kiosk"
 //! relations = ["spouse", "parent", "child", "sibling", "grandparent",
 //!              "maternal_grandparent", "grandchild", "maternal_grandchild"]
@@ -53,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::reader::card::TextEncoding;
 use crate::reader::codec::Mode;
 use crate::registry::policy::IdCardUse;
-use crate::registry::{BindPolicy, Database, Relation, Scope};
+use crate::registry::{BindPolicy, Database, DbKey, KeySource, RegistryError, Relation, Scope};
 
 /// Default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/cardlink/cardlinkd.toml";
@@ -223,6 +224,12 @@ pub struct Config {
     /// Registry database.
     #[serde(default = "default_db")]
     pub database: Database,
+    /// The key of an encrypted SQLite registry: a file of 64 hex digits
+    /// (see [`crate::registry::key`]). Without it, the systemd credential
+    /// `cardlink-db-key` is used when the unit loads one; without either,
+    /// the registry is a plain file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_key_file: Option<PathBuf>,
     /// Window or kiosk.
     #[serde(default)]
     pub role: Station,
@@ -433,6 +440,9 @@ impl Config {
                 self.cache_mib
             ));
         }
+        if let (Database::Postgres(_), Some(_)) = (&self.database, &self.database_key_file) {
+            return bad("database_key_file is for a SQLite registry; a PostgreSQL server encrypts its data at rest itself (see README)".into());
+        }
         if let Database::Sqlite(path) = &self.database {
             if path.as_os_str().is_empty() {
                 return bad("database is empty: give a file path or a postgres:// URL".into());
@@ -495,6 +505,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where the registry's key comes from: `database_key_file`, else the
+    /// systemd credential when this process has one; `None` for a
+    /// PostgreSQL registry or a plain file.
+    pub fn key_source(&self) -> Option<KeySource> {
+        match self.database {
+            Database::Sqlite(_) => KeySource::choose(self.database_key_file.as_deref()),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    /// The registry's key, read and checked (see [`Config::key_source`]).
+    pub fn database_key(&self) -> Result<Option<DbKey>, RegistryError> {
+        self.key_source().map(|s| s.load()).transpose()
     }
 
     /// The binding rules this configuration sets.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ClientError;
 use crate::protocol::{Card, FamilyRole, Message, Status, WireOutcome};
-use crate::registry::{Database, OpenOptions, Registry, RegistryError};
+use crate::registry::{Database, DbKey, OpenOptions, Registry, RegistryError};
 #[cfg(feature = "sim")]
 use crate::sim::{self, PtyMaster, SimOptions};
 use crate::Ssn;
@@ -315,13 +315,17 @@ pub fn repair_text(r: &crate::registry::Repair) -> String {
 
 /// Opens a registry for the tool, creating a SQLite file's directory.
 pub fn open_registry(db: &Database, cache_mib: i64) -> Result<Registry, CtlError> {
-    open_registry_with(db, cache_mib, &AuditOptions::default())
+    open_registry_with(db, cache_mib, &DbOptions::default())
 }
 
-/// The audit chain's settings of `cardlinkctl db` (`--audit-hash`,
-/// `--seal-key`).
+/// The settings of `cardlinkctl db` that decide how a registry is opened:
+/// its key (`--key-file`), the audit chain's algorithm (`--audit-hash`)
+/// and the box's sealing key (`--seal-key`).
 #[derive(Debug, Clone, Default)]
-pub struct AuditOptions {
+pub struct DbOptions {
+    /// The key of an encrypted SQLite registry (a PostgreSQL registry
+    /// refuses one).
+    pub key: Option<DbKey>,
     /// The algorithm of a new chain; a chain with rows keeps its own.
     pub audit_hash: Option<crate::registry::HashAlg>,
     /// The box's sealing key (default for SQLite: `<registry>.seal` when
@@ -329,11 +333,11 @@ pub struct AuditOptions {
     pub seal_key: Option<PathBuf>,
 }
 
-/// [`open_registry`] with the audit chain's settings.
+/// [`open_registry`] with a key and the audit chain's settings.
 pub fn open_registry_with(
     db: &Database,
     cache_mib: i64,
-    audit: &AuditOptions,
+    opts: &DbOptions,
 ) -> Result<Registry, CtlError> {
     if let Some(dir) = db
         .path()
@@ -344,8 +348,9 @@ pub fn open_registry_with(
     }
     let opts = OpenOptions {
         cache_kib: cache_mib.max(1) * 1024,
-        audit_hash: audit.audit_hash,
-        seal_key: audit.seal_key.clone(),
+        audit_hash: opts.audit_hash,
+        seal_key: opts.seal_key.clone(),
+        key: opts.key.clone(),
         ..OpenOptions::default()
     };
     Ok(Registry::open_database(db, &opts)?)
@@ -482,25 +487,30 @@ pub enum MigrateError {
 /// chain, and a `migrate` row. Checks the result: counts equal, chain
 /// intact, read model exact.
 pub fn migrate(from: &Database, to: &Database, actor: &str) -> Result<Migrated, MigrateError> {
-    migrate_with(from, to, actor, &AuditOptions::default())
+    migrate_with(from, to, actor, &DbOptions::default())
 }
 
-/// [`migrate`], the target's own rows (`import`, `migrate`) written with
-/// `target`'s settings (a sealing box passes its key, so that they are
-/// sealed like the rows before them). The chain keeps its algorithm.
+/// [`migrate`] with `opts`: its key is the SQLite end's (both ends', if
+/// both are SQLite); the target's own rows (`import`, `migrate`) are
+/// written with its sealing key (a sealing box passes its key, so that
+/// they are sealed like the rows before them). The chain keeps its
+/// algorithm.
 pub fn migrate_with(
     from: &Database,
     to: &Database,
     actor: &str,
-    target: &AuditOptions,
+    opts: &DbOptions,
 ) -> Result<Migrated, MigrateError> {
     if matches!((from, to), (Database::Postgres(_), Database::Postgres(_))) {
         return Err(MigrateError::BothPostgres);
     }
+    // The key belongs to the SQLite end (both ends, if both are SQLite).
+    let key_for = |db: &Database| opts.key.clone().filter(|_| db.path().is_some());
     let source = Registry::open_database(
         from,
         &OpenOptions {
             read_only: true,
+            key: key_for(from),
             ..OpenOptions::default()
         },
     )?;
@@ -508,9 +518,10 @@ pub fn migrate_with(
     let mut target = open_registry_with(
         to,
         64,
-        &AuditOptions {
+        &DbOptions {
+            key: key_for(to),
             audit_hash: Some(alg),
-            seal_key: target.seal_key.clone(),
+            seal_key: opts.seal_key.clone(),
         },
     )?;
     let before = target.stats()?;

@@ -15,9 +15,11 @@ use cardlink::ctl;
 use cardlink::protocol::{Message, Parties, Reply, Request};
 #[cfg(feature = "sim")]
 use cardlink::reader::{card::TextEncoding, codec::Mode};
+use cardlink::registry::crypt::{self, Conversion};
 use cardlink::registry::demo::{generate, CsvSink, DemoOptions};
 use cardlink::registry::import::ImportError;
-use cardlink::registry::{Database, HashAlg, Relation};
+use cardlink::registry::key::CREDENTIAL;
+use cardlink::registry::{Database, HashAlg, KeySource, Relation};
 #[cfg(feature = "sim")]
 use cardlink::sim::{self, SimOptions};
 use clap::{Parser, Subcommand};
@@ -66,6 +68,12 @@ enum Cmd {
         /// REGISTRY.seal beside it, when it exists).
         #[arg(long)]
         seal_key: Option<PathBuf>,
+        /// The key of an encrypted SQLite registry: a file of 64 hex digits
+        /// (`openssl rand -hex 32`), not readable by others. Without it, the
+        /// systemd credential cardlink-db-key in $CREDENTIALS_DIRECTORY when
+        /// there is one. For `db encrypt`: the new key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         #[command(subcommand)]
         cmd: DbCmd,
     },
@@ -292,6 +300,26 @@ enum DbCmd {
         #[arg(long, value_parser = parse_database)]
         to: Database,
     },
+    /// Encrypt a plain SQLite registry in place with the key of
+    /// --key-file (SQLCipher); audited. Stop cardlinkd first.
+    Encrypt,
+    /// Decrypt an encrypted SQLite registry (key: --key-file): in place, or
+    /// with --out into a plain copy (for inspection with sqlite3; shred it
+    /// after); audited.
+    Decrypt {
+        /// Write a plain copy here (a new file in a directory others
+        /// cannot enter, e.g. made with `install -d -m 0700`) and leave
+        /// the registry encrypted.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Give an encrypted SQLite registry a new key (the old one:
+    /// --key-file); audited. Stop cardlinkd first.
+    Rekey {
+        /// The new key: a file of 64 hex digits, not readable by others.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
     /// Write a deterministic synthetic registry.
     GenDemo {
         #[arg(long, default_value_t = 5000)]
@@ -382,11 +410,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache_mib,
             audit_hash,
             seal_key,
+            key_file,
             cmd,
         } => db(
             &database,
             cache_mib,
-            &ctl::AuditOptions {
+            key_file.as_deref(),
+            &ctl::DbOptions {
+                key: None,
                 audit_hash,
                 seal_key,
             },
@@ -588,14 +619,76 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// `cardlinkctl db …`; `audit` without its key, which comes from
+/// `key_file` or the systemd credential.
 fn db(
     path: &Database,
     cache_mib: i64,
-    audit: &ctl::AuditOptions,
+    key_file: Option<&Path>,
+    audit: &ctl::DbOptions,
     cmd: DbCmd,
 ) -> anyhow::Result<i32> {
-    let open = || ctl::open_registry_with(path, cache_mib, audit);
+    // The key's source (an explicit file, else the systemd credential)
+    // applies to a SQLite registry only; a PostgreSQL registry with
+    // --key-file is refused when it is opened.
+    let source = match path {
+        Database::Sqlite(_) => KeySource::choose(key_file),
+        Database::Postgres(_) => key_file.map(|f| KeySource::File(f.to_path_buf())),
+    };
+    let key = || source.as_ref().map(KeySource::load).transpose();
+    let opts = || -> anyhow::Result<ctl::DbOptions> {
+        Ok(ctl::DbOptions {
+            key: key()?,
+            ..audit.clone()
+        })
+    };
+    let open = || -> anyhow::Result<_> { Ok(ctl::open_registry_with(path, cache_mib, &opts()?)?) };
+    let file = || {
+        path.path().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{path} is PostgreSQL; encrypting it at rest is the server's job (see README)"
+            )
+        })
+    };
+    let need = |what: &str| {
+        key()?.ok_or_else(|| {
+            anyhow::anyhow!("give the {what} with --key-file (or the credential {CREDENTIAL})")
+        })
+    };
     match cmd {
+        DbCmd::Encrypt => {
+            let out = crypt::convert(
+                file()?,
+                &Conversion::Encrypt {
+                    key: need("new key")?,
+                },
+                "cardlinkctl",
+            )?;
+            println!("{}: encrypted", out.display());
+        }
+        DbCmd::Decrypt { out } => {
+            let done = crypt::convert(
+                file()?,
+                &Conversion::Decrypt {
+                    key: need("registry's key")?,
+                    out,
+                },
+                "cardlinkctl",
+            )?;
+            println!("{}: decrypted (a plain SQLite file)", done.display());
+        }
+        DbCmd::Rekey { new_key_file } => {
+            let new = KeySource::File(new_key_file).load()?;
+            let out = crypt::convert(
+                file()?,
+                &Conversion::Rekey {
+                    old: need("registry's current key")?,
+                    new,
+                },
+                "cardlinkctl",
+            )?;
+            println!("{}: key changed", out.display());
+        }
         DbCmd::Init => {
             let reg = open()?;
             println!(
@@ -605,7 +698,8 @@ fn db(
             );
         }
         DbCmd::Migrate { from, to } => {
-            let m = ctl::migrate_with(&from, &to, "cardlinkctl migrate", audit)?;
+            // The key (if any) is the SQLite end's.
+            let m = ctl::migrate_with(&from, &to, "cardlinkctl migrate", &opts()?)?;
             let c = m.counts;
             println!(
                 "copied {from} to {to}: {} persons, {} cards, {} links, {} accounts, {} contributions, {} audit rows (chain verified)",
@@ -681,9 +775,9 @@ fn db(
             let mut reg = ctl::open_registry_with(
                 path,
                 cache_mib,
-                &ctl::AuditOptions {
-                    audit_hash: audit.audit_hash,
+                &ctl::DbOptions {
                     seal_key: None,
+                    ..opts()?
                 },
             )?;
             reg.seal_init(&key, &out, &box_id, "cardlinkctl")?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use cardlink::config::{Config, DEFAULT_PATH};
 use cardlink::daemon::{self, Daemon, SerialPorts, Update};
-use cardlink::registry::{Database, OpenOptions, Registry};
+use cardlink::registry::{Database, DbKey, OpenOptions, Registry};
 use cardlink::{logging, notify};
 use clap::Parser;
 use tokio::net::UnixListener;
@@ -45,7 +45,16 @@ fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = Config::load(&args.config)?;
     if args.check_config {
-        check_registry(&cfg.database)?;
+        // Where the key comes from, never the key.
+        match cfg.key_source() {
+            Some(source) => eprintln!("registry key: {source}"),
+            None if cfg.database.path().is_some() => {
+                eprintln!("registry key: none (a plain, unencrypted file)")
+            }
+            None => {}
+        }
+        let key = cfg.database_key()?;
+        check_registry(&cfg.database, key)?;
         print!("{}", cfg.to_toml());
         eprintln!("{}: configuration OK", args.config.display());
         return Ok(());
@@ -64,7 +73,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// That the registry opens, without creating or changing anything.
-fn check_registry(db: &Database) -> anyhow::Result<()> {
+fn check_registry(db: &Database, key: Option<DbKey>) -> anyhow::Result<()> {
     let path = match db {
         Database::Sqlite(p) => p,
         Database::Postgres(_) => {
@@ -83,6 +92,7 @@ fn check_registry(db: &Database) -> anyhow::Result<()> {
     if path.exists() {
         let opts = OpenOptions {
             read_only: true,
+            key,
             ..OpenOptions::default()
         };
         let reg = Registry::open(path, &opts)?;
@@ -185,6 +195,12 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let Database::Sqlite(path) = &cfg.database {
         lock_registry(path)?;
     }
+    // The key is read once, at start (a reload does not change the
+    // registry); only its source is logged.
+    let key = cfg.database_key()?;
+    if let Some(k) = &key {
+        tracing::info!(key = %k.source(), "the registry is encrypted");
+    }
     // Opening blocks (a PostgreSQL registry connects and migrates on a
     // runtime of its own), so off this runtime's threads.
     let (database, opts) = (
@@ -197,6 +213,7 @@ async fn serve(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
             lazy: true,
             audit_hash: cfg.audit_hash,
             seal_key: cfg.seal_key_file.clone(),
+            key,
             ..OpenOptions::default()
         },
     );

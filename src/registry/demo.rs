@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::error::RegistryError;
+use super::files::private_file;
 use super::import::{AccountRec, CardRec, ContributionRec, LinkRec, PersonRec, Record, Table};
 use super::sqlite::Sqlite;
 
@@ -269,12 +270,12 @@ pub struct CsvSink {
 }
 
 impl CsvSink {
-    /// Creates the five files in `dir`.
+    /// Creates the five files in `dir` (0600: they hold personal data).
     pub fn create(dir: &Path) -> csv::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let files = Table::ALL
             .iter()
-            .map(|t| csv::Writer::from_path(dir.join(t.file())))
+            .map(|t| Ok(csv::Writer::from_writer(private_file(&dir.join(t.file()))?)))
             .collect::<csv::Result<_>>()?;
         Ok(CsvSink { files })
     }

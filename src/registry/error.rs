@@ -43,6 +43,43 @@ pub enum RegistryError {
     /// audit row is not written unsealed in a sealed registry).
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// The registry file is encrypted and no key was given.
+    // (The credential's name is `key::CREDENTIAL`, which imports this
+    // file; a unit test there keeps the two alike.)
+    #[error("the registry {path} is encrypted (not a plain SQLite file); no key given (database_key_file / --key-file / credential cardlink-db-key)")]
+    KeyRequired {
+        /// The registry file.
+        path: String,
+    },
+    /// The key given does not open the encrypted registry.
+    #[error("the registry {path} is encrypted and the {key} does not open it")]
+    WrongKey {
+        /// The registry file.
+        path: String,
+        /// Where the key came from ([`super::key::KeySource`]'s text).
+        key: String,
+    },
+    /// A key was given for a registry file that is not encrypted.
+    #[error("the registry {path} is not encrypted, but a key was given ({key}); encrypt it with `cardlinkctl db encrypt` or remove the key setting")]
+    NotEncrypted {
+        /// The registry file.
+        path: String,
+        /// Where the key came from.
+        key: String,
+    },
+    /// `db encrypt`, `decrypt` or `rekey` refused or failed (nothing was
+    /// changed).
+    #[error("{0}")]
+    Crypt(String),
+    /// The key cannot be used (missing, unreadable, readable by others,
+    /// not 64 hex digits).
+    #[error("database {key} {why}")]
+    Key {
+        /// Where the key came from.
+        key: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 impl RegistryError {

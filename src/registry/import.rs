@@ -1058,7 +1058,9 @@ impl Sqlite {
         let mut counts = ImportCounts::default();
         for t in Table::ALL {
             let path = dir.join(t.file());
-            let mut w = csv::Writer::from_path(&path).map_err(|e| io(&path, e))?;
+            let mut w = csv::Writer::from_writer(
+                super::files::private_file(&path).map_err(|e| io(&path, e.into()))?,
+            );
             w.write_record(t.columns()).map_err(|e| io(&path, e))?;
             let mut st = self.conn.prepare(&t.export_select()).map_err(db)?;
             let mut rows = st.query([]).map_err(db)?;

@@ -25,11 +25,14 @@
 
 pub mod audit;
 pub(crate) mod bind;
+pub mod crypt;
 pub mod demo;
 pub mod derived;
 pub mod error;
 pub mod hash;
+pub mod files;
 pub mod import;
+pub mod key;
 pub mod pg;
 pub mod policy;
 pub(crate) mod resolve;
@@ -48,6 +51,7 @@ pub use bind::{BindError, BindRequest, Channel};
 pub use derived::{Drift, Repair};
 pub use error::RegistryError;
 pub use hash::HashAlg;
+pub use key::{DbKey, KeySource};
 pub use policy::{BindPolicy, Relation, Scope};
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 /// The statements a resolution sends by SSN and by card number (the
@@ -164,6 +168,11 @@ impl Registry {
     pub fn open_database(db: &Database, opts: &OpenOptions) -> Result<Registry, RegistryError> {
         let backend = match db {
             Database::Sqlite(p) => Backend::Sqlite(Sqlite::open(p, opts)?),
+            Database::Postgres(_) if opts.key.is_some() => {
+                return Err(RegistryError::Config(
+                    "a database key is for a SQLite registry; a PostgreSQL registry is encrypted at rest by its server (see README)".into(),
+                ))
+            }
             Database::Postgres(url) => Backend::Postgres(pg::Postgres::connect(url, opts)?),
         };
         Ok(Registry { backend })

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::error::RegistryError;
 use super::hash::HashAlg;
+use super::key::DbKey;
 use super::schema;
 use super::seal::{self, AuditSetup, SealSetup, Sealer};
 
@@ -40,6 +41,11 @@ pub struct OpenOptions {
     /// The box's sealing key file (`seal_key_file`, `--seal-key`); a
     /// SQLite registry's default is `<registry>.seal` when that exists.
     pub seal_key: Option<PathBuf>,
+    /// SQLite: the key of an encrypted registry (SQLCipher), or `None`
+    /// for a plain file. A new file opened with a key is created
+    /// encrypted. PostgreSQL refuses one (encryption at rest is the
+    /// server's).
+    pub key: Option<DbKey>,
 }
 
 impl Default for OpenOptions {
@@ -52,6 +58,7 @@ impl Default for OpenOptions {
             lazy: false,
             audit_hash: None,
             seal_key: None,
+            key: None,
         }
     }
 }
@@ -108,6 +115,7 @@ impl Sqlite {
                 path: path.display().to_string(),
                 source,
             })?;
+        unlock(&conn, path, opts.key.as_ref(), opts.busy_timeout)?;
         Self::setup(conn, opts, seal)
     }
 
@@ -261,6 +269,81 @@ impl Sqlite {
             .map_err(|e| self.sql(e))?,
         );
         Ok(problems)
+    }
+}
+
+/// The first bytes of every plain SQLite file (file format, "The
+/// Database Header": <https://www.sqlite.org/fileformat.html>). An
+/// encrypted SQLCipher file begins with its random salt instead.
+pub(crate) const PLAIN_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether the file at `path` is a plain SQLite database (`Some(true)`),
+/// something else, e.g. encrypted (`Some(false)`), or empty or missing
+/// (`None`: a new database).
+pub(crate) fn is_plain(path: &Path) -> std::io::Result<Option<bool>> {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(match n {
+        0 => None,
+        _ => Some(n == head.len() && &head == PLAIN_HEADER),
+    })
+}
+
+/// Gives SQLCipher the key (if any) and reads the schema once, so that a
+/// wrong or missing key is found here and named, never reported as
+/// SQLite's "file is not a database".
+pub(crate) fn unlock(
+    conn: &Connection,
+    path: &Path,
+    key: Option<&DbKey>,
+    busy: Duration,
+) -> Result<(), RegistryError> {
+    let file = || path.display().to_string();
+    // SQLCipher writes its own error lines to stderr by default (a wrong
+    // key: "hmac check failed…"); the error returned here says it once,
+    // with the file and the key's source.
+    conn.execute_batch("PRAGMA cipher_log = off; PRAGMA cipher_log_level = NONE;")
+        .map_err(|e| RegistryError::from_sql(e, busy))?;
+    if let Some(k) = key {
+        conn.execute_batch(&format!("PRAGMA key = {};", k.sql_literal()))
+            .map_err(|e| RegistryError::from_sql(e, busy))?;
+    }
+    let probe = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    match probe {
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            let plain = is_plain(path).ok().flatten();
+            Err(match (key, plain) {
+                (None, Some(false)) => RegistryError::KeyRequired { path: file() },
+                (Some(k), Some(true)) => RegistryError::NotEncrypted {
+                    path: file(),
+                    key: k.source().to_string(),
+                },
+                (Some(k), _) => RegistryError::WrongKey {
+                    path: file(),
+                    key: k.source().to_string(),
+                },
+                (None, _) => RegistryError::Open {
+                    path: file(),
+                    source: e,
+                },
+            })
+        }
+        Err(e) => Err(RegistryError::from_sql(e, busy)),
     }
 }
 

@@ -309,7 +309,7 @@ impl Postgres {
             for t in Table::ALL {
                 let path = dir.join(t.file());
                 let mut out = std::io::BufWriter::new(
-                    std::fs::File::create(&path).map_err(|e| io(&path, e))?,
+                    crate::registry::files::private_file(&path).map_err(|e| io(&path, e))?,
                 );
                 let stream = tx
                     .copy_out(&format!(
