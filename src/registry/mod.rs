@@ -28,6 +28,7 @@ pub(crate) mod bind;
 pub mod demo;
 pub mod derived;
 pub mod error;
+pub mod fleet;
 pub mod import;
 pub mod pg;
 pub mod policy;
@@ -245,6 +246,15 @@ impl Registry {
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64, RegistryError> {
         dispatch!(self.schema_version())
+    }
+
+    /// Every box that sent a heartbeat into this registry, by name
+    /// ([`fleet`]).
+    pub fn fleet(&self) -> Result<Vec<fleet::FleetBox>, RegistryError> {
+        match &self.backend {
+            Backend::Sqlite(s) => fleet::list_sqlite(&s.conn),
+            Backend::Postgres(p) => p.block(p.fleet()),
+        }
     }
 
     /// Row counts.

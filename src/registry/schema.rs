@@ -16,6 +16,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/003_resolution_row.sql")),
     M::up(include_str!("migrations/004_relations_and_region.sql")),
     M::up(include_str!("migrations/005_resolution_table.sql")),
+    M::up(include_str!("migrations/007_fleet.sql")),
 ];
 
 /// Brings the database to the newest schema version.
@@ -58,7 +59,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, MIGRATIONS.len() as i64);
         let (relation, region): (String, Option<String>) = conn
             .query_row(
                 "SELECT l.relation, p.region FROM family_links l JOIN persons p ON p.ssn = l.member_ssn",
