@@ -1,0 +1,152 @@
+//! The fleet view (issue 24): boxes write heartbeats into the registry they
+//! share and `cardlinkctl fleet` lists them, marking one offline after
+//! three missed heartbeats. Real `cardlinkd` processes, the real
+//! `cardlinkctl`, a short heartbeat interval, condition waits.
+
+mod common;
+
+use std::time::Duration;
+
+use cardlink::registry::Database;
+use common::*;
+use serde_json::Value;
+
+/// `cardlinkctl fleet --database DB --json`, parsed.
+fn fleet_json(db: &Database) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(["fleet", "--json", "--database"])
+        .arg(String::from(db.clone()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cardlinkctl fleet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `cardlinkctl fleet --database DB` (the table).
+fn fleet_text(db: &Database) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
+        .args(["fleet", "--database"])
+        .arg(String::from(db.clone()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The box named `name` in a `fleet --json` document.
+fn find<'a>(doc: &'a Value, name: &str) -> Option<&'a Value> {
+    doc["boxes"].as_array()?.iter().find(|b| b["name"] == name)
+}
+
+/// A daemon process named `name` on `db` with one frame reader, beating
+/// every second.
+fn boxed(db: &Database, name: &str, role: &str) -> (Process, Vec<cardlink::sim::PtyMaster>) {
+    let dir = tempfile::tempdir().unwrap();
+    let unused = dir.path().join("no-sqlite-here");
+    Process::start_on(
+        dir,
+        db.clone(),
+        unused,
+        &[("r1", "frame", "utf-8")],
+        &format!("name = \"{name}\"\nrole = \"{role}\"\n[fleet]\nheartbeat_s = 1\n"),
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_boxes_on_one_postgresql_registry_are_listed_and_a_stopped_one_goes_offline() {
+    let test = "two_boxes_on_one_postgresql_registry_are_listed_and_a_stopped_one_goes_offline";
+    let Some(pgdb) = tokio::task::spawn_blocking(move || pg::database(test))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let db = Database::Postgres(pgdb.url.clone());
+    let (window, _w_ptys) = boxed(&db, "window-1", "window");
+    let (kiosk, _k_ptys) = boxed(&db, "kiosk-7", "kiosk");
+
+    let both = |d: &Value| {
+        let (w, k) = (find(d, "window-1")?, find(d, "kiosk-7")?);
+        (w["online"] == true && k["online"] == true && w["readers_up"] == 1 && k["readers_up"] == 1)
+            .then(|| d.clone())
+    };
+    let doc = eventually(
+        "both boxes listed online with their reader up",
+        Duration::from_secs(30),
+        async || both(&fleet_json(&db)),
+    )
+    .await;
+    let w = find(&doc, "window-1").unwrap();
+    assert_eq!(w["role"], "window");
+    assert_eq!(find(&doc, "kiosk-7").unwrap()["role"], "kiosk");
+    assert_eq!(w["heartbeat_s"], 1);
+    assert_eq!(w["readers_total"], 1);
+    assert_eq!(w["readers"][0]["name"], "r1");
+    assert_eq!(w["readers"][0]["state"], "connected");
+    assert_eq!(w["version"], env!("CARGO_PKG_VERSION"));
+    assert!(w["printer"].is_null(), "no printer yet (issue 23): {w}");
+    assert!(w["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    // The kiosk stops without a goodbye (killed): three missed
+    // heartbeats later it is offline; the window stays online.
+    let mut kiosk = kiosk;
+    kiosk.child.kill().unwrap();
+    kiosk.child.wait().unwrap();
+    let doc = eventually(
+        "the stopped box listed offline",
+        Duration::from_secs(30),
+        async || {
+            let d = fleet_json(&db);
+            (find(&d, "kiosk-7")?["online"] == false).then_some(d)
+        },
+    )
+    .await;
+    let k = find(&doc, "kiosk-7").unwrap();
+    assert!(
+        k["seen_s_ago"].as_i64().unwrap() > 3,
+        "offline only after three missed heartbeats of 1 s: {k}"
+    );
+    // The window keeps beating: online in this same listing and after.
+    assert_eq!(find(&doc, "window-1").unwrap()["online"], true, "{doc}");
+    let text = fleet_text(&db);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{text}"))
+            .to_string()
+    };
+    assert!(line("kiosk-7").contains("OFFLINE"), "{text}");
+    assert!(line("window-1").contains("online"), "{text}");
+    assert!(line("window-1").contains("1/1"), "{text}");
+    assert!(text.contains("2 box(es), 1 online, 1 offline"), "{text}");
+    drop(window);
+    drop(kiosk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_the_fleet_is_the_one_box() {
+    let (d, _ptys) = Process::start(
+        &[("r1", "frame", "utf-8")],
+        "name = \"window-solo\"\n[fleet]\nheartbeat_s = 1\n",
+    );
+    let db = Database::Sqlite(d.db.clone());
+    let doc = eventually(
+        "the one box listed online",
+        Duration::from_secs(30),
+        async || {
+            let d = fleet_json(&db);
+            (find(&d, "window-solo")?["readers_up"] == 1).then_some(d)
+        },
+    )
+    .await;
+    let boxes = doc["boxes"].as_array().unwrap();
+    assert_eq!(boxes.len(), 1, "{doc}");
+    assert_eq!(boxes[0]["online"], true);
+    assert_eq!(boxes[0]["role"], "window");
+    assert!(fleet_text(&db).contains("window-solo"));
+}
