@@ -150,3 +150,57 @@ async fn on_sqlite_the_fleet_is_the_one_box() {
     assert_eq!(boxes[0]["role"], "window");
     assert!(fleet_text(&db).contains("window-solo"));
 }
+
+/// A heartbeat that cannot be written (its table gone) is logged once and
+/// counted as failed, and the box goes on reading cards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_heartbeat_is_counted_and_reading_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (d, mut ptys) = Process::start(
+        &[("r1", "frame", "utf-8")],
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[fleet]\nheartbeat_s = 1\n",
+    );
+    let mut c = d.client().await;
+    while c.expect("READER").await["state"] != "connected" {}
+    rusqlite::Connection::open(&d.db)
+        .unwrap()
+        .execute_batch("DROP TABLE fleet_box")
+        .unwrap();
+    assert!(
+        d.log
+            .wait_for("fleet heartbeat not written", Duration::from_secs(20)),
+        "{}",
+        d.log.text()
+    );
+    let text = d.log.text();
+    let at = text.find("serving metrics on http://").unwrap() + 26;
+    let addr = text[at..].split("/metrics").next().unwrap().to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut scrape = String::new();
+    s.read_to_string(&mut scrape).await.unwrap();
+    let failed: f64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("cardlink_heartbeats_total{result=\"failed\"} "))
+        .unwrap_or_else(|| panic!("no failed heartbeats counted:\n{scrape}"))
+        .parse()
+        .unwrap();
+    assert!(failed >= 1.0);
+    // Logged when it started failing, not at every beat.
+    assert_eq!(
+        d.log
+            .text()
+            .matches("fleet heartbeat not written; retrying")
+            .count(),
+        1
+    );
+    ptys[0]
+        .write_all(&card_frame(1, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    assert_eq!(c.expect("CARD").await["outcome"], "ok");
+}
