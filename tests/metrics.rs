@@ -179,6 +179,13 @@ async fn a_swipe_and_a_bind_move_the_counters_and_no_label_holds_personal_data()
         "name = \"window-3f-01\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     );
     let addr = metrics_addr(&d.log);
+    // systemd's status names the address too (port 0 took a free one).
+    let said = recv_until(&d.notify, "STATUS=metrics on", Duration::from_secs(10));
+    assert!(
+        said.iter()
+            .any(|m| m.contains(&format!("STATUS=metrics on http://{addr}/metrics"))),
+        "{said:?}"
+    );
     let mut c = d.client().await;
     while c.expect("READER").await["state"] != "connected" {}
 
