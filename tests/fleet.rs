@@ -135,12 +135,22 @@ async fn on_sqlite_the_fleet_is_the_one_box() {
         "name = \"window-solo\"\n[fleet]\nheartbeat_s = 1\n",
     );
     let db = Database::Sqlite(d.db.clone());
+    // A box retired 40 days ago: the next heartbeat prunes it.
+    rusqlite::Connection::open(&d.db)
+        .unwrap()
+        .execute(
+            "INSERT INTO fleet_box VALUES ('retired', 'kiosk', '0.0.9', 15, '[]', 0, 0, NULL, NULL, 1, \
+             strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-40 days'))",
+            [],
+        )
+        .unwrap();
     let doc = eventually(
-        "the one box listed online",
+        "the one box listed online, the retired one pruned",
         Duration::from_secs(30),
         async || {
             let d = fleet_json(&db);
-            (find(&d, "window-solo")?["readers_up"] == 1).then_some(d)
+            (find(&d, "window-solo")?["readers_up"] == 1 && find(&d, "retired").is_none())
+                .then_some(d)
         },
     )
     .await;
