@@ -12,6 +12,13 @@
 //! capture_dir = "/var/lib/cardlink/captures"   # a directory
 //! audit_hash = "sha256"                 # or "sm3" (GB/T 32905-2016), for a new chain
 //! seal_key_file = "/var/lib/cardlink/registry.db.seal"   # the box's sealing key
+//! name = "window-3f-01"                 # this box in the fleet view (default: host name)
+//!
+//! [metrics]                             # off unless listen is set
+//! listen = "127.0.0.1:9780"             # Prometheus /metrics (IP:port)
+//!
+//! [fleet]
+//! heartbeat_s = 15                      # 1..=3600; offline after 3 missed
 //!
 //! [policy]                              # province rules
 //! max_members = 0                       # 0: no limit
@@ -217,10 +224,89 @@ impl Default for SocketConfig {
     }
 }
 
+/// The `[metrics]` table: the Prometheus endpoint (off by default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:port` to serve `/metrics` on (e.g. `127.0.0.1:9780`; port 0
+    /// takes a free one); none: no metrics endpoint. It carries no personal
+    /// data (no SSN, name or card number in any label), so it has no
+    /// authentication: choose the address accordingly.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "listen_address"
+    )]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `IP:port`, refused with the key and an example (host names are not
+/// looked up: the unit allows no DNS).
+fn listen_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "metrics.listen '{text}' is not an IP address and port like 127.0.0.1:9780 (host names are not looked up)"
+        ))
+    })
+}
+
+/// The `[fleet]` table: this box's heartbeat into its registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Seconds between two heartbeats (1..=3600; default 15). A box is
+    /// listed offline after three missed ones.
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: u32,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            heartbeat_s: default_heartbeat_s(),
+        }
+    }
+}
+
+fn default_heartbeat_s() -> u32 {
+    15
+}
+
+/// Longest box name, in characters.
+pub const MAX_BOX_NAME: usize = 64;
+
+/// This machine's host name (`gethostname`), the default box name;
+/// `cardlink` if it has none that fits.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if rc == 0 && valid_box_name(h) => h.to_string(),
+        _ => "cardlink".into(),
+    }
+}
+
+/// 1 to [`MAX_BOX_NAME`] letters, digits, `.`, `-` or `_`.
+fn valid_box_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= MAX_BOX_NAME
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// This box's name in the fleet view (default: the host name).
+    #[serde(default = "host_name")]
+    pub name: String,
     /// Registry database.
     #[serde(default = "default_db")]
     pub database: Database,
@@ -267,6 +353,12 @@ pub struct Config {
     /// Display socket.
     #[serde(default)]
     pub socket: SocketConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The heartbeat into the registry.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// Readers.
     #[serde(default, rename = "reader")]
     pub readers: Vec<ReaderConfig>,
@@ -421,6 +513,18 @@ impl Config {
             if !(300..=4_000_000).contains(&r.baud) {
                 return bad(format!("reader '{}': baud {} out of range", r.name, r.baud));
             }
+        }
+        if !valid_box_name(&self.name) {
+            let shown: String = self.name.chars().take(MAX_BOX_NAME).collect();
+            return bad(format!(
+                "name '{shown}' must be 1 to {MAX_BOX_NAME} letters, digits, '.', '-' or '_'"
+            ));
+        }
+        if !(1..=3600).contains(&self.fleet.heartbeat_s) {
+            return bad(format!(
+                "fleet.heartbeat_s {} out of range 1..=3600",
+                self.fleet.heartbeat_s
+            ));
         }
         if self.relations.is_empty() {
             return bad("relations must list at least one relation".into());
@@ -652,6 +756,36 @@ mod tests {
         assert!(Config::parse("bogus = 1", "t").is_err());
         let round = Config::parse(&c.to_toml(), "t").unwrap();
         assert_eq!(round, c);
+    }
+
+    /// `[metrics] listen` takes `IP:port` and nothing else; `name` and
+    /// `[fleet] heartbeat_s` have their bounds; the defaults round-trip.
+    #[test]
+    fn metrics_fleet_and_name() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.fleet.heartbeat_s, 15);
+        assert!(!c.name.is_empty());
+        let c = Config::parse(
+            "name = \"kiosk-3f.b\"\n[metrics]\nlisten = \"127.0.0.1:9780\"\n[fleet]\nheartbeat_s = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9780".parse().unwrap()));
+        assert_eq!((c.name.as_str(), c.fleet.heartbeat_s), ("kiosk-3f.b", 2));
+        assert_eq!(Config::parse(&c.to_toml(), "t").unwrap(), c);
+        for bad in ["localhost:9780", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let e = Config::parse(&format!("[metrics]\nlisten = {bad:?}\n"), "t").unwrap_err();
+            assert!(
+                e.to_string().contains("metrics.listen")
+                    || e.to_string().contains("socket address"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::parse("[fleet]\nheartbeat_s = 0\n", "t").unwrap_err();
+        assert!(e.to_string().contains("heartbeat_s"), "{e}");
+        let e = Config::parse("name = \"a b\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("name 'a b'"), "{e}");
     }
 
     #[test]

@@ -977,3 +977,120 @@ pub async fn replay_pty(
     }
     Ok(report)
 }
+
+/// The boxes that sent heartbeats into the registry `db`
+/// (`cardlinkctl fleet`), opened read-only: nothing is created or migrated.
+pub fn fleet(db: &Database) -> Result<Vec<crate::registry::fleet::FleetBox>, CtlError> {
+    let opts = OpenOptions {
+        read_only: true,
+        ..OpenOptions::default()
+    };
+    Ok(Registry::open_database(db, &opts)?.fleet()?)
+}
+
+/// `3d 4h`, `2h 5m`, `7m 3s`, `12s`.
+pub fn duration_text(secs: i64) -> String {
+    let s = secs.max(0);
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// `cardlinkctl fleet`: one line per box, a header first.
+pub fn fleet_text(boxes: &[crate::registry::fleet::FleetBox]) -> String {
+    if boxes.is_empty() {
+        return "no box has sent a heartbeat into this registry\n".into();
+    }
+    let rows: Vec<[String; 8]> = boxes
+        .iter()
+        .map(|b| {
+            [
+                b.name.clone(),
+                b.role.clone(),
+                b.version.clone(),
+                format!("{}/{}", b.readers_up, b.readers_total),
+                b.last_read.clone().unwrap_or_else(|| "-".into()),
+                duration_text(b.uptime_s),
+                format!("{} ago", duration_text(b.age_s)),
+                if b.online() {
+                    "online".into()
+                } else {
+                    format!("OFFLINE (no heartbeat for {})", duration_text(b.age_s))
+                },
+            ]
+        })
+        .collect();
+    let head = [
+        "NAME",
+        "ROLE",
+        "VERSION",
+        "READERS",
+        "LAST READ",
+        "UPTIME",
+        "LAST SEEN",
+        "STATUS",
+    ];
+    let mut width = head.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(head.to_vec());
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    let offline = boxes.iter().filter(|b| !b.online()).count();
+    out.push_str(&format!(
+        "{} box(es), {} online, {offline} offline (offline: {} heartbeats missed)\n",
+        boxes.len(),
+        boxes.len() - offline,
+        crate::registry::fleet::MISSED_BEATS
+    ));
+    out
+}
+
+/// `cardlinkctl fleet --json`: a stable document,
+/// `{"boxes": [{"name", "role", "version", "online", "readers_up",
+/// "readers_total", "readers": [{"name", "state"}], "printer",
+/// "last_read", "uptime_s", "last_seen", "seen_s_ago", "heartbeat_s"}]}`
+/// (times UTC, RFC 3339; `printer` and `last_read` may be null).
+pub fn fleet_json(boxes: &[crate::registry::fleet::FleetBox]) -> serde_json::Value {
+    let boxes: Vec<serde_json::Value> = boxes
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name,
+                "role": b.role,
+                "version": b.version,
+                "online": b.online(),
+                "readers_up": b.readers_up,
+                "readers_total": b.readers_total,
+                "readers": b.readers.iter().map(|r| serde_json::json!({"name": r.name, "state": r.state})).collect::<Vec<_>>(),
+                "printer": b.printer,
+                "last_read": b.last_read,
+                "uptime_s": b.uptime_s,
+                "last_seen": b.last_seen,
+                "seen_s_ago": b.age_s,
+                "heartbeat_s": b.interval_s,
+            })
+        })
+        .collect();
+    serde_json::json!({ "boxes": boxes })
+}

@@ -23,6 +23,7 @@ pub mod display;
 pub mod fds;
 pub mod logging;
 pub mod mask;
+pub mod metrics;
 pub mod notify;
 pub mod protocol;
 pub mod reader;

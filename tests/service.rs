@@ -223,6 +223,78 @@ fn library_drop_in_adds_only_usb_devices_and_netlink() {
     verified_exposure(sa, &unit, "cardlinkd");
 }
 
+/// The metrics drop-in, applied as README says: the daemon may bind the
+/// metrics port and no other, only the scraper's address may reach it
+/// (the unit's IPAddressDeny=any stays), and the unit still verifies and
+/// rates at most 2.0.
+#[test]
+fn metrics_drop_in_allows_only_the_metrics_port_and_the_scraper() {
+    let (shipped, settings) = shipped_drop_in("cardlinkd-metrics.conf");
+    assert_eq!(
+        settings,
+        [
+            "[Service]",
+            "PrivateNetwork=no",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "SocketBindAllow=tcp:METRICS_PORT",
+            "SocketBindDeny=any",
+            "IPAddressAllow=SCRAPER_ADDRESS"
+        ]
+    );
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (unit, text) = with_drop_in(
+        sa,
+        dir.path(),
+        "metrics.conf",
+        &shipped
+            .replace("METRICS_PORT", "9780")
+            .replace("SCRAPER_ADDRESS", "10.20.0.9"),
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("IPAddressDeny=") && l.contains("allow list with non-localhost")),
+        "the drop-in is not in effect:\n{text}"
+    );
+    verified_exposure(sa, &unit, "cardlinkd");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    assert!(unit_text.contains("IPAddressDeny=any"));
+}
+
+/// The display binds its screen's port only; its metrics drop-in adds the
+/// metrics port and the scraper, and the unit stays verified and hardened.
+#[test]
+fn display_binds_only_its_ports_with_or_without_metrics() {
+    let unit_text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/cardlink-display.service"
+    ))
+    .unwrap();
+    assert!(unit_text.contains("--listen 127.0.0.1:8780"));
+    assert!(unit_text.contains("SocketBindAllow=tcp:8780\nSocketBindDeny=any\n"));
+    let (shipped, settings) = shipped_drop_in("cardlink-display-metrics.conf");
+    assert!(settings.contains(&"SocketBindAllow=tcp:METRICS_PORT".to_string()));
+    assert!(settings
+        .iter()
+        .any(|l| l.ends_with("--metrics-listen METRICS_ADDRESS:METRICS_PORT")));
+    let Some(sa) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_cardlink-display");
+    let unit = unit_under_test(dir.path(), "cardlink-display", exe);
+    let dropins = dir.path().join("cardlink-display.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("metrics.conf"),
+        shipped
+            .replace("/usr/bin/cardlink-display", exe)
+            .replace("METRICS_PORT", "9781")
+            .replace("METRICS_ADDRESS", "127.0.0.1")
+            .replace("SCRAPER_ADDRESS", "localhost"),
+    )
+    .unwrap();
+    verified_exposure(sa, &unit, "cardlink-display");
+}
+
 #[test]
 fn udev_rules_and_tmpfiles_are_well_formed() {
     let rules = std::fs::read_to_string(concat!(

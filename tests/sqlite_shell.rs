@@ -87,6 +87,25 @@ fn the_stock_shell_opens_a_gen_demo_registry_and_reads_every_table_and_view() {
     let db = dir.path().join("registry.db");
     let (code, text) = ctl(&db, &["gen-demo", "--persons", "500", "--months", "2"]);
     assert_eq!(code, Some(0), "{text}");
+    // A box's heartbeat, as cardlinkd writes it (the fleet view's table).
+    cardlink::registry::fleet::beat_sqlite(
+        &db,
+        &cardlink::registry::fleet::Heartbeat {
+            name: "window-1".into(),
+            role: "window".into(),
+            version: "0.1.0".into(),
+            interval_s: 15,
+            readers: vec![cardlink::registry::fleet::ReaderBeat {
+                name: "r1".into(),
+                state: "connected".into(),
+            }],
+            printer: None,
+            last_read: Some(std::time::SystemTime::now()),
+            uptime_s: 60,
+        },
+        std::time::Duration::from_secs(1),
+    )
+    .unwrap();
 
     let (ok, schema, err) = sqlite3(&db, &[], ".schema\n");
     assert!(ok && err.is_empty(), "{err}");

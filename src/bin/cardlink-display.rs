@@ -33,6 +33,11 @@ struct Args {
     /// Connections served at once (fewer if RLIMIT_NOFILE is lower).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_connections: u64,
+    /// Serve Prometheus metrics (pages connected, daemon link) at
+    /// http://ADDR/metrics; off by default. Port 0 takes a free port
+    /// (systemd's STATUS= names it). No personal data: no authentication.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Log level (tracing filter); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -71,6 +76,16 @@ fn run() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let metrics = match args.metrics_listen {
+        Some(m) => {
+            let l = std::net::TcpListener::bind(m)
+                .with_context(|| format!("cannot serve metrics on {m}"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     let key = cardlink::display::ScreenKey::load_or_create(&args.key_dir, addr)
         .context("cannot set up the screen key (--key-dir)")?;
     let settings = cardlink::display::Settings {
@@ -89,6 +104,7 @@ fn run() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let metrics = metrics.map(tokio::net::TcpListener::from_std).transpose()?;
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -101,8 +117,15 @@ fn run() -> anyhow::Result<()> {
             }
             stop.cancel();
         });
-        cardlink::notify::notify(&format!("READY=1\nSTATUS=serving http://{addr}/"));
-        cardlink::display::serve(listener, settings, shutdown).await?;
+        let status = match metrics_addr {
+            Some(m) => format!("serving http://{addr}/, metrics on http://{m}/metrics"),
+            None => format!("serving http://{addr}/"),
+        };
+        if let Some(m) = metrics_addr {
+            tracing::info!(addr = %m, "serving metrics on http://{m}/metrics");
+        }
+        cardlink::notify::notify(&format!("READY=1\nSTATUS={status}"));
+        cardlink::display::serve_with_metrics(listener, metrics, settings, shutdown).await?;
         anyhow::Ok(())
     })
 }

@@ -202,6 +202,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5500)]
         text_start_ms: u64,
     },
+    /// The boxes sharing a registry: name, role, release, readers up,
+    /// last read, uptime, last heartbeat; offline after three missed.
+    Fleet {
+        /// The registry: a SQLite file, or a `postgres://` URL.
+        #[arg(long, default_value = DEFAULT_DB, value_parser = parse_database)]
+        database: Database,
+        /// Print a JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -581,6 +591,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 "replay: {} chunks, {} bytes written, {} bytes from the host, {} unplug(s)",
                 r.chunks, r.bytes, r.host_bytes, r.unplugs
             );
+            Ok(0)
+        }
+        Cmd::Fleet { database, json } => {
+            let boxes = ctl::fleet(&database)?;
+            if json {
+                println!("{}", ctl::fleet_json(&boxes));
+            } else {
+                print!("{}", ctl::fleet_text(&boxes));
+            }
             Ok(0)
         }
         Cmd::Status { socket, json } => {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::capture;
 use super::event::{CardEvent, Event, ReaderState};
+use super::metrics::DaemonMetrics;
 use super::render;
 use super::store::Store;
 use crate::config::{Config, Station};
@@ -62,6 +63,10 @@ pub struct Ctx {
     pub errors: AtomicU64,
     /// Each reader's capture switch.
     pub captures: Mutex<std::collections::HashMap<String, Arc<capture::Capture>>>,
+    /// What Prometheus scrapes (`[metrics]`); kept whether served or not.
+    pub metrics: Arc<DaemonMetrics>,
+    /// When the last card read was resolved (for the fleet heartbeat).
+    last_read: Mutex<Option<std::time::SystemTime>>,
 }
 
 /// Why a read could not be shown.
@@ -74,11 +79,18 @@ pub struct ReadFailure {
 }
 
 impl Ctx {
-    /// New shared state.
+    /// New shared state, with metrics of its own.
     pub fn new(store: Store, cfg: &Config) -> Arc<Ctx> {
+        Self::with_metrics(store, cfg, Arc::new(DaemonMetrics::new()))
+    }
+
+    /// New shared state measuring into `metrics` (the store's too).
+    pub fn with_metrics(store: Store, cfg: &Config, metrics: Arc<DaemonMetrics>) -> Arc<Ctx> {
         let (events, _) = broadcast::channel(CLIENT_QUEUE);
         Arc::new(Ctx {
             store,
+            metrics,
+            last_read: Mutex::new(None),
             events,
             readers: Mutex::new(BTreeMap::new()),
             live: RwLock::new(Live {
@@ -128,6 +140,7 @@ impl Ctx {
             "reader could not read the card"
         );
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.read_error(reader, &code.to_string());
         self.publish(Event::Error {
             code: ErrorCode::ReaderReadError,
             message,
@@ -224,6 +237,7 @@ impl Ctx {
             card_no: read.card_no.clone(),
             pan: read.pan.clone(),
         };
+        let source = read.source.as_str();
         let res = self.store.resolve_audited(actor, lookup).await;
         let resolution = match res {
             Ok(Ok(r)) => r,
@@ -232,6 +246,7 @@ impl Ctx {
                     code: (&e).into(),
                     message: format!("{actor}: card read not shown: {e}"),
                 };
+                self.metrics.read(actor, source, failure.code.as_str());
                 tracing::warn!(reader = actor, error = %e, "card read not resolved and audited; not shown");
                 self.publish_error(failure.code, failure.message.clone());
                 return Err(failure);
@@ -241,11 +256,16 @@ impl Ctx {
                     code: ErrorCode::Internal,
                     message: format!("{actor}: {e}"),
                 };
+                self.metrics.read(actor, source, failure.code.as_str());
                 self.publish_error(failure.code, failure.message.clone());
                 return Err(failure);
             }
         };
         self.resolutions.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .read(actor, source, resolution.outcome.as_str());
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::SystemTime::now());
         let swipe = self.swipe_seq.fetch_add(1, Ordering::Relaxed) + 1;
         if resolution.outcome == Outcome::Ok {
             if let Some(p) = &resolution.person {
@@ -282,6 +302,26 @@ impl Ctx {
         );
         self.publish(Event::Card(event.clone()));
         Ok(event)
+    }
+
+    /// When the last card read was resolved, if any since the start.
+    pub fn last_read(&self) -> Option<std::time::SystemTime> {
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the daemon has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Each reader's name and state, by name.
+    pub fn reader_states(&self) -> Vec<(String, protocol::ReaderState)> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, r)| (name.clone(), r.state))
+            .collect()
     }
 
     /// `window1 connected, kiosk1 disconnected`, for systemd's STATUS=.
@@ -353,6 +393,7 @@ impl Ctx {
             "identity card not read"
         );
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.read_error(reader, &format!("sw3:{code:02X}"));
         self.publish(Event::Error {
             code: ErrorCode::IdCardError,
             message: format!(

@@ -25,7 +25,9 @@
 pub mod capture;
 pub mod ctx;
 pub mod event;
+pub mod fleet;
 pub mod library;
+pub mod metrics;
 pub mod port;
 pub mod reading;
 pub mod render;
@@ -65,6 +67,9 @@ pub enum DaemonError {
     /// An I/O failure while starting.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// Pings systemd's watchdog while the daemon is healthy: the ping runs on
@@ -115,6 +120,18 @@ async fn reconnect(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     }
 }
 
+/// Binds the metrics endpoint and says where (port 0 takes a free port):
+/// in the log and in systemd's status.
+async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Metrics(addr, e))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving metrics on http://{bound}/metrics");
+    crate::notify::notify(&format!("STATUS=metrics on http://{bound}/metrics"));
+    Ok(listener)
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let Daemon {
@@ -125,8 +142,15 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
         mut updates,
     } = d;
     let shared = registry.is_shared();
-    let store = Store::start(registry);
-    let ctx = Ctx::new(store, &cfg);
+    let measured = Arc::new(metrics::DaemonMetrics::new());
+    let store = Store::start(registry).measured(measured.clone());
+    let ctx = Ctx::with_metrics(store, &cfg, measured);
+    // Bound before the readers start, so that a taken address stops the
+    // start with its cause.
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
     let mut readers = serial::Readers::new(ports, &cfg);
     readers.apply(&cfg.readers, &ctx, &shutdown);
     tracing::info!(
@@ -159,6 +183,25 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
     if shared {
         tokio::spawn(reconnect(ctx.clone(), shutdown.clone()));
     }
+    if let Some(listener) = metrics_listener {
+        let scraped = ctx.clone();
+        let render: crate::metrics::Render = Arc::new(move || {
+            let states = scraped.reader_states();
+            scraped.metrics.render(
+                states.iter().map(|(n, s)| (n.as_str(), s.as_str())),
+                scraped.clients.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
+        tokio::spawn(crate::metrics::serve(listener, render, shutdown.clone()));
+    }
+    tokio::spawn(fleet::run(
+        ctx.clone(),
+        fleet::Beat {
+            name: cfg.name.clone(),
+            interval_s: cfg.fleet.heartbeat_s,
+        },
+        shutdown.clone(),
+    ));
     let mut updates_open = true;
     loop {
         tokio::select! {

@@ -85,6 +85,7 @@ pub async fn resolve_reads(
     feedback: mpsc::Sender<Feedback>,
 ) {
     while let Some(read) = reads.recv().await {
+        ctx.metrics.queue(&name, -1);
         let fb = match ctx.handle_read(&name, read).await {
             Ok(event) => {
                 ctx.update_reader(&name, &stop, |s| s.cards += 1);
@@ -107,6 +108,7 @@ pub async fn resolve_reads(
 /// `Err` with the reason when the reader must stop.
 pub async fn hand_over(
     cfg: &ReaderConfig,
+    ctx: &Ctx,
     stop: &CancellationToken,
     reads: &mpsc::Sender<CardRead>,
     read: CardRead,
@@ -114,10 +116,17 @@ pub async fn hand_over(
     if reads.capacity() == 0 {
         tracing::warn!(reader = %cfg.name, pending = PENDING_READS, "registry behind; pausing this reader");
     }
-    tokio::select! {
+    // Counted before it is sent: the resolver may take it (and count it
+    // out) before `send` returns.
+    ctx.metrics.queue(&cfg.name, 1);
+    let sent = tokio::select! {
         _ = stop.cancelled() => Err("stopped".into()),
         sent = reads.send(read) => sent.map_err(|_| "resolver stopped".into()),
+    };
+    if sent.is_err() {
+        ctx.metrics.queue(&cfg.name, -1);
     }
+    sent
 }
 
 /// Hands one decoded reader item on: a card read to the resolver (waiting
@@ -136,7 +145,7 @@ pub async fn deliver(
             // A full queue is back-pressure: stop reading (so stop
             // ACKing) until the resolver catches up. The reader resends
             // what is not ACKed and the deduper drops the copies.
-            hand_over(cfg, stop, reads, read).await?;
+            hand_over(cfg, ctx, stop, reads, read).await?;
             None
         }
         Ok(ReaderEvent::Removed) => {

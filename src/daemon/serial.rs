@@ -531,7 +531,7 @@ async fn serve_idcard(
                                             // Back-pressure as in frame mode: no
                                             // polls while the resolver is behind.
                                             if let Err(why) =
-                                                hand_over(cfg, stop, reads, read).await
+                                                hand_over(cfg, ctx, stop, reads, read).await
                                             {
                                                 return why;
                                             }

@@ -285,7 +285,21 @@ where
 
 async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Reply {
     let id = req.id().clone();
-    match answer(ctx, req, actor, privacy).await {
+    // Binds and unbinds are counted by result, whatever refused them.
+    let count: Option<fn(&super::metrics::DaemonMetrics, &str)> = match &req {
+        Request::Bind { .. } => Some(super::metrics::DaemonMetrics::bind),
+        Request::Unbind { .. } => Some(super::metrics::DaemonMetrics::unbind),
+        _ => None,
+    };
+    let answered = answer(ctx, req, actor, privacy).await;
+    if let Some(count) = count {
+        let result = match &answered {
+            Ok(_) => "ok",
+            Err((code, _)) => code.as_str(),
+        };
+        count(&ctx.metrics, result);
+    }
+    match answered {
         Ok(result) => Reply::ok(id, result),
         Err((code, message)) => Reply::err(id, code, message),
     }

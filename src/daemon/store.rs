@@ -15,6 +15,10 @@
 //!   concurrent requests (readers, clients) each take a connection of the
 //!   pool, and the server serialises the writers (its advisory lock).
 //!
+//! Every call is measured here, once for all callers: its duration by
+//! operation and backend, and its result (`ok` or the error code), in
+//! [`DaemonMetrics`] when the store has them ([`Store::measured`]).
+//!
 //! A request that panics (a bug; data never panics the registry) fails
 //! alone: the panic is caught around that one job, the request answers
 //! [`JobFailed`] (`internal` on the wire) and the next request is served.
@@ -22,10 +26,14 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::DaemonMetrics;
+use crate::protocol::ErrorCode;
+use crate::registry::fleet::Heartbeat;
 use crate::registry::pg::Postgres;
 use crate::registry::{
     BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError, Resolution,
@@ -41,7 +49,13 @@ const QUEUE: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    metrics: Option<Arc<DaemonMetrics>>,
+    /// A SQLite registry's file (none in memory), for the heartbeat.
+    sqlite_path: Option<std::path::PathBuf>,
 }
+
+/// How long a SQLite heartbeat waits for the file's write lock.
+pub const HEARTBEAT_BUSY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 enum Backend {
@@ -68,11 +82,81 @@ pub type Answer<T, E> = Result<Result<T, E>, JobFailed>;
 impl Store {
     /// Starts the store with `reg`. Must be called inside a tokio runtime.
     pub fn start(reg: Registry) -> Store {
+        let sqlite_path = reg
+            .sqlite_connection()
+            .and_then(|c| c.path())
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from);
         let backend = match reg.into_async_postgres() {
             Ok(pg) => Backend::Postgres(Arc::new(pg)),
             Err(reg) => Backend::Sqlite(start_worker(*reg)),
         };
-        Store { backend }
+        Store {
+            backend,
+            metrics: None,
+            sqlite_path,
+        }
+    }
+
+    /// This store, measuring every call into `metrics`.
+    pub fn measured(self, metrics: Arc<DaemonMetrics>) -> Store {
+        Store {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Awaits one call of `operation`, measuring it.
+    async fn timed<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Answer<T, E>>,
+    ) -> Answer<T, E>
+    where
+        for<'a> &'a E: Into<ErrorCode>,
+    {
+        let start = Instant::now();
+        let answer = call.await;
+        if let Some(m) = &self.metrics {
+            let result = match &answer {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(e)) => e.into().as_str(),
+                Err(_) => ErrorCode::Internal.as_str(),
+            };
+            m.registry_call(operation, self.backend_name(), start.elapsed(), result);
+        }
+        answer
+    }
+
+    /// Writes this box's fleet heartbeat. On PostgreSQL through the pool
+    /// (bounded by the call limit); on SQLite on a connection of its own
+    /// on the blocking pool ([`crate::registry::fleet::beat_sqlite`],
+    /// waiting at most [`HEARTBEAT_BUSY`] for the file), never in the
+    /// swipes' queue; an in-memory registry has nowhere to keep it.
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Answer<(), RegistryError> {
+        self.timed("heartbeat", async {
+            match (&self.backend, &self.sqlite_path) {
+                (Backend::Postgres(p), _) => guarded(p.heartbeat(&hb)).await,
+                (Backend::Sqlite(_), None) => Ok(Ok(())),
+                (Backend::Sqlite(_), Some(path)) => {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::registry::fleet::beat_sqlite(&path, &hb, HEARTBEAT_BUSY)
+                    })
+                    .await
+                    .map_err(|_| panicked())
+                }
+            }
+        })
+        .await
     }
 
     /// Resolves `lookup`, then writes its audit row.
@@ -82,51 +166,60 @@ impl Store {
         lookup: Lookup,
     ) -> Answer<Resolution, RegistryError> {
         let today = firmware_protocol::Date::today_cst();
-        match &self.backend {
-            Backend::Sqlite(q) => {
-                let actor = actor.to_string();
-                job(q, move |reg| reg.resolve_audited(&actor, &lookup)).await
+        self.timed("resolve_audited", async {
+            match &self.backend {
+                Backend::Sqlite(q) => {
+                    let actor = actor.to_string();
+                    job(q, move |reg| reg.resolve_audited(&actor, &lookup)).await
+                }
+                Backend::Postgres(p) => guarded(p.resolve_audited(actor, &lookup, today)).await,
             }
-            Backend::Postgres(p) => guarded(p.resolve_audited(actor, &lookup, today)).await,
-        }
+        })
+        .await
     }
 
     /// Resolves `lookup` (without an audit row).
     pub async fn resolve(&self, lookup: Lookup) -> Answer<Resolution, RegistryError> {
         let today = firmware_protocol::Date::today_cst();
-        match &self.backend {
-            Backend::Sqlite(q) => job(q, move |reg| reg.resolve_on(&lookup, today)).await,
-            Backend::Postgres(p) => guarded(p.resolve_on(&lookup, today)).await,
-        }
+        self.timed("resolve", async {
+            match &self.backend {
+                Backend::Sqlite(q) => job(q, move |reg| reg.resolve_on(&lookup, today)).await,
+                Backend::Postgres(p) => guarded(p.resolve_on(&lookup, today)).await,
+            }
+        })
+        .await
     }
 
     /// Binds (see [`Registry::bind_on`]).
     pub async fn bind(&self, req: &BindRequest<'_>, policy: &BindPolicy) -> Answer<(), BindError> {
         let today = firmware_protocol::Date::today_cst();
-        match &self.backend {
-            Backend::Sqlite(q) => {
-                let (operator, actor, policy) = (
-                    req.operator.to_string(),
-                    req.actor.to_string(),
-                    policy.clone(),
-                );
-                let (holder, member, relation, channel) =
-                    (req.holder, req.member, req.relation, req.channel);
-                job(q, move |reg| {
-                    let req = BindRequest {
-                        holder,
-                        member,
-                        relation,
-                        channel,
-                        operator: &operator,
-                        actor: &actor,
-                    };
-                    reg.bind_on(&req, &policy, today)
-                })
-                .await
+        self.timed("bind", async {
+            match &self.backend {
+                Backend::Sqlite(q) => {
+                    let (operator, actor, policy) = (
+                        req.operator.to_string(),
+                        req.actor.to_string(),
+                        policy.clone(),
+                    );
+                    let (holder, member, relation, channel) =
+                        (req.holder, req.member, req.relation, req.channel);
+                    job(q, move |reg| {
+                        let req = BindRequest {
+                            holder,
+                            member,
+                            relation,
+                            channel,
+                            operator: &operator,
+                            actor: &actor,
+                        };
+                        reg.bind_on(&req, &policy, today)
+                    })
+                    .await
+                }
+                Backend::Postgres(p) => guarded(p.bind_on(req, policy, today)).await,
             }
-            Backend::Postgres(p) => guarded(p.bind_on(req, policy, today)).await,
-        }
+        })
+        .await
     }
 
     /// Revokes the active link between `holder` and `member`.
@@ -137,15 +230,20 @@ impl Store {
         operator: String,
         actor: String,
     ) -> Answer<(), BindError> {
-        match &self.backend {
-            Backend::Sqlite(q) => {
-                job(q, move |reg| {
-                    reg.unbind(&holder, &member, &operator, &actor)
-                })
-                .await
+        self.timed("unbind", async {
+            match &self.backend {
+                Backend::Sqlite(q) => {
+                    job(q, move |reg| {
+                        reg.unbind(&holder, &member, &operator, &actor)
+                    })
+                    .await
+                }
+                Backend::Postgres(p) => {
+                    guarded(p.unbind(&holder, &member, &operator, &actor)).await
+                }
             }
-            Backend::Postgres(p) => guarded(p.unbind(&holder, &member, &operator, &actor)).await,
-        }
+        })
+        .await
     }
 
     /// The person's payment records of the last `months` months.
@@ -154,10 +252,13 @@ impl Store {
         ssn: Ssn,
         months: u32,
     ) -> Answer<Vec<Contribution>, RegistryError> {
-        match &self.backend {
-            Backend::Sqlite(q) => job(q, move |reg| reg.contributions(&ssn, months)).await,
-            Backend::Postgres(p) => guarded(p.contributions(&ssn, months)).await,
-        }
+        self.timed("contributions", async {
+            match &self.backend {
+                Backend::Sqlite(q) => job(q, move |reg| reg.contributions(&ssn, months)).await,
+                Backend::Postgres(p) => guarded(p.contributions(&ssn, months)).await,
+            }
+        })
+        .await
     }
 
     /// Tries an unreachable shared registry again once its backoff has

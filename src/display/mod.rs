@@ -138,6 +138,24 @@ struct Shared {
     readers: RwLock<std::collections::BTreeMap<String, String>>,
     /// Host names the server answers to (`host:port`).
     hosts: Vec<String>,
+    /// Pages connected (WebSockets open), for `cardlink_display_pages`.
+    pages: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a page while its WebSocket is served, whichever way it ends.
+struct PageCounted<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> PageCounted<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicU64) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PageCounted(n)
+    }
+}
+
+impl Drop for PageCounted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -174,6 +192,43 @@ pub async fn serve(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), DisplayError> {
+    serve_with_metrics(listener, None, settings, shutdown).await
+}
+
+/// What the display measures for Prometheus (`--metrics-listen`):
+/// `cardlink_display_pages` (WebSockets open), `cardlink_display_daemon_up`
+/// (1 while linked to cardlinkd) and `cardlink_build_info`. No personal
+/// data: two numbers and the release.
+fn metrics_render(s: Arc<Shared>) -> crate::metrics::Render {
+    use prometheus_client::metrics::gauge::Gauge;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (pages, daemon_up) = (Gauge::<i64>::default(), Gauge::<i64>::default());
+    registry.register(
+        "cardlink_display_pages",
+        "Pages (browser WebSockets) connected to the display",
+        pages.clone(),
+    );
+    registry.register(
+        "cardlink_display_daemon_up",
+        "1 while the display is connected to cardlinkd's socket, else 0",
+        daemon_up.clone(),
+    );
+    crate::metrics::register_build_info(&mut registry);
+    Arc::new(move || {
+        let n = s.pages.load(std::sync::atomic::Ordering::Relaxed);
+        pages.set(i64::try_from(n).unwrap_or(i64::MAX));
+        daemon_up.set(i64::from(s.health.borrow().daemon == DaemonLink::Connected));
+        crate::metrics::encode(&registry)
+    })
+}
+
+/// [`serve`], and the display's metrics on `metrics` when given.
+pub async fn serve_with_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), DisplayError> {
     let addr = listener.local_addr()?;
     let (health, _) = watch::channel(Health {
         daemon: DaemonLink::Offline,
@@ -188,8 +243,16 @@ pub async fn serve(
         lines,
         readers: RwLock::default(),
         hosts: allowed_hosts(addr),
+        pages: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::spawn(daemon_link(shared.clone(), shutdown.clone()));
+    if let Some(m) = metrics {
+        tokio::spawn(crate::metrics::serve(
+            m,
+            metrics_render(shared.clone()),
+            shutdown.clone(),
+        ));
+    }
     let app = Router::new()
         .route("/", get(index))
         .route(
@@ -450,6 +513,7 @@ fn display_line(s: &Shared, h: &Health) -> String {
 /// One page: relays lines to it and its requests to the daemon, and keeps
 /// its kiosk session.
 async fn page(mut socket: WebSocket, s: Arc<Shared>) {
+    let _counted = PageCounted::new(&s.pages);
     // Subscribed before the snapshot: a change in between may come twice
     // (harmless, a state), never not at all.
     let mut lines = s.lines.subscribe();

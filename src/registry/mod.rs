@@ -31,6 +31,7 @@ pub mod derived;
 pub mod error;
 pub mod hash;
 pub mod files;
+pub mod fleet;
 pub mod import;
 pub mod key;
 pub mod pg;
@@ -258,6 +259,15 @@ impl Registry {
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64, RegistryError> {
         dispatch!(self.schema_version())
+    }
+
+    /// Every box that sent a heartbeat into this registry, by name
+    /// ([`fleet`]).
+    pub fn fleet(&self) -> Result<Vec<fleet::FleetBox>, RegistryError> {
+        match &self.backend {
+            Backend::Sqlite(s) => fleet::list_sqlite(&s.conn),
+            Backend::Postgres(p) => p.block(p.fleet()),
+        }
     }
 
     /// Row counts.

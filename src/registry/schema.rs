@@ -16,7 +16,8 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/003_resolution_row.sql")),
     M::up(include_str!("migrations/004_relations_and_region.sql")),
     M::up(include_str!("migrations/005_resolution_table.sql")),
-    M::up(include_str!("migrations/008_seal.sql")),
+    M::up(include_str!("migrations/006_fleet.sql")),
+    M::up(include_str!("migrations/007_seal.sql")),
 ];
 
 /// Brings the database to the newest schema version.

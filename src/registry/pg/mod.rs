@@ -76,6 +76,7 @@ macro_rules! call {
     }};
 }
 
+mod fleet;
 mod import;
 mod ops;
 
@@ -100,7 +101,8 @@ const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_audit_append.sql"),
-    include_str!("migrations/005_seal.sql"),
+    include_str!("migrations/003_fleet.sql"),
+    include_str!("migrations/004_seal.sql"),
 ];
 
 /// How long a connection attempt may take.
