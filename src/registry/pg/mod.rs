@@ -945,6 +945,22 @@ mod tests {
     }
 
     #[test]
+    fn multi_host_urls_keep_every_host_and_target_session_attrs() {
+        let url = "postgres://cardlink:s3cret@10.0.0.5:5432,10.0.0.6:5433/registry?target_session_attrs=read-write";
+        let t = Target::parse(url).unwrap();
+        assert_eq!(t.config.get_hosts().len(), 2);
+        assert_eq!(t.config.get_ports(), &[5432, 5433]);
+        assert_eq!(
+            t.config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            redact_url(url),
+            "postgres://cardlink:***@10.0.0.5:5432,10.0.0.6:5433/registry?target_session_attrs=read-write"
+        );
+    }
+
+    #[test]
     fn tls_settings_are_taken_from_the_url() {
         let t = Target::parse(
             "postgres://cardlink@db.example/registry?sslmode=verify-full&sslrootcert=%2Fetc%2Fcardlink%2Fca.pem",
