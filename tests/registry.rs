@@ -964,3 +964,50 @@ fn an_empty_registry_exports_files_that_import(b: Backend) {
     let copy = Fx::empty(b, test).unwrap();
     assert_eq!(copy.open().import(&files, "test").unwrap(), counts);
 }
+
+/// An import into empty PostgreSQL tables drops their foreign keys and
+/// non-unique indexes for the load and makes them again: afterwards the
+/// catalogue holds the same constraints and indexes as a new registry's,
+/// and the tables refuse what they refused before.
+#[test]
+fn a_bulk_load_into_empty_postgresql_tables_leaves_every_constraint_and_index() {
+    let test = "bulk_load_constraints";
+    let (Some(fresh), Some(loaded)) = (pg::database(test), pg::database(test)) else {
+        return;
+    };
+    let catalogue = |url: &str| {
+        let q = |sql: &str| pg::run(url, sql, &[], true);
+        (
+            q("SELECT count(*) FROM pg_constraint WHERE contype = 'f'"),
+            q("SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'"),
+        )
+    };
+    drop(
+        Registry::open_database(
+            &cardlink::registry::Database::Postgres(fresh.url.clone()),
+            &Default::default(),
+        )
+        .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    Registry::open_database(
+        &cardlink::registry::Database::Postgres(loaded.url.clone()),
+        &Default::default(),
+    )
+    .unwrap()
+    .import(&fixture_csv(dir.path()), "test")
+    .unwrap();
+    let want = catalogue(&fresh.url);
+    assert!(want.0 >= 5, "{want:?}");
+    assert_eq!(catalogue(&loaded.url), want);
+    // The foreign key is back and checked.
+    let refused = std::panic::catch_unwind(|| {
+        pg::run(
+            &loaded.url,
+            "INSERT INTO cards (card_no, ssn, generation, issued, expires, status) VALUES ('X1', '110105194001020005x', 3, '2010-01-01', '2030-01-01', 'active')",
+            &[],
+            false,
+        )
+    });
+    assert!(refused.is_err(), "a card of an unknown person was accepted");
+}

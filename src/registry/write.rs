@@ -70,7 +70,8 @@ pub(crate) trait WriteTx: Facts + Send {
 /// the crate so that import uses the same seam.
 pub(crate) trait Conn: Send {
     /// Opens a write transaction (waiting for the write lock at most the
-    /// registry's `busy_timeout`, then [`RegistryError::Busy`]).
+    /// registry's `busy_timeout`, then [`RegistryError::Busy`] on SQLite,
+    /// [`RegistryError::Unavailable`] on PostgreSQL).
     fn begin(&mut self) -> Fut<'_, Box<dyn WriteTx + '_>>;
     /// Appends one audit row in a transaction of its own.
     fn record<'a>(&'a mut self, e: &'a Entry<'_>) -> Fut<'a, ()>;

@@ -215,7 +215,9 @@ impl Server {
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.contains("database system is ready to accept connections") {
+                // "... ready to accept connections", or "... ready to
+                // accept read-only connections" (a hot standby).
+                if line.contains("database system is ready to accept") {
                     let _ = ready.send(Ok(()));
                 } else if log.len() < 64 * 1024 {
                     log.push_str(&line);
@@ -234,6 +236,77 @@ impl Server {
             }
             Err(e) => panic!("postgres did not start in 60 s: {e}"),
         }
+    }
+
+    /// A hot standby of `primary`: `pg_basebackup -R` (streaming the WAL,
+    /// replication connection as `postgres` over TCP, which the primary's
+    /// `pg_hba.conf` must trust) into a new directory, started on a port of
+    /// its own with `extra` settings. It follows the primary at once.
+    pub fn standby_of(primary: &Server, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        chown(dir.path());
+        let data = dir.path().join("data");
+        let mut backup = Command::new(primary.bin.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(&data)
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres", "-X", "stream", "-R", "--no-sync"])
+            // An immediate checkpoint, not one spread over minutes.
+            .args(["-c", "fast"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_server_user(&mut backup, false);
+        let out = backup.output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut s = Server {
+            port: probe_port(),
+            dir,
+            bin: primary.bin.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            die_with_starter: false,
+            child: Mutex::new(None),
+        };
+        for _ in 0..5 {
+            match s.try_start() {
+                Ok(()) => return s,
+                Err(log) if log.contains("Address already in use") => s.port = probe_port(),
+                Err(log) => panic!("standby exited during start:\n{log}"),
+            }
+        }
+        panic!("standby found no free port in 5 attempts")
+    }
+
+    /// Stops the server as `pg_ctl stop -m immediate` does (SIGQUIT: no
+    /// checkpoint, every connection cut): a primary lost.
+    pub fn stop_immediately(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGQUIT) };
+            let _ = c.wait();
+        }
+    }
+
+    /// `pg_ctl promote -w`: a standby becomes a primary; returns once it
+    /// accepts writes.
+    pub fn promote(&self) {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.arg("promote")
+            .arg("-w")
+            .arg("-D")
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_server_user(&mut cmd, false);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stops the server (fast shutdown) and waits until it has exited.

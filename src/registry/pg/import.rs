@@ -106,6 +106,49 @@ const TOUCHED: &str = "CREATE TEMP TABLE touched ON COMMIT DROP AS \
      UNION SELECT holder_ssn FROM stage_accounts UNION SELECT holder_ssn FROM stage_links \
      UNION SELECT member_ssn FROM stage_links";
 
+/// Drops the foreign keys and the non-unique indexes of the tables in
+/// `names` that are empty now, and returns the statements that make them
+/// again (the whole definition as the catalogue has it, so that a later
+/// migration's constraints and indexes are kept without naming them here).
+async fn defer_constraints(
+    tx: &deadpool_postgres::Transaction<'_>,
+    names: &[(Table, String)],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut empty = Vec::new();
+    for (t, _) in names {
+        let table = t.sql_name();
+        let row = tx
+            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {table})"), &[])
+            .await?;
+        if row.try_get::<_, bool>(0)? {
+            empty.push(table.to_string());
+        }
+    }
+    if empty.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = tx
+        .query(
+            "SELECT format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid)), \
+                    format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname) \
+               FROM pg_constraint c \
+              WHERE c.contype = 'f' AND c.conrelid::regclass::text = ANY($1) \
+             UNION ALL \
+             SELECT pg_get_indexdef(i.indexrelid), format('DROP INDEX %s', i.indexrelid::regclass) \
+               FROM pg_index i \
+              WHERE NOT i.indisunique AND NOT i.indisprimary AND i.indrelid::regclass::text = ANY($1)",
+            &[&empty],
+        )
+        .await?;
+    let mut again = Vec::new();
+    for r in rows {
+        let (make, drop): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        tx.batch_execute(&drop).await?;
+        again.push(make);
+    }
+    Ok(again)
+}
+
 /// What the parsing thread sends to the COPY.
 enum Msg {
     Start(Table),
@@ -233,6 +276,12 @@ impl Postgres {
             let (mut bad, counts) = parser.await.map_err(|e| {
                 ImportError::Registry(RegistryError::Corrupt(format!("import parser stopped: {e}")))
             })??;
+            // Tables loaded from empty: their foreign keys and non-unique
+            // indexes are dropped for the load and made again after it, one
+            // set-based validation and one sorted index build instead of a
+            // check and an index entry per row (the refusals above and
+            // below are the import's own checks, not the constraints').
+            let deferred = defer_constraints(&tx, &names).await.map_err(err)?;
             for (t, file) in &names {
                 let (_, checks, insert) = steps(*t);
                 for check in checks {
@@ -252,6 +301,9 @@ impl Postgres {
             if let Some(e) = bad.into_error() {
                 // Dropping the transaction rolls it back.
                 return Err(e);
+            }
+            for sql in &deferred {
+                tx.batch_execute(sql).await.map_err(err)?;
             }
             if empty {
                 self.rebuild(&tx).await?;

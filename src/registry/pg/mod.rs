@@ -19,7 +19,9 @@
 //! **Many writers.** Every write transaction (bind, unbind, an audit row,
 //! import, repair) first takes one transaction-scoped advisory lock,
 //! [`WRITE_LOCK`], waiting at most `busy_timeout` (`lock_timeout`, then
-//! `database_busy`). Writers of all boxes are therefore serialised: the
+//! `registry_unavailable`: `database_busy` means SQLite's file lock, which a
+//! server has not; a lock held on the server beyond that is a server that
+//! does not answer the write in time). Writers of all boxes are therefore serialised: the
 //! rules of a bind are judged on what every earlier bind committed (two
 //! boxes binding one member: the second sees the first's link and is
 //! refused `member_has_payer` or `already_linked`), and the audit chain's
@@ -34,7 +36,18 @@
 //! until a backoff (0.25 s doubling to 10 s) has passed, then tries again;
 //! the first success clears it. Each call is bounded by `busy_timeout`
 //! plus the connect timeout, so the daemon's worker keeps answering (and
-//! the systemd watchdog keeps being fed) while the server is away.
+//! the systemd watchdog keeps being fed) while the server is away. A call
+//! that runs out of time (a lock held by another session, a COMMIT waiting
+//! for a synchronous standby that is gone) is `Unavailable` too; its
+//! statement is cancelled on the server (a cancel request, as `psql`'s
+//! Ctrl-C) and its connection dropped, never reused in an unknown state,
+//! so no backend is left holding the write lock for a caller that gave up.
+//!
+//! **Failover.** A multi-host URL (`postgres://u@h1:5432,h2:5432/db?
+//! target_session_attrs=read-write`) is handed to tokio-postgres, which
+//! tries the hosts in order and keeps the first that accepts writes: after
+//! the primary is lost, calls answer `Unavailable` until a standby is
+//! promoted, then new connections find it (README, "PostgreSQL failover").
 //!
 //! **TLS.** `sslmode=verify-full` with `sslrootcert=/path/ca.pem` in the
 //! URL: rustls checks the server's chain against that CA and its name
@@ -52,16 +65,27 @@ macro_rules! pooled {
     ($pg:expr, $limit:expr, |$c:ident| $body:expr) => {{
         let pg: &$crate::registry::pg::Postgres = $pg;
         let limit: Option<std::time::Duration> = $limit;
-        match pg.lease().await {
-            Err(e) => pg.settle(None, Ok(Err(e.into())), limit),
-            Ok(mut client) => {
-                let r = {
-                    let $c = &mut client;
-                    tokio::time::timeout(limit.unwrap_or(std::time::Duration::MAX), async { $body })
+        match pg.refusal() {
+            // Answered without trying: the backoff is not extended (a
+            // client asking again and again must not keep the server from
+            // being tried once the backoff has passed).
+            Some(e) => Err(e.into()),
+            None => match pg.lease().await {
+                Err(e) => pg.settle(None, Ok(Err(e.into())), limit),
+                Ok(mut client) => {
+                    let r = {
+                        let $c = &mut client;
+                        tokio::time::timeout(limit.unwrap_or(std::time::Duration::MAX), async {
+                            $body
+                        })
                         .await
-                };
-                pg.settle(Some(client), r, limit)
-            }
+                    };
+                    if r.is_err() {
+                        pg.cancel(&client);
+                    }
+                    pg.settle(Some(client), r, limit)
+                }
+            },
         }
     }};
 }
@@ -468,6 +492,18 @@ pub struct Postgres {
     read_only: bool,
     /// The audit chain's algorithm and this box's sealing.
     pub(crate) audit: crate::registry::seal::AuditSetup,
+    /// The TLS of the connections, for cancel requests.
+    tls: Tls,
+}
+
+/// The TLS of a registry's connections (`None`: plain).
+#[derive(Clone)]
+struct Tls(Option<tokio_postgres_rustls::MakeRustlsConnect>);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "rustls" } else { "plain" })
+    }
 }
 
 impl Drop for Postgres {
@@ -480,8 +516,11 @@ impl Drop for Postgres {
     }
 }
 
-/// Maps a driver error: not reaching the server is `Unavailable`; lock and
-/// serialisation timeouts are `Busy`; the rest keeps the server's message.
+/// Maps a driver error: not reaching the server is `Unavailable`, and so
+/// is a write the server does not finish in time (a lock not granted within
+/// `busy_timeout`, a cancelled statement, a serialisation failure or
+/// deadlock): [`RegistryError::Busy`] (`database_busy`) is SQLite's file
+/// lock only. The rest keeps the server's message.
 pub(crate) fn classify(e: &tokio_postgres::Error, busy: Duration) -> RegistryError {
     if let Some(db) = e.as_db_error() {
         let code = db.code();
@@ -490,7 +529,12 @@ pub(crate) fn classify(e: &tokio_postgres::Error, busy: Duration) -> RegistryErr
             || *code == SqlState::T_R_DEADLOCK_DETECTED
             || *code == SqlState::QUERY_CANCELED
         {
-            return RegistryError::Busy(busy);
+            return RegistryError::Unavailable(format!(
+                "the server did not finish the write within {} ms: {} ({})",
+                busy.as_millis(),
+                db.message(),
+                code.code()
+            ));
         }
         let class = &code.code()[..2];
         // 08 connection, 28 authorisation, 3D no such database, 53 resources,
@@ -525,9 +569,10 @@ impl Postgres {
         let mcfg = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match &target.ca_file {
+        let tls = target.ca_file.as_deref().map(tls).transpose()?;
+        let manager = match &tls {
             None => Manager::from_config(target.config.clone(), tokio_postgres::NoTls, mcfg),
-            Some(ca) => Manager::from_config(target.config.clone(), tls(ca)?, mcfg),
+            Some(tls) => Manager::from_config(target.config.clone(), tls.clone(), mcfg),
         };
         let wait = opts.busy_timeout + CONNECT_TIMEOUT;
         let pool = {
@@ -559,6 +604,7 @@ impl Postgres {
                     _ => crate::registry::seal::SealSetup::Off,
                 },
             ),
+            tls: Tls(tls),
         };
         match pg.block(pg.prepare_schema()) {
             Err(RegistryError::Unavailable(why)) if opts.lazy => {
@@ -720,17 +766,17 @@ impl Postgres {
         })
     }
 
-    /// A pooled connection for one call, unless the server is known to be
-    /// down and its backoff has not passed.
-    pub(crate) async fn lease(&self) -> Result<deadpool_postgres::Object, RegistryError> {
-        let refused = self
-            .health
+    /// The error to answer at once, without trying, while the server is
+    /// known to be down and its backoff has not passed.
+    pub(crate) fn refusal(&self) -> Option<RegistryError> {
+        self.health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .refuse();
-        if let Some(e) = refused {
-            return Err(e);
-        }
+            .refuse()
+    }
+
+    /// A pooled connection for one call (see [`Postgres::refusal`] first).
+    pub(crate) async fn lease(&self) -> Result<deadpool_postgres::Object, RegistryError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         if self.rt.is_some() {
             // On the backend's own runtime the connections' tasks run
@@ -745,6 +791,36 @@ impl Postgres {
             client = self.pool.get().await.map_err(pool_error)?;
         }
         Ok(client)
+    }
+
+    /// Asks the server to cancel what `client` is running (a call that ran
+    /// out of time), in the background: the caller does not wait for the
+    /// answer, and the connection itself is dropped by [`Postgres::settle`].
+    /// Without it a backend waiting for a lock or for a synchronous standby
+    /// would go on waiting, holding the write lock, after the caller gave up.
+    pub(crate) fn cancel(&self, client: &deadpool_postgres::Object) {
+        let token = client.cancel_token();
+        let tls = self.tls.0.clone();
+        let url = self.url.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                match tls {
+                    None => token.cancel_query(tokio_postgres::NoTls).await,
+                    Some(tls) => token.cancel_query(tls).await,
+                }
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {
+                    tracing::debug!(registry = %url, "timed-out statement cancelled on the server")
+                }
+                Ok(Err(e)) => tracing::debug!(registry = %url, error = %e, "cancel request failed"),
+                Err(_) => tracing::debug!(registry = %url, "cancel request timed out"),
+            }
+        });
     }
 
     /// The end of a call: a connection in an unknown state (timed out) or
@@ -933,6 +1009,22 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(!e.to_string().contains("s3cret"), "{e}");
         assert!(Target::parse("host=db sslmode=require").is_err());
+    }
+
+    #[test]
+    fn multi_host_urls_keep_every_host_and_target_session_attrs() {
+        let url = "postgres://cardlink:s3cret@10.0.0.5:5432,10.0.0.6:5433/registry?target_session_attrs=read-write";
+        let t = Target::parse(url).unwrap();
+        assert_eq!(t.config.get_hosts().len(), 2);
+        assert_eq!(t.config.get_ports(), &[5432, 5433]);
+        assert_eq!(
+            t.config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            redact_url(url),
+            "postgres://cardlink:***@10.0.0.5:5432,10.0.0.6:5433/registry?target_session_attrs=read-write"
+        );
     }
 
     #[test]

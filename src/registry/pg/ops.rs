@@ -336,7 +336,7 @@ impl WriteTx for PgTx<'_> {
 
 impl Postgres {
     /// Opens a write transaction: the registry's advisory write lock,
-    /// waited for at most `busy_timeout` (then `database_busy`).
+    /// waited for at most `busy_timeout` (then `registry_unavailable`).
     pub(crate) async fn write_tx<'c>(
         &self,
         c: &'c mut deadpool_postgres::Object,
