@@ -772,6 +772,7 @@ fn db(
                 &cardlink::registry::OpenOptions {
                     read_only: path.path().is_none_or(|p| p.exists()),
                     cache_kib: cache_mib.max(1) * 1024,
+                    key: key()?,
                     ..Default::default()
                 },
             )?;
