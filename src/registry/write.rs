@@ -18,7 +18,7 @@
 use firmware_protocol::{Date, Ssn};
 use rusqlite::ErrorCode;
 
-use super::audit::{self, Entry};
+use super::audit::{self, AuditRef, Entry};
 use super::bind::{self, BindError, BindRequest, Facts, Since, SqliteFacts};
 use super::derived::{self, repair_outcome, Drift, Repair, REBUILD_ABOVE};
 use super::policy::BindPolicy;
@@ -79,10 +79,10 @@ pub(crate) async fn bind(
     req: &BindRequest<'_>,
     policy: &BindPolicy,
     today: Date,
-) -> Result<(), BindError> {
+) -> Result<AuditRef, BindError> {
     let result = try_bind(c, req, policy, today).await;
     match &result {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(e @ BindError::Registry(_)) => {
             tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
         }
@@ -104,7 +104,7 @@ async fn try_bind(
     req: &BindRequest<'_>,
     policy: &BindPolicy,
     today: Date,
-) -> Result<(), BindError> {
+) -> Result<AuditRef, BindError> {
     let mut tx = c.begin().await?;
     bind::check_rules(&mut *tx, req, policy, today).await?;
     // The partial unique index is the last line of defence.
@@ -120,8 +120,20 @@ async fn try_bind(
         outcome: &bind::bind_outcome(req),
     })
     .await?;
+    let written = written(&mut *tx).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(written)
+}
+
+/// The audit row just appended in `tx` (the chain's head under the write
+/// lock): what a receipt prints.
+async fn written(tx: &mut dyn WriteTx) -> Result<AuditRef, RegistryError> {
+    match tx.audit_head().await? {
+        Some((seq, hash)) => Ok(AuditRef { seq, hash }),
+        None => Err(RegistryError::Corrupt(
+            "the audit row just written is not the chain's head".into(),
+        )),
+    }
 }
 
 /// Revokes the active link between `holder` and `member`, audited (a
@@ -132,7 +144,7 @@ pub(crate) async fn unbind(
     member: &Ssn,
     operator: &str,
     actor: &str,
-) -> Result<(), BindError> {
+) -> Result<AuditRef, BindError> {
     let mut tx = c.begin().await?;
     let n = tx.revoke(holder.expose(), member.expose()).await?;
     if n > 0 {
@@ -145,11 +157,12 @@ pub(crate) async fn unbind(
         outcome: &bind::unbind_outcome(n, holder, operator),
     })
     .await?;
+    let written = written(&mut *tx).await?;
     tx.commit().await?;
     if n == 0 {
         Err(BindError::NotLinked)
     } else {
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -282,7 +295,7 @@ impl Sqlite {
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: Date,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         self.now(async |s| bind(s, req, policy, today).await)
     }
 
@@ -293,7 +306,7 @@ impl Sqlite {
         member: &Ssn,
         operator: &str,
         actor: &str,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         self.now(async |s| unbind(s, holder, member, operator, actor).await)
     }
 
