@@ -169,6 +169,14 @@ pub fn render(m: &Message) -> String {
         Message::Role(r) => format!("role   now {}", r.role),
         Message::Display(d) => format!("display daemon {}", d.daemon),
         Message::Session(e) => format!("session ended: {}", e.ended),
+        Message::Printer(p) => match &p.error {
+            Some(e) => format!("printer {} {} ({e})", p.state, p.path),
+            None => format!("printer {} {}", p.state, p.path),
+        },
+        Message::Receipt(r) => match &r.error {
+            Some(e) => format!("receipt {} audit #{} NOT printed: {e}", r.kind, r.audit_seq),
+            None => format!("receipt {} audit #{} printed", r.kind, r.audit_seq),
+        },
     }
 }
 
@@ -222,6 +230,15 @@ pub fn status_text(s: &Status) -> String {
             }
         }
         if let Some(e) = &r.last_error {
+            out += &format!("  last error: {e}\n");
+        }
+    }
+    if let Some(p) = &s.printer {
+        out += &format!(
+            "printer {}: {}\n  {} receipt(s) printed, {} not printed\n",
+            p.path, p.state, p.printed, p.failed
+        );
+        if let Some(e) = &p.last_error {
             out += &format!("  last error: {e}\n");
         }
     }

@@ -24,6 +24,7 @@ pub mod fds;
 pub mod logging;
 pub mod mask;
 pub mod notify;
+pub mod printer;
 pub mod protocol;
 pub mod reader;
 pub mod registry;

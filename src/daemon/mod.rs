@@ -27,6 +27,7 @@ pub mod ctx;
 pub mod event;
 pub mod library;
 pub mod port;
+pub mod printer;
 pub mod reading;
 pub mod render;
 pub mod serial;
@@ -127,6 +128,9 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
     let shared = registry.is_shared();
     let store = Store::start(registry);
     let ctx = Ctx::new(store, &cfg);
+    if let Some(p) = &cfg.printer {
+        printer::start(&ctx, p, &shutdown);
+    }
     let mut readers = serial::Readers::new(ports, &cfg);
     readers.apply(&cfg.readers, &ctx, &shutdown);
     tracing::info!(
@@ -165,6 +169,9 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
             _ = shutdown.cancelled() => break,
             u = updates.recv(), if updates_open => match u {
                 Some(Update { config, applied }) => {
+                    if config.printer != cfg.printer {
+                        tracing::warn!("[printer] changes take effect when cardlinkd restarts");
+                    }
                     ctx.reload(&config);
                     readers.set_capture(&config);
                     readers.apply(&config.readers, &ctx, &shutdown);

@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::registry::pg::Postgres;
 use crate::registry::{
-    BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError, Resolution,
+    AuditRef, BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError,
+    Resolution,
 };
 use crate::Ssn;
 
@@ -101,7 +102,11 @@ impl Store {
     }
 
     /// Binds (see [`Registry::bind_on`]).
-    pub async fn bind(&self, req: &BindRequest<'_>, policy: &BindPolicy) -> Answer<(), BindError> {
+    pub async fn bind(
+        &self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+    ) -> Answer<AuditRef, BindError> {
         let today = firmware_protocol::Date::today_cst();
         match &self.backend {
             Backend::Sqlite(q) => {
@@ -136,7 +141,7 @@ impl Store {
         member: Ssn,
         operator: String,
         actor: String,
-    ) -> Answer<(), BindError> {
+    ) -> Answer<AuditRef, BindError> {
         match &self.backend {
             Backend::Sqlite(q) => {
                 job(q, move |reg| {
