@@ -318,7 +318,7 @@ mod lp {
     use tokio::io::unix::AsyncFd;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-    use super::Port;
+    use crate::daemon::port::Port;
 
     pub fn open_file(path: &Path) -> io::Result<std::fs::File> {
         std::fs::OpenOptions::new()
