@@ -274,3 +274,43 @@ async fn a_dead_printer_does_not_stall_card_reads() {
     let ev = c.expect("RECEIPT").await;
     assert_eq!(ev["printed"], false, "{ev}");
 }
+
+/// The simulator's printer (what `cardlinkctl demo` runs) answers the
+/// daemon's status queries and hands over each receipt at its cut, and
+/// follows a state set while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_printer_collects_receipts_and_follows_its_state() {
+    let pty = PtyMaster::open(None).unwrap();
+    let extra = format!("role = \"window\"\n{}", printer_toml(&pty));
+    let state = Arc::new(Mutex::new(PrinterState::Ok));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let sim = tokio::spawn(cardlink::sim::play_printer(
+        pty,
+        state.clone(),
+        Encoding::Gbk,
+        move |r| sink.lock().unwrap().push(r),
+    ));
+    let (d, _ptys) = Process::start(&[("r1", "frame", "gbk")], &extra);
+    let mut c = d.client().await;
+    eventually("printer ok", Duration::from_secs(10), async || {
+        (status(&mut c).await["printer"]["state"] == "ok").then_some(())
+    })
+    .await;
+    let r = c
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "operator": "clerk7"}))
+        .await;
+    assert_eq!(r["result"]["receipt"]["queued"], true, "{r}");
+    let first = eventually("a receipt", Duration::from_secs(10), async || {
+        got.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(first.titles, vec!["家庭共济绑定凭条"]);
+    assert_eq!(field(&first, "共济人证号"), ssn(CHILD).masked().to_string());
+    *state.lock().unwrap() = PrinterState::CoverOpen;
+    eventually("cover open", Duration::from_secs(10), async || {
+        (status(&mut c).await["printer"]["state"] == "cover_open").then_some(())
+    })
+    .await;
+    sim.abort();
+}
