@@ -31,6 +31,13 @@
 //! mode = "0660"                         # owner rw, others nothing
 //! privileged_uids = [0]                 # clients that may see full SSNs
 //!
+//! [printer]                           # receipts (off when absent)
+//! path = "/dev/cardlink/printer"        # a serial port, or /dev/usb/lp0 (usblp)
+//! baud = 9600                           # serial only: 1200..115200 (most Chinese 58/80 mm printers: 9600)
+//! encoding = "gbk"                      # gbk | gb18030 | utf-8
+//! status_interval_s = 30                # DLE EOT status poll, 1..=3600
+//! station = "门诊一楼自助机"            # the box's name on receipts (default: the host name)
+//!
 //! [[reader]]
 //! name = "window1"                      # 1-32 of [A-Za-z0-9_-], not "manual"
 //! path = "/dev/cardlink/window1"
@@ -359,9 +366,78 @@ pub struct Config {
     /// The heartbeat into the registry.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// The receipt printer; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub printer: Option<PrinterConfig>,
     /// Readers.
     #[serde(default, rename = "reader")]
     pub readers: Vec<ReaderConfig>,
+}
+
+/// Baud rates a receipt printer's serial port may use: what thermal
+/// printers offer (Epson TM-T88/T82 and the Chinese 58/80 mm printers'
+/// DIP switches or setup utilities: 9600 the most common factory setting,
+/// Epson's TM models often 38400).
+pub const PRINTER_BAUDS: [u32; 8] = [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200];
+
+/// The `[printer]` table: an ESC/POS receipt printer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterConfig {
+    /// A serial port (`/dev/ttyS0`, a udev name) or a printer-class
+    /// device node (`/dev/usb/lp0`); which one is found out when opened.
+    pub path: PathBuf,
+    /// Serial only: baud rate, one of [`PRINTER_BAUDS`] (8N1, no flow control).
+    #[serde(default = "default_printer_baud")]
+    pub baud: u32,
+    /// The printer's text encoding.
+    #[serde(default)]
+    pub encoding: crate::printer::Encoding,
+    /// Seconds between two status polls (`DLE EOT 1`–`4`) while idle.
+    #[serde(default = "default_status_interval_s")]
+    pub status_interval_s: u64,
+    /// The box's name printed on receipts; the host name when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
+}
+
+fn default_printer_baud() -> u32 {
+    9600
+}
+fn default_status_interval_s() -> u64 {
+    30
+}
+
+impl PrinterConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("printer.path is empty: give the printer's device".into());
+        }
+        if !self.path.is_absolute() {
+            return Err(format!(
+                "printer.path {} must be an absolute path",
+                self.path.display()
+            ));
+        }
+        if !PRINTER_BAUDS.contains(&self.baud) {
+            return Err(format!(
+                "printer.baud {} is not one of {PRINTER_BAUDS:?}",
+                self.baud
+            ));
+        }
+        if !(1..=3600).contains(&self.status_interval_s) {
+            return Err(format!(
+                "printer.status_interval_s {} out of range 1..=3600",
+                self.status_interval_s
+            ));
+        }
+        if let Some(s) = &self.station {
+            if s.chars().count() > 32 || s.chars().any(char::is_control) {
+                return Err("printer.station: at most 32 characters, no control characters".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_db() -> Database {
@@ -602,6 +678,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &self.printer {
+            p.validate().map_err(ConfigError::Invalid)?;
+            if self.readers.iter().any(|r| r.path == p.path) {
+                return bad(format!(
+                    "printer.path {} is also a reader's path",
+                    p.path.display()
+                ));
+            }
+        }
         if !(1..=65_536).contains(&self.socket.max_clients) {
             return bad(format!(
                 "socket.max_clients {} out of range 1..=65536",
@@ -809,6 +894,39 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("poll_ms"), "{e}");
         assert!(Config::parse("[policy]\nid_card = \"always\"\n", "t").is_err());
+        assert_eq!(Config::parse("", "t").unwrap().printer, None);
         assert_eq!(Config::parse(&c.to_toml(), "t").unwrap(), c);
+    }
+
+    #[test]
+    fn printer_defaults_and_bad_values() {
+        let c = Config::parse("[printer]\npath = \"/dev/usb/lp0\"\n", "t").unwrap();
+        let p = c.printer.clone().unwrap();
+        assert_eq!(
+            (p.baud, p.encoding, p.status_interval_s),
+            (9600, crate::printer::Encoding::Gbk, 30)
+        );
+        assert_eq!(Config::parse(&c.to_toml(), "t").unwrap(), c);
+        let c = Config::parse(
+            "[printer]\npath = \"/dev/ttyS0\"\nbaud = 38400\nencoding = \"utf-8\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.printer.unwrap().encoding, crate::printer::Encoding::Utf8);
+        for (text, want) in [
+            ("path = \"/dev/ttyS0\"\nbaud = 12345", "printer.baud 12345"),
+            ("path = \"ttyS0\"", "absolute"),
+            ("path = \"\"", "empty"),
+            ("path = \"/dev/ttyS0\"\nencoding = \"big5\"", "big5"),
+            (
+                "path = \"/dev/ttyS0\"\nstatus_interval_s = 0",
+                "status_interval_s",
+            ),
+            ("path = \"/dev/ttyS0\"\npaper = 1", "paper"),
+            ("baud = 9600", "path"),
+        ] {
+            let e = Config::parse(&format!("[printer]\n{text}\n"), "t").unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
     }
 }

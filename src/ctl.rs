@@ -169,6 +169,14 @@ pub fn render(m: &Message) -> String {
         Message::Role(r) => format!("role   now {}", r.role),
         Message::Display(d) => format!("display daemon {}", d.daemon),
         Message::Session(e) => format!("session ended: {}", e.ended),
+        Message::Printer(p) => match &p.error {
+            Some(e) => format!("printer {} {} ({e})", p.state, p.path),
+            None => format!("printer {} {}", p.state, p.path),
+        },
+        Message::Receipt(r) => match &r.error {
+            Some(e) => format!("receipt {} audit #{} NOT printed: {e}", r.kind, r.audit_seq),
+            None => format!("receipt {} audit #{} printed", r.kind, r.audit_seq),
+        },
     }
 }
 
@@ -222,6 +230,15 @@ pub fn status_text(s: &Status) -> String {
             }
         }
         if let Some(e) = &r.last_error {
+            out += &format!("  last error: {e}\n");
+        }
+    }
+    if let Some(p) = &s.printer {
+        out += &format!(
+            "printer {}: {}\n  {} receipt(s) printed, {} not printed\n",
+            p.path, p.state, p.printed, p.failed
+        );
+        if let Some(e) = &p.last_error {
             out += &format!("  last error: {e}\n");
         }
     }
@@ -686,6 +703,8 @@ pub struct Demo {
     pub display: PathBuf,
     /// Where the display serves the screen.
     pub display_listen: std::net::SocketAddr,
+    /// The simulated receipt printer's state (`ok`, `paper_end`, …).
+    pub printer_state: crate::printer::PrinterState,
 }
 
 #[cfg(feature = "sim")]
@@ -701,6 +720,7 @@ pub async fn demo(
     let cards = d.dir.join("cards.jsonl");
     let socket = d.dir.join("display.sock");
     let link = d.dir.join("reader0");
+    let printer_link = d.dir.join("printer0");
     if !db.exists() || !cards.exists() {
         eprintln!(
             "demo: generating a registry of {} persons in {}",
@@ -718,11 +738,14 @@ pub async fn demo(
     std::fs::write(
         &config,
         format!(
-            "database = {:?}\nrole = \"window\"\n\n[socket]\npath = {:?}\nmode = \"0600\"\n\n[[reader]]\nname = \"demo\"\npath = {:?}\nmode = \"frame\"\n",
-            db, socket, link
+            "database = {:?}\nrole = \"window\"\n\n[socket]\npath = {:?}\nmode = \"0600\"\n\n[printer]\npath = {:?}\nstation = \"demo\"\n\n[[reader]]\nname = \"demo\"\npath = {:?}\nmode = \"frame\"\n",
+            db, socket, printer_link, link
         ),
     )?;
     let master = PtyMaster::open(Some(&link))?;
+    let printer = PtyMaster::open(Some(&printer_link))?;
+    let receipts_path = d.dir.join("receipts.txt");
+    let printer_state = std::sync::Arc::new(std::sync::Mutex::new(d.printer_state));
     let mut daemon = tokio::process::Command::new(&d.daemon)
         .arg("--config")
         .arg(&config)
@@ -779,6 +802,11 @@ pub async fn demo(
         "demo: try in another terminal:  cardlinkctl status --socket {}",
         socket.display()
     );
+    eprintln!(
+        "demo: a simulated receipt printer ({}) prints binds and unbinds here and into {}",
+        d.printer_state,
+        d.dir.join("receipts.txt").display()
+    );
     let cards = sim::load_cards(&cards)?;
     let opts = SimOptions {
         mode: crate::reader::codec::Mode::Frame,
@@ -794,6 +822,15 @@ pub async fn demo(
     let result = tokio::select! {
         r = sim::run(master, &cards, &opts, |_, _| {}) => r.map(|_| ()).map_err(CtlError::from),
         r = watch(&socket, false, out, stop) => r,
+        r = sim::play_printer(printer, printer_state, crate::printer::Encoding::Gbk, |r| {
+            // The receipt as it came out of the printer: to stderr and to receipts.txt.
+            let text = format!("---- receipt ----\n{}\n[QR] {}\n-----------------\n",
+                r.lines.join("\n"), r.qr.join(" | ").replace('\n', " "));
+            eprint!("{text}");
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&receipts_path) {
+                let _ = f.write_all(text.as_bytes());
+            }
+        }) => r.map_err(CtlError::from),
         s = daemon.wait() => Err(CtlError::Daemon(format!("cardlinkd exited: {s:?}"))),
         s = display.wait() => Err(CtlError::Daemon(format!("cardlink-display exited: {s:?}"))),
     };

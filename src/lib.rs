@@ -25,6 +25,7 @@ pub mod logging;
 pub mod mask;
 pub mod metrics;
 pub mod notify;
+pub mod printer;
 pub mod protocol;
 pub mod reader;
 pub mod registry;

@@ -366,6 +366,10 @@ pub enum Message {
     Display(DisplayMsg),
     /// Sent by `cardlink-display` to a kiosk page whose session ended.
     Session(SessionMsg),
+    /// The receipt printer's state (on connect and when it changes).
+    Printer(PrinterMsg),
+    /// A receipt was printed, or could not be.
+    Receipt(ReceiptMsg),
 }
 
 /// `SESSION`: a kiosk page's session ended without the page asking
@@ -404,6 +408,110 @@ macro_rules! wire_names {
 }
 
 wire_names!(SessionEnd { Idle = "idle" });
+
+/// A receipt printer's state (`PRINTER`, `RECEIPT`, `status`), from its
+/// `DLE EOT` replies (`crate::printer::status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrinterState {
+    /// Ready.
+    Ok,
+    /// Ready; the roll is nearly used up.
+    PaperNearEnd,
+    /// Out of paper.
+    PaperEnd,
+    /// Cover open.
+    CoverOpen,
+    /// Offline for another reason.
+    Offline,
+    /// Cutter, head or unrecoverable error.
+    Error,
+    /// Cannot be opened, or does not answer.
+    #[default]
+    Disconnected,
+}
+
+wire_names!(PrinterState {
+    Ok = "ok",
+    PaperNearEnd = "paper_near_end",
+    PaperEnd = "paper_end",
+    CoverOpen = "cover_open",
+    Offline = "offline",
+    Error = "error",
+    Disconnected = "disconnected",
+});
+
+impl From<crate::printer::PrinterState> for PrinterState {
+    fn from(s: crate::printer::PrinterState) -> PrinterState {
+        use crate::printer::PrinterState as P;
+        match s {
+            P::Ok => PrinterState::Ok,
+            P::PaperNearEnd => PrinterState::PaperNearEnd,
+            P::PaperEnd => PrinterState::PaperEnd,
+            P::CoverOpen => PrinterState::CoverOpen,
+            P::Offline => PrinterState::Offline,
+            P::Error => PrinterState::Error,
+            P::Disconnected => PrinterState::Disconnected,
+        }
+    }
+}
+
+/// `PRINTER`: the receipt printer's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrinterMsg {
+    /// Its state.
+    pub state: PrinterState,
+    /// Device path.
+    pub path: String,
+    /// Why it is disconnected (the last open, write or status error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `RECEIPT`: the outcome of one receipt (matched to its bind or unbind
+/// by `audit_seq`, which the reply's `receipt` carries too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptMsg {
+    /// `bind` or `unbind`.
+    pub kind: String,
+    /// The audit row of the bind or unbind.
+    pub audit_seq: i64,
+    /// Whether the receipt went to the printer.
+    pub printed: bool,
+    /// The printer's state then.
+    pub state: PrinterState,
+    /// Why it was not printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A bind's or unbind's receipt, in its reply (absent without a printer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptQueued {
+    /// The audit row of the bind or unbind.
+    pub audit_seq: i64,
+    /// Whether a receipt is on its way; `false` when the printer cannot
+    /// print now (`printer` says why): the link is made all the same.
+    pub queued: bool,
+    /// The printer's last known state.
+    pub printer: PrinterState,
+}
+
+/// The printer in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrinterStatus {
+    /// Device path.
+    pub path: String,
+    /// Its state.
+    pub state: PrinterState,
+    /// Receipts printed.
+    pub printed: u64,
+    /// Receipts that could not be printed.
+    pub failed: u64,
+    /// The last error.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
 
 /// A station's role on the wire (`ROLE`, `DISPLAY`, `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -894,6 +1002,9 @@ pub struct Bound {
     pub bound: bool,
     /// The relation recorded.
     pub relation: String,
+    /// Its receipt, where a printer is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptQueued>,
 }
 
 /// Result of `unbind`.
@@ -901,6 +1012,9 @@ pub struct Bound {
 pub struct Unbound {
     /// Always `true`.
     pub unbound: bool,
+    /// Its receipt, where a printer is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptQueued>,
 }
 
 /// One reader in `status`.
@@ -956,6 +1070,9 @@ pub struct Status {
     pub resolutions: u64,
     /// Errors reported.
     pub errors: u64,
+    /// The receipt printer (absent when none is configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub printer: Option<Box<PrinterStatus>>,
 }
 
 /// A client request.

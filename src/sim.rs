@@ -530,6 +530,50 @@ async fn wait_ack<S: AsyncRead + Unpin>(
     }
 }
 
+/// A simulated ESC/POS receipt printer on the master side of a pty (or
+/// any stream): answers `DLE EOT 1`–`4` as a printer in `state` would
+/// (the state can change while it runs: paper end, cover open…), and hands
+/// each receipt, decoded at its cut, to `on_receipt`. Returns when the
+/// line closes.
+pub async fn play_printer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut line: S,
+    state: std::sync::Arc<std::sync::Mutex<crate::printer::PrinterState>>,
+    encoding: crate::printer::Encoding,
+    mut on_receipt: impl FnMut(crate::printer::escpos::Printed),
+) -> io::Result<()> {
+    use crate::printer::escpos::Printed;
+    use crate::printer::StatusBytes;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = line.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let from = pending.len();
+        pending.extend_from_slice(&buf[..n]);
+        let mut answers = Vec::new();
+        // A query may have come split over two reads.
+        for i in from.saturating_sub(2)..pending.len().saturating_sub(2) {
+            if pending[i] == 0x10 && pending[i + 1] == 0x04 && i + 2 >= from {
+                let st = *state.lock().unwrap_or_else(|p| p.into_inner());
+                answers.extend(StatusBytes::for_state(st).reply(pending[i + 2]));
+            }
+        }
+        if !answers.is_empty() {
+            line.write_all(&answers).await?;
+        }
+        // Everything up to the last cut is whole receipts.
+        let last_cut = pending.windows(2).rposition(|w| w == [0x1D, b'V']);
+        if let Some(at) = last_cut.filter(|at| at + 4 <= pending.len()) {
+            let done: Vec<u8> = pending.drain(..at + 4).collect();
+            for r in Printed::receipts(&done, encoding) {
+                on_receipt(r);
+            }
+        }
+    }
+}
+
 /// The master side of a pseudo-terminal pair, as async I/O.
 pub struct PtyMaster {
     fd: AsyncFd<OwnedFd>,

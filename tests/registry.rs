@@ -188,8 +188,21 @@ fn bind_then_unbind(b: Backend) {
     };
     let mut reg = fx.open();
     let policy = BindPolicy::default();
-    reg.bind(&bind_req(HOLDER, CHILD, "child"), &policy)
+    let bound = reg
+        .bind(&bind_req(HOLDER, CHILD, "child"), &policy)
         .unwrap();
+    // The bind answers its own audit row (what a receipt prints).
+    let last = |fx: &Fx| fx.count("SELECT max(id) FROM audit", &[]);
+    assert_eq!(bound.seq, last(&fx));
+    let mut rows = Vec::new();
+    reg.audit_rows(&mut |r| {
+        rows.push(r);
+        Ok(())
+    })
+    .unwrap();
+    let row = rows.iter().find(|r| r.id == bound.seq).unwrap();
+    assert_eq!((row.action.as_str(), &row.hash), ("bind", &bound.hash));
+    assert_eq!(bound.short_hash(), &row.hash[..12]);
     // A holder may also cover an employee parent.
     reg.bind(&bind_req(HOLDER, PARENT, "parent"), &policy)
         .unwrap();
@@ -204,8 +217,11 @@ fn bind_then_unbind(b: Backend) {
     assert_eq!(r.role, Role::Member);
     assert_eq!(r.payer.unwrap().relation.as_deref(), Some("child"));
 
-    reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test")
+    let unbound = reg
+        .unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test")
         .unwrap();
+    assert_eq!(unbound.seq, last(&fx));
+    assert!(unbound.seq > bound.seq && unbound.hash != bound.hash);
     assert_eq!(
         reg.unbind(&ssn(HOLDER), &ssn(CHILD), "clerk1", "test")
             .unwrap_err()
@@ -251,7 +267,10 @@ fn concurrent_binds_for_one_member_exactly_one_wins(b: Backend) {
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let wins = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "round {round}: {results:?}");
-        let loser = results.iter().find_map(|r| r.err()).unwrap();
+        let loser = results
+            .iter()
+            .find_map(|r| r.as_ref().err().copied())
+            .unwrap();
         assert_eq!(loser, "member_has_payer");
         let mut reg = fx.open();
         let active = fx.count(

@@ -235,7 +235,17 @@ enum Cmd {
         /// Where cardlink-display serves the screen.
         #[arg(long, default_value = "127.0.0.1:8780")]
         display_listen: std::net::SocketAddr,
+        /// The simulated receipt printer's state: ok, paper_near_end,
+        /// paper_end, cover_open, offline, error.
+        #[arg(long, default_value = "ok", value_parser = parse_printer_state)]
+        printer_state: cardlink::printer::PrinterState,
     },
+}
+
+fn parse_printer_state(s: &str) -> Result<cardlink::printer::PrinterState, String> {
+    cardlink::printer::PrinterState::parse(s).ok_or_else(|| {
+        format!("'{s}': one of ok, paper_near_end, paper_end, cover_open, offline, error")
+    })
 }
 
 #[derive(Subcommand)]
@@ -617,6 +627,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             every,
             dir,
             display_listen,
+            printer_state,
         } => {
             let exe = std::env::current_exe()?;
             let demo = ctl::Demo {
@@ -628,6 +639,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 daemon: exe.with_file_name("cardlinkd"),
                 display: exe.with_file_name("cardlink-display"),
                 display_listen,
+                printer_state,
             };
             runtime()?.block_on(async {
                 let stop = ctrl_c();

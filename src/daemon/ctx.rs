@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::capture;
-use super::event::{CardEvent, Event, ReaderState};
+use super::event::{CardEvent, Event, PrintJob, PrinterLive, ReaderState};
 use super::metrics::DaemonMetrics;
 use super::render;
 use super::store::Store;
@@ -67,6 +67,10 @@ pub struct Ctx {
     pub metrics: Arc<DaemonMetrics>,
     /// When the last card read was resolved (for the fleet heartbeat).
     last_read: Mutex<Option<std::time::SystemTime>>,
+    /// The receipt printer's state (`None`: no printer configured).
+    pub printer: Mutex<Option<PrinterLive>>,
+    /// The printer task's queue, once it runs.
+    pub print_queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<PrintJob>>,
 }
 
 /// Why a read could not be shown.
@@ -106,6 +110,8 @@ impl Ctx {
             resolutions: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             captures: Mutex::default(),
+            printer: Mutex::new(None),
+            print_queue: std::sync::OnceLock::new(),
         })
     }
 
@@ -435,6 +441,65 @@ impl Ctx {
             clients: self.clients.load(Ordering::Relaxed),
             resolutions: self.resolutions.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            printer: self
+                .printer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|p| Box::new(render::printer_status(p))),
         }
+    }
+
+    /// Changes the printer's live state with `f`; publishes `PRINTER`
+    /// when its state or cause changed (under the lock, so events come in
+    /// the order of the changes).
+    pub fn update_printer(&self, f: impl FnOnce(&mut PrinterLive)) {
+        let mut g = self.printer.lock().unwrap_or_else(|p| p.into_inner());
+        let p = g.get_or_insert_with(PrinterLive::default);
+        let before = (p.state, p.last_error.clone());
+        f(p);
+        if (p.state, p.last_error.clone()) != before {
+            self.publish(Event::Printer(p.clone()));
+        }
+    }
+
+    /// Queues the receipt of a bind or unbind; what the reply says of it
+    /// (`None` without a printer). Never waits: a full queue or a printer
+    /// that cannot print is reported, the link stands.
+    pub fn queue_receipt(&self, job: PrintJob) -> Option<protocol::ReceiptQueued> {
+        let queue = self.print_queue.get()?;
+        let state = self
+            .printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.state)
+            .unwrap_or_default();
+        let audit_seq = job.audit.seq;
+        let kind = job.kind;
+        let queued = match queue.try_send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                let error = "receipt queue full".to_string();
+                self.update_printer(|p| {
+                    p.failed += 1;
+                    p.last_error = Some(error.clone());
+                });
+                tracing::warn!(audit_seq, "receipt not printed: queue full");
+                self.publish(Event::Receipt {
+                    kind,
+                    audit_seq,
+                    printed: false,
+                    state,
+                    error: Some(error),
+                });
+                false
+            }
+        };
+        Some(protocol::ReceiptQueued {
+            audit_seq,
+            queued: queued && state.can_print(),
+            printer: state.into(),
+        })
     }
 }

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use crate::config::Station;
+use crate::printer::{PrinterState, ReceiptKind};
 use crate::protocol::{self, ErrorCode};
 use crate::reader::card::CardSource;
-use crate::registry::Resolution;
+use crate::registry::{AuditRef, Resolution};
 use crate::Ssn;
 
 /// A resolved card read, ready to be rendered for each client
@@ -67,6 +68,58 @@ pub enum Event {
     /// A reload changed the role: displays switch screens and masking at
     /// once (a kiosk page must not see one more full SSN).
     Role(Station),
+    /// The receipt printer's state changed.
+    Printer(PrinterLive),
+    /// A receipt was printed, or could not be.
+    Receipt {
+        /// Bind or unbind.
+        kind: ReceiptKind,
+        /// The audit row of the bind or unbind.
+        audit_seq: i64,
+        /// Whether it went to the printer.
+        printed: bool,
+        /// The printer's state then.
+        state: PrinterState,
+        /// Why not.
+        error: Option<String>,
+    },
+}
+
+/// The receipt printer's live state, for `status`, `PRINTER` and new clients.
+#[derive(Debug, Clone, Default)]
+pub struct PrinterLive {
+    /// Device path.
+    pub path: String,
+    /// Its state.
+    pub state: PrinterState,
+    /// Receipts printed.
+    pub printed: u64,
+    /// Receipts not printed.
+    pub failed: u64,
+    /// The last error (open, write, status, a receipt refused).
+    pub last_error: Option<String>,
+}
+
+/// A receipt to print: what the daemon knows after a bind or unbind (the
+/// printer task adds the names from the registry and the box's name).
+#[derive(Debug, Clone)]
+pub struct PrintJob {
+    /// Bind or unbind.
+    pub kind: ReceiptKind,
+    /// The account holder.
+    pub holder: Ssn,
+    /// The member.
+    pub member: Ssn,
+    /// The relation in Chinese, where known.
+    pub relation: Option<String>,
+    /// The station the request came from.
+    pub channel: Station,
+    /// The operator, at a window.
+    pub operator: Option<String>,
+    /// The audit row written.
+    pub audit: AuditRef,
+    /// When (China Standard Time).
+    pub at: String,
 }
 
 /// Live state of one reader, for `status` and for new clients.

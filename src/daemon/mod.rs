@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod library;
 pub mod metrics;
 pub mod port;
+pub mod printer;
 pub mod reading;
 pub mod render;
 pub mod serial;
@@ -151,6 +152,9 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
         Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
     };
+    if let Some(p) = &cfg.printer {
+        printer::start(&ctx, p, &shutdown);
+    }
     let mut readers = serial::Readers::new(ports, &cfg);
     readers.apply(&cfg.readers, &ctx, &shutdown);
     tracing::info!(
@@ -208,6 +212,9 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
             _ = shutdown.cancelled() => break,
             u = updates.recv(), if updates_open => match u {
                 Some(Update { config, applied }) => {
+                    if config.printer != cfg.printer {
+                        tracing::warn!("[printer] changes take effect when cardlinkd restarts");
+                    }
                     ctx.reload(&config);
                     readers.set_capture(&config);
                     readers.apply(&config.readers, &ctx, &shutdown);

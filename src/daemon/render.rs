@@ -3,7 +3,7 @@
 //! [`protocol`] message is here, so `protocol` knows nothing of the daemon
 //! and the rest of the daemon builds no wire message by hand.
 
-use super::event::{CardEvent, Event, ReaderState};
+use super::event::{CardEvent, Event, PrinterLive, ReaderState};
 use crate::protocol::{
     self, Card, ErrorCode, ErrorMsg, Insurance, MemberMsg, Message, PayerMsg, Privacy,
 };
@@ -39,6 +39,40 @@ pub fn event(e: &Event, privacy: Privacy) -> Message {
         Event::Role(station) => Message::Role(protocol::RoleMsg {
             role: (*station).into(),
         }),
+        Event::Printer(p) => Message::Printer(printer(p)),
+        Event::Receipt {
+            kind,
+            audit_seq,
+            printed,
+            state,
+            error,
+        } => Message::Receipt(protocol::ReceiptMsg {
+            kind: kind.as_str().to_string(),
+            audit_seq: *audit_seq,
+            printed: *printed,
+            state: (*state).into(),
+            error: error.clone(),
+        }),
+    }
+}
+
+/// The printer's `PRINTER` message: its cause only while it cannot print.
+pub fn printer(p: &PrinterLive) -> protocol::PrinterMsg {
+    protocol::PrinterMsg {
+        state: p.state.into(),
+        path: p.path.clone(),
+        error: p.last_error.clone().filter(|_| !p.state.can_print()),
+    }
+}
+
+/// The printer in `status`.
+pub fn printer_status(p: &PrinterLive) -> protocol::PrinterStatus {
+    protocol::PrinterStatus {
+        path: p.path.clone(),
+        state: p.state.into(),
+        printed: p.printed,
+        failed: p.failed,
+        last_error: p.last_error.clone(),
     }
 }
 

@@ -24,9 +24,11 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
+use super::event::PrintJob;
 use super::render::{self, error};
 use super::store::Answer;
 use crate::config::Station;
+use crate::printer::ReceiptKind;
 use crate::protocol::{
     self, Bound, CardResult, ErrorCode, Message, Parties, Privacy, Reply, ReplyResult, Request,
     Unbound, MAX_REQUEST,
@@ -124,6 +126,12 @@ async fn client(stream: UnixStream, ctx: Arc<Ctx>, shutdown: CancellationToken) 
         _ => Privacy::Masked,
     };
     let (mut events, readers) = ctx.subscribe();
+    let printer = ctx
+        .printer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(render::printer);
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(
         uid,
@@ -144,6 +152,9 @@ async fn client(stream: UnixStream, ctx: Arc<Ctx>, shutdown: CancellationToken) 
         .is_ok();
     for r in readers {
         ok &= out.send(&Message::Reader(r)).await.is_ok();
+    }
+    if let Some(p) = printer {
+        ok &= out.send(&Message::Printer(p)).await.is_ok();
     }
     while ok {
         tokio::select! {
@@ -270,6 +281,21 @@ async fn parties(ctx: &Ctx, station: Station, p: &Parties) -> Result<(Ssn, Ssn),
     Ok((h, m))
 }
 
+/// The relation (in Chinese) of `member`'s active link to `holder`, if any.
+async fn linked_relation(ctx: &Ctx, holder: Ssn, member: Ssn) -> Option<String> {
+    let r = match ctx
+        .store
+        .resolve(crate::registry::Lookup::ssn(member))
+        .await
+    {
+        Ok(Ok(r)) => r,
+        _ => return None,
+    };
+    let payer = r.payer.filter(|p| p.ssn == holder)?;
+    let rel = crate::registry::Relation::parse(payer.relation.as_deref()?)?;
+    Some(rel.label_zh().to_string())
+}
+
 /// Awaits a registry request; both the store's and the registry's
 /// failures become refusals with their one code.
 async fn registry<T, E>(job: impl std::future::Future<Output = Answer<T, E>>) -> Result<T, Refusal>
@@ -391,11 +417,22 @@ async fn answer(
                 operator: &operator,
                 actor,
             };
-            registry(ctx.store.bind(&req, &live.policy)).await?;
+            let audit = registry(ctx.store.bind(&req, &live.policy)).await?;
             tracing::info!(holder = %h, member = %m, relation = %relation, "family link bound");
+            let receipt = ctx.queue_receipt(PrintJob {
+                kind: ReceiptKind::Bind,
+                holder: h,
+                member: m,
+                relation: Some(rel.label_zh().to_string()),
+                channel: live.station,
+                operator: (live.station == Station::Window).then_some(operator),
+                audit,
+                at: crate::printer::receipt::now_cst(),
+            });
             Ok(ReplyResult::Bound(Bound {
                 bound: true,
                 relation,
+                receipt,
             }))
         }
         Request::Unbind {
@@ -405,9 +442,28 @@ async fn answer(
         } => {
             let (h, m) = parties(ctx, live.station, &p).await?;
             let operator = operator_or_actor(operator);
-            registry(ctx.store.unbind(h, m, operator, actor.to_string())).await?;
+            // The relation for the receipt, read before the link goes.
+            let relation = match ctx.print_queue.get() {
+                Some(_) => linked_relation(ctx, h, m).await,
+                None => None,
+            };
+            let audit =
+                registry(ctx.store.unbind(h, m, operator.clone(), actor.to_string())).await?;
             tracing::info!(holder = %h, member = %m, "family link revoked");
-            Ok(ReplyResult::Unbound(Unbound { unbound: true }))
+            let receipt = ctx.queue_receipt(PrintJob {
+                kind: ReceiptKind::Unbind,
+                holder: h,
+                member: m,
+                relation,
+                channel: live.station,
+                operator: (live.station == Station::Window).then_some(operator),
+                audit,
+                at: crate::printer::receipt::now_cst(),
+            });
+            Ok(ReplyResult::Unbound(Unbound {
+                unbound: true,
+                receipt,
+            }))
         }
         Request::Contributions {
             number,

@@ -36,7 +36,8 @@ use crate::protocol::ErrorCode;
 use crate::registry::fleet::Heartbeat;
 use crate::registry::pg::Postgres;
 use crate::registry::{
-    BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError, Resolution,
+    AuditRef, BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError,
+    Resolution,
 };
 use crate::Ssn;
 
@@ -191,7 +192,11 @@ impl Store {
     }
 
     /// Binds (see [`Registry::bind_on`]).
-    pub async fn bind(&self, req: &BindRequest<'_>, policy: &BindPolicy) -> Answer<(), BindError> {
+    pub async fn bind(
+        &self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+    ) -> Answer<AuditRef, BindError> {
         let today = firmware_protocol::Date::today_cst();
         self.timed("bind", async {
             match &self.backend {
@@ -229,7 +234,7 @@ impl Store {
         member: Ssn,
         operator: String,
         actor: String,
-    ) -> Answer<(), BindError> {
+    ) -> Answer<AuditRef, BindError> {
         self.timed("unbind", async {
             match &self.backend {
                 Backend::Sqlite(q) => {

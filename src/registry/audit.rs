@@ -218,6 +218,24 @@ impl Chain {
     }
 }
 
+/// The audit row a successful bind or unbind wrote: what a receipt
+/// prints so that the paper can be matched to the chain (`cardlinkctl
+/// audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRef {
+    /// The row's id (its sequence number in the chain).
+    pub seq: i64,
+    /// The row's hash (hex).
+    pub hash: String,
+}
+
+impl AuditRef {
+    /// The first 12 hex digits of the hash, as printed.
+    pub fn short_hash(&self) -> &str {
+        self.hash.get(..12).unwrap_or(&self.hash)
+    }
+}
+
 /// Appends a row inside the caller's (write) transaction (SQLite), sealed
 /// when the writer seals; returns the seal index to move the key past once
 /// the transaction commits ([`AuditSetup::committed`]).

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-pub use audit::Entry;
+pub use audit::{AuditRef, Entry};
 pub use bind::{BindError, BindRequest, Channel};
 pub use derived::{Drift, Repair};
 pub use error::RegistryError;
@@ -343,7 +343,7 @@ impl Registry {
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: firmware_protocol::Date,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         match &mut self.backend {
             Backend::Sqlite(s) => s.bind_on(req, policy, today),
             Backend::Postgres(p) => p.block(p.bind_on(req, policy, today)),
@@ -351,7 +351,11 @@ impl Registry {
     }
 
     /// [`Registry::bind_on`] with today's date.
-    pub fn bind(&mut self, req: &BindRequest<'_>, policy: &BindPolicy) -> Result<(), BindError> {
+    pub fn bind(
+        &mut self,
+        req: &BindRequest<'_>,
+        policy: &BindPolicy,
+    ) -> Result<AuditRef, BindError> {
         self.bind_on(req, policy, firmware_protocol::Date::today_cst())
     }
 
@@ -362,7 +366,7 @@ impl Registry {
         member: &firmware_protocol::Ssn,
         operator: &str,
         actor: &str,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         match &mut self.backend {
             Backend::Sqlite(s) => s.unbind(holder, member, operator, actor),
             Backend::Postgres(p) => p.block(p.unbind(holder, member, operator, actor)),

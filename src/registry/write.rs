@@ -18,7 +18,7 @@
 use firmware_protocol::{Date, Ssn};
 use rusqlite::ErrorCode;
 
-use super::audit::{self, Entry};
+use super::audit::{self, AuditRef, Entry};
 use super::bind::{self, BindError, BindRequest, Facts, Since, SqliteFacts};
 use super::derived::{self, repair_outcome, Drift, Repair, REBUILD_ABOVE};
 use super::hash::HashAlg;
@@ -85,10 +85,10 @@ pub(crate) async fn bind(
     req: &BindRequest<'_>,
     policy: &BindPolicy,
     today: Date,
-) -> Result<(), BindError> {
+) -> Result<AuditRef, BindError> {
     let result = try_bind(c, req, policy, today).await;
     match &result {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(e @ BindError::Registry(_)) => {
             tracing::warn!(holder = %req.holder, member = %req.member, error = %e, "bind failed");
         }
@@ -110,7 +110,7 @@ async fn try_bind(
     req: &BindRequest<'_>,
     policy: &BindPolicy,
     today: Date,
-) -> Result<(), BindError> {
+) -> Result<AuditRef, BindError> {
     let mut tx = c.begin().await?;
     bind::check_rules(&mut *tx, req, policy, today).await?;
     // The partial unique index is the last line of defence.
@@ -126,8 +126,20 @@ async fn try_bind(
         outcome: &bind::bind_outcome(req),
     })
     .await?;
+    let written = written(&mut *tx).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(written)
+}
+
+/// The audit row just appended in `tx` (the chain's head under the write
+/// lock): what a receipt prints.
+async fn written(tx: &mut dyn WriteTx) -> Result<AuditRef, RegistryError> {
+    match tx.audit_head().await? {
+        Some((seq, hash)) => Ok(AuditRef { seq, hash }),
+        None => Err(RegistryError::Corrupt(
+            "the audit row just written is not the chain's head".into(),
+        )),
+    }
 }
 
 /// Revokes the active link between `holder` and `member`, audited (a
@@ -138,7 +150,7 @@ pub(crate) async fn unbind(
     member: &Ssn,
     operator: &str,
     actor: &str,
-) -> Result<(), BindError> {
+) -> Result<AuditRef, BindError> {
     let mut tx = c.begin().await?;
     let n = tx.revoke(holder.expose(), member.expose()).await?;
     if n > 0 {
@@ -151,11 +163,12 @@ pub(crate) async fn unbind(
         outcome: &bind::unbind_outcome(n, holder, operator),
     })
     .await?;
+    let written = written(&mut *tx).await?;
     tx.commit().await?;
     if n == 0 {
         Err(BindError::NotLinked)
     } else {
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -318,7 +331,7 @@ impl Sqlite {
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: Date,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         self.now(async |s| bind(s, req, policy, today).await)
     }
 
@@ -329,7 +342,7 @@ impl Sqlite {
         member: &Ssn,
         operator: &str,
         actor: &str,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         self.now(async |s| unbind(s, holder, member, operator, actor).await)
     }
 

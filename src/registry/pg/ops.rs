@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio_postgres::types::ToSql;
 
 use super::{Postgres, WRITE_LOCK};
-use crate::registry::audit::{self, Entry, Row as AuditRow};
+use crate::registry::audit::{self, AuditRef, Entry, Row as AuditRow};
 use crate::registry::bind::{self, BindError, BindRequest, Facts, Since};
 use crate::registry::derived::{Drift, Repair, COLUMNS};
 use crate::registry::error::RegistryError;
@@ -561,7 +561,7 @@ impl Postgres {
         req: &BindRequest<'_>,
         policy: &BindPolicy,
         today: Date,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         call!(self, |c| write::bind(
             &mut PgConn::new(c, self),
             req,
@@ -578,7 +578,7 @@ impl Postgres {
         member: &Ssn,
         operator: &str,
         actor: &str,
-    ) -> Result<(), BindError> {
+    ) -> Result<AuditRef, BindError> {
         call!(self, |c| {
             write::unbind(&mut PgConn::new(c, self), holder, member, operator, actor).await
         })
