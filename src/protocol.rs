@@ -1431,6 +1431,7 @@ mod tests {
                     "busy_timeout_ms",
                     "privileged_uids",
                     "card_no",
+                    "audit_seq",
                 ];
                 if looks_like_code && !field.contains(&word) {
                     assert!(in_code.contains(word), "`{word}` is not an ErrorCode");
