@@ -79,23 +79,13 @@ fn names_in(dir: &Path) -> Vec<String> {
     v
 }
 
-/// The stock shell, or `None` (and a note) when the test should be skipped.
+/// Whether the stock shell is there (panics under `CI=true` when not).
 fn sqlite3_shell() -> bool {
-    let found = Command::new("sqlite3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the sqlite3 shell is required under CI=true (apt-get install sqlite3)");
-        }
-        eprintln!("skipped: the sqlite3 shell is not installed");
-    }
-    found
+    common::sqlite3::shell().is_some()
 }
 
 fn sqlite3(db: &Path, sql: &str) -> (bool, String, String) {
-    run(Command::new("sqlite3").arg("-bail").arg(db).arg(sql))
+    common::sqlite3::run(db, &[], sql)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

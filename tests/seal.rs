@@ -15,48 +15,19 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sha2::Digest;
 
 /// Whether the stock shell is there (panics under `CI=true` when not).
 fn shell() -> bool {
-    let found = Command::new("sqlite3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the sqlite3 shell is required under CI=true (apt-get install sqlite3)");
-        }
-        eprintln!("skipped: the sqlite3 shell is not installed");
-    }
-    found
+    common::sqlite3::shell().is_some()
 }
 
-/// Runs the stock shell on `db` with `sql` on stdin.
+/// Runs the stock shell on `db` with `sql` on stdin; it must succeed.
 fn sqlite3(db: &Path, sql: &str) {
-    let mut child = Command::new("sqlite3")
-        .arg("-bail")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "sqlite3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = common::sqlite3::run(db, &[], sql);
+    assert!(ok, "sqlite3: {err}");
 }
 
 /// `cardlinkctl db --database DB ARGS…`: (exit status, stdout + stderr).

@@ -217,6 +217,7 @@ impl Drop for Kill {
     }
 }
 pub mod pg;
+pub mod sqlite3;
 
 /// The registry backends the behavioural suite runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
