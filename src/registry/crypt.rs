@@ -197,6 +197,7 @@ fn export(
 ) -> Result<(), RegistryError> {
     let t = super::sqlite::DEFAULT_BUSY_TIMEOUT;
     let sql = |e| RegistryError::from_sql(e, t);
+    super::sqlite::initialize();
     let conn = Connection::open_with_flags(
         src,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -161,6 +161,7 @@ pub fn beat_sqlite(
 ) -> Result<(), RegistryError> {
     use rusqlite::OpenFlags;
     let sql = |e| RegistryError::from_sql(e, busy);
+    super::sqlite::initialize();
     let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -14,6 +14,30 @@ use super::key::DbKey;
 use super::schema;
 use super::seal::{self, AuditSetup, SealSetup, Sealer};
 
+/// Initialises SQLite and SQLCipher's log once per process, before any
+/// connection is opened.
+/// - SQLCipher writes its own error lines to stderr by default (a wrong
+///   key: "hmac check failed…"); [`unlock`]'s error says it once, with the
+///   file and the key's source. Its log setting is process-wide and
+///   setting it `fclose`s a shared `FILE`: set on every open, two threads
+///   opening registries at once closed it twice, and the process died of
+///   SIGSEGV (tests/readers.rs, 8 runs in 30). So it is set here, once.
+/// - SQLCipher also finishes its set-up (`sqlcipher_extra_init`) after
+///   SQLite counts as initialised; `Once` makes other threads wait for it.
+pub(crate) fn initialize() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_initialize takes no arguments and may be called
+        // at any time; an open that follows reports any failure itself.
+        unsafe {
+            rusqlite::ffi::sqlite3_initialize();
+        }
+        if let Ok(c) = Connection::open_in_memory() {
+            let _ = c.execute_batch("PRAGMA cipher_log = off; PRAGMA cipher_log_level = NONE;");
+        }
+    });
+}
+
 /// Default time a statement waits for another writer's lock.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,6 +134,7 @@ impl Sqlite {
             Some(k) if !opts.read_only => SealSetup::On(Sealer::open(&k)?),
             _ => SealSetup::Off,
         };
+        initialize();
         let conn =
             Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {
                 path: path.display().to_string(),
@@ -121,6 +146,7 @@ impl Sqlite {
 
     /// An in-memory registry (tests, simulations).
     pub fn open_in_memory() -> Result<Sqlite, RegistryError> {
+        initialize();
         let conn = Connection::open_in_memory().map_err(|source| RegistryError::Open {
             path: ":memory:".into(),
             source,
@@ -311,11 +337,9 @@ pub(crate) fn unlock(
     busy: Duration,
 ) -> Result<(), RegistryError> {
     let file = || path.display().to_string();
-    // SQLCipher writes its own error lines to stderr by default (a wrong
-    // key: "hmac check failed…"); the error returned here says it once,
-    // with the file and the key's source.
-    conn.execute_batch("PRAGMA cipher_log = off; PRAGMA cipher_log_level = NONE;")
-        .map_err(|e| RegistryError::from_sql(e, busy))?;
+    // SQLCipher's own log is off (see `initialize`, which every open calls
+    // first).
+    initialize();
     if let Some(k) = key {
         conn.execute_batch(&format!("PRAGMA key = {};", k.sql_literal()))
             .map_err(|e| RegistryError::from_sql(e, busy))?;
