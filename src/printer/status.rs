@@ -160,19 +160,20 @@ impl PrinterState {
         }
     }
 
+    /// Every state.
+    pub const ALL: [PrinterState; 7] = [
+        PrinterState::Ok,
+        PrinterState::PaperNearEnd,
+        PrinterState::PaperEnd,
+        PrinterState::CoverOpen,
+        PrinterState::Offline,
+        PrinterState::Error,
+        PrinterState::Disconnected,
+    ];
+
     /// Parses [`PrinterState::as_str`].
     pub fn parse(s: &str) -> Option<PrinterState> {
-        [
-            PrinterState::Ok,
-            PrinterState::PaperNearEnd,
-            PrinterState::PaperEnd,
-            PrinterState::CoverOpen,
-            PrinterState::Offline,
-            PrinterState::Error,
-            PrinterState::Disconnected,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
     /// In Chinese, for a screen or a log line.
@@ -245,14 +246,11 @@ mod tests {
 
     #[test]
     fn simulated_replies_mean_their_state() {
-        for st in [
-            PrinterState::Ok,
-            PrinterState::PaperNearEnd,
-            PrinterState::PaperEnd,
-            PrinterState::CoverOpen,
-            PrinterState::Offline,
-            PrinterState::Error,
-        ] {
+        // Disconnected is no reply at all.
+        for st in PrinterState::ALL
+            .into_iter()
+            .filter(|s| *s != PrinterState::Disconnected)
+        {
             let b = StatusBytes::for_state(st);
             for n in 1..=4 {
                 assert!(is_status_byte(b.reply(n).unwrap()), "{st} n={n}");
