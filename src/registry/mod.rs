@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub(crate) mod bind;
+pub mod consent;
 pub mod crypt;
 pub mod demo;
 pub mod derived;
