@@ -1079,6 +1079,44 @@ pub struct Status {
     /// The receipt printer (absent when none is configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub printer: Option<Box<PrinterStatus>>,
+    /// The province's binding rules in force (`[policy]`), for the
+    /// screens' consent statement; no personal data.
+    #[serde(default)]
+    pub policy: Box<PolicyStatus>,
+}
+
+/// `[policy]` in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Days after an unbind before the member may be bound to another
+    /// account (0: none).
+    pub rebind_cooldown_days: u32,
+    /// Members one account may cover (`null`: no limit).
+    pub max_members: Option<u32>,
+    /// Where holder and member must be insured: `province`, `city` or `any`.
+    pub scope: String,
+}
+
+impl Default for PolicyStatus {
+    fn default() -> PolicyStatus {
+        PolicyStatus::from(&registry::BindPolicy::default())
+    }
+}
+
+impl From<&registry::BindPolicy> for PolicyStatus {
+    fn from(p: &registry::BindPolicy) -> PolicyStatus {
+        use registry::Scope;
+        PolicyStatus {
+            rebind_cooldown_days: p.rebind_cooldown_days,
+            max_members: (p.max_members > 0).then_some(p.max_members),
+            scope: match p.scope {
+                Scope::Province => "province",
+                Scope::City => "city",
+                Scope::Any => "any",
+            }
+            .into(),
+        }
+    }
 }
 
 /// A client request.
