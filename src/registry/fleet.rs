@@ -8,7 +8,7 @@
 //! [`super::write`] (which exists for records that must be audited). It
 //! holds no personal data: the box's name, role and release, its readers'
 //! configured names and states, when it last read a card (no card), its
-//! uptime, the printer's state once there is one (issue 23: absent today),
+//! uptime, the printer's state (`ok`, `paper_end`, …; absent without one),
 //! and when it was last seen — by the database's clock (`now()` on
 //! PostgreSQL), so boxes with wrong clocks are judged alike.
 //!
@@ -52,7 +52,7 @@ pub struct Heartbeat {
     pub interval_s: u32,
     /// Its readers.
     pub readers: Vec<ReaderBeat>,
-    /// The printer's state; `None` until there is a printer (issue 23).
+    /// The printer's state (`ok`, `paper_end`, …); `None` without a printer.
     pub printer: Option<String>,
     /// When it last resolved a card read.
     pub last_read: Option<SystemTime>,
@@ -96,7 +96,7 @@ pub struct FleetBox {
     pub readers_up: i64,
     /// Readers configured.
     pub readers_total: i64,
-    /// The printer's state (none yet).
+    /// The printer's state (`None`: the box has no printer).
     pub printer: Option<String>,
     /// When it last read a card (UTC, RFC 3339).
     pub last_read: Option<String>,
