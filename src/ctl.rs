@@ -1107,9 +1107,13 @@ pub async fn replay_pty(
 
 /// The boxes that sent heartbeats into the registry `db`
 /// (`cardlinkctl fleet`), opened read-only: nothing is created or migrated.
-pub fn fleet(db: &Database) -> Result<Vec<crate::registry::fleet::FleetBox>, CtlError> {
+pub fn fleet(
+    db: &Database,
+    key: Option<DbKey>,
+) -> Result<Vec<crate::registry::fleet::FleetBox>, CtlError> {
     let opts = OpenOptions {
         read_only: true,
+        key,
         ..OpenOptions::default()
     };
     Ok(Registry::open_database(db, &opts)?.fleet()?)

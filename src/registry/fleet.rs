@@ -159,6 +159,17 @@ pub fn beat_sqlite(
     hb: &Heartbeat,
     busy: std::time::Duration,
 ) -> Result<(), RegistryError> {
+    beat_sqlite_keyed(path, None, hb, busy)
+}
+
+/// [`beat_sqlite`] into a registry encrypted with `key` (SQLCipher): the
+/// heartbeat's connection is given the key like the registry's own.
+pub fn beat_sqlite_keyed(
+    path: &std::path::Path,
+    key: Option<&super::key::DbKey>,
+    hb: &Heartbeat,
+    busy: std::time::Duration,
+) -> Result<(), RegistryError> {
     use rusqlite::OpenFlags;
     let sql = |e| RegistryError::from_sql(e, busy);
     super::sqlite::initialize();
@@ -170,6 +181,7 @@ pub fn beat_sqlite(
         path: path.display().to_string(),
         source,
     })?;
+    super::sqlite::unlock(&conn, path, key, busy)?;
     conn.busy_timeout(busy).map_err(sql)?;
     let last_read = hb
         .last_read
