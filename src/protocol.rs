@@ -259,6 +259,18 @@ error_codes! {
     OperatorRequired = "operator_required"
         => "本窗口未配置操作员，不能办理绑定。",
         "This window has no operator configured and cannot bind.",
+    /// A self-service bind (no `operator`, or any bind at a kiosk) without
+    /// the version of a consent statement the holder confirmed, or with a
+    /// version that was never shipped (`registry::consent::ALL`).
+    ConsentRequired = "consent_required"
+        => "请先阅读并确认绑定说明。",
+        "Please read and confirm the statement about the bind first.",
+    /// `print_records` where no receipt printer is configured, or the
+    /// printer cannot print now (paper out, cover open, offline, error,
+    /// disconnected).
+    PrinterUnavailable = "printer_unavailable"
+        => "打印机不可用，无法打印凭条。",
+        "The printer is not available; no receipt can be printed.",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -468,13 +480,13 @@ pub struct PrinterMsg {
     pub error: Option<String>,
 }
 
-/// `RECEIPT`: the outcome of one receipt (matched to its bind or unbind
-/// by `audit_seq`, which the reply's `receipt` carries too).
+/// `RECEIPT`: the outcome of one receipt (matched to its bind, unbind or
+/// printing by `audit_seq`, which the reply's `receipt` carries too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptMsg {
-    /// `bind` or `unbind`.
+    /// `bind`, `unbind` or `records`.
     pub kind: String,
-    /// The audit row of the bind or unbind.
+    /// The audit row of the bind, unbind or printing.
     pub audit_seq: i64,
     /// Whether the receipt went to the printer.
     pub printed: bool,
@@ -751,6 +763,15 @@ pub enum ReplyResult {
     BindStarted(BindStarted),
     /// `end` (display, kiosk): `{"ended":true}`.
     Ended(Ended),
+    /// `print_records`: `{"receipt":{…}}`.
+    Printing(RecordsPrinting),
+}
+
+/// Result of `print_records`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordsPrinting {
+    /// The receipt on its way (`RECEIPT` follows, `kind` `records`).
+    pub receipt: ReceiptQueued,
 }
 
 /// The result of `lookup`: a `CARD` message, `class` included.
@@ -1073,6 +1094,44 @@ pub struct Status {
     /// The receipt printer (absent when none is configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub printer: Option<Box<PrinterStatus>>,
+    /// The province's binding rules in force (`[policy]`), for the
+    /// screens' consent statement; no personal data.
+    #[serde(default)]
+    pub policy: Box<PolicyStatus>,
+}
+
+/// `[policy]` in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Days after an unbind before the member may be bound to another
+    /// account (0: none).
+    pub rebind_cooldown_days: u32,
+    /// Members one account may cover (`null`: no limit).
+    pub max_members: Option<u32>,
+    /// Where holder and member must be insured: `province`, `city` or `any`.
+    pub scope: String,
+}
+
+impl Default for PolicyStatus {
+    fn default() -> PolicyStatus {
+        PolicyStatus::from(&registry::BindPolicy::default())
+    }
+}
+
+impl From<&registry::BindPolicy> for PolicyStatus {
+    fn from(p: &registry::BindPolicy) -> PolicyStatus {
+        use registry::Scope;
+        PolicyStatus {
+            rebind_cooldown_days: p.rebind_cooldown_days,
+            max_members: (p.max_members > 0).then_some(p.max_members),
+            scope: match p.scope {
+                Scope::Province => "province",
+                Scope::City => "city",
+                Scope::Any => "any",
+            }
+            .into(),
+        }
+    }
 }
 
 /// A client request.
@@ -1102,6 +1161,11 @@ pub enum Request {
         /// Operator id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         operator: Option<String>,
+        /// The version of the consent statement (`registry::consent`) the
+        /// holder confirmed (self-service) or was shown (window); stored in
+        /// the bind's audit row.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consent: Option<String>,
     },
     /// Revoke a link.
     Unbind {
@@ -1117,6 +1181,23 @@ pub enum Request {
     },
     /// Payment-record inquiry.
     Contributions {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// SSN or card number (window role).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        number: Option<String>,
+        /// Swipe id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        swipe: Option<u64>,
+        /// Months (default 12, at most 120).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        months: Option<u32>,
+    },
+    /// Print a receipt of payment records (as `contributions` reads
+    /// them): by swipe id (kiosk), or by number (window role).
+    #[serde(rename = "print_records")]
+    PrintRecords {
         /// Request id.
         #[serde(default)]
         id: Value,
@@ -1185,6 +1266,7 @@ impl Request {
             | Request::Bind { id, .. }
             | Request::Unbind { id, .. }
             | Request::Contributions { id, .. }
+            | Request::PrintRecords { id, .. }
             | Request::Status { id }
             | Request::Capture { id, .. } => id,
         }
@@ -1197,6 +1279,7 @@ impl Request {
             | Request::Bind { id, .. }
             | Request::Unbind { id, .. }
             | Request::Contributions { id, .. }
+            | Request::PrintRecords { id, .. }
             | Request::Status { id }
             | Request::Capture { id, .. } => *id = new,
         }
@@ -1214,11 +1297,12 @@ pub struct BadRequest {
     pub message: String,
 }
 
-const COMMANDS: [&str; 6] = [
+const COMMANDS: [&str; 7] = [
     "lookup",
     "bind",
     "unbind",
     "contributions",
+    "print_records",
     "status",
     "capture",
 ];
@@ -1313,7 +1397,7 @@ fn request_from_value(v: Value) -> Result<Request, BadRequest> {
     if cmd == "bind" || cmd == "unbind" {
         if let Some(obj) = v.as_object() {
             let known: &[&str] = if cmd == "bind" {
-                &["id", "cmd", "relation", "operator"]
+                &["id", "cmd", "relation", "operator", "consent"]
             } else {
                 &["id", "cmd", "operator"]
             };
@@ -1432,6 +1516,8 @@ mod tests {
                     "privileged_uids",
                     "card_no",
                     "audit_seq",
+                    "print_records",
+                    "paper_near_end",
                 ];
                 if looks_like_code && !field.contains(&word) {
                     assert!(in_code.contains(word), "`{word}` is not an ErrorCode");
@@ -1487,6 +1573,7 @@ mod tests {
                 },
                 relation: "child".into(),
                 operator: None,
+                consent: None,
             }
         );
         let e = parse_request(

@@ -191,6 +191,48 @@ async fn only_its_own_origin_may_open_the_websocket() {
 // Kiosk sessions end on the clock: these tests run on the real one (a
 // paused clock jumps ahead whenever the runtime waits on the registry's
 // blocking thread).
+/// The printer's events reach a kiosk page (issue 23): the page learns
+/// that a bind's receipt was not printed (`RECEIPT`, no personal data),
+/// here from a printer that cannot be opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kiosk_page_gets_the_receipt_events() {
+    let (d, mut ports) = Daemon::start(
+        &[("k1", "frame", "utf-8")],
+        "role = \"kiosk\"\n[printer]\npath = \"/nonexistent/cardlink-printer\"\n",
+    )
+    .await;
+    let disp = display(&d.socket).await;
+    let mut p = page(&disp).await;
+    daemon_state(&mut p, "connected").await;
+    ports[0]
+        .write_all(&card_frame(1, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let holder = expect(&mut p, "CARD").await;
+    let r = ask(&mut p, 1, json!({"cmd": "bind_start"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    ports[0]
+        .write_all(&card_frame(2, CHILD, "张小明"))
+        .await
+        .unwrap();
+    let member = expect(&mut p, "CARD").await;
+    let r = ask(&mut p, 2, json!({"cmd": "bind", "holder_swipe": holder["swipe"], "member_swipe": member["swipe"], "relation": "child", "consent": cardlink::registry::consent::CURRENT.version})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["receipt"]["queued"], false, "{r}");
+    let seq = r["result"]["receipt"]["audit_seq"].clone();
+    let ev = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        expect(&mut p, "RECEIPT"),
+    )
+    .await
+    .expect("the RECEIPT event reaches the kiosk page");
+    assert_eq!(
+        (&ev["kind"], &ev["audit_seq"], &ev["printed"]),
+        (&json!("bind"), &seq, &json!(false)),
+        "{ev}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
     let (mut d, mut ports) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"").await;
@@ -238,7 +280,7 @@ async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
     assert_eq!(holder["ssn"], ssn(HOLDER).masked().to_string());
     assert_eq!(holder["members"][0]["name"], "李*");
     // Bind by the two swipes, then records for the holder's swipe.
-    let r = ask(&mut p, 1, json!({"cmd": "bind", "holder_swipe": holder["swipe"], "member_swipe": member["swipe"], "relation": "child"})).await;
+    let r = ask(&mut p, 1, json!({"cmd": "bind", "holder_swipe": holder["swipe"], "member_swipe": member["swipe"], "relation": "child", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["ok"], true, "{r}");
     // Records for the person whose card is in the reader now.
     ports[0]
@@ -256,7 +298,7 @@ async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
     // What a kiosk page may not do, refused by the display itself.
     let r = ask(&mut p, 3, json!({"cmd": "lookup", "number": card(HOLDER)})).await;
     assert_eq!(r["code"], "manual_entry_not_allowed", "{r}");
-    let r = ask(&mut p, 4, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(PARENT), "relation": "parent"})).await;
+    let r = ask(&mut p, 4, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(PARENT), "relation": "parent", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["code"], "kiosk_requires_swipe", "{r}");
     let r = ask(
         &mut p,
@@ -291,7 +333,7 @@ async fn a_window_page_looks_up_and_sees_readers_and_removals() {
         .await
         .unwrap();
     assert_eq!(expect(&mut p, "REMOVED").await["reader"], "w1");
-    let r = ask(&mut p, 2, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(REMOTE), "relation": "sibling"})).await;
+    let r = ask(&mut p, 2, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(REMOTE), "relation": "sibling", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["code"], "out_of_scope", "refusals pass through: {r}");
     let r = ask(&mut p, 3, json!({"cmd": "fly"})).await;
     assert_eq!(r["code"], "unknown_command");
@@ -641,7 +683,7 @@ async fn a_local_user_outside_the_screen_group_cannot_drive_the_display() {
     let r = ask(
         &mut p,
         1,
-        json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child"}),
+        json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
@@ -709,7 +751,7 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     let r = ask(
         &mut p,
         2,
-        json!({"cmd": "bind", "holder_swipe": first, "member_swipe": second, "relation": "child"}),
+        json!({"cmd": "bind", "holder_swipe": first, "member_swipe": second, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["code"], "not_in_session", "{r}");
@@ -726,6 +768,25 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     // The person at the screen is served.
     let r = ask(&mut p, 4, json!({"cmd": "contributions", "swipe": second})).await;
     assert_eq!(r["ok"], true, "{r}");
+    // Printing the records shown (issue 23): by the session's swipe it
+    // reaches cardlinkd (which has no printer here); another swipe, or a
+    // number, is refused by the display.
+    let r = ask(
+        &mut p,
+        41,
+        json!({"cmd": "print_records", "swipe": second, "months": 12}),
+    )
+    .await;
+    assert_eq!(r["code"], "printer_unavailable", "{r}");
+    let r = ask(&mut p, 42, json!({"cmd": "print_records", "swipe": first})).await;
+    assert_eq!(r["code"], "not_in_session", "{r}");
+    let r = ask(
+        &mut p,
+        43,
+        json!({"cmd": "print_records", "number": card(CHILD)}),
+    )
+    .await;
+    assert_eq!(r["code"], "kiosk_requires_swipe", "{r}");
     // A bind inside one flow: the holder's card, bind_start, card out,
     // the member's card, bind.
     ports[0]
@@ -745,7 +806,7 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     let r = ask(
         &mut p,
         8,
-        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"}),
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
@@ -753,10 +814,42 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     let r = ask(
         &mut p,
         9,
-        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"}),
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["code"], "not_in_session", "{r}");
+    assert_eq!(audit_outcomes(&d.db, "bind").len(), 1);
+    assert!(
+        audit_outcomes(&d.db, "bind")[0].contains(&format!(
+            "consent={} ",
+            cardlink::registry::consent::CURRENT.version
+        )),
+        "{:?}",
+        audit_outcomes(&d.db, "bind")
+    );
+    // Issue 23: a kiosk bind the holder has not confirmed (no `consent`)
+    // is refused by cardlinkd through the display, and nothing is bound.
+    ports[0]
+        .write_all(&card_frame(40, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let h = expect(&mut p, "CARD").await["swipe"].clone();
+    let r = ask(&mut p, 10, json!({"cmd": "bind_start"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    ports[0].write_all(&removed(41)).await.unwrap();
+    expect(&mut p, "REMOVED").await;
+    ports[0]
+        .write_all(&card_frame(42, PARENT, "张父"))
+        .await
+        .unwrap();
+    let m = expect(&mut p, "CARD").await["swipe"].clone();
+    let r = ask(
+        &mut p,
+        11,
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "parent"}),
+    )
+    .await;
+    assert_eq!(r["code"], "consent_required", "{r}");
     assert_eq!(audit_outcomes(&d.db, "bind").len(), 1);
     // A screen whose sessions end after 1 s without a swipe or a request:
     // the display tells the page, and the swipe is of no use afterwards.
@@ -808,7 +901,7 @@ async fn one_pages_oversized_request_leaves_every_page_online() {
     let r = ask(
         &mut a,
         1,
-        json!({"cmd": "bind", "holder_swipe": swipe, "member_swipe": swipe, "relation": big}),
+        json!({"cmd": "bind", "holder_swipe": swipe, "member_swipe": swipe, "relation": big, "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["code"], "line_too_long", "{r}");

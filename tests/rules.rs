@@ -117,6 +117,14 @@ async fn rebind_cooldown_applies_to_another_payer_only(b: Backend) {
         return;
     };
     let mut c = d.client().await;
+    // `status` tells the screens the rules in force, for the consent
+    // statement's cooldown sentence (issue 23).
+    let s = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(
+        s["result"]["policy"],
+        json!({"rebind_cooldown_days": 30, "max_members": null, "scope": "province"}),
+        "{s}"
+    );
     assert_eq!(c.request(unbind(HOLDER2, MEMBER2)).await["ok"], true);
     let r = c.request(bind(HOLDER, MEMBER2, "child")).await;
     assert_eq!(r["code"], "cooldown", "{r}");
@@ -259,7 +267,7 @@ async fn newer_expired_card_and_older_valid_card_resolve_and_bind_alike(b: Backe
         .await;
     assert_eq!(r["result"]["outcome"], "expired", "the expired card itself");
     let r = c
-        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(CHILD), "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["ok"], true, "{r}");
     // And the other way round: only an expired card, neither resolves nor binds.
@@ -268,7 +276,7 @@ async fn newer_expired_card_and_older_valid_card_resolve_and_bind_alike(b: Backe
         .await;
     assert_eq!(r["result"]["outcome"], "expired");
     let r = c
-        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(EXPIRED), "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(EXPIRED), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["code"], "member_no_active_card");
 }

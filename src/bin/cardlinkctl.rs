@@ -144,6 +144,10 @@ enum Cmd {
         /// Operator id.
         #[arg(long)]
         operator: Option<String>,
+        /// The version of the consent statement shown to the holder
+        /// (stored in the audit row).
+        #[arg(long, default_value = cardlink::registry::consent::CURRENT.version)]
+        consent: String,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -211,6 +215,10 @@ enum Cmd {
         /// Print a JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// The key of an encrypted SQLite registry (as for `db`); without
+        /// it, the systemd credential cardlink-db-key when there is one.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
@@ -282,8 +290,19 @@ enum DbCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Export every table as CSV into a directory.
+    /// Export every table as CSV into a directory, and the audit log as
+    /// audit.csv (not an import file).
     Export { dir: PathBuf },
+    /// List the audit log in chain order (SSNs masked unless --full); a
+    /// bind's row names the consent statement version (consent=…).
+    Audit {
+        /// Only rows of this action (resolve, bind, unbind, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Full SSNs (personal data: for an auditor, not for a screen).
+        #[arg(long)]
+        full: bool,
+    },
     /// Row counts.
     Stats,
     /// Verify the audit hash chain; with --verify-key, also every box's
@@ -493,6 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             member,
             relation,
             operator,
+            consent,
             socket,
         } => request(
             &socket,
@@ -505,6 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
                 relation,
                 operator,
+                consent: Some(consent),
             },
         ),
         Cmd::Unbind {
@@ -603,8 +624,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Fleet { database, json } => {
-            let boxes = ctl::fleet(&database)?;
+        Cmd::Fleet {
+            database,
+            json,
+            key_file,
+        } => {
+            // As for `db`: the key applies to a SQLite registry; a
+            // PostgreSQL one with --key-file is refused when opened.
+            let source = match &database {
+                Database::Sqlite(_) => KeySource::choose(key_file.as_deref()),
+                Database::Postgres(_) => key_file.map(KeySource::File),
+            };
+            let key = source.as_ref().map(KeySource::load).transpose()?;
+            let boxes = ctl::fleet(&database, key)?;
             if json {
                 println!("{}", ctl::fleet_json(&boxes));
             } else {
@@ -758,16 +790,24 @@ fn db(
             }
         }
         DbCmd::Export { dir } => {
-            let c = open()?.export(&dir)?;
+            let reg = open()?;
+            let c = reg.export(&dir)?;
+            let audit = ctl::export_audit(&reg, &dir)?;
             println!(
-                "exported {} persons, {} cards, {} links, {} accounts, {} contributions to {}",
+                "exported {} persons, {} cards, {} links, {} accounts, {} contributions, {} audit rows to {}",
                 c.persons,
                 c.cards,
                 c.links,
                 c.accounts,
                 c.contributions,
+                audit,
                 dir.display()
             );
+        }
+        DbCmd::Audit { action, full } => {
+            let reg = open()?;
+            let stdout = std::io::stdout();
+            ctl::audit_lines(&reg, action.as_deref(), full, &mut stdout.lock())?;
         }
         DbCmd::Stats => println!("{}", serde_json::to_string_pretty(&open()?.stats()?)?),
         DbCmd::VerifyAudit {

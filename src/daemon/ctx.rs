@@ -447,7 +447,32 @@ impl Ctx {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .map(|p| Box::new(render::printer_status(p))),
+            policy: Box::new((&self.live().policy).into()),
         }
+    }
+
+    /// The printer's state and counts for a metrics scrape (`None`
+    /// without a printer).
+    pub fn printer_scrape(&self) -> Option<super::metrics::PrinterScrape> {
+        self.printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| super::metrics::PrinterScrape {
+                state: p.state,
+                printed: p.printed,
+                failed: p.failed,
+            })
+    }
+
+    /// The printer's state in the fleet heartbeat (`None` without a
+    /// printer): the wire name of its state.
+    pub fn printer_state_name(&self) -> Option<&'static str> {
+        self.printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.state.as_str())
     }
 
     /// Changes the printer's live state with `f`; publishes `PRINTER`

@@ -24,7 +24,7 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
-use super::event::PrintJob;
+use super::event::{PrintJob, RecordsJob};
 use super::render::{self, error};
 use super::store::Answer;
 use crate::config::Station;
@@ -309,6 +309,58 @@ where
     }
 }
 
+/// `Ok` when a receipt can be printed now: a printer is configured and its
+/// last known state lets it print; else `printer_unavailable`.
+fn printer_ready(ctx: &Ctx) -> Result<(), Refusal> {
+    if ctx.print_queue.get().is_none() {
+        return Err((
+            ErrorCode::PrinterUnavailable,
+            "no receipt printer is configured".into(),
+        ));
+    }
+    let state = ctx
+        .printer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|p| p.state)
+        .unwrap_or_default();
+    if state.can_print() {
+        Ok(())
+    } else {
+        Err((
+            ErrorCode::PrinterUnavailable,
+            format!("the printer cannot print: {state} ({})", state.zh()),
+        ))
+    }
+}
+
+/// The consent statement version a bind records: a self-service bind (no
+/// operator) and every bind at a kiosk must name one the holder confirmed;
+/// a bind with an operator records the one given or the current one. A
+/// version never shipped is refused (`registry::consent::ALL`).
+fn consent_for(
+    station: Station,
+    operator: Option<&str>,
+    consent: Option<&str>,
+) -> Result<&'static str, Refusal> {
+    use crate::registry::consent;
+    match consent {
+        Some(v) => consent::find(v).map(|s| s.version).ok_or_else(|| {
+            (
+                ErrorCode::ConsentRequired,
+                format!("no consent statement has version '{v}'"),
+            )
+        }),
+        None if operator.is_none() || station == Station::Kiosk => Err((
+            ErrorCode::ConsentRequired,
+            "a self-service bind needs the version of the consent statement the holder confirmed"
+                .into(),
+        )),
+        None => Ok(consent::CURRENT.version),
+    }
+}
+
 async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Reply {
     let id = req.id().clone();
     // Binds and unbinds are counted by result, whatever refused them.
@@ -389,8 +441,10 @@ async fn answer(
             parties: p,
             relation,
             operator,
+            consent,
             ..
         } => {
+            let consent = consent_for(live.station, operator.as_deref(), consent.as_deref())?;
             let rel = crate::registry::Relation::parse(&relation).ok_or_else(|| {
                 (
                     ErrorCode::RelationNotAllowed,
@@ -415,6 +469,7 @@ async fn answer(
                 relation: rel,
                 channel,
                 operator: &operator,
+                consent,
                 actor,
             };
             let audit = registry(ctx.store.bind(&req, &live.policy)).await?;
@@ -428,6 +483,7 @@ async fn answer(
                 operator: (live.station == Station::Window).then_some(operator),
                 audit,
                 at: crate::printer::receipt::now_cst(),
+                records: None,
             });
             Ok(ReplyResult::Bound(Bound {
                 bound: true,
@@ -459,11 +515,77 @@ async fn answer(
                 operator: (live.station == Station::Window).then_some(operator),
                 audit,
                 at: crate::printer::receipt::now_cst(),
+                records: None,
             });
             Ok(ReplyResult::Unbound(Unbound {
                 unbound: true,
                 receipt,
             }))
+        }
+        Request::PrintRecords {
+            number,
+            swipe,
+            months,
+            ..
+        } => {
+            // Refused before anything is read or audited when no receipt
+            // can be printed.
+            printer_ready(ctx)?;
+            let ssn = party(
+                ctx,
+                live.station,
+                &number,
+                swipe,
+                "person",
+                Purpose::Inquiry,
+            )
+            .await?;
+            let months = months.unwrap_or(12).clamp(1, 120);
+            let records = registry(ctx.store.contributions(ssn, months)).await?;
+            // Printing shows the records: audited like a showing, and the
+            // receipt names the row.
+            let outcome = format!(
+                "ok months={months} records={} channel={}",
+                records.len(),
+                match live.station {
+                    Station::Window => "window",
+                    Station::Kiosk => "kiosk",
+                }
+            );
+            let audit =
+                registry(
+                    ctx.store
+                        .record_ref(actor.to_string(), "print_records", ssn, outcome),
+                )
+                .await?;
+            tracing::info!(person = %ssn, months, audit_seq = audit.seq, "records receipt");
+            let lines = records
+                .iter()
+                .map(|c| crate::printer::RecordLine {
+                    month: c.month.clone(),
+                    employer: c.employer.clone(),
+                    account_fen: c.account_fen,
+                })
+                .collect();
+            let receipt = ctx
+                .queue_receipt(PrintJob {
+                    kind: ReceiptKind::Records,
+                    holder: ssn,
+                    member: ssn,
+                    relation: None,
+                    channel: live.station,
+                    operator: None,
+                    audit,
+                    at: crate::printer::receipt::now_cst(),
+                    records: Some(RecordsJob { months, lines }),
+                })
+                .ok_or_else(|| {
+                    (
+                        ErrorCode::PrinterUnavailable,
+                        "no receipt printer is configured".to_string(),
+                    )
+                })?;
+            Ok(ReplyResult::Printing(protocol::RecordsPrinting { receipt }))
         }
         Request::Contributions {
             number,

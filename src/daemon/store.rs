@@ -36,8 +36,8 @@ use crate::protocol::ErrorCode;
 use crate::registry::fleet::Heartbeat;
 use crate::registry::pg::Postgres;
 use crate::registry::{
-    AuditRef, BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError,
-    Resolution,
+    AuditRef, BindError, BindPolicy, BindRequest, Contribution, Entry, Lookup, Registry,
+    RegistryError, Resolution,
 };
 use crate::Ssn;
 
@@ -53,6 +53,8 @@ pub struct Store {
     metrics: Option<Arc<DaemonMetrics>>,
     /// A SQLite registry's file (none in memory), for the heartbeat.
     sqlite_path: Option<std::path::PathBuf>,
+    /// Its SQLCipher key, for the heartbeat's own connection.
+    sqlite_key: Option<crate::registry::DbKey>,
 }
 
 /// How long a SQLite heartbeat waits for the file's write lock.
@@ -88,6 +90,7 @@ impl Store {
             .and_then(|c| c.path())
             .filter(|p| !p.is_empty())
             .map(std::path::PathBuf::from);
+        let sqlite_key = reg.sqlite_key().cloned();
         let backend = match reg.into_async_postgres() {
             Ok(pg) => Backend::Postgres(Arc::new(pg)),
             Err(reg) => Backend::Sqlite(start_worker(*reg)),
@@ -96,6 +99,7 @@ impl Store {
             backend,
             metrics: None,
             sqlite_path,
+            sqlite_key,
         }
     }
 
@@ -148,9 +152,14 @@ impl Store {
                 (Backend::Postgres(p), _) => guarded(p.heartbeat(&hb)).await,
                 (Backend::Sqlite(_), None) => Ok(Ok(())),
                 (Backend::Sqlite(_), Some(path)) => {
-                    let path = path.clone();
+                    let (path, key) = (path.clone(), self.sqlite_key.clone());
                     tokio::task::spawn_blocking(move || {
-                        crate::registry::fleet::beat_sqlite(&path, &hb, HEARTBEAT_BUSY)
+                        crate::registry::fleet::beat_sqlite_keyed(
+                            &path,
+                            key.as_ref(),
+                            &hb,
+                            HEARTBEAT_BUSY,
+                        )
                     })
                     .await
                     .map_err(|_| panicked())
@@ -201,8 +210,9 @@ impl Store {
         self.timed("bind", async {
             match &self.backend {
                 Backend::Sqlite(q) => {
-                    let (operator, actor, policy) = (
+                    let (operator, consent, actor, policy) = (
                         req.operator.to_string(),
+                        req.consent.to_string(),
                         req.actor.to_string(),
                         policy.clone(),
                     );
@@ -215,6 +225,7 @@ impl Store {
                             relation,
                             channel,
                             operator: &operator,
+                            consent: &consent,
                             actor: &actor,
                         };
                         reg.bind_on(&req, &policy, today)
@@ -245,6 +256,41 @@ impl Store {
                 }
                 Backend::Postgres(p) => {
                     guarded(p.unbind(&holder, &member, &operator, &actor)).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Appends one audit row (`action` about `ssn`) and returns it.
+    pub async fn record_ref(
+        &self,
+        actor: String,
+        action: &'static str,
+        ssn: Ssn,
+        outcome: String,
+    ) -> Answer<AuditRef, RegistryError> {
+        self.timed("record", async {
+            match &self.backend {
+                Backend::Sqlite(q) => {
+                    job(q, move |reg| {
+                        reg.record_ref(&Entry {
+                            actor: &actor,
+                            action,
+                            ssn: Some(&ssn),
+                            outcome: &outcome,
+                        })
+                    })
+                    .await
+                }
+                Backend::Postgres(p) => {
+                    guarded(p.record_ref(&Entry {
+                        actor: &actor,
+                        action,
+                        ssn: Some(&ssn),
+                        outcome: &outcome,
+                    }))
+                    .await
                 }
             }
         })

@@ -236,6 +236,15 @@ impl Registry {
         }
     }
 
+    /// The SQLCipher key a SQLite registry was opened with (`None`: a
+    /// plain file, or PostgreSQL).
+    pub fn sqlite_key(&self) -> Option<&DbKey> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.key.as_ref(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// The SQLite connection, for tests, benchmarks and tools that compare
     /// raw SQL; `None` on PostgreSQL.
     pub fn sqlite_connection(&self) -> Option<&Connection> {
@@ -371,6 +380,15 @@ impl Registry {
         match &mut self.backend {
             Backend::Sqlite(s) => s.unbind(holder, member, operator, actor),
             Backend::Postgres(p) => p.block(p.unbind(holder, member, operator, actor)),
+        }
+    }
+
+    /// Appends one audit row in its own transaction and returns it (what
+    /// a receipt of a showing prints).
+    pub fn record_ref(&mut self, e: &audit::Entry<'_>) -> Result<AuditRef, RegistryError> {
+        match &mut self.backend {
+            Backend::Sqlite(s) => s.record_ref(e),
+            Backend::Postgres(p) => p.block(p.record_ref(e)),
         }
     }
 
