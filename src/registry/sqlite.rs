@@ -17,7 +17,7 @@ use super::seal::{self, AuditSetup, SealSetup, Sealer};
 /// Initialises SQLite and SQLCipher's log once per process, before any
 /// connection is opened.
 /// - SQLCipher writes its own error lines to stderr by default (a wrong
-///   key: "hmac check failed…"); [`unlock`]'s error says it once, with the
+///   key: "hmac check failed…"); [`open_unlocked`]'s error says it once, with the
 ///   file and the key's source. Its log setting is process-wide and
 ///   setting it `fclose`s a shared `FILE`: set on every open, two threads
 ///   opening registries at once closed it twice, and the process died of
