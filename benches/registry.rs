@@ -26,7 +26,11 @@
 //! gives it) in the same run: the same CSV files imported into each
 //! (timed, alternating), then `resolve` by SSN and by card number on both,
 //! interleaved call by call, with the daemon's settings (see
-//! [`encryption`]).
+//! [`encryption`]). There `CARDLINK_BENCH_ROUNDS` (3) sets the number of
+//! imports of each, `CARDLINK_BENCH_IMPORT_CACHE_MIB` (64, cardlinkctl's
+//! default) the page cache they are opened with (an import raises it to
+//! `import::IMPORT_CACHE_KIB` when smaller), and
+//! `CARDLINK_BENCH_NO_RESOLVE=1` stops after the imports.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -149,12 +153,19 @@ fn encryption(persons: u64, dir: &Path, csv_dir: &Path) -> anyhow::Result<()> {
     // Import: each variant three times, alternating, into a new file
     // (cardlinkctl's 64 MiB cache); the median of each.
     let mut import: [Vec<f64>; 2] = Default::default();
-    for _round in 0..3 {
+    let env = |n: &str, d: i64| {
+        std::env::var(n)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let import_mib = env("CARDLINK_BENCH_IMPORT_CACHE_MIB", 64);
+    for _round in 0..env("CARDLINK_BENCH_ROUNDS", 3) {
         for (i, (_, k)) in variants.iter().enumerate() {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", dbs[i].display()));
             }
-            let mut reg = Registry::open(&dbs[i], &opts(k, 64 << 10))?;
+            let mut reg = Registry::open(&dbs[i], &opts(k, import_mib << 10))?;
             let t = Instant::now();
             reg.import(&files, "bench")?;
             reg.connection()
@@ -171,6 +182,13 @@ fn encryption(persons: u64, dir: &Path, csv_dir: &Path) -> anyhow::Result<()> {
         "import of all five files, median of 3: plain {ip:.2} s, encrypted {ie:.2} s, ratio {:.2}x",
         ie / ip
     );
+    println!(
+        "import times: plain {:?} encrypted {:?}",
+        import[0], import[1]
+    );
+    if std::env::var_os("CARDLINK_BENCH_NO_RESOLVE").is_some() {
+        return Ok(());
+    }
     // Resolve: the daemon's settings (8 MiB cache), interleaved call by
     // call; one untimed pass warms the OS page cache.
     let regs = variants

@@ -579,3 +579,108 @@ fn csv_copies_are_private_and_temporary_ones_are_removed() {
         );
     }
 }
+
+/// Whether SQLCipher opens `db` with `hex` and these settings (given after
+/// the key, before the first read), through rusqlite directly.
+fn opens_with(db: &Path, hex: &str, settings: &str) -> bool {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(&format!("PRAGMA key = \"x'{hex}'\"; {settings}"))
+        .unwrap();
+    c.query_row("SELECT count(*) FROM persons", [], |r| r.get::<_, i64>(0))
+        .is_ok()
+}
+
+/// SQLCipher 4's default settings (HMAC-SHA512), which cardlink used
+/// before its own (HMAC-SHA256; docs/benchmarks.md).
+const SQLCIPHER4: &str = "PRAGMA cipher_compatibility = 4;";
+const CURRENT: &str =
+    "PRAGMA cipher_compatibility = 4; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;";
+
+// A registry encrypted before the cipher settings changed (SQLCipher 4's
+// defaults, made here by SQLCipher itself through rusqlite) still opens
+// in cardlinkctl and cardlinkd, which say which settings it has; `db
+// rekey` rewrites it with the current ones, and `db encrypt` uses them.
+#[test]
+fn a_registry_encrypted_with_sqlcipher4_defaults_still_opens_and_rekey_moves_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (plain, _, _) = demo(dir.path());
+    let old = dir.path().join("old.db");
+    let c = rusqlite::Connection::open(&plain).unwrap();
+    c.execute(
+        &format!("ATTACH DATABASE ?1 AS enc KEY \"x'{KEY_A}'\""),
+        [old.to_str().unwrap()],
+    )
+    .unwrap();
+    c.execute_batch("PRAGMA enc.cipher_compatibility = 4;")
+        .unwrap();
+    c.query_row("SELECT sqlcipher_export('enc')", [], |_| Ok(()))
+        .unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA main.user_version", [], |r| r.get(0))
+        .unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA enc.user_version = {v}; DETACH DATABASE enc;"
+    ))
+    .unwrap();
+    drop(c);
+    assert!(opens_with(&old, KEY_A, SQLCIPHER4));
+    assert!(
+        !opens_with(&old, KEY_A, CURRENT),
+        "the old file is not the new kind"
+    );
+
+    let key = key_file(keys.path(), "a.key", KEY_A, 0o600);
+    let (ok, out, err) = ctl(&old, Some(&key), &["stats"]);
+    assert!(ok && out.contains("\"persons\": 300"), "{out}{err}");
+    let (ok, out, err) = ctl(&old, Some(&key), &["check"]);
+    assert!(ok, "{out}{err}");
+    // cardlinkd opens it and says which settings it has.
+    let cfg = dir.path().join("cardlinkd.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            dir.path(),
+            old.clone(),
+            &dir.path().join("s.sock"),
+            &[],
+            &format!("database_key_file = {key:?}"),
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cfg));
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("registry encryption: AES-256-CBC, HMAC_SHA512")
+            && err.contains("SQLCipher 4's defaults"),
+        "{err}"
+    );
+    // A wrong key is still named as such, after both settings were tried.
+    let wrong = key_file(keys.path(), "b.key", KEY_B, 0o600);
+    let (ok, _, err) = ctl(&old, Some(&wrong), &["stats"]);
+    assert!(!ok && err.contains("does not open it"), "{err}");
+
+    // Rekey: the new file has the current settings (and the new key).
+    let (ok, out, err) = ctl(
+        &old,
+        Some(&key),
+        &["rekey", "--new-key-file", wrong.to_str().unwrap()],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(opens_with(&old, KEY_B, CURRENT));
+    assert!(!opens_with(&old, KEY_B, SQLCIPHER4));
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_cardlinkd"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cfg));
+    assert!(!ok, "the old key no longer opens it: {err}");
+
+    // Encrypt: a plain registry becomes the current kind.
+    let (ok, out, err) = ctl(&plain, Some(&key), &["encrypt"]);
+    assert!(ok, "{out}{err}");
+    assert!(opens_with(&plain, KEY_A, CURRENT));
+    assert!(!opens_with(&plain, KEY_A, SQLCIPHER4));
+}

@@ -1031,3 +1031,39 @@ fn a_bulk_load_into_empty_postgresql_tables_leaves_every_constraint_and_index() 
     });
     assert!(refused.is_err(), "a card of an unknown person was accepted");
 }
+
+// A SQLite import runs with a page cache of at least
+// `import::IMPORT_CACHE_KIB` (docs/benchmarks.md: the encrypted import);
+// the connection gets its own setting back afterwards, after a good
+// import as after a refused one, so that the caller (the daemon's 8 MiB)
+// does not keep the import's memory.
+#[test]
+fn an_import_gives_the_connection_its_page_cache_setting_back() {
+    use cardlink::registry::demo::DemoOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Registry::open(
+        dir.path().join("r.db"),
+        &OpenOptions {
+            cache_kib: 8 * 1024,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let cache = |reg: &Registry| -> i64 {
+        reg.connection()
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(cache(&reg), -8192);
+    reg.gen_demo(&DemoOptions {
+        persons: 50,
+        months: 1,
+        seed: 1,
+    })
+    .unwrap();
+    assert_eq!(cache(&reg), -8192, "after an import");
+    let bad = dir.path().join("persons.csv");
+    std::fs::write(&bad, "not,the,header\n1,2,3\n").unwrap();
+    assert!(reg.import(&[bad], "test").is_err());
+    assert_eq!(cache(&reg), -8192, "after a refused import");
+}

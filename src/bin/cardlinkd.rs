@@ -98,6 +98,9 @@ fn check_registry(db: &Database, key: Option<DbKey>) -> anyhow::Result<()> {
         let reg = Registry::open(path, &opts)?;
         reg.schema_version()
             .with_context(|| format!("database {} is not a registry", path.display()))?;
+        if let Some(c) = reg.cipher() {
+            eprintln!("registry encryption: {}", c.describe());
+        }
         return Ok(());
     }
     let dir = match path.parent() {

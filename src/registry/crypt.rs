@@ -27,12 +27,13 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 
 use super::audit::Entry;
 use super::error::RegistryError;
+use super::key::Cipher;
 use super::key::DbKey;
-use super::sqlite::{is_plain, unlock, OpenOptions, Sqlite};
+use super::sqlite::{is_plain, open_unlocked, OpenOptions, Sqlite};
 
 /// What to do with a registry file.
 #[derive(Debug, Clone)]
@@ -197,17 +198,13 @@ fn export(
 ) -> Result<(), RegistryError> {
     let t = super::sqlite::DEFAULT_BUSY_TIMEOUT;
     let sql = |e| RegistryError::from_sql(e, t);
-    super::sqlite::initialize();
-    let conn = Connection::open_with_flags(
+    let (conn, _) = open_unlocked(
         src,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| RegistryError::Open {
-        path: src.display().to_string(),
-        source,
-    })?;
+        from,
+        t,
+    )?;
     conn.busy_timeout(t).map_err(sql)?;
-    unlock(&conn, src, from, t)?;
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sql)?;
     let dst_key = to.map(DbKey::sql_literal).unwrap_or_else(|| "''".into());
@@ -216,6 +213,12 @@ fn export(
         [dst.to_string_lossy()],
     )
     .map_err(sql)?;
+    if to.is_some() {
+        // The new file gets the current settings, whatever the old one had
+        // (a rekey is how an older registry moves to them).
+        conn.execute_batch(&Cipher::Current.pragmas("converted"))
+            .map_err(sql)?;
+    }
     conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
     conn.query_row("SELECT sqlcipher_export('converted')", [], |_| Ok(()))
         .map_err(sql)?;

@@ -170,19 +170,15 @@ pub fn beat_sqlite_keyed(
     hb: &Heartbeat,
     busy: std::time::Duration,
 ) -> Result<(), RegistryError> {
-    use rusqlite::OpenFlags;
-    let sql = |e| RegistryError::from_sql(e, busy);
-    super::sqlite::initialize();
-    let conn = rusqlite::Connection::open_with_flags(
+    // The registry's own way in: the key with the file's cipher settings,
+    // the busy timeout, and a wrong key named.
+    let (conn, _) = super::sqlite::open_unlocked(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| RegistryError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
-    super::sqlite::unlock(&conn, path, key, busy)?;
-    conn.busy_timeout(busy).map_err(sql)?;
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        key,
+        busy,
+    )?;
+    let sql = |e| RegistryError::from_sql(e, busy);
     let last_read = hb
         .last_read
         .map(|t| humantime::format_rfc3339_seconds(t).to_string());

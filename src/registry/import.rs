@@ -1001,10 +1001,45 @@ impl Dest for SqliteRows<'_> {
     }
 }
 
+/// The page cache (KiB) a SQLite import has at least, for its duration:
+/// a 200,000-person registry with a year of payment records (230 MB)
+/// loses fewer pages to the cache's turnover while its indexes are built.
+/// For an encrypted registry each page that leaves the cache is encrypted
+/// and authenticated on the way out and checked and decrypted when read
+/// back (SQLCipher design, <https://www.zetetic.net/sqlcipher/design/>),
+/// so this matters most there (docs/benchmarks.md, 2026-12-01). SQLite
+/// takes the memory only as pages are used, and gives it back when the
+/// setting is restored after the import.
+pub const IMPORT_CACHE_KIB: i64 = 256 * 1024;
+
 impl Sqlite {
     /// Runs a bulk load in one write transaction (`BEGIN IMMEDIATE`, the
-    /// write seam's): all or nothing (see the module docs).
+    /// write seam's): all or nothing (see the module docs), with a page
+    /// cache of at least [`IMPORT_CACHE_KIB`], the connection's own
+    /// setting restored afterwards.
     pub(crate) fn bulk_load(&mut self, load: &Load<'_>) -> Result<ImportCounts, ImportError> {
+        let sql = |e| ImportError::Registry(RegistryError::from_sql(e, self.busy_timeout));
+        let before: i64 = self
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .map_err(sql)?;
+        // Negative: KiB, as `OpenOptions::cache_kib` sets it; positive: a
+        // number of pages someone chose, left as it is (SQLite, "PRAGMA
+        // cache_size").
+        if before >= 0 || -before >= IMPORT_CACHE_KIB {
+            return self.bulk_load_tx(load);
+        }
+        self.conn
+            .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)
+            .map_err(sql)?;
+        let done = self.bulk_load_tx(load);
+        let restored = self.conn.pragma_update(None, "cache_size", before);
+        let counts = done?;
+        restored.map_err(|e| ImportError::Registry(self.sql(e)))?;
+        Ok(counts)
+    }
+
+    fn bulk_load_tx(&mut self, load: &Load<'_>) -> Result<ImportCounts, ImportError> {
         let timeout = self.busy_timeout;
         let sql = |e| ImportError::Registry(RegistryError::from_sql(e, timeout));
         // Rolled back when dropped uncommitted (bad rows, any error).

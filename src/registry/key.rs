@@ -156,6 +156,70 @@ impl DbKey {
     }
 }
 
+/// How SQLCipher encrypts and authenticates an encrypted registry's
+/// pages. Every page is encrypted with AES-256-CBC and carries an HMAC
+/// that is checked whenever the page is read from disk (SQLCipher design,
+/// <https://www.zetetic.net/sqlcipher/design/>): the HMAC stays on
+/// (`cipher_use_hmac`), a page changed on disk is refused, not read.
+/// These settings are not written in the file (its first bytes are a
+/// random salt), so every opening of an encrypted registry (cardlinkd,
+/// cardlinkctl, `db encrypt`/`rekey`'s attached copy) sets them the same
+/// way, through [`Cipher::pragmas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    /// What new encrypted registries get (since 2026-12-01): HMAC-SHA256
+    /// instead of SQLCipher 4's HMAC-SHA512, which takes about half the
+    /// time per page on CPUs with SHA extensions (OpenSSL uses them for
+    /// SHA-256, not SHA-512); docs/benchmarks.md has the measurements.
+    Current,
+    /// SQLCipher 4's defaults (HMAC-SHA512, 4096-byte pages; SQLCipher
+    /// API, `cipher_compatibility`,
+    /// <https://www.zetetic.net/sqlcipher/sqlcipher-api/#cipher_compatibility>):
+    /// registries encrypted before 2026-12-01. They still open;
+    /// `cardlinkctl db rekey` rewrites one with [`Cipher::Current`].
+    Sqlcipher4,
+}
+
+impl Cipher {
+    /// Tried in this order when an encrypted registry is opened: the first
+    /// whose HMAC of the first page checks out is the file's.
+    pub const OPEN_ORDER: [Cipher; 2] = [Cipher::Current, Cipher::Sqlcipher4];
+
+    /// (page size, HMAC algorithm). The key derivation for the HMAC key
+    /// (PBKDF2-HMAC-SHA512, 2 iterations with a raw key) is SQLCipher 4's
+    /// in both and set explicitly, so that no library default decides.
+    fn params(self) -> (u32, &'static str) {
+        match self {
+            Cipher::Current => (CURRENT_PAGE_SIZE, "HMAC_SHA256"),
+            Cipher::Sqlcipher4 => (4096, "HMAC_SHA512"),
+        }
+    }
+
+    /// The statements that give schema `db` (`main`, or an attached
+    /// database's name) these settings: after its key, before its first
+    /// read (SQLCipher API, `cipher_page_size`, `cipher_hmac_algorithm`).
+    pub(crate) fn pragmas(self, db: &str) -> String {
+        let (page, hmac) = self.params();
+        format!(
+            "PRAGMA {db}.cipher_page_size = {page}; PRAGMA {db}.cipher_hmac_algorithm = {hmac}; \
+             PRAGMA {db}.cipher_kdf_algorithm = PBKDF2_HMAC_SHA512; PRAGMA {db}.cipher_use_hmac = ON;"
+        )
+    }
+
+    /// For messages and `--check-config`.
+    pub fn describe(self) -> String {
+        let (page, hmac) = self.params();
+        let name = match self {
+            Cipher::Current => "cardlink's current settings",
+            Cipher::Sqlcipher4 => "SQLCipher 4's defaults, from before 2026-12-01",
+        };
+        format!("AES-256-CBC, {hmac} per page, {page}-byte pages ({name})")
+    }
+}
+
+/// The page size of [`Cipher::Current`].
+const CURRENT_PAGE_SIZE: u32 = 4096;
+
 fn parse(text: &[u8]) -> Option<String> {
     let t = text.trim_ascii();
     (t.len() == KEY_HEX_DIGITS && t.iter().all(u8::is_ascii_hexdigit))

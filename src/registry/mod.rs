@@ -53,7 +53,7 @@ pub use bind::{BindError, BindRequest, Channel};
 pub use derived::{Drift, Repair};
 pub use error::RegistryError;
 pub use hash::HashAlg;
-pub use key::{DbKey, KeySource};
+pub use key::{Cipher, DbKey, KeySource};
 pub use policy::{BindPolicy, Relation, Scope};
 pub use resolve::{Contribution, Lookup, Member, Outcome, Payer, PersonInfo, Resolution, Role};
 /// The statements a resolution sends by SSN and by card number (the
@@ -263,6 +263,15 @@ impl Registry {
         match &self.backend {
             Backend::Sqlite(s) => &s.conn,
             Backend::Postgres(_) => panic!("connection() is SQLite's; this registry is PostgreSQL"),
+        }
+    }
+
+    /// How a SQLite registry's file is encrypted (`None`: a plain file,
+    /// or PostgreSQL, which encrypts at rest itself).
+    pub fn cipher(&self) -> Option<Cipher> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.cipher(),
+            Backend::Postgres(_) => None,
         }
     }
 

@@ -10,14 +10,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::error::RegistryError;
 use super::hash::HashAlg;
-use super::key::DbKey;
+use super::key::{Cipher, DbKey};
 use super::schema;
 use super::seal::{self, AuditSetup, SealSetup, Sealer};
 
 /// Initialises SQLite and SQLCipher's log once per process, before any
 /// connection is opened.
 /// - SQLCipher writes its own error lines to stderr by default (a wrong
-///   key: "hmac check failed…"); [`unlock`]'s error says it once, with the
+///   key: "hmac check failed…"); [`open_unlocked`]'s error says it once, with the
 ///   file and the key's source. Its log setting is process-wide and
 ///   setting it `fclose`s a shared `FILE`: set on every open, two threads
 ///   opening registries at once closed it twice, and the process died of
@@ -97,6 +97,8 @@ pub struct Sqlite {
     /// The SQLCipher key it was opened with, for connections of its own
     /// (the fleet heartbeat's).
     pub(crate) key: Option<DbKey>,
+    /// How the file is encrypted (`None`: a plain file).
+    pub(crate) cipher: Option<Cipher>,
 }
 
 /// Counts of the main tables.
@@ -137,14 +139,17 @@ impl Sqlite {
             Some(k) if !opts.read_only => SealSetup::On(Sealer::open(&k)?),
             _ => SealSetup::Off,
         };
-        initialize();
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        unlock(&conn, path, opts.key.as_ref(), opts.busy_timeout)?;
-        Self::setup(conn, opts, seal)
+        let (conn, cipher) = open_unlocked(path, flags, opts.key.as_ref(), opts.busy_timeout)?;
+        if cipher == Some(Cipher::Sqlcipher4) {
+            tracing::info!(
+                file = %path.display(),
+                cipher = %Cipher::Sqlcipher4.describe(),
+                "the registry is encrypted with SQLCipher 4's default settings; `cardlinkctl db rekey` rewrites it with the current ones"
+            );
+        }
+        let mut s = Self::setup(conn, opts, seal)?;
+        s.cipher = cipher;
+        Ok(s)
     }
 
     /// An in-memory registry (tests, simulations).
@@ -197,6 +202,7 @@ impl Sqlite {
             busy_timeout: t,
             audit: AuditSetup::new(opts.audit_hash, seal),
             key: opts.key.clone(),
+            cipher: None,
         };
         s.settle_audit(opts.read_only)?;
         Ok(s)
@@ -250,6 +256,11 @@ impl Sqlite {
 
     pub(crate) fn sql(&self, e: rusqlite::Error) -> RegistryError {
         RegistryError::from_sql(e, self.busy_timeout)
+    }
+
+    /// How the file is encrypted: `None` for a plain file.
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.cipher
     }
 
     /// The schema version (`PRAGMA user_version`).
@@ -331,48 +342,86 @@ pub(crate) fn is_plain(path: &Path) -> std::io::Result<Option<bool>> {
     })
 }
 
-/// Gives SQLCipher the key (if any) and reads the schema once, so that a
+/// Opens the file at `path` with `flags`, gives SQLCipher the key (if
+/// any) with its [`Cipher`] settings and reads the schema once, so that a
 /// wrong or missing key is found here and named, never reported as
-/// SQLite's "file is not a database".
-pub(crate) fn unlock(
-    conn: &Connection,
+/// SQLite's "file is not a database". With a key, the settings of
+/// [`Cipher::OPEN_ORDER`] are tried in turn, each on a new connection
+/// (SQLCipher takes them only before the first read): the first whose
+/// page HMAC checks out is the file's and is returned; a new (empty)
+/// file gets the first, [`Cipher::Current`].
+pub(crate) fn open_unlocked(
     path: &Path,
+    flags: OpenFlags,
     key: Option<&DbKey>,
     busy: Duration,
-) -> Result<(), RegistryError> {
+) -> Result<(Connection, Option<Cipher>), RegistryError> {
     let file = || path.display().to_string();
     // SQLCipher's own log is off (see `initialize`, which every open calls
     // first).
     initialize();
-    if let Some(k) = key {
-        conn.execute_batch(&format!("PRAGMA key = {};", k.sql_literal()))
+    let open = || {
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Open {
+                path: file(),
+                source,
+            })?;
+        conn.busy_timeout(busy)
             .map_err(|e| RegistryError::from_sql(e, busy))?;
-    }
-    let probe = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    });
-    match probe {
-        Ok(_) => Ok(()),
-        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
-            let plain = is_plain(path).ok().flatten();
-            Err(match (key, plain) {
-                (None, Some(false)) => RegistryError::KeyRequired { path: file() },
-                (Some(k), Some(true)) => RegistryError::NotEncrypted {
-                    path: file(),
-                    key: k.source().to_string(),
-                },
-                (Some(k), _) => RegistryError::WrongKey {
-                    path: file(),
-                    key: k.source().to_string(),
-                },
-                (None, _) => RegistryError::Open {
-                    path: file(),
-                    source: e,
-                },
-            })
+        Ok::<_, RegistryError>(conn)
+    };
+    let probe = |conn: &Connection| {
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    let not_a_db =
+        |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase);
+    let refused = |e: rusqlite::Error| {
+        let plain = is_plain(path).ok().flatten();
+        match (key, plain) {
+            (None, Some(false)) => RegistryError::KeyRequired { path: file() },
+            (Some(k), Some(true)) => RegistryError::NotEncrypted {
+                path: file(),
+                key: k.source().to_string(),
+            },
+            (Some(k), _) => RegistryError::WrongKey {
+                path: file(),
+                key: k.source().to_string(),
+            },
+            (None, _) => RegistryError::Open {
+                path: file(),
+                source: e,
+            },
         }
-        Err(e) => Err(RegistryError::from_sql(e, busy)),
+    };
+    let Some(k) = key else {
+        let conn = open()?;
+        return match probe(&conn) {
+            Ok(_) => Ok((conn, None)),
+            Err(e) if not_a_db(&e) => Err(refused(e)),
+            Err(e) => Err(RegistryError::from_sql(e, busy)),
+        };
+    };
+    let mut last = None;
+    for cipher in Cipher::OPEN_ORDER {
+        let conn = open()?;
+        conn.execute_batch(&format!(
+            "PRAGMA key = {}; {}",
+            k.sql_literal(),
+            cipher.pragmas("main")
+        ))
+        .map_err(|e| RegistryError::from_sql(e, busy))?;
+        match probe(&conn) {
+            Ok(_) => return Ok((conn, Some(cipher))),
+            Err(e) if not_a_db(&e) => last = Some(e),
+            Err(e) => return Err(RegistryError::from_sql(e, busy)),
+        }
     }
+    Err(match last {
+        Some(e) => refused(e),
+        None => RegistryError::Corrupt("no cipher settings to try".into()),
+    })
 }
 
 /// Current time as RFC 3339 UTC with seconds precision.
