@@ -302,12 +302,14 @@ impl Requester {
         })
     }
 
-    /// Binds a member to a holder.
+    /// Binds a member to a holder; `consent` is the version of the
+    /// consent statement confirmed (required without an operator).
     pub async fn bind(
         &self,
         parties: Parties,
         relation: &str,
         operator: Option<&str>,
+        consent: Option<&str>,
     ) -> Result<Bound, ClientError> {
         result(
             self.request(Request::Bind {
@@ -315,6 +317,7 @@ impl Requester {
                 parties,
                 relation: relation.into(),
                 operator: operator.map(Into::into),
+                consent: consent.map(Into::into),
             })
             .await?,
             |r| match r {

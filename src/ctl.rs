@@ -373,6 +373,96 @@ pub fn open_registry_with(
     Ok(Registry::open_database(db, &opts)?)
 }
 
+/// `db audit`: one line per audit row in chain order (`id at actor action
+/// ssn outcome`), of `action` only when given; SSNs masked (in the row and
+/// inside its outcome text) unless `full`. A bind's outcome names the
+/// consent statement version (`consent=…`). Returns the rows written.
+pub fn audit_lines(
+    reg: &Registry,
+    action: Option<&str>,
+    full: bool,
+    out: &mut dyn Write,
+) -> Result<u64, CtlError> {
+    let mut n = 0;
+    let mut io_err = None;
+    reg.audit_rows(&mut |r| {
+        if action.is_some_and(|a| a != r.action) {
+            return Ok(());
+        }
+        let ssn = r.ssn.as_deref().unwrap_or("-");
+        let (ssn, outcome) = if full {
+            (ssn.to_string(), r.outcome.clone())
+        } else {
+            (
+                crate::mask::free_text(ssn),
+                crate::mask::free_text(&r.outcome),
+            )
+        };
+        let actor = if full {
+            r.actor.clone()
+        } else {
+            crate::mask::free_text(&r.actor)
+        };
+        if let Err(e) = writeln!(
+            out,
+            "{} {} {} {} {} {}",
+            r.id, r.at, actor, r.action, ssn, outcome
+        ) {
+            io_err.get_or_insert(e);
+        }
+        n += 1;
+        Ok(())
+    })?;
+    match io_err {
+        Some(e) => Err(e.into()),
+        None => Ok(n),
+    }
+}
+
+/// `db export`'s `audit.csv` (0600, like the tables' files): every audit
+/// row as stored (`id,at,actor,action,ssn,outcome,prev_hash,hash`), so
+/// that the consent version of each bind travels with an export. Not an
+/// import file (`db migrate` copies the chain). Returns the rows written.
+pub fn export_audit(reg: &Registry, dir: &Path) -> Result<u64, CtlError> {
+    let path = dir.join("audit.csv");
+    let csv_err = |e: csv::Error| std::io::Error::other(format!("{}: {e}", path.display()));
+    let mut w = csv::Writer::from_writer(crate::registry::files::private_file(&path)?);
+    w.write_record([
+        "id",
+        "at",
+        "actor",
+        "action",
+        "ssn",
+        "outcome",
+        "prev_hash",
+        "hash",
+    ])
+    .map_err(csv_err)?;
+    let mut failed = None;
+    let n = reg.audit_rows(&mut |r| {
+        let id = r.id.to_string();
+        let rec = [
+            id.as_str(),
+            &r.at,
+            &r.actor,
+            &r.action,
+            r.ssn.as_deref().unwrap_or(""),
+            &r.outcome,
+            &r.prev_hash,
+            &r.hash,
+        ];
+        if let Err(e) = w.write_record(rec) {
+            failed.get_or_insert(e);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = failed {
+        return Err(csv_err(e).into());
+    }
+    w.flush()?;
+    Ok(n)
+}
+
 /// `db verify-audit`: the lines to print and the exit status. Without
 /// verification keys, the chain alone (0 intact, 1 broken); with them, the
 /// chain and every box's seals, each kind of tampering named with its own

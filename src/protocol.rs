@@ -259,6 +259,12 @@ error_codes! {
     OperatorRequired = "operator_required"
         => "本窗口未配置操作员，不能办理绑定。",
         "This window has no operator configured and cannot bind.",
+    /// A self-service bind (no `operator`, or any bind at a kiosk) without
+    /// the version of a consent statement the holder confirmed, or with a
+    /// version that was never shipped (`registry::consent::ALL`).
+    ConsentRequired = "consent_required"
+        => "请先阅读并确认绑定说明。",
+        "Please read and confirm the statement about the bind first.",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -1158,6 +1164,11 @@ pub enum Request {
         /// Operator id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         operator: Option<String>,
+        /// The version of the consent statement (`registry::consent`) the
+        /// holder confirmed (self-service) or was shown (window); stored in
+        /// the bind's audit row.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consent: Option<String>,
     },
     /// Revoke a link.
     Unbind {
@@ -1400,7 +1411,7 @@ fn request_from_value(v: Value) -> Result<Request, BadRequest> {
     if cmd == "bind" || cmd == "unbind" {
         if let Some(obj) = v.as_object() {
             let known: &[&str] = if cmd == "bind" {
-                &["id", "cmd", "relation", "operator"]
+                &["id", "cmd", "relation", "operator", "consent"]
             } else {
                 &["id", "cmd", "operator"]
             };
@@ -1574,6 +1585,7 @@ mod tests {
                 },
                 relation: "child".into(),
                 operator: None,
+                consent: None,
             }
         );
         let e = parse_request(

@@ -236,6 +236,97 @@ fn db_commands_round_trip(b: Backend) {
     assert!(text.contains("nothing to repair"), "{text}");
 }
 
+on_both_backends!(a_binds_consent_version_shows_in_db_audit_and_export);
+
+/// Issue 23: the consent version stored with a bind is shown by `db audit`
+/// (SSNs masked unless `--full`) and in `db export`'s audit.csv, and is
+/// covered by the hash chain: editing it breaks `verify-audit`.
+fn a_binds_consent_version_shows_in_db_audit_and_export(b: Backend) {
+    let test = "consent_in_db_audit";
+    let Some(fx) = Fx::fixture(b, test) else {
+        return;
+    };
+    let db = fx.setting();
+    let current = cardlink::registry::consent::CURRENT.version;
+    fx.open()
+        .bind(
+            &cardlink::registry::BindRequest {
+                holder: ssn(HOLDER),
+                member: ssn(PARENT),
+                relation: cardlink::registry::Relation::parse("parent").unwrap(),
+                channel: cardlink::registry::Channel::Kiosk,
+                operator: "kiosk-3",
+                consent: current,
+                actor: "test",
+            },
+            &Default::default(),
+        )
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = ctl()
+            .args(["db", "--database", &db])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let full_holder = demo_ssn_full(HOLDER);
+    let (code, text) = run(&["audit", "--action", "bind"]);
+    assert_eq!(code, Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(" ok holder="))
+        .unwrap_or_else(|| panic!("no bind row in:\n{text}"));
+    assert!(
+        line.contains(&format!("consent={current} operator=kiosk-3")),
+        "{line}"
+    );
+    assert!(!text.contains(&full_holder), "a full SSN in:\n{text}");
+    assert!(
+        line.contains(&cardlink::mask::mask_middle(&full_holder, 6, 4)),
+        "{line}"
+    );
+    let (code, text) = run(&["audit", "--action", "bind", "--full"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("holder={full_holder} ")), "{text}");
+    let out_dir = fx.dir.path().join("export");
+    let (code, text) = run(&["export", out_dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    let audit = std::fs::read_to_string(out_dir.join("audit.csv")).unwrap();
+    assert!(audit.starts_with("id,at,actor,action,ssn,outcome,prev_hash,hash\n"));
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(",bind,") && l.contains(&format!("consent={current} "))),
+        "{audit}"
+    );
+    // The version is inside what the chain covers.
+    let (code, text) = run(&["verify-audit"]);
+    assert_eq!(code, Some(0), "{text}");
+    fx.exec(
+        match b {
+            Backend::Sqlite => "DROP TRIGGER audit_no_update",
+            Backend::Postgres => "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        },
+        &[],
+    );
+    let edited = fx.exec(
+        &format!(
+            "UPDATE audit SET outcome = replace(outcome, 'consent={current}', 'consent=1999-01-01') \
+             WHERE action = 'bind'"
+        ),
+        &[],
+    );
+    assert_eq!(edited, 1);
+    let (code, text) = run(&["verify-audit"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("BROKEN at row"), "{text}");
+}
+
 /// `cardlinkctl replay` plays a capture into a new pty the daemon reads
 /// like a reader, at 10x speed, unplugging and plugging in again where the
 /// capture says so.
@@ -413,6 +504,45 @@ async fn simulate_and_socket_clients() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("already_linked"));
+    // `--consent` defaults to the current statement, which the audit row names.
+    let reg = cardlink::registry::Registry::open(&d.db, &Default::default()).unwrap();
+    let outcome: String = reg
+        .connection()
+        .query_row(
+            "SELECT outcome FROM audit WHERE action = 'bind' AND outcome LIKE 'ok %'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(reg);
+    let current = cardlink::registry::consent::CURRENT.version;
+    assert!(
+        outcome.contains(&format!("consent={current} ")),
+        "{outcome}"
+    );
+    // A version never shipped is refused.
+    let out = ctl()
+        .args([
+            "bind",
+            "--holder",
+            &card(HOLDER),
+            "--member",
+            &card(PARENT),
+            "--relation",
+            "parent",
+            "--consent",
+            "1999-01-01",
+            "--socket",
+            &sock,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("consent_required"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = ctl()
         .args([
             "unbind",

@@ -348,7 +348,7 @@ async fn kiosk_mode_binds_only_swiped_cards() {
         .request(json!({"cmd": "lookup", "number": card(HOLDER)}))
         .await;
     assert_eq!(r["code"], "manual_entry_not_allowed");
-    let r = c.request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child"})).await;
+    let r = c.request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["code"], "kiosk_requires_swipe");
     let pty = &mut ptys[0];
     pty.write_all(&encode_vec(1, Cmd::CardIc as u8, &record(HOLDER, "张伟")).unwrap())
@@ -360,12 +360,12 @@ async fn kiosk_mode_binds_only_swiped_cards() {
         .unwrap();
     let m = c.expect("CARD").await["swipe"].as_u64().unwrap();
     let r = c
-        .request(json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["ok"], true, "{r}");
     let r = c
         .request(
-            json!({"cmd": "bind", "holder_swipe": h, "member_swipe": 999, "relation": "child"}),
+            json!({"cmd": "bind", "holder_swipe": h, "member_swipe": 999, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
         )
         .await;
     assert_eq!(r["code"], "unknown_swipe");
@@ -380,6 +380,82 @@ async fn kiosk_mode_binds_only_swiped_cards() {
         )
         .unwrap();
     assert_eq!(channel, "kiosk");
+}
+
+/// The outcome text of the last audit row of `action` about `member`.
+fn last_outcome(d: &Daemon, action: &str, member: u64) -> String {
+    let reg = cardlink::registry::Registry::open(&d.db, &Default::default()).unwrap();
+    reg.connection()
+        .query_row(
+            "SELECT outcome FROM audit WHERE action = ?1 AND ssn = ?2 ORDER BY id DESC LIMIT 1",
+            [action.to_string(), demo_ssn_str(member)],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// Issue 23: a self-service (kiosk) bind needs the version of a consent
+/// statement the holder confirmed; it is stored in the bind's audit row.
+#[tokio::test(start_paused = true)]
+async fn a_kiosk_bind_needs_a_known_consent_version_and_records_it() {
+    let (d, mut ptys) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"").await;
+    let mut c = d.client().await;
+    let pty = &mut ptys[0];
+    pty.write_all(&encode_vec(1, Cmd::CardIc as u8, &record(HOLDER, "张伟")).unwrap())
+        .await
+        .unwrap();
+    let h = c.expect("CARD").await["swipe"].as_u64().unwrap();
+    pty.write_all(&encode_vec(2, Cmd::CardIc as u8, &record(CHILD, "张小明")).unwrap())
+        .await
+        .unwrap();
+    let m = c.expect("CARD").await["swipe"].as_u64().unwrap();
+    let bind = json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"});
+    let r = c.request(bind.clone()).await;
+    assert_eq!(r["code"], "consent_required", "{r}");
+    // An operator id from a kiosk client does not stand in for consent.
+    let mut with_op = bind.clone();
+    with_op["operator"] = json!("clerk7");
+    assert_eq!(c.request(with_op).await["code"], "consent_required");
+    let mut unknown = bind.clone();
+    unknown["consent"] = json!("1999-01-01");
+    let r = c.request(unknown).await;
+    assert_eq!(r["code"], "consent_required", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("1999-01-01"), "{r}");
+    let mut ok = bind.clone();
+    ok["consent"] = json!(cardlink::registry::consent::CURRENT.version);
+    let r = c.request(ok).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let outcome = last_outcome(&d, "bind", CHILD);
+    assert!(
+        outcome.contains(&format!(
+            "consent={} ",
+            cardlink::registry::consent::CURRENT.version
+        )),
+        "{outcome}"
+    );
+}
+
+/// A window bind with an operator records the version given, or the
+/// current statement's when none is given.
+#[tokio::test(start_paused = true)]
+async fn a_window_bind_records_the_current_consent_version_by_default() {
+    let (d, _ptys) = Daemon::start(&[("r1", "frame", "utf-8")], "").await;
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "operator": "clerk7"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let v = cardlink::registry::consent::CURRENT.version;
+    assert!(last_outcome(&d, "bind", CHILD).contains(&format!("consent={v} operator=clerk7")));
+    // Without an operator, the window's client must say what it showed.
+    let r = c
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(PARENT), "relation": "parent"}))
+        .await;
+    assert_eq!(r["code"], "consent_required", "{r}");
+    let r = c
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(PARENT), "relation": "parent", "operator": "clerk7", "consent": "2031-01-01"}))
+        .await;
+    assert_eq!(r["code"], "consent_required", "{r}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -662,9 +738,25 @@ async fn typed_client_kiosk_flow() {
         member_swipe: Some(cards[1].swipe),
         ..Parties::default()
     };
-    let bound = c.bind(parties.clone(), "child", None).await.unwrap();
+    let bound = c
+        .bind(
+            parties.clone(),
+            "child",
+            None,
+            Some(cardlink::registry::consent::CURRENT.version),
+        )
+        .await
+        .unwrap();
     assert_eq!(bound.relation, "child");
-    let again = c.bind(parties, "child", None).await.unwrap_err();
+    let again = c
+        .bind(
+            parties,
+            "child",
+            None,
+            Some(cardlink::registry::consent::CURRENT.version),
+        )
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             again,

@@ -240,7 +240,7 @@ async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
     assert_eq!(holder["ssn"], ssn(HOLDER).masked().to_string());
     assert_eq!(holder["members"][0]["name"], "李*");
     // Bind by the two swipes, then records for the holder's swipe.
-    let r = ask(&mut p, 1, json!({"cmd": "bind", "holder_swipe": holder["swipe"], "member_swipe": member["swipe"], "relation": "child"})).await;
+    let r = ask(&mut p, 1, json!({"cmd": "bind", "holder_swipe": holder["swipe"], "member_swipe": member["swipe"], "relation": "child", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["ok"], true, "{r}");
     // Records for the person whose card is in the reader now.
     ports[0]
@@ -258,7 +258,7 @@ async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
     // What a kiosk page may not do, refused by the display itself.
     let r = ask(&mut p, 3, json!({"cmd": "lookup", "number": card(HOLDER)})).await;
     assert_eq!(r["code"], "manual_entry_not_allowed", "{r}");
-    let r = ask(&mut p, 4, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(PARENT), "relation": "parent"})).await;
+    let r = ask(&mut p, 4, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(PARENT), "relation": "parent", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["code"], "kiosk_requires_swipe", "{r}");
     let r = ask(
         &mut p,
@@ -293,7 +293,7 @@ async fn a_window_page_looks_up_and_sees_readers_and_removals() {
         .await
         .unwrap();
     assert_eq!(expect(&mut p, "REMOVED").await["reader"], "w1");
-    let r = ask(&mut p, 2, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(REMOTE), "relation": "sibling"})).await;
+    let r = ask(&mut p, 2, json!({"cmd": "bind", "holder": card(HOLDER), "member": card(REMOTE), "relation": "sibling", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["code"], "out_of_scope", "refusals pass through: {r}");
     let r = ask(&mut p, 3, json!({"cmd": "fly"})).await;
     assert_eq!(r["code"], "unknown_command");
@@ -645,7 +645,7 @@ async fn a_local_user_outside_the_screen_group_cannot_drive_the_display() {
     let r = ask(
         &mut p,
         1,
-        json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child"}),
+        json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
@@ -713,7 +713,7 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     let r = ask(
         &mut p,
         2,
-        json!({"cmd": "bind", "holder_swipe": first, "member_swipe": second, "relation": "child"}),
+        json!({"cmd": "bind", "holder_swipe": first, "member_swipe": second, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["code"], "not_in_session", "{r}");
@@ -749,7 +749,7 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     let r = ask(
         &mut p,
         8,
-        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"}),
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
@@ -757,10 +757,42 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     let r = ask(
         &mut p,
         9,
-        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child"}),
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["code"], "not_in_session", "{r}");
+    assert_eq!(audit_outcomes(&d.db, "bind").len(), 1);
+    assert!(
+        audit_outcomes(&d.db, "bind")[0].contains(&format!(
+            "consent={} ",
+            cardlink::registry::consent::CURRENT.version
+        )),
+        "{:?}",
+        audit_outcomes(&d.db, "bind")
+    );
+    // Issue 23: a kiosk bind the holder has not confirmed (no `consent`)
+    // is refused by cardlinkd through the display, and nothing is bound.
+    ports[0]
+        .write_all(&card_frame(40, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let h = expect(&mut p, "CARD").await["swipe"].clone();
+    let r = ask(&mut p, 10, json!({"cmd": "bind_start"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    ports[0].write_all(&removed(41)).await.unwrap();
+    expect(&mut p, "REMOVED").await;
+    ports[0]
+        .write_all(&card_frame(42, PARENT, "张父"))
+        .await
+        .unwrap();
+    let m = expect(&mut p, "CARD").await["swipe"].clone();
+    let r = ask(
+        &mut p,
+        11,
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "parent"}),
+    )
+    .await;
+    assert_eq!(r["code"], "consent_required", "{r}");
     assert_eq!(audit_outcomes(&d.db, "bind").len(), 1);
     // A screen whose sessions end after 1 s without a swipe or a request:
     // the display tells the page, and the swipe is of no use afterwards.
@@ -812,7 +844,7 @@ async fn one_pages_oversized_request_leaves_every_page_online() {
     let r = ask(
         &mut a,
         1,
-        json!({"cmd": "bind", "holder_swipe": swipe, "member_swipe": swipe, "relation": big}),
+        json!({"cmd": "bind", "holder_swipe": swipe, "member_swipe": swipe, "relation": big, "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["code"], "line_too_long", "{r}");

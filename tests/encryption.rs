@@ -488,7 +488,7 @@ fn csv_copies_are_private_and_temporary_ones_are_removed() {
     umask0(&mut cmd);
     let (ok, o, err) = run(&mut cmd);
     assert!(ok, "{o}{err}");
-    assert_eq!(names_in(&out).len(), 5);
+    assert_eq!(names_in(&out).len(), 6, "five tables and audit.csv");
     private(&out);
     let csv = dir.path().join("csv");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"));

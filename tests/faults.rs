@@ -189,7 +189,7 @@ fn invalid_log_level_is_refused_by_check_config_and_at_start() {
 async fn mutual_links_are_refused_and_both_sides_are_shown() {
     let (d, _ports) = Daemon::start(&[], "").await;
     let mut c = d.client().await;
-    let bind = |h: u64, m: u64, rel: &str| json!({"cmd": "bind", "holder": card(h), "member": card(m), "relation": rel});
+    let bind = |h: u64, m: u64, rel: &str| json!({"cmd": "bind", "holder": card(h), "member": card(m), "relation": rel, "consent": cardlink::registry::consent::CURRENT.version});
     // PARENT (employee) pays for HOLDER, who pays for SPOUSE.
     let r = c.request(bind(PARENT, HOLDER, "child")).await;
     assert_eq!(r["ok"], true, "{r}");
@@ -488,7 +488,7 @@ async fn ambiguous_parties_client_channels_and_kiosk_inquiries() {
     let swipe = c.expect("CARD").await["swipe"].as_u64().unwrap();
     // Both a number and a swipe for the holder: refused, not silently the swipe.
     let r = c
-        .request(json!({"cmd": "bind", "holder": card(HOLDER2), "holder_swipe": swipe, "member": card(CHILD), "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder": card(HOLDER2), "holder_swipe": swipe, "member": card(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["code"], "bad_request", "{r}");
     assert!(r["message"].as_str().unwrap().contains("not both"), "{r}");
@@ -498,7 +498,7 @@ async fn ambiguous_parties_client_channels_and_kiosk_inquiries() {
         .await;
     assert_eq!(r["code"], "bad_request", "{r}");
     let r = c
-        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["ok"], true, "{r}");
     let reg = cardlink::registry::Registry::open(&d.db, &Default::default()).unwrap();

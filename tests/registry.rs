@@ -42,6 +42,7 @@ fn bind_req<'a>(h: u64, m: u64, rel: &'a str) -> cardlink::registry::BindRequest
         relation: cardlink::registry::Relation::parse(rel).expect("a relation"),
         channel: Channel::Window,
         operator: "clerk1",
+        consent: cardlink::registry::consent::CURRENT.version,
         actor: "test",
     }
 }

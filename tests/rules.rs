@@ -259,7 +259,7 @@ async fn newer_expired_card_and_older_valid_card_resolve_and_bind_alike(b: Backe
         .await;
     assert_eq!(r["result"]["outcome"], "expired", "the expired card itself");
     let r = c
-        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(CHILD), "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(CHILD), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["ok"], true, "{r}");
     // And the other way round: only an expired card, neither resolves nor binds.
@@ -268,7 +268,7 @@ async fn newer_expired_card_and_older_valid_card_resolve_and_bind_alike(b: Backe
         .await;
     assert_eq!(r["result"]["outcome"], "expired");
     let r = c
-        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(EXPIRED), "relation": "child"}))
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": demo_ssn_full(EXPIRED), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     assert_eq!(r["code"], "member_no_active_card");
 }

@@ -433,7 +433,7 @@ async fn sighup_reloads_readers_and_relations_without_dropping_clients() {
     r2.write_all(&card_frame(1, HOLDER, "张伟")).await.unwrap();
     let card = c.expect("CARD").await;
     assert_eq!(card["reader"], "r2");
-    let r = c.request(json!({"cmd": "bind", "holder": card_no(HOLDER), "member": card_no(PARENT), "relation": "parent"})).await;
+    let r = c.request(json!({"cmd": "bind", "holder": card_no(HOLDER), "member": card_no(PARENT), "relation": "parent", "consent": cardlink::registry::consent::CURRENT.version})).await;
     assert_eq!(r["code"], "relation_not_allowed");
     let r = c.request(json!({"cmd": "status"})).await;
     let readers: Vec<&str> = r["result"]["readers"]
@@ -494,7 +494,7 @@ async fn no_full_ssn_in_any_log_line() {
             .unwrap();
         c.request(json!({"cmd": "lookup", "number": common::demo_ssn_full(i)}))
             .await;
-        c.request(json!({"cmd": "bind", "holder": common::demo_ssn_full(HOLDER), "member": common::demo_ssn_full(i), "relation": "child"})).await;
+        c.request(json!({"cmd": "bind", "holder": common::demo_ssn_full(HOLDER), "member": common::demo_ssn_full(i), "relation": "child", "consent": cardlink::registry::consent::CURRENT.version})).await;
         c.request(json!({"cmd": "unbind", "holder": common::demo_ssn_full(HOLDER), "member": common::demo_ssn_full(i)})).await;
         c.request(json!({"cmd": "contributions", "number": common::demo_ssn_full(i)}))
             .await;

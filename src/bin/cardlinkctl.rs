@@ -144,6 +144,10 @@ enum Cmd {
         /// Operator id.
         #[arg(long)]
         operator: Option<String>,
+        /// The version of the consent statement shown to the holder
+        /// (stored in the audit row).
+        #[arg(long, default_value = cardlink::registry::consent::CURRENT.version)]
+        consent: String,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -282,8 +286,19 @@ enum DbCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Export every table as CSV into a directory.
+    /// Export every table as CSV into a directory, and the audit log as
+    /// audit.csv (not an import file).
     Export { dir: PathBuf },
+    /// List the audit log in chain order (SSNs masked unless --full); a
+    /// bind's row names the consent statement version (consent=…).
+    Audit {
+        /// Only rows of this action (resolve, bind, unbind, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Full SSNs (personal data: for an auditor, not for a screen).
+        #[arg(long)]
+        full: bool,
+    },
     /// Row counts.
     Stats,
     /// Verify the audit hash chain; with --verify-key, also every box's
@@ -493,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             member,
             relation,
             operator,
+            consent,
             socket,
         } => request(
             &socket,
@@ -505,6 +521,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
                 relation,
                 operator,
+                consent: Some(consent),
             },
         ),
         Cmd::Unbind {
@@ -758,16 +775,24 @@ fn db(
             }
         }
         DbCmd::Export { dir } => {
-            let c = open()?.export(&dir)?;
+            let reg = open()?;
+            let c = reg.export(&dir)?;
+            let audit = ctl::export_audit(&reg, &dir)?;
             println!(
-                "exported {} persons, {} cards, {} links, {} accounts, {} contributions to {}",
+                "exported {} persons, {} cards, {} links, {} accounts, {} contributions, {} audit rows to {}",
                 c.persons,
                 c.cards,
                 c.links,
                 c.accounts,
                 c.contributions,
+                audit,
                 dir.display()
             );
+        }
+        DbCmd::Audit { action, full } => {
+            let reg = open()?;
+            let stdout = std::io::stdout();
+            ctl::audit_lines(&reg, action.as_deref(), full, &mut stdout.lock())?;
         }
         DbCmd::Stats => println!("{}", serde_json::to_string_pretty(&open()?.stats()?)?),
         DbCmd::VerifyAudit {

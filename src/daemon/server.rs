@@ -309,6 +309,32 @@ where
     }
 }
 
+/// The consent statement version a bind records: a self-service bind (no
+/// operator) and every bind at a kiosk must name one the holder confirmed;
+/// a bind with an operator records the one given or the current one. A
+/// version never shipped is refused (`registry::consent::ALL`).
+fn consent_for(
+    station: Station,
+    operator: Option<&str>,
+    consent: Option<&str>,
+) -> Result<&'static str, Refusal> {
+    use crate::registry::consent;
+    match consent {
+        Some(v) => consent::find(v).map(|s| s.version).ok_or_else(|| {
+            (
+                ErrorCode::ConsentRequired,
+                format!("no consent statement has version '{v}'"),
+            )
+        }),
+        None if operator.is_none() || station == Station::Kiosk => Err((
+            ErrorCode::ConsentRequired,
+            "a self-service bind needs the version of the consent statement the holder confirmed"
+                .into(),
+        )),
+        None => Ok(consent::CURRENT.version),
+    }
+}
+
 async fn handle(ctx: &Ctx, req: Request, actor: &str, privacy: Privacy) -> Reply {
     let id = req.id().clone();
     // Binds and unbinds are counted by result, whatever refused them.
@@ -389,8 +415,10 @@ async fn answer(
             parties: p,
             relation,
             operator,
+            consent,
             ..
         } => {
+            let consent = consent_for(live.station, operator.as_deref(), consent.as_deref())?;
             let rel = crate::registry::Relation::parse(&relation).ok_or_else(|| {
                 (
                     ErrorCode::RelationNotAllowed,
@@ -415,6 +443,7 @@ async fn answer(
                 relation: rel,
                 channel,
                 operator: &operator,
+                consent,
                 actor,
             };
             let audit = registry(ctx.store.bind(&req, &live.policy)).await?;

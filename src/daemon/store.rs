@@ -201,8 +201,9 @@ impl Store {
         self.timed("bind", async {
             match &self.backend {
                 Backend::Sqlite(q) => {
-                    let (operator, actor, policy) = (
+                    let (operator, consent, actor, policy) = (
                         req.operator.to_string(),
+                        req.consent.to_string(),
                         req.actor.to_string(),
                         policy.clone(),
                     );
@@ -215,6 +216,7 @@ impl Store {
                             relation,
                             channel,
                             operator: &operator,
+                            consent: &consent,
                             actor: &actor,
                         };
                         reg.bind_on(&req, &policy, today)

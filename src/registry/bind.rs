@@ -134,6 +134,9 @@ pub struct BindRequest<'a> {
     pub channel: Channel,
     /// Operator (clerk id, kiosk id).
     pub operator: &'a str,
+    /// The version of the consent statement ([`super::consent`]) the
+    /// holder confirmed or was shown; stored in the audit row.
+    pub consent: &'a str,
     /// Who asked (reader name or socket client), for the audit log.
     pub actor: &'a str,
 }
@@ -291,12 +294,16 @@ pub(crate) async fn check_rules(
 }
 
 /// The audit outcome of a bind that went through.
+///
+/// The consent version stands before the operator, which is free text and
+/// therefore last: `consent=` cannot be spoofed by an operator id.
 pub(crate) fn bind_outcome(req: &BindRequest<'_>) -> String {
     format!(
-        "ok holder={} relation={} channel={} operator={}",
+        "ok holder={} relation={} channel={} consent={} operator={}",
         req.holder.expose(),
         req.relation,
         req.channel.as_str(),
+        req.consent,
         req.operator
     )
 }
