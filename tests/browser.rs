@@ -188,12 +188,13 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screens_dir().join(format!("{name}.png")), png).unwrap();
 }
 
-/// Every button a patient can touch is at least 48×48 CSS pixels.
+/// Every button a patient can touch (shown) is at least 48×48 CSS pixels.
 async fn touch_targets(c: &Client) {
     let small = c
         .execute(
             "return [...document.querySelectorAll('button')].filter(b => { \
-               const r = b.getBoundingClientRect(); return r.width < 48 || r.height < 48; \
+               const r = b.getBoundingClientRect(); \
+               return b.getClientRects().length > 0 && (r.width < 48 || r.height < 48); \
              }).map(b => b.textContent);",
             vec![],
         )
@@ -828,8 +829,9 @@ async fn kiosk_elder_mode_speech_consent_and_receipts_in_headless_chromium() {
     .await;
     // The audit row holds the statement's version.
     let audit = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"))
-        .args(["db", "audit", "--database"])
+        .args(["db", "--database"])
         .arg(&d.db)
+        .args(["audit", "--action", "bind"])
         .output()
         .unwrap();
     let audit = String::from_utf8_lossy(&audit.stdout).to_string();

@@ -123,7 +123,10 @@ function sayButton() {
 }
 
 function show(screen, html, spoken) {
+  const was = counting();
   S.screen = screen;
+  // A screen that returns to idle by itself: its time starts now.
+  if (!was && counting()) S.deadline = Date.now() + idleSpan();
   document.body.dataset.screen = screen;
   document.getElementById("main").innerHTML = html;
   header();
@@ -518,6 +521,7 @@ function handle(m) {
       receiptEvent(m);
       break;
     case "CARD":
+      touch(false);
       if (S.role === "kiosk") {
         if (S.screen === "bind" && S.bind && !S.bind.member) {
           if (m.outcome === "ok") bindChoose(m); else toast(badMark(sentence("card_not_usable")));
@@ -531,7 +535,6 @@ function handle(m) {
         S.swipes.unshift(m); S.swipes.length = Math.min(S.swipes.length, 50);
         if (S.screen === "window") refreshWindowLists();
       }
-      touch(false);
       break;
     case "SESSION":
       // The display ended this screen's session (idle): back to the start.
