@@ -15,8 +15,9 @@
 //! In 长辈模式 (elder mode, the page's `keep` with `elder`, or the
 //! display's default `--elder`) the session lasts at least [`ELDER_IDLE`]
 //! without a touch: the 2021 适老化 rules of the Ministry of Industry and
-//! Information Technology (工信部信管函〔2020〕200号, its 适老化通用设计规范)
-//! ask for no time limits where they are not essential. The mode goes back
+//! Information Technology (《移动互联网应用（APP）适老化通用设计规范》 and
+//! 《互联网网站适老化通用设计规范》, April 2021) ask for no time limits
+//! where they are not essential. The mode goes back
 //! to the display's default when the session ends.
 //!
 //! Payment records are shown only for the session's person; a bind only
