@@ -265,6 +265,12 @@ error_codes! {
     ConsentRequired = "consent_required"
         => "请先阅读并确认绑定说明。",
         "Please read and confirm the statement about the bind first.",
+    /// `print_records` where no receipt printer is configured, or the
+    /// printer cannot print now (paper out, cover open, offline, error,
+    /// disconnected).
+    PrinterUnavailable = "printer_unavailable"
+        => "打印机不可用，无法打印凭条。",
+        "The printer is not available; no receipt can be printed.",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -474,13 +480,13 @@ pub struct PrinterMsg {
     pub error: Option<String>,
 }
 
-/// `RECEIPT`: the outcome of one receipt (matched to its bind or unbind
-/// by `audit_seq`, which the reply's `receipt` carries too).
+/// `RECEIPT`: the outcome of one receipt (matched to its bind, unbind or
+/// printing by `audit_seq`, which the reply's `receipt` carries too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptMsg {
-    /// `bind` or `unbind`.
+    /// `bind`, `unbind` or `records`.
     pub kind: String,
-    /// The audit row of the bind or unbind.
+    /// The audit row of the bind, unbind or printing.
     pub audit_seq: i64,
     /// Whether the receipt went to the printer.
     pub printed: bool,
@@ -804,6 +810,15 @@ pub enum ReplyResult {
     Ended(Ended),
     /// `keep` (display, kiosk): `{"kept":true,"idle_s":60}`.
     Kept(Kept),
+    /// `print_records`: `{"receipt":{…}}`.
+    Printing(RecordsPrinting),
+}
+
+/// Result of `print_records`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordsPrinting {
+    /// The receipt on its way (`RECEIPT` follows, `kind` `records`).
+    pub receipt: ReceiptQueued,
 }
 
 /// The result of `lookup`: a `CARD` message, `class` included.
@@ -1135,6 +1150,44 @@ pub struct Status {
     /// The receipt printer (absent when none is configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub printer: Option<Box<PrinterStatus>>,
+    /// The province's binding rules in force (`[policy]`), for the
+    /// screens' consent statement; no personal data.
+    #[serde(default)]
+    pub policy: Box<PolicyStatus>,
+}
+
+/// `[policy]` in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Days after an unbind before the member may be bound to another
+    /// account (0: none).
+    pub rebind_cooldown_days: u32,
+    /// Members one account may cover (`null`: no limit).
+    pub max_members: Option<u32>,
+    /// Where holder and member must be insured: `province`, `city` or `any`.
+    pub scope: String,
+}
+
+impl Default for PolicyStatus {
+    fn default() -> PolicyStatus {
+        PolicyStatus::from(&registry::BindPolicy::default())
+    }
+}
+
+impl From<&registry::BindPolicy> for PolicyStatus {
+    fn from(p: &registry::BindPolicy) -> PolicyStatus {
+        use registry::Scope;
+        PolicyStatus {
+            rebind_cooldown_days: p.rebind_cooldown_days,
+            max_members: (p.max_members > 0).then_some(p.max_members),
+            scope: match p.scope {
+                Scope::Province => "province",
+                Scope::City => "city",
+                Scope::Any => "any",
+            }
+            .into(),
+        }
+    }
 }
 
 /// A client request.
@@ -1184,6 +1237,23 @@ pub enum Request {
     },
     /// Payment-record inquiry.
     Contributions {
+        /// Request id.
+        #[serde(default)]
+        id: Value,
+        /// SSN or card number (window role).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        number: Option<String>,
+        /// Swipe id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        swipe: Option<u64>,
+        /// Months (default 12, at most 120).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        months: Option<u32>,
+    },
+    /// Print a receipt of payment records (as `contributions` reads
+    /// them): by swipe id (kiosk), or by number (window role).
+    #[serde(rename = "print_records")]
+    PrintRecords {
         /// Request id.
         #[serde(default)]
         id: Value,
@@ -1252,6 +1322,7 @@ impl Request {
             | Request::Bind { id, .. }
             | Request::Unbind { id, .. }
             | Request::Contributions { id, .. }
+            | Request::PrintRecords { id, .. }
             | Request::Status { id }
             | Request::Capture { id, .. } => id,
         }
@@ -1264,6 +1335,7 @@ impl Request {
             | Request::Bind { id, .. }
             | Request::Unbind { id, .. }
             | Request::Contributions { id, .. }
+            | Request::PrintRecords { id, .. }
             | Request::Status { id }
             | Request::Capture { id, .. } => *id = new,
         }
@@ -1281,11 +1353,12 @@ pub struct BadRequest {
     pub message: String,
 }
 
-const COMMANDS: [&str; 6] = [
+const COMMANDS: [&str; 7] = [
     "lookup",
     "bind",
     "unbind",
     "contributions",
+    "print_records",
     "status",
     "capture",
 ];
@@ -1530,6 +1603,8 @@ mod tests {
                     "privileged_uids",
                     "card_no",
                     "audit_seq",
+                    "print_records",
+                    "paper_near_end",
                 ];
                 if looks_like_code && !field.contains(&word) {
                     assert!(in_code.contains(word), "`{word}` is not an ErrorCode");

@@ -730,6 +730,25 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
     // The person at the screen is served.
     let r = ask(&mut p, 4, json!({"cmd": "contributions", "swipe": second})).await;
     assert_eq!(r["ok"], true, "{r}");
+    // Printing the records shown (issue 23): by the session's swipe it
+    // reaches cardlinkd (which has no printer here); another swipe, or a
+    // number, is refused by the display.
+    let r = ask(
+        &mut p,
+        41,
+        json!({"cmd": "print_records", "swipe": second, "months": 12}),
+    )
+    .await;
+    assert_eq!(r["code"], "printer_unavailable", "{r}");
+    let r = ask(&mut p, 42, json!({"cmd": "print_records", "swipe": first})).await;
+    assert_eq!(r["code"], "not_in_session", "{r}");
+    let r = ask(
+        &mut p,
+        43,
+        json!({"cmd": "print_records", "number": card(CHILD)}),
+    )
+    .await;
+    assert_eq!(r["code"], "kiosk_requires_swipe", "{r}");
     // A bind inside one flow: the holder's card, bind_start, card out,
     // the member's card, bind.
     ports[0]

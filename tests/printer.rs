@@ -314,3 +314,122 @@ async fn the_simulated_printer_collects_receipts_and_follows_its_state() {
     .await;
     sim.abort();
 }
+
+/// Issue 23: a kiosk's 打印 on the records screen. `print_records` by the
+/// swipe reads the records `contributions` shows, audits the printing and
+/// prints them masked: title, name and SSN masked, one line per month,
+/// the total; never a full number. With paper out it is refused
+/// (`printer_unavailable`) and the reader keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_records_prints_the_months_shown_masked_through_a_pty() {
+    let pty = PtyMaster::open(None).unwrap();
+    let extra = format!("role = \"kiosk\"\n{}", printer_toml(&pty));
+    let printer = Printer::start(pty, PrinterState::Ok);
+    let (d, mut ptys) = Process::start(&[("r1", "frame", "utf-8")], &extra);
+    let mut c = d.client().await;
+    eventually("printer ok", Duration::from_secs(10), async || {
+        (status(&mut c).await["printer"]["state"] == "ok").then_some(())
+    })
+    .await;
+    ptys[0]
+        .write_all(&card_frame(1, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let read = c.expect("CARD").await;
+    let swipe = read["swipe"].as_u64().unwrap();
+    let name = read["name"].as_str().unwrap().to_string();
+    let shown = c
+        .request(json!({"cmd": "contributions", "swipe": swipe, "months": 3}))
+        .await;
+    let shown = shown["result"]["records"].as_array().unwrap().clone();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    // By number at a kiosk: refused, as for `contributions`.
+    let r = c
+        .request(json!({"cmd": "print_records", "number": card(HOLDER), "months": 3}))
+        .await;
+    assert_eq!(r["code"], "kiosk_requires_swipe", "{r}");
+    let r = c
+        .request(json!({"cmd": "print_records", "swipe": swipe, "months": 3}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["receipt"]["queued"], true, "{r}");
+    let seq = r["result"]["receipt"]["audit_seq"].as_i64().unwrap();
+    let ev = c.expect("RECEIPT").await;
+    assert_eq!(
+        (&ev["kind"], &ev["audit_seq"], &ev["printed"]),
+        (&json!("records"), &json!(seq), &json!(true)),
+        "{ev}"
+    );
+    // The printing is an audit row of its own, about the person.
+    let (action, who): (String, String) = rusqlite::Connection::open(&d.db)
+        .unwrap()
+        .query_row("SELECT action, ssn FROM audit WHERE id = ?1", [seq], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (action.as_str(), who),
+        ("print_records", demo_ssn_full(HOLDER))
+    );
+    let rs = eventually("a records receipt", Duration::from_secs(10), async || {
+        let rs = printer.receipts();
+        (rs.len() == 1).then_some(rs)
+    })
+    .await;
+    let p = &rs[0];
+    assert_eq!(p.titles, vec!["医保缴费记录凭条"]);
+    assert_eq!(field(p, "姓名"), name);
+    assert_eq!(field(p, "证号"), ssn(HOLDER).masked().to_string());
+    let mut total = 0;
+    for m in &shown {
+        let fen = m["account_fen"].as_i64().unwrap();
+        total += fen;
+        let want = format!(
+            "{} {} {}.{:02}",
+            m["month"].as_str().unwrap(),
+            m["employer"].as_str().unwrap(),
+            fen / 100,
+            fen % 100
+        );
+        assert!(p.lines.contains(&want), "{want} not in {:?}", p.lines);
+    }
+    assert_eq!(
+        field(p, "合计"),
+        format!("{}.{:02}", total / 100, total % 100)
+    );
+    assert_eq!(field(p, "流水号"), seq.to_string());
+    assert_eq!(field(p, "校验码"), &audit_hash(&d.db, seq)[..12]);
+    let all = printer.bytes.lock().unwrap().clone();
+    let full = demo_ssn_full(HOLDER);
+    assert!(
+        !all.windows(full.len()).any(|w| w == full.as_bytes()),
+        "a full SSN on paper"
+    );
+
+    // Paper out: refused before anything is printed or audited.
+    *printer.state.lock().unwrap() = PrinterState::PaperEnd;
+    while c.expect("PRINTER").await["state"] != "paper_end" {}
+    let r = c
+        .request(json!({"cmd": "print_records", "swipe": swipe}))
+        .await;
+    assert_eq!(r["code"], "printer_unavailable", "{r}");
+    // The reader keeps serving.
+    ptys[0]
+        .write_all(&card_frame(2, CHILD, "张小明"))
+        .await
+        .unwrap();
+    assert_eq!(c.expect("CARD").await["swipe"], swipe + 1);
+    assert_eq!(printer.receipts().len(), 1);
+    printer.task.abort();
+}
+
+/// Without a printer configured, `print_records` is `printer_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_records_without_a_printer_is_printer_unavailable() {
+    let (d, _ptys) = Process::start(&[("r1", "frame", "gbk")], "");
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "print_records", "number": card(HOLDER)}))
+        .await;
+    assert_eq!(r["code"], "printer_unavailable", "{r}");
+}

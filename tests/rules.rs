@@ -117,6 +117,14 @@ async fn rebind_cooldown_applies_to_another_payer_only(b: Backend) {
         return;
     };
     let mut c = d.client().await;
+    // `status` tells the screens the rules in force, for the consent
+    // statement's cooldown sentence (issue 23).
+    let s = c.request(json!({"cmd": "status"})).await;
+    assert_eq!(
+        s["result"]["policy"],
+        json!({"rebind_cooldown_days": 30, "max_members": null, "scope": "province"}),
+        "{s}"
+    );
     assert_eq!(c.request(unbind(HOLDER2, MEMBER2)).await["ok"], true);
     let r = c.request(bind(HOLDER, MEMBER2, "child")).await;
     assert_eq!(r["code"], "cooldown", "{r}");

@@ -447,6 +447,7 @@ impl Ctx {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .map(|p| Box::new(render::printer_status(p))),
+            policy: Box::new((&self.live().policy).into()),
         }
     }
 

@@ -72,9 +72,9 @@ pub enum Event {
     Printer(PrinterLive),
     /// A receipt was printed, or could not be.
     Receipt {
-        /// Bind or unbind.
+        /// Bind, unbind or records.
         kind: ReceiptKind,
-        /// The audit row of the bind or unbind.
+        /// The audit row of the bind, unbind or printing.
         audit_seq: i64,
         /// Whether it went to the printer.
         printed: bool,
@@ -100,15 +100,16 @@ pub struct PrinterLive {
     pub last_error: Option<String>,
 }
 
-/// A receipt to print: what the daemon knows after a bind or unbind (the
-/// printer task adds the names from the registry and the box's name).
+/// A receipt to print: what the daemon knows after a bind or unbind, or
+/// a person's payment records (the printer task adds the names from the
+/// registry and the box's name).
 #[derive(Debug, Clone)]
 pub struct PrintJob {
-    /// Bind or unbind.
+    /// Bind, unbind or records.
     pub kind: ReceiptKind,
-    /// The account holder.
+    /// The account holder (records: the person).
     pub holder: Ssn,
-    /// The member.
+    /// The member (records: the person again).
     pub member: Ssn,
     /// The relation in Chinese, where known.
     pub relation: Option<String>,
@@ -120,6 +121,17 @@ pub struct PrintJob {
     pub audit: AuditRef,
     /// When (China Standard Time).
     pub at: String,
+    /// `print_records`: the months asked for and the records read.
+    pub records: Option<RecordsJob>,
+}
+
+/// The payment records of a records receipt, as read for the request.
+#[derive(Debug, Clone)]
+pub struct RecordsJob {
+    /// Months asked for.
+    pub months: u32,
+    /// One line per record, newest first.
+    pub lines: Vec<crate::printer::RecordLine>,
 }
 
 /// Live state of one reader, for `status` and for new clients.

@@ -18,10 +18,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
-use super::event::{Event, PrintJob};
+use super::event::{Event, PrintJob, RecordsJob};
 use super::port::Port;
 use crate::config::{PrinterConfig, Station};
-use crate::printer::receipt::{Party, Receipt};
+use crate::printer::receipt::{Party, Receipt, RecordsReceipt};
 use crate::printer::status::{is_status_byte, query, StatusBytes};
 use crate::printer::PrinterState;
 use crate::registry::Lookup;
@@ -159,7 +159,10 @@ async fn print(
         fail(ctx, job, state, format!("printer {state} ({})", state.zh()));
         return true;
     }
-    let bytes = receipt(ctx, job, station).await.render(encoding);
+    let bytes = match &job.records {
+        Some(r) => records_receipt(ctx, job, r, station).await.render(encoding),
+        None => receipt(ctx, job, station).await.render(encoding),
+    };
     let written = tokio::time::timeout(WRITE_TIMEOUT, async {
         port.write_all(&bytes).await?;
         port.flush().await
@@ -197,13 +200,44 @@ async fn print(
 
 /// The receipt of `job`, with the parties' names from the registry (a
 /// name it cannot give is printed as `—`).
+/// A person's name from the registry (unaudited: the printing is audited).
+async fn name(ctx: &Ctx, ssn: crate::Ssn) -> Option<String> {
+    match ctx.store.resolve(Lookup::ssn(ssn)).await {
+        Ok(Ok(r)) => r.person.map(|p| p.name),
+        _ => None,
+    }
+}
+
+fn channel_zh(s: Station) -> String {
+    match s {
+        Station::Kiosk => "自助机".into(),
+        Station::Window => "窗口".into(),
+    }
+}
+
+async fn records_receipt(
+    ctx: &Ctx,
+    job: &PrintJob,
+    r: &RecordsJob,
+    station: &str,
+) -> RecordsReceipt {
+    RecordsReceipt {
+        person: Party {
+            ssn: job.holder,
+            name: name(ctx, job.holder).await,
+        },
+        months: r.months,
+        lines: r.lines.clone(),
+        at: job.at.clone(),
+        channel: channel_zh(job.channel),
+        station: station.to_string(),
+        audit_seq: job.audit.seq,
+        audit_hash: job.audit.short_hash().to_string(),
+    }
+}
+
 async fn receipt(ctx: &Ctx, job: &PrintJob, station: &str) -> Receipt {
-    let name = |ssn| async move {
-        match ctx.store.resolve(Lookup::ssn(ssn)).await {
-            Ok(Ok(r)) => r.person.map(|p| p.name),
-            _ => None,
-        }
-    };
+    let name = |ssn| name(ctx, ssn);
     Receipt {
         kind: job.kind,
         holder: Party {
@@ -216,10 +250,7 @@ async fn receipt(ctx: &Ctx, job: &PrintJob, station: &str) -> Receipt {
         },
         relation: job.relation.clone(),
         at: job.at.clone(),
-        channel: match job.channel {
-            Station::Kiosk => "自助机".into(),
-            Station::Window => "窗口".into(),
-        },
+        channel: channel_zh(job.channel),
         station: station.to_string(),
         operator: job.operator.clone(),
         audit_seq: job.audit.seq,

@@ -24,7 +24,7 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
-use super::event::PrintJob;
+use super::event::{PrintJob, RecordsJob};
 use super::render::{self, error};
 use super::store::Answer;
 use crate::config::Station;
@@ -309,6 +309,32 @@ where
     }
 }
 
+/// `Ok` when a receipt can be printed now: a printer is configured and its
+/// last known state lets it print; else `printer_unavailable`.
+fn printer_ready(ctx: &Ctx) -> Result<(), Refusal> {
+    if ctx.print_queue.get().is_none() {
+        return Err((
+            ErrorCode::PrinterUnavailable,
+            "no receipt printer is configured".into(),
+        ));
+    }
+    let state = ctx
+        .printer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|p| p.state)
+        .unwrap_or_default();
+    if state.can_print() {
+        Ok(())
+    } else {
+        Err((
+            ErrorCode::PrinterUnavailable,
+            format!("the printer cannot print: {state} ({})", state.zh()),
+        ))
+    }
+}
+
 /// The consent statement version a bind records: a self-service bind (no
 /// operator) and every bind at a kiosk must name one the holder confirmed;
 /// a bind with an operator records the one given or the current one. A
@@ -457,6 +483,7 @@ async fn answer(
                 operator: (live.station == Station::Window).then_some(operator),
                 audit,
                 at: crate::printer::receipt::now_cst(),
+                records: None,
             });
             Ok(ReplyResult::Bound(Bound {
                 bound: true,
@@ -488,11 +515,77 @@ async fn answer(
                 operator: (live.station == Station::Window).then_some(operator),
                 audit,
                 at: crate::printer::receipt::now_cst(),
+                records: None,
             });
             Ok(ReplyResult::Unbound(Unbound {
                 unbound: true,
                 receipt,
             }))
+        }
+        Request::PrintRecords {
+            number,
+            swipe,
+            months,
+            ..
+        } => {
+            // Refused before anything is read or audited when no receipt
+            // can be printed.
+            printer_ready(ctx)?;
+            let ssn = party(
+                ctx,
+                live.station,
+                &number,
+                swipe,
+                "person",
+                Purpose::Inquiry,
+            )
+            .await?;
+            let months = months.unwrap_or(12).clamp(1, 120);
+            let records = registry(ctx.store.contributions(ssn, months)).await?;
+            // Printing shows the records: audited like a showing, and the
+            // receipt names the row.
+            let outcome = format!(
+                "ok months={months} records={} channel={}",
+                records.len(),
+                match live.station {
+                    Station::Window => "window",
+                    Station::Kiosk => "kiosk",
+                }
+            );
+            let audit =
+                registry(
+                    ctx.store
+                        .record_ref(actor.to_string(), "print_records", ssn, outcome),
+                )
+                .await?;
+            tracing::info!(person = %ssn, months, audit_seq = audit.seq, "records receipt");
+            let lines = records
+                .iter()
+                .map(|c| crate::printer::RecordLine {
+                    month: c.month.clone(),
+                    employer: c.employer.clone(),
+                    account_fen: c.account_fen,
+                })
+                .collect();
+            let receipt = ctx
+                .queue_receipt(PrintJob {
+                    kind: ReceiptKind::Records,
+                    holder: ssn,
+                    member: ssn,
+                    relation: None,
+                    channel: live.station,
+                    operator: None,
+                    audit,
+                    at: crate::printer::receipt::now_cst(),
+                    records: Some(RecordsJob { months, lines }),
+                })
+                .ok_or_else(|| {
+                    (
+                        ErrorCode::PrinterUnavailable,
+                        "no receipt printer is configured".to_string(),
+                    )
+                })?;
+            Ok(ReplyResult::Printing(protocol::RecordsPrinting { receipt }))
         }
         Request::Contributions {
             number,

@@ -36,8 +36,8 @@ use crate::protocol::ErrorCode;
 use crate::registry::fleet::Heartbeat;
 use crate::registry::pg::Postgres;
 use crate::registry::{
-    AuditRef, BindError, BindPolicy, BindRequest, Contribution, Lookup, Registry, RegistryError,
-    Resolution,
+    AuditRef, BindError, BindPolicy, BindRequest, Contribution, Entry, Lookup, Registry,
+    RegistryError, Resolution,
 };
 use crate::Ssn;
 
@@ -247,6 +247,41 @@ impl Store {
                 }
                 Backend::Postgres(p) => {
                     guarded(p.unbind(&holder, &member, &operator, &actor)).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Appends one audit row (`action` about `ssn`) and returns it.
+    pub async fn record_ref(
+        &self,
+        actor: String,
+        action: &'static str,
+        ssn: Ssn,
+        outcome: String,
+    ) -> Answer<AuditRef, RegistryError> {
+        self.timed("record", async {
+            match &self.backend {
+                Backend::Sqlite(q) => {
+                    job(q, move |reg| {
+                        reg.record_ref(&Entry {
+                            actor: &actor,
+                            action,
+                            ssn: Some(&ssn),
+                            outcome: &outcome,
+                        })
+                    })
+                    .await
+                }
+                Backend::Postgres(p) => {
+                    guarded(p.record_ref(&Entry {
+                        actor: &actor,
+                        action,
+                        ssn: Some(&ssn),
+                        outcome: &outcome,
+                    }))
+                    .await
                 }
             }
         })

@@ -603,13 +603,15 @@ async fn page(mut socket: WebSocket, s: Arc<Shared>) {
     }
 }
 
-/// What a page may ask at a kiosk: bind and inquire by swipe, status.
+/// What a page may ask at a kiosk: bind, inquire and print records by
+/// swipe, status.
 fn kiosk_allows(req: &Request) -> Result<(), (ErrorCode, &'static str)> {
     let by_number = |p: &Parties| p.holder.is_some() || p.member.is_some();
     match req {
         Request::Status { .. } => Ok(()),
         Request::Bind { parties, .. } if !by_number(parties) => Ok(()),
         Request::Contributions { number: None, .. } => Ok(()),
+        Request::PrintRecords { number: None, .. } => Ok(()),
         Request::Lookup { .. } => Err((
             ErrorCode::ManualEntryNotAllowed,
             "manual entry is not allowed at a kiosk; swipe the card",
@@ -625,6 +627,9 @@ fn kiosk_allows(req: &Request) -> Result<(), (ErrorCode, &'static str)> {
 fn in_session(session: &mut Session, req: &Request) -> Result<(), session::Refused> {
     match req {
         Request::Contributions {
+            swipe: Some(swipe), ..
+        }
+        | Request::PrintRecords {
             swipe: Some(swipe), ..
         } => session.records(*swipe),
         Request::Bind { parties, .. } => match (parties.holder_swipe, parties.member_swipe) {

@@ -23,5 +23,5 @@ pub mod receipt;
 pub mod status;
 
 pub use escpos::{Doc, Encoding};
-pub use receipt::{Receipt, ReceiptKind};
+pub use receipt::{Receipt, ReceiptKind, RecordLine, RecordsReceipt};
 pub use status::{PrinterState, StatusBytes};

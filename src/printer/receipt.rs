@@ -1,4 +1,5 @@
-//! What a receipt of a bind or unbind says, and its ESC/POS bytes.
+//! What a receipt of a bind or unbind, or of payment records, says, and
+//! its ESC/POS bytes.
 //!
 //! A receipt holds the parties' SSNs as [`Ssn`] and their names, and
 //! prints only their masked forms (`330102********123X`, `张*`): there is
@@ -15,6 +16,8 @@ pub enum ReceiptKind {
     Bind,
     /// A family link was revoked.
     Unbind,
+    /// Payment records (`print_records`).
+    Records,
 }
 
 impl ReceiptKind {
@@ -23,6 +26,7 @@ impl ReceiptKind {
         match self {
             ReceiptKind::Bind => "家庭共济绑定凭条",
             ReceiptKind::Unbind => "家庭共济解除绑定凭条",
+            ReceiptKind::Records => "医保缴费记录凭条",
         }
     }
 
@@ -31,6 +35,7 @@ impl ReceiptKind {
         match self {
             ReceiptKind::Bind => "bind",
             ReceiptKind::Unbind => "unbind",
+            ReceiptKind::Records => "records",
         }
     }
 }
@@ -132,6 +137,92 @@ impl Receipt {
     }
 }
 
+/// One month of a records receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLine {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Employer.
+    pub employer: String,
+    /// Credited to the personal account, fen.
+    pub account_fen: i64,
+}
+
+/// A receipt of a person's payment records (the months a kiosk's records
+/// screen shows): the person masked, one line per month, the total.
+#[derive(Debug, Clone)]
+pub struct RecordsReceipt {
+    /// The person (printed masked).
+    pub person: Party,
+    /// Months asked for.
+    pub months: u32,
+    /// The records, newest first.
+    pub lines: Vec<RecordLine>,
+    /// Date and time, China Standard Time.
+    pub at: String,
+    /// `自助机` or `窗口`.
+    pub channel: String,
+    /// The box's name.
+    pub station: String,
+    /// The audit row of the printing.
+    pub audit_seq: i64,
+    /// The first 12 hex digits of its hash.
+    pub audit_hash: String,
+}
+
+/// Fen as yuan, `352.00`.
+pub fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    let f = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", f / 100, f % 100)
+}
+
+impl RecordsReceipt {
+    /// The sum credited to the account over the lines, fen.
+    pub fn total_fen(&self) -> i64 {
+        self.lines
+            .iter()
+            .fold(0i64, |t, l| t.saturating_add(l.account_fen))
+    }
+
+    /// The receipt as ESC/POS bytes: title, the person, one line per
+    /// month (month, employer, amount to the account), the total, where
+    /// and when, feed, cut. No QR code: the audit row is named in text.
+    pub fn render(&self, encoding: Encoding) -> Vec<u8> {
+        let mut d = Doc::new(encoding);
+        d.center(true)
+            .title(ReceiptKind::Records.title())
+            .center(false);
+        d.line("--------------------------------");
+        d.line(&format!("姓名: {}", self.person.name_masked()));
+        d.line(&format!("证号: {}", self.person.ssn.masked()));
+        d.line(&format!("查询月数: {}", self.months));
+        d.line("--------------------------------");
+        d.line("月份 单位 划入个人账户(元)");
+        for l in &self.lines {
+            d.line(&format!(
+                "{} {} {}",
+                l.month,
+                l.employer,
+                yuan(l.account_fen)
+            ));
+        }
+        if self.lines.is_empty() {
+            d.line("无缴费记录");
+        }
+        d.line("--------------------------------");
+        d.line(&format!("合计: {}", yuan(self.total_fen())));
+        d.line(&format!("时间: {}", self.at));
+        d.line(&format!("渠道: {}", self.channel));
+        d.line(&format!("终端: {}", self.station));
+        d.line(&format!("流水号: {}", self.audit_seq));
+        d.line(&format!("校验码: {}", self.audit_hash));
+        d.center(true).line("请妥善保管本凭条").center(false);
+        d.feed(3).cut();
+        d.into_bytes()
+    }
+}
+
 /// `secs` since the epoch as China Standard Time (UTC+8, no daylight
 /// saving), `YYYY-MM-DD HH:MM:SS`.
 pub fn cst_datetime(secs: i64) -> String {
@@ -204,5 +295,47 @@ mod tests {
             assert!(p.qr[0].contains("共济人:李*"));
             assert_eq!(p.cuts, 1);
         }
+    }
+
+    #[test]
+    fn a_records_receipt_prints_months_and_total_and_no_full_number() {
+        let ssn = Ssn::parse("11010519491231002X").unwrap();
+        let r = RecordsReceipt {
+            person: Party {
+                ssn,
+                name: Some("张三丰".into()),
+            },
+            months: 2,
+            lines: vec![
+                RecordLine {
+                    month: "2026-11".into(),
+                    employer: "杭州西湖科技有限公司".into(),
+                    account_fen: 35200,
+                },
+                RecordLine {
+                    month: "2026-10".into(),
+                    employer: "杭州西湖科技有限公司".into(),
+                    account_fen: 35205,
+                },
+            ],
+            at: cst_datetime(0),
+            channel: "自助机".into(),
+            station: "kiosk-1".into(),
+            audit_seq: 7,
+            audit_hash: "0123456789ab".into(),
+        };
+        let b = r.render(Encoding::Gbk);
+        assert!(!b.windows(18).any(|w| w == ssn.expose().as_bytes()));
+        let p = decode(&b, Encoding::Gbk);
+        assert_eq!(p.titles, vec!["医保缴费记录凭条"]);
+        let text = p.lines.join("\n");
+        assert!(text.contains("证号: 110105********002X"), "{text}");
+        assert!(
+            text.contains("2026-11 杭州西湖科技有限公司 352.00"),
+            "{text}"
+        );
+        assert!(text.contains("合计: 704.05"), "{text}");
+        assert_eq!(p.cuts, 1);
+        assert_eq!(yuan(-5), "-0.05");
     }
 }

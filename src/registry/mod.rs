@@ -374,6 +374,15 @@ impl Registry {
         }
     }
 
+    /// Appends one audit row in its own transaction and returns it (what
+    /// a receipt of a showing prints).
+    pub fn record_ref(&mut self, e: &audit::Entry<'_>) -> Result<AuditRef, RegistryError> {
+        match &mut self.backend {
+            Backend::Sqlite(s) => s.record_ref(e),
+            Backend::Postgres(p) => p.block(p.record_ref(e)),
+        }
+    }
+
     /// Appends one audit row in its own transaction.
     pub fn record(&mut self, e: &audit::Entry<'_>) -> Result<(), RegistryError> {
         match &mut self.backend {

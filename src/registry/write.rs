@@ -142,6 +142,16 @@ async fn written(tx: &mut dyn WriteTx) -> Result<AuditRef, RegistryError> {
     }
 }
 
+/// Appends one audit row in a write transaction of its own and returns
+/// it: a showing that prints a receipt (`print_records`) names its row.
+pub(crate) async fn record_ref(c: &mut dyn Conn, e: &Entry<'_>) -> Answer<AuditRef> {
+    let mut tx = c.begin().await?;
+    tx.append(e).await?;
+    let w = written(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(w)
+}
+
 /// Revokes the active link between `holder` and `member`, audited (a
 /// refusal too, in the same transaction).
 pub(crate) async fn unbind(
@@ -349,6 +359,11 @@ impl Sqlite {
     /// See [`repair`].
     pub fn repair(&mut self, actor: &str) -> Answer<Repair> {
         self.now(async |s| repair(s, actor).await)
+    }
+
+    /// See [`record_ref`].
+    pub fn record_ref(&mut self, e: &Entry<'_>) -> Answer<AuditRef> {
+        self.now(async |s| record_ref(s, e).await)
     }
 
     /// Appends one audit row in its own transaction.

@@ -584,6 +584,12 @@ impl Postgres {
         })
     }
 
+    /// See [`write::record_ref`].
+    pub async fn record_ref(&self, e: &Entry<'_>) -> Result<AuditRef, RegistryError> {
+        call!(self, |c| write::record_ref(&mut PgConn::new(c, self), e)
+            .await)
+    }
+
     /// Appends one audit row in its own transaction.
     pub async fn record(&self, e: &Entry<'_>) -> Result<(), RegistryError> {
         call!(self, |c| PgConn::new(c, self).record(e).await)
