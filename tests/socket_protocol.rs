@@ -95,6 +95,7 @@ fn every_json_example_parses_and_round_trips() {
         "\"capture\"",
         "\"bind_start\"",
         "\"end\"",
+        "\"keep\"",
     ] {
         assert!(
             examples.iter().any(|e| e.contains(needle)),
