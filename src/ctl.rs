@@ -1107,9 +1107,13 @@ pub async fn replay_pty(
 
 /// The boxes that sent heartbeats into the registry `db`
 /// (`cardlinkctl fleet`), opened read-only: nothing is created or migrated.
-pub fn fleet(db: &Database) -> Result<Vec<crate::registry::fleet::FleetBox>, CtlError> {
+pub fn fleet(
+    db: &Database,
+    key: Option<DbKey>,
+) -> Result<Vec<crate::registry::fleet::FleetBox>, CtlError> {
     let opts = OpenOptions {
         read_only: true,
+        key,
         ..OpenOptions::default()
     };
     Ok(Registry::open_database(db, &opts)?.fleet()?)
@@ -1132,7 +1136,7 @@ pub fn fleet_text(boxes: &[crate::registry::fleet::FleetBox]) -> String {
     if boxes.is_empty() {
         return "no box has sent a heartbeat into this registry\n".into();
     }
-    let rows: Vec<[String; 8]> = boxes
+    let rows: Vec<[String; 9]> = boxes
         .iter()
         .map(|b| {
             [
@@ -1140,6 +1144,7 @@ pub fn fleet_text(boxes: &[crate::registry::fleet::FleetBox]) -> String {
                 b.role.clone(),
                 b.version.clone(),
                 format!("{}/{}", b.readers_up, b.readers_total),
+                b.printer.clone().unwrap_or_else(|| "-".into()),
                 b.last_read.clone().unwrap_or_else(|| "-".into()),
                 duration_text(b.uptime_s),
                 format!("{} ago", duration_text(b.age_s)),
@@ -1156,6 +1161,7 @@ pub fn fleet_text(boxes: &[crate::registry::fleet::FleetBox]) -> String {
         "ROLE",
         "VERSION",
         "READERS",
+        "PRINTER",
         "LAST READ",
         "UPTIME",
         "LAST SEEN",

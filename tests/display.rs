@@ -193,6 +193,48 @@ async fn only_its_own_origin_may_open_the_websocket() {
 // Kiosk sessions end on the clock: these tests run on the real one (a
 // paused clock jumps ahead whenever the runtime waits on the registry's
 // blocking thread).
+/// The printer's events reach a kiosk page (issue 23): the page learns
+/// that a bind's receipt was not printed (`RECEIPT`, no personal data),
+/// here from a printer that cannot be opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kiosk_page_gets_the_receipt_events() {
+    let (d, mut ports) = Daemon::start(
+        &[("k1", "frame", "utf-8")],
+        "role = \"kiosk\"\n[printer]\npath = \"/nonexistent/cardlink-printer\"\n",
+    )
+    .await;
+    let disp = display(&d.socket).await;
+    let mut p = page(&disp).await;
+    daemon_state(&mut p, "connected").await;
+    ports[0]
+        .write_all(&card_frame(1, HOLDER, "张伟"))
+        .await
+        .unwrap();
+    let holder = expect(&mut p, "CARD").await;
+    let r = ask(&mut p, 1, json!({"cmd": "bind_start"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    ports[0]
+        .write_all(&card_frame(2, CHILD, "张小明"))
+        .await
+        .unwrap();
+    let member = expect(&mut p, "CARD").await;
+    let r = ask(&mut p, 2, json!({"cmd": "bind", "holder_swipe": holder["swipe"], "member_swipe": member["swipe"], "relation": "child", "consent": cardlink::registry::consent::CURRENT.version})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["receipt"]["queued"], false, "{r}");
+    let seq = r["result"]["receipt"]["audit_seq"].clone();
+    let ev = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        expect(&mut p, "RECEIPT"),
+    )
+    .await
+    .expect("the RECEIPT event reaches the kiosk page");
+    assert_eq!(
+        (&ev["kind"], &ev["audit_seq"], &ev["printed"]),
+        (&json!("bind"), &seq, &json!(false)),
+        "{ev}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_full_ssn_reaches_a_kiosk_page_even_for_a_privileged_display() {
     let (mut d, mut ports) = Daemon::start(&[("k1", "frame", "utf-8")], "role = \"kiosk\"").await;

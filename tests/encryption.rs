@@ -10,6 +10,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cardlink::registry::{DbKey, KeySource, OpenOptions, Registry};
 use common::*;
@@ -302,6 +303,45 @@ async fn the_daemon_resolves_swipes_on_an_encrypted_registry() {
             assert!(log.contains("credential cardlink-db-key"), "{log}");
         }
     }
+}
+
+// Issue 24 leftover: `cardlinkctl fleet --key-file` opens an encrypted
+// registry (a box beating into it is listed); without the key it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_lists_the_boxes_of_an_encrypted_registry_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "db.key", KEY_A, 0o600);
+    let (ok, _, err) = ctl(&db, Some(&key), &["encrypt"]);
+    assert!(ok, "{err}");
+    let (d, _ptys) = Process::start_on(
+        dir,
+        db.clone().into(),
+        db.clone(),
+        &[("r1", "frame", "utf-8")],
+        &format!("database_key_file = {key:?}\nname = \"kiosk-enc\"\n[fleet]\nheartbeat_s = 1\n"),
+        &[],
+    );
+    let fleet = |key: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardlinkctl"));
+        cmd.args(["fleet", "--json", "--database"]).arg(&db);
+        if let Some(k) = key {
+            cmd.arg("--key-file").arg(k);
+        }
+        run(&mut cmd)
+    };
+    let doc = eventually("the box listed", Duration::from_secs(30), async || {
+        let (ok, out, _) = fleet(Some(&key));
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (ok && v["boxes"][0]["name"] == "kiosk-enc").then_some(v)
+    })
+    .await;
+    assert_eq!(doc["boxes"].as_array().unwrap().len(), 1, "{doc}");
+    let (ok, out, err) = fleet(None);
+    assert!(!ok, "listed without the key: {out}");
+    assert!(err.contains("key"), "{err}");
+    drop(d);
 }
 
 // (e), (f), (g): rekey (old key fails, new works), decrypt to a private

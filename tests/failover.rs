@@ -69,27 +69,19 @@ fn primary_and_standby(test: &str) -> Option<(pg::Server, pg::Server)> {
     Some((primary, standby))
 }
 
-/// Waits until `primary` streams to a standby in `sync` state.
+/// Waits until `primary` streams to a standby in `sync` state (a state
+/// no event announces).
 fn wait_sync(primary: &pg::Server) {
     let url = primary.url("postgres");
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually_sync("the standby in sync", Duration::from_secs(30), || {
         let n = pg::run(
-            &url,
-            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming'",
-            &[],
-            true,
-        );
-        if n == 1 {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "the standby is not in sync within 30 s"
-        );
-        // Polled at the pace of `eventually` (a state no event announces).
-        std::thread::sleep(Duration::from_millis(20));
-    }
+                &url,
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming'",
+                &[],
+                true,
+            );
+        (n == 1).then_some(())
+    });
 }
 
 /// The multi-host URL of both servers (a password in it, which trust

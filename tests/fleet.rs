@@ -89,7 +89,7 @@ async fn two_boxes_on_one_postgresql_registry_are_listed_and_a_stopped_one_goes_
     assert_eq!(w["readers"][0]["name"], "r1");
     assert_eq!(w["readers"][0]["state"], "connected");
     assert_eq!(w["version"], env!("CARGO_PKG_VERSION"));
-    assert!(w["printer"].is_null(), "no printer yet (issue 23): {w}");
+    assert!(w["printer"].is_null(), "a box without a printer: {w}");
     assert!(w["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')));
 
     // The kiosk stops without a goodbye (killed): three missed
@@ -159,6 +159,53 @@ async fn on_sqlite_the_fleet_is_the_one_box() {
     assert_eq!(boxes[0]["online"], true);
     assert_eq!(boxes[0]["role"], "window");
     assert!(fleet_text(&db).contains("window-solo"));
+}
+
+/// Issue 24: a box's printer state is in its heartbeat, listed by
+/// `cardlinkctl fleet` (JSON and table), and follows the printer (the
+/// simulated one runs out of paper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boxs_printer_state_is_listed() {
+    use cardlink::printer::{Encoding, PrinterState};
+    use std::sync::{Arc, Mutex};
+    let pty = cardlink::sim::PtyMaster::open(None).unwrap();
+    let extra = format!(
+        "name = \"kiosk-print\"\nrole = \"kiosk\"\n[fleet]\nheartbeat_s = 1\n[printer]\npath = {:?}\nstatus_interval_s = 1\n",
+        pty.slave_path()
+    );
+    let state = Arc::new(Mutex::new(PrinterState::Ok));
+    let sim = tokio::spawn(cardlink::sim::play_printer(
+        pty,
+        state.clone(),
+        Encoding::Gbk,
+        |_| {},
+    ));
+    let (d, _ptys) = Process::start(&[("r1", "frame", "utf-8")], &extra);
+    let db = Database::Sqlite(d.db.clone());
+    eventually(
+        "the printer ok in the fleet",
+        Duration::from_secs(30),
+        async || (find(&fleet_json(&db), "kiosk-print")?["printer"] == "ok").then_some(()),
+    )
+    .await;
+    *state.lock().unwrap() = PrinterState::PaperEnd;
+    eventually(
+        "paper end in the fleet",
+        Duration::from_secs(30),
+        async || (find(&fleet_json(&db), "kiosk-print")?["printer"] == "paper_end").then_some(()),
+    )
+    .await;
+    let text = fleet_text(&db);
+    assert!(
+        text.lines().next().unwrap_or_default().contains("PRINTER"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kiosk-print"))
+        .unwrap_or_else(|| panic!("not listed:\n{text}"));
+    assert!(line.contains("paper_end"), "{text}");
+    sim.abort();
 }
 
 /// A heartbeat that cannot be written (its table gone) is logged once and

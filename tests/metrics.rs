@@ -364,6 +364,71 @@ async fn a_reader_unplugged_shows_down_in_the_scrape() {
     );
 }
 
+/// Issue 24: the receipt printer in the scrape, one-hot by state, with
+/// its receipts printed and not; the state follows the simulated printer
+/// when it reports paper end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printer_state_and_its_receipts_show_in_the_scrape() {
+    use cardlink::printer::{Encoding, PrinterState};
+    use std::sync::{Arc, Mutex};
+    let pty = cardlink::sim::PtyMaster::open(None).unwrap();
+    let extra = format!(
+        "role = \"window\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[printer]\npath = {:?}\nstatus_interval_s = 1\n",
+        pty.slave_path()
+    );
+    let state = Arc::new(Mutex::new(PrinterState::Ok));
+    let sim = tokio::spawn(cardlink::sim::play_printer(
+        pty,
+        state.clone(),
+        Encoding::Gbk,
+        |_| {},
+    ));
+    let (d, _ptys) = Process::start(&[("r1", "frame", "utf-8")], &extra);
+    let addr = metrics_addr(&d.log);
+    let one_hot = |s: &[(Series, f64)], want: &str| {
+        PrinterState::ALL.iter().all(|st| {
+            let v = value(s, "cardlink_printer_state", &[("state", st.as_str())]);
+            v == if st.as_str() == want { 1.0 } else { 0.0 }
+        })
+    };
+    eventually(
+        "printer ok in the scrape",
+        Duration::from_secs(10),
+        async || {
+            let (_, _, body) = scrape(addr).await;
+            one_hot(&parse(&body), "ok").then_some(())
+        },
+    )
+    .await;
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "bind", "holder": card(HOLDER), "member": card(CHILD), "relation": "child", "operator": "clerk7"}))
+        .await;
+    assert_eq!(r["result"]["receipt"]["queued"], true, "{r}");
+    eventually("a receipt counted", Duration::from_secs(10), async || {
+        let (_, _, body) = scrape(addr).await;
+        (value(&parse(&body), "cardlink_receipts_printed_total", &[]) == 1.0).then_some(())
+    })
+    .await;
+    *state.lock().unwrap() = PrinterState::PaperEnd;
+    let body = eventually(
+        "paper end in the scrape",
+        Duration::from_secs(10),
+        async || {
+            let (_, _, body) = scrape(addr).await;
+            one_hot(&parse(&body), "paper_end").then_some(body)
+        },
+    )
+    .await;
+    let s = parse(&body);
+    assert_eq!(value(&s, "cardlink_receipts_failed_total", &[]), 0.0);
+    // Only the fixed vocabulary of states in its labels.
+    for (series, _) in s.iter().filter(|(x, _)| x.name == "cardlink_printer_state") {
+        assert_eq!(series.labels.keys().collect::<Vec<_>>(), ["state"]);
+    }
+    sim.abort();
+}
+
 /// A metrics address that is not IP:port is refused by the
 /// configuration check with the key it is about.
 #[test]

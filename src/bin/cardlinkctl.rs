@@ -215,6 +215,10 @@ enum Cmd {
         /// Print a JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// The key of an encrypted SQLite registry (as for `db`); without
+        /// it, the systemd credential cardlink-db-key when there is one.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Daemon status: readers, state, counts, firmware, role, uptime.
     Status {
@@ -620,8 +624,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Fleet { database, json } => {
-            let boxes = ctl::fleet(&database)?;
+        Cmd::Fleet {
+            database,
+            json,
+            key_file,
+        } => {
+            // As for `db`: the key applies to a SQLite registry; a
+            // PostgreSQL one with --key-file is refused when opened.
+            let source = match &database {
+                Database::Sqlite(_) => KeySource::choose(key_file.as_deref()),
+                Database::Postgres(_) => key_file.map(KeySource::File),
+            };
+            let key = source.as_ref().map(KeySource::load).transpose()?;
+            let boxes = ctl::fleet(&database, key)?;
             if json {
                 println!("{}", ctl::fleet_json(&boxes));
             } else {

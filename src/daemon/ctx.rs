@@ -451,6 +451,30 @@ impl Ctx {
         }
     }
 
+    /// The printer's state and counts for a metrics scrape (`None`
+    /// without a printer).
+    pub fn printer_scrape(&self) -> Option<super::metrics::PrinterScrape> {
+        self.printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| super::metrics::PrinterScrape {
+                state: p.state,
+                printed: p.printed,
+                failed: p.failed,
+            })
+    }
+
+    /// The printer's state in the fleet heartbeat (`None` without a
+    /// printer): the wire name of its state.
+    pub fn printer_state_name(&self) -> Option<&'static str> {
+        self.printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.state.as_str())
+    }
+
     /// Changes the printer's live state with `f`; publishes `PRINTER`
     /// when its state or cause changed (under the lock, so events come in
     /// the order of the changes).

@@ -48,8 +48,8 @@ pub fn heartbeat(ctx: &Ctx, beat: &Beat) -> Heartbeat {
                 state: state.as_str().into(),
             })
             .collect(),
-        // Issue 23: the printer's state goes here once there is a printer.
-        printer: None,
+        // The printer's state (`paper_end`, …; none without a printer).
+        printer: ctx.printer_state_name().map(Into::into),
         last_read: ctx.last_read(),
         uptime_s: ctx.uptime().as_secs(),
     }

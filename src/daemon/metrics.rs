@@ -13,10 +13,9 @@
 //! | `cardlink_resolver_queue_depth` (gauge) | `reader` | reads acknowledged and waiting for the registry |
 //! | `cardlink_display_clients` (gauge) | | socket clients connected, read at each scrape |
 //! | `cardlink_heartbeats_total` | `result` (`ok`, `failed`) | the fleet heartbeat ([`super::fleet`]) |
+//! | `cardlink_printer_state` (gauge, 1 for the current state) | `state` (`ok`, `paper_near_end`, `paper_end`, `cover_open`, `offline`, `error`, `disconnected`) | read at each scrape from the printer's live state; absent without a printer |
+//! | `cardlink_receipts_printed_total`, `cardlink_receipts_failed_total` | | the printer task's counts (as in `status`), read at each scrape |
 //! | `cardlink_build_info` (gauge, 1) | `version`, `sim` | |
-//!
-//! The printer's state (issue 23) gets `cardlink_printer_up` here once
-//! there is a printer; there is none today, so the metric is absent.
 //!
 //! Labels are reader names from the configuration, fixed vocabularies
 //! (sources, outcomes, codes, operations) and the release: never a card,
@@ -38,6 +37,22 @@ struct ReaderLabel {
 struct StateLabels {
     reader: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrinterStateLabel {
+    state: String,
+}
+
+/// The printer as a scrape sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrinterScrape {
+    /// Its state.
+    pub state: crate::printer::PrinterState,
+    /// Receipts printed since start.
+    pub printed: u64,
+    /// Receipts not printed since start.
+    pub failed: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +105,9 @@ pub struct DaemonMetrics {
     queue: Family<ReaderLabel, Gauge>,
     clients: Gauge,
     heartbeats: Family<ResultLabel, Counter>,
+    printer_state: Family<PrinterStateLabel, Gauge>,
+    printed: Counter,
+    print_failed: Counter,
 }
 
 impl std::fmt::Debug for DaemonMetrics {
@@ -126,6 +144,9 @@ impl DaemonMetrics {
             queue: Family::default(),
             clients: Gauge::default(),
             heartbeats: Family::default(),
+            printer_state: Family::default(),
+            printed: Counter::default(),
+            print_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -182,6 +203,21 @@ impl DaemonMetrics {
             "cardlink_heartbeats",
             "Fleet heartbeats written into the registry, by result",
             m.heartbeats.clone(),
+        );
+        registry.register(
+            "cardlink_printer_state",
+            "1 for the receipt printer's current state (absent without a printer)",
+            m.printer_state.clone(),
+        );
+        registry.register(
+            "cardlink_receipts_printed",
+            "Receipts printed",
+            m.printed.clone(),
+        );
+        registry.register(
+            "cardlink_receipts_failed",
+            "Receipts that could not be printed",
+            m.print_failed.clone(),
         );
         crate::metrics::register_build_info(&mut registry);
         DaemonMetrics { registry, ..m }
@@ -270,13 +306,29 @@ impl DaemonMetrics {
     }
 
     /// The exposition, with the gauges that mirror state set first from
-    /// `readers` (name, state) and `clients`. Readers no longer
-    /// configured disappear from it.
+    /// `readers` (name, state), `clients` and the printer. Readers no
+    /// longer configured disappear from it.
     pub fn render<'a>(
         &self,
         readers: impl IntoIterator<Item = (&'a str, &'a str)>,
         clients: u64,
+        printer: Option<PrinterScrape>,
     ) -> String {
+        self.printer_state.clear();
+        if let Some(p) = printer {
+            for s in crate::printer::PrinterState::ALL {
+                self.printer_state
+                    .get_or_create(&PrinterStateLabel {
+                        state: s.as_str().into(),
+                    })
+                    .set(i64::from(s == p.state));
+            }
+            // The printer task's counts only grow: the counters follow.
+            self.printed
+                .inc_by(p.printed.saturating_sub(self.printed.get()));
+            self.print_failed
+                .inc_by(p.failed.saturating_sub(self.print_failed.get()));
+        }
         self.reader_up.clear();
         self.reader_state.clear();
         for (name, state) in readers {

@@ -194,6 +194,7 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
             scraped.metrics.render(
                 states.iter().map(|(n, s)| (n.as_str(), s.as_str())),
                 scraped.clients.load(std::sync::atomic::Ordering::Relaxed),
+                scraped.printer_scrape(),
             )
         });
         tokio::spawn(crate::metrics::serve(listener, render, shutdown.clone()));

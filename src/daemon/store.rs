@@ -53,6 +53,8 @@ pub struct Store {
     metrics: Option<Arc<DaemonMetrics>>,
     /// A SQLite registry's file (none in memory), for the heartbeat.
     sqlite_path: Option<std::path::PathBuf>,
+    /// Its SQLCipher key, for the heartbeat's own connection.
+    sqlite_key: Option<crate::registry::DbKey>,
 }
 
 /// How long a SQLite heartbeat waits for the file's write lock.
@@ -88,6 +90,7 @@ impl Store {
             .and_then(|c| c.path())
             .filter(|p| !p.is_empty())
             .map(std::path::PathBuf::from);
+        let sqlite_key = reg.sqlite_key().cloned();
         let backend = match reg.into_async_postgres() {
             Ok(pg) => Backend::Postgres(Arc::new(pg)),
             Err(reg) => Backend::Sqlite(start_worker(*reg)),
@@ -96,6 +99,7 @@ impl Store {
             backend,
             metrics: None,
             sqlite_path,
+            sqlite_key,
         }
     }
 
@@ -148,9 +152,14 @@ impl Store {
                 (Backend::Postgres(p), _) => guarded(p.heartbeat(&hb)).await,
                 (Backend::Sqlite(_), None) => Ok(Ok(())),
                 (Backend::Sqlite(_), Some(path)) => {
-                    let path = path.clone();
+                    let (path, key) = (path.clone(), self.sqlite_key.clone());
                     tokio::task::spawn_blocking(move || {
-                        crate::registry::fleet::beat_sqlite(&path, &hb, HEARTBEAT_BUSY)
+                        crate::registry::fleet::beat_sqlite_keyed(
+                            &path,
+                            key.as_ref(),
+                            &hb,
+                            HEARTBEAT_BUSY,
+                        )
                     })
                     .await
                     .map_err(|_| panicked())

@@ -8,7 +8,7 @@
 //! [`super::write`] (which exists for records that must be audited). It
 //! holds no personal data: the box's name, role and release, its readers'
 //! configured names and states, when it last read a card (no card), its
-//! uptime, the printer's state once there is one (issue 23: absent today),
+//! uptime, the printer's state (`ok`, `paper_end`, …; absent without one),
 //! and when it was last seen — by the database's clock (`now()` on
 //! PostgreSQL), so boxes with wrong clocks are judged alike.
 //!
@@ -52,7 +52,7 @@ pub struct Heartbeat {
     pub interval_s: u32,
     /// Its readers.
     pub readers: Vec<ReaderBeat>,
-    /// The printer's state; `None` until there is a printer (issue 23).
+    /// The printer's state (`ok`, `paper_end`, …); `None` without a printer.
     pub printer: Option<String>,
     /// When it last resolved a card read.
     pub last_read: Option<SystemTime>,
@@ -96,7 +96,7 @@ pub struct FleetBox {
     pub readers_up: i64,
     /// Readers configured.
     pub readers_total: i64,
-    /// The printer's state (none yet).
+    /// The printer's state (`None`: the box has no printer).
     pub printer: Option<String>,
     /// When it last read a card (UTC, RFC 3339).
     pub last_read: Option<String>,
@@ -159,6 +159,17 @@ pub fn beat_sqlite(
     hb: &Heartbeat,
     busy: std::time::Duration,
 ) -> Result<(), RegistryError> {
+    beat_sqlite_keyed(path, None, hb, busy)
+}
+
+/// [`beat_sqlite`] into a registry encrypted with `key` (SQLCipher): the
+/// heartbeat's connection is given the key like the registry's own.
+pub fn beat_sqlite_keyed(
+    path: &std::path::Path,
+    key: Option<&super::key::DbKey>,
+    hb: &Heartbeat,
+    busy: std::time::Duration,
+) -> Result<(), RegistryError> {
     use rusqlite::OpenFlags;
     let sql = |e| RegistryError::from_sql(e, busy);
     super::sqlite::initialize();
@@ -170,6 +181,7 @@ pub fn beat_sqlite(
         path: path.display().to_string(),
         source,
     })?;
+    super::sqlite::unlock(&conn, path, key, busy)?;
     conn.busy_timeout(busy).map_err(sql)?;
     let last_read = hb
         .last_read

@@ -236,6 +236,15 @@ impl Registry {
         }
     }
 
+    /// The SQLCipher key a SQLite registry was opened with (`None`: a
+    /// plain file, or PostgreSQL).
+    pub fn sqlite_key(&self) -> Option<&DbKey> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.key.as_ref(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// The SQLite connection, for tests, benchmarks and tools that compare
     /// raw SQL; `None` on PostgreSQL.
     pub fn sqlite_connection(&self) -> Option<&Connection> {

@@ -114,6 +114,7 @@ mod tests {
             conn,
             busy_timeout: std::time::Duration::from_secs(1),
             audit: Default::default(),
+            key: None,
         });
         assert_eq!(reg.drift().unwrap().total(), 0);
         let r = reg.resolve(&Lookup::card_no(member_card)).unwrap();

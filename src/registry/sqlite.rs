@@ -94,6 +94,9 @@ pub struct Sqlite {
     pub(crate) busy_timeout: Duration,
     /// The audit chain's algorithm and this writer's sealing.
     pub(crate) audit: AuditSetup,
+    /// The SQLCipher key it was opened with, for connections of its own
+    /// (the fleet heartbeat's).
+    pub(crate) key: Option<DbKey>,
 }
 
 /// Counts of the main tables.
@@ -193,6 +196,7 @@ impl Sqlite {
             conn,
             busy_timeout: t,
             audit: AuditSetup::new(opts.audit_hash, seal),
+            key: opts.key.clone(),
         };
         s.settle_audit(opts.read_only)?;
         Ok(s)

@@ -207,6 +207,27 @@ pub async fn eventually<T>(
     }
 }
 
+/// [`eventually`] for code outside a runtime (or inside `block_in_place`):
+/// asks `check` every 20 ms until it gives a value, and fails the test
+/// with `what` when it has not within `limit`.
+pub fn eventually_sync<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A child process killed (and reaped) when the test lets go of it, also
 /// when the test fails first.
 pub struct Kill(pub std::process::Child);
