@@ -2,7 +2,8 @@
 //! in the kiosk page: the real cardlinkd (kiosk role), the real
 //! cardlink-display, headless Chromium through chromedriver.
 //!
-//! `cargo bench --bench display` (needs chromium and chromium-driver).
+//! `cargo bench --bench display` (needs chromium and chromium-driver): the
+//! swipes in normal mode, then as many in 长辈模式.
 //! The page stamps each CARD's arrival and its paint (two animation frames
 //! after rendering) with `performance.timeOrigin + performance.now()`, on
 //! the same clock as the host's `SystemTime` here.
@@ -100,48 +101,67 @@ async fn main() -> anyhow::Result<()> {
         .for_element(Locator::Css("body[data-screen='idle']"))
         .await?;
 
-    let (mut total, mut to_page, mut in_page) = (Vec::new(), Vec::new(), Vec::new());
-    for k in 0..swipes {
-        let i = (k * 37) % 1000;
-        let card = SimCard {
-            ssn: demo_ssn(i),
-            card_no: demo_card_no(i),
-            pan: None,
-            name: "测试".into(),
-            issued: "20200101".into(),
-            expires: "20991231".into(),
-            document: None,
-        };
-        let frame = encode_vec((k % 256) as u8, Cmd::CardIc as u8, card.record().as_bytes())?;
-        pty.write_all(&frame).await?;
-        let written = now_ms();
-        let swipe = k + 1;
-        c.wait()
-            .at_most(Duration::from_secs(20))
-            .for_element(Locator::Css(&format!("body[data-painted='{swipe}']")))
-            .await?;
-        let t = c
-            .execute(&format!("return window.__painted[{swipe}]"), vec![])
-            .await?;
-        let arrived = t["arrived"].as_f64().unwrap_or(f64::NAN);
-        let painted = t["painted"].as_f64().unwrap_or(f64::NAN);
-        total.push(painted - written);
-        to_page.push(arrived - written);
-        in_page.push(painted - arrived);
-    }
-    let n = total.len();
-    println!("{n} swipes, frame written on the pty -> result painted in the kiosk page:");
-    for (name, v) in [
-        ("total", &mut total),
-        ("pty -> WebSocket message in the page", &mut to_page),
-        ("message -> painted", &mut in_page),
-    ] {
+    // The same swipes in normal mode, then in 长辈模式 (switched on by a
+    // touch of its control, as a patient does; it holds from swipe to swipe).
+    let mut swipe = 0u64;
+    for elder in [false, true] {
+        if elder {
+            c.find(Locator::Css("#elder")).await?.click().await?;
+            c.wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css("body.elder"))
+                .await?;
+        }
+        let (mut total, mut to_page, mut in_page) = (Vec::new(), Vec::new(), Vec::new());
+        for k in 0..swipes {
+            swipe += 1;
+            let i = (k * 37) % 1000;
+            let card = SimCard {
+                ssn: demo_ssn(i),
+                card_no: demo_card_no(i),
+                pan: None,
+                name: "测试".into(),
+                issued: "20200101".into(),
+                expires: "20991231".into(),
+                document: None,
+            };
+            let frame = encode_vec(
+                (swipe % 256) as u8,
+                Cmd::CardIc as u8,
+                card.record().as_bytes(),
+            )?;
+            pty.write_all(&frame).await?;
+            let written = now_ms();
+            c.wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(&format!("body[data-painted='{swipe}']")))
+                .await?;
+            let t = c
+                .execute(&format!("return window.__painted[{swipe}]"), vec![])
+                .await?;
+            let arrived = t["arrived"].as_f64().unwrap_or(f64::NAN);
+            let painted = t["painted"].as_f64().unwrap_or(f64::NAN);
+            total.push(painted - written);
+            to_page.push(arrived - written);
+            in_page.push(painted - arrived);
+        }
+        let n = total.len();
+        let mode = if elder { "长辈模式" } else { "normal mode" };
         println!(
-            "  {name:<38} median {:6.1} ms   p99 {:6.1} ms   max {:6.1} ms",
-            pct(v, 0.5),
-            pct(v, 0.99),
-            pct(v, 1.0)
+            "{n} swipes in {mode}, frame written on the pty -> result painted in the kiosk page:"
         );
+        for (name, v) in [
+            ("total", &mut total),
+            ("pty -> WebSocket message in the page", &mut to_page),
+            ("message -> painted", &mut in_page),
+        ] {
+            println!(
+                "  {name:<38} median {:6.1} ms   p99 {:6.1} ms   max {:6.1} ms",
+                pct(v, 0.5),
+                pct(v, 0.99),
+                pct(v, 1.0)
+            );
+        }
     }
     c.close().await?;
     let _ = driver.kill();

@@ -604,6 +604,51 @@ pub struct DisplayMsg {
     pub operator: Option<String>,
     /// Seconds without a swipe or a touch after which a kiosk session ends.
     pub idle_s: u64,
+    /// Whether a kiosk page starts in 长辈模式 (elder mode:
+    /// `cardlink-display --elder`); the person can toggle it on any screen.
+    #[serde(default)]
+    pub elder: bool,
+    /// When a kiosk page speaks its screens' key sentences.
+    #[serde(default)]
+    pub speech: Speech,
+}
+
+/// When a kiosk page speaks (`cardlink-display --speech`, `DISPLAY`
+/// `speech`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speech {
+    /// In 长辈模式 only.
+    #[default]
+    Elder,
+    /// In both modes.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl Speech {
+    /// Every value, in the order of `--speech`'s help.
+    pub const ALL: [Speech; 3] = [Speech::Elder, Speech::Always, Speech::Never];
+
+    /// Its name on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Speech::Elder => "elder",
+            Speech::Always => "always",
+            Speech::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Speech {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Speech::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not one of elder, always, never"))
+    }
 }
 
 /// `VERSION`.
@@ -763,6 +808,8 @@ pub enum ReplyResult {
     BindStarted(BindStarted),
     /// `end` (display, kiosk): `{"ended":true}`.
     Ended(Ended),
+    /// `keep` (display, kiosk): `{"kept":true,"idle_s":60}`.
+    Kept(Kept),
     /// `print_records`: `{"receipt":{…}}`.
     Printing(RecordsPrinting),
 }
@@ -803,6 +850,15 @@ pub enum BindStep {
 pub struct Ended {
     /// Always `true`.
     pub ended: bool,
+}
+
+/// The result of `keep`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// Whether a session was live (and now lasts `idle_s` from now).
+    pub kept: bool,
+    /// Seconds without a touch before the session ends, now.
+    pub idle_s: u64,
 }
 
 /// How a card resolved (the registry's outcome on the wire).
@@ -1338,6 +1394,15 @@ pub enum PageRequest {
         /// Request id.
         id: Value,
     },
+    /// `{"cmd":"keep","elder":bool}`: the person is still there (touched
+    /// the screen, pressed 继续); `elder`: the page is in 长辈模式, so its
+    /// session lasts at least a minute without a touch.
+    Keep {
+        /// Request id.
+        id: Value,
+        /// 长辈模式 on.
+        elder: bool,
+    },
 }
 
 impl PageRequest {
@@ -1345,7 +1410,9 @@ impl PageRequest {
     pub fn id(&self) -> &Value {
         match self {
             PageRequest::Daemon(r) => r.id(),
-            PageRequest::BindStart { id } | PageRequest::End { id } => id,
+            PageRequest::BindStart { id }
+            | PageRequest::End { id }
+            | PageRequest::Keep { id, .. } => id,
         }
     }
 }
@@ -1371,6 +1438,26 @@ pub fn parse_page_request(line: &[u8]) -> Result<PageRequest, BadRequest> {
             } else {
                 PageRequest::BindStart { id }
             })
+        }
+        Some("keep") => {
+            let bad = |message: String| BadRequest {
+                id: Some(id.clone()),
+                code: ErrorCode::BadRequest,
+                message,
+            };
+            let obj = v.as_object();
+            if let Some(k) = obj.and_then(|o| {
+                o.keys()
+                    .find(|k| !["id", "cmd", "elder"].contains(&k.as_str()))
+            }) {
+                return Err(bad(format!("unknown field `{k}`")));
+            }
+            let elder = match v.get("elder") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(bad("`elder` must be true or false".into())),
+            };
+            Ok(PageRequest::Keep { id, elder })
         }
         _ => request_from_value(v).map(PageRequest::Daemon),
     }

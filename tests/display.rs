@@ -58,6 +58,8 @@ async fn display_idle(
             operator: operator.map(Into::into),
             idle,
             max_connections: 64,
+            elder: false,
+            speech: cardlink::protocol::Speech::Elder,
         },
         stop.clone(),
     ));
@@ -643,6 +645,8 @@ async fn a_local_user_outside_the_screen_group_cannot_drive_the_display() {
             operator: Some(OPERATOR.into()),
             idle: IDLE,
             max_connections: 64,
+            elder: false,
+            speech: cardlink::protocol::Speech::Elder,
         },
         stop.clone(),
     ));

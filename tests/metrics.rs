@@ -467,6 +467,8 @@ async fn the_display_counts_its_pages_and_its_daemon_link() {
             operator: None,
             idle: Duration::from_secs(30),
             max_connections: 16,
+            elder: false,
+            speech: cardlink::protocol::Speech::Elder,
         },
         stop.clone(),
     ));

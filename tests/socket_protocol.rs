@@ -58,6 +58,7 @@ fn round_trip(text: &str) -> Result<(), String> {
             PageRequest::Daemon(r) => serde_json::to_value(&r).map_err(|e| e.to_string())?,
             PageRequest::BindStart { id } => json!({"id": id, "cmd": "bind_start"}),
             PageRequest::End { id } => json!({"id": id, "cmd": "end"}),
+            PageRequest::Keep { id, elder } => json!({"id": id, "cmd": "keep", "elder": elder}),
         }
     } else if v.get("mode").is_some() {
         let r: ReaderStatus = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
@@ -94,6 +95,7 @@ fn every_json_example_parses_and_round_trips() {
         "\"capture\"",
         "\"bind_start\"",
         "\"end\"",
+        "\"keep\"",
     ] {
         assert!(
             examples.iter().any(|e| e.contains(needle)),

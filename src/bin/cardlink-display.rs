@@ -30,6 +30,16 @@ struct Args {
     /// Seconds without a swipe or a touch after which a kiosk session ends.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..=3600))]
     idle_s: u64,
+    /// Kiosk pages start in 长辈模式 (elder mode: larger text and
+    /// controls, at least 60 s before returning to the start); the person
+    /// can switch it off and on with the 长辈模式 control on every screen.
+    #[arg(long, env = "CARDLINK_DISPLAY_ELDER")]
+    elder: bool,
+    /// When kiosk pages speak their key sentences in Mandarin (through the
+    /// browser's speechSynthesis, where the box has a zh-CN voice):
+    /// `elder` (in 长辈模式 only), `always` or `never`.
+    #[arg(long, env = "CARDLINK_DISPLAY_SPEECH", default_value = "elder")]
+    speech: cardlink::protocol::Speech,
     /// Connections served at once (fewer if RLIMIT_NOFILE is lower).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_connections: u64,
@@ -93,6 +103,8 @@ fn run() -> anyhow::Result<()> {
         key,
         operator: args.operator,
         idle: Duration::from_secs(args.idle_s),
+        elder: args.elder,
+        speech: args.speech,
         max_connections: cardlink::display::connection_limit(
             usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         ),

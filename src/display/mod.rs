@@ -27,8 +27,8 @@
 //!
 //! To the page it adds one message class, `DISPLAY`
 //! ([`crate::protocol::DisplayMsg`]), sent on connect and whenever the
-//! daemon link or the role changes, and two requests, `bind_start` and
-//! `end` ([`crate::protocol::PageRequest`]).
+//! daemon link or the role changes, and three requests, `bind_start`,
+//! `end` and `keep` ([`crate::protocol::PageRequest`]).
 
 pub mod key;
 pub mod session;
@@ -52,9 +52,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Requester;
 use crate::protocol::{
-    BindStarted, BindStep, Card, CardResult, DaemonLink, DisplayMsg, Ended, ErrorCode, Message,
-    PageRequest, Parties, Reply, ReplyResult, Request, Role, Sentence, SessionEnd, SessionMsg,
-    WireOutcome, MAX_REQUEST,
+    BindStarted, BindStep, Card, CardResult, DaemonLink, DisplayMsg, Ended, ErrorCode, Kept,
+    Message, PageRequest, Parties, Reply, ReplyResult, Request, Role, Sentence, SessionEnd,
+    SessionMsg, Speech, WireOutcome, MAX_REQUEST,
 };
 pub use key::ScreenKey;
 use session::Session;
@@ -100,6 +100,10 @@ pub struct Settings {
     pub idle: Duration,
     /// Connections served at once (more wait to be accepted).
     pub max_connections: usize,
+    /// Kiosk pages start in 长辈模式 (`--elder`).
+    pub elder: bool,
+    /// When kiosk pages speak (`--speech`).
+    pub speech: Speech,
 }
 
 /// The daemon connection as the pages see it.
@@ -369,7 +373,8 @@ async fn guard(State(s): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Re
 /// The page's tables of sentences and labels, as a script it loads before
 /// its own: every [`ErrorCode`]'s sentence ([`ErrorCode::sentence`]) and
 /// every relation's label ([`crate::protocol::relation_label`]), in
-/// Chinese and English. The one table is Rust's; the page keeps no copy.
+/// Chinese and English, and the consent statement a holder confirms
+/// before a kiosk bind ([`crate::registry::consent::CURRENT`]). The one table is Rust's; the page keeps no copy.
 pub fn codes_js() -> String {
     let entry =
         |key: &str, s: Sentence| format!("  {}: [{}, {}],\n", line(&key), line(&s.zh), line(&s.en));
@@ -388,6 +393,21 @@ pub fn codes_js() -> String {
         out += &entry(r.as_str(), crate::protocol::relation_label(r));
     }
     out += "};\n";
+    // The statement a holder confirms before a kiosk bind; `{days}` in
+    // `cooldown` is the province's cooldown (status `policy`).
+    let c = crate::registry::consent::CURRENT;
+    out += &format!(
+        "\n// registry::consent::CURRENT: shown before a kiosk bind; its version goes with the bind.\nconst CONSENT = {{\n  version: {},\n  sentences: [\n",
+        line(&c.version)
+    );
+    for (zh, en) in c.sentences {
+        out += &format!("    [{}, {}],\n", line(zh), line(en));
+    }
+    out += &format!(
+        "  ],\n  cooldown: [{}, {}],\n}};\n",
+        line(&c.cooldown.0),
+        line(&c.cooldown.1)
+    );
     out
 }
 
@@ -507,6 +527,8 @@ fn display_line(s: &Shared, h: &Health) -> String {
         role: h.role,
         operator: s.settings.operator.clone(),
         idle_s: s.settings.idle.as_secs(),
+        elder: s.settings.elder,
+        speech: s.settings.speech,
     }))
 }
 
@@ -518,7 +540,7 @@ async fn page(mut socket: WebSocket, s: Arc<Shared>) {
     // (harmless, a state), never not at all.
     let mut lines = s.lines.subscribe();
     let mut health = s.health.subscribe();
-    let mut session = Session::new(s.settings.idle);
+    let mut session = Session::new(s.settings.idle, s.settings.elder);
     let mut first = vec![display_line(&s, &health.borrow_and_update())];
     first.extend(
         s.readers
@@ -647,7 +669,17 @@ async fn answer(s: &Shared, session: &mut Session, text: &str) -> Message {
             session.end();
             return Message::Reply(Reply::ok(id, ReplyResult::Ended(Ended { ended: true })));
         }
-        PageRequest::BindStart { .. } | PageRequest::End { .. } => {
+        PageRequest::Keep { elder, .. } if kiosk => {
+            let kept = session.keep(elder);
+            return Message::Reply(Reply::ok(
+                id,
+                ReplyResult::Kept(Kept {
+                    kept,
+                    idle_s: session.span().as_secs(),
+                }),
+            ));
+        }
+        PageRequest::BindStart { .. } | PageRequest::End { .. } | PageRequest::Keep { .. } => {
             return refuse(&id, ErrorCode::BadRequest, "kiosk sessions only");
         }
     };

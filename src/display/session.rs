@@ -12,6 +12,14 @@
 //! * when the page says the person is done (`end`), after a bind, and when
 //!   the role changes.
 //!
+//! In 长辈模式 (elder mode, the page's `keep` with `elder`, or the
+//! display's default `--elder`) the session lasts at least [`ELDER_IDLE`]
+//! without a touch: the 2021 适老化 rules of the Ministry of Industry and
+//! Information Technology (《移动互联网应用（APP）适老化通用设计规范》 and
+//! 《互联网网站适老化通用设计规范》, April 2021) ask for no time limits
+//! where they are not essential. The mode goes back
+//! to the display's default when the session ends.
+//!
 //! Payment records are shown only for the session's person; a bind only
 //! for the holder and member of the bind flow that this session started
 //! (`bind_start`) and in which the member's card was swiped.
@@ -32,10 +40,15 @@ enum Flow {
     Choosing(u64),
 }
 
+/// The shortest idle time of a session in 长辈模式.
+pub const ELDER_IDLE: Duration = Duration::from_secs(60);
+
 /// One page's session at a kiosk.
 #[derive(Debug)]
 pub struct Session {
     idle: Duration,
+    elder_default: bool,
+    elder: bool,
     person: Option<u64>,
     flow: Flow,
     last: Instant,
@@ -66,10 +79,13 @@ impl Refused {
 }
 
 impl Session {
-    /// An empty session that ends after `idle`.
-    pub fn new(idle: Duration) -> Session {
+    /// An empty session that ends after `idle` (at least [`ELDER_IDLE`]
+    /// in 长辈模式, which is on from the start when `elder`).
+    pub fn new(idle: Duration, elder: bool) -> Session {
         Session {
             idle,
+            elder_default: elder,
+            elder,
             person: None,
             flow: Flow::None,
             last: Instant::now(),
@@ -79,11 +95,21 @@ impl Session {
     fn reset(&mut self) {
         self.person = None;
         self.flow = Flow::None;
+        self.elder = self.elder_default;
+    }
+
+    /// How long the session lasts without a touch, now.
+    pub fn span(&self) -> Duration {
+        if self.elder {
+            self.idle.max(ELDER_IDLE)
+        } else {
+            self.idle
+        }
     }
 
     /// Ends the session if it has been idle too long.
     fn expire(&mut self, now: Instant) {
-        if now.duration_since(self.last) >= self.idle {
+        if now.duration_since(self.last) >= self.span() {
             self.reset();
         }
     }
@@ -91,7 +117,18 @@ impl Session {
     /// When the session ends unless something happens first (`None`
     /// while there is none).
     pub fn deadline(&self) -> Option<Instant> {
-        (self.person.is_some() || self.flow != Flow::None).then_some(self.last + self.idle)
+        (self.person.is_some() || self.flow != Flow::None).then_some(self.last + self.span())
+    }
+
+    /// The person is still there (a touch, 继续), in 长辈模式 or not;
+    /// whether a session is live. The mode holds until the session ends,
+    /// also when it is set before the first swipe.
+    pub fn keep(&mut self, elder: bool) -> bool {
+        let now = Instant::now();
+        self.expire(now);
+        self.elder = elder;
+        self.last = now;
+        self.person.is_some() || self.flow != Flow::None
     }
 
     /// Ends the session if its deadline has passed; whether it did.
@@ -176,7 +213,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_session_ends_with_idle_removal_and_the_next_card() {
-        let mut s = Session::new(IDLE);
+        let mut s = Session::new(IDLE, false);
         assert_eq!(s.records(1), Err(Refused::NoSession));
         s.card(1, true);
         assert_eq!(s.records(1), Ok(()));
@@ -194,8 +231,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn elder_mode_lasts_a_minute_at_least_and_ends_with_the_session() {
+        let short = Duration::from_secs(10);
+        let mut s = Session::new(short, false);
+        s.card(1, true);
+        assert!(s.keep(true));
+        assert_eq!(s.span(), ELDER_IDLE);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(s.records(1), Ok(()), "alive after 59 s in 长辈模式");
+        tokio::time::advance(ELDER_IDLE + Duration::from_secs(1)).await;
+        assert_eq!(s.records(1), Err(Refused::NoSession));
+        // The mode ended with the session: back to the short idle time.
+        s.card(2, true);
+        assert_eq!(s.span(), short);
+        tokio::time::advance(short + Duration::from_secs(1)).await;
+        assert_eq!(s.records(2), Err(Refused::NoSession));
+        // Set on the idle screen, it holds for the next swipe; a display
+        // started with --elder is in it from the start.
+        assert!(!s.keep(true));
+        s.card(3, true);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(s.records(3), Ok(()));
+        let e = Session::new(short, true);
+        assert_eq!(e.span(), ELDER_IDLE);
+        // A longer configured idle time stays as it is.
+        assert_eq!(Session::new(IDLE * 4, true).span(), IDLE * 4);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_bind_needs_both_swipes_in_one_flow() {
-        let mut s = Session::new(IDLE);
+        let mut s = Session::new(IDLE, false);
         s.card(1, true);
         s.card(2, true);
         // Two swipes without a bind flow: the second is a new session.
