@@ -807,13 +807,20 @@ async fn a_kiosk_swipe_does_not_outlive_the_person() {
         .await
         .unwrap();
     let m = expect(&mut p, "CARD").await["swipe"].clone();
+    // The page names an operator of its own: at a kiosk nobody operates,
+    // and the audit row must not say someone did.
     let r = ask(
         &mut p,
         8,
-        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "consent": cardlink::registry::consent::CURRENT.version}),
+        json!({"cmd": "bind", "holder_swipe": h, "member_swipe": m, "relation": "child", "operator": "mallory", "consent": cardlink::registry::consent::CURRENT.version}),
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        !audit_outcomes(&d.db, "bind")[0].contains("mallory"),
+        "a kiosk page named the operator of its bind: {:?}",
+        audit_outcomes(&d.db, "bind")
+    );
     // The flow is over: the same bind cannot be replayed.
     let r = ask(
         &mut p,

@@ -15,7 +15,8 @@
 //!   that cannot read the key file cannot drive binds, whatever headers it
 //!   forges;
 //! * at a window, binds and unbinds carry the operator of the display's
-//!   configuration (`--operator`), never one a page names;
+//!   configuration (`--operator`), never one a page names; at a kiosk
+//!   they carry none (nobody operates a kiosk);
 //! * at a kiosk every SSN, name, card number and PAN is masked again here
 //!   before it reaches the page, the page may only do what a kiosk allows
 //!   (bind and inquire by swipe, status), and only within its session
@@ -698,6 +699,11 @@ async fn answer(s: &Shared, session: &mut Session, text: &str) -> Message {
         }
         if let Err(why) = in_session(session, &req) {
             return refuse(&id, ErrorCode::NotInSession, why.message());
+        }
+        // Nobody operates a kiosk: a page's `operator` would be recorded
+        // as who did the bind. cardlinkd records the display instead.
+        if let Request::Bind { operator, .. } = &mut req {
+            *operator = None;
         }
     } else if let Request::Bind { operator, .. } | Request::Unbind { operator, .. } = &mut req {
         // Who did it is the display's configuration, never the page's word.
