@@ -197,7 +197,7 @@ async fn bind_child_by_id_card(extra: &str) -> Value {
         .unwrap();
     let holder = c.expect("CARD").await["swipe"].as_u64().unwrap();
     let r = c
-        .request(json!({"cmd": "bind", "holder_swipe": holder, "member_swipe": member, "relation": "child", "operator": "clerk07"}))
+        .request(json!({"cmd": "bind", "holder_swipe": holder, "member_swipe": member, "relation": "child", "operator": "clerk07", "consent": cardlink::registry::consent::CURRENT.version}))
         .await;
     // A holder identified by identity card is judged alike.
     let swapped = c
