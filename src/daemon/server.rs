@@ -258,6 +258,22 @@ async fn party(
     }
 }
 
+/// The payment records a `contributions` or `print_records` request asks
+/// for: whose (a swipe, or a number where typing is allowed), of how many
+/// months (12 unless asked, 1 to 120), read once.
+async fn records_of(
+    ctx: &Ctx,
+    station: Station,
+    number: &Option<String>,
+    swipe: Option<u64>,
+    months: Option<u32>,
+) -> Result<(Ssn, u32, Vec<crate::registry::Contribution>), Refusal> {
+    let ssn = party(ctx, station, number, swipe, "person", Purpose::Inquiry).await?;
+    let months = months.unwrap_or(12).clamp(1, 120);
+    let records = registry(ctx.store.contributions(ssn, months)).await?;
+    Ok((ssn, months, records))
+}
+
 /// Both parties of a bind or unbind.
 async fn parties(ctx: &Ctx, station: Station, p: &Parties) -> Result<(Ssn, Ssn), Refusal> {
     let h = party(
@@ -531,17 +547,8 @@ async fn answer(
             // Refused before anything is read or audited when no receipt
             // can be printed.
             printer_ready(ctx)?;
-            let ssn = party(
-                ctx,
-                live.station,
-                &number,
-                swipe,
-                "person",
-                Purpose::Inquiry,
-            )
-            .await?;
-            let months = months.unwrap_or(12).clamp(1, 120);
-            let records = registry(ctx.store.contributions(ssn, months)).await?;
+            let (ssn, months, records) =
+                records_of(ctx, live.station, &number, swipe, months).await?;
             // Printing shows the records: audited like a showing, and the
             // receipt names the row.
             let outcome = format!(
@@ -593,17 +600,8 @@ async fn answer(
             months,
             ..
         } => {
-            let ssn = party(
-                ctx,
-                live.station,
-                &number,
-                swipe,
-                "person",
-                Purpose::Inquiry,
-            )
-            .await?;
-            let months = months.unwrap_or(12).clamp(1, 120);
-            let records = registry(ctx.store.contributions(ssn, months)).await?;
+            let (_, months, records) =
+                records_of(ctx, live.station, &number, swipe, months).await?;
             Ok(ReplyResult::Records(protocol::Records {
                 months,
                 records: records.iter().map(Into::into).collect(),
