@@ -488,18 +488,22 @@ impl Ctx {
         }
     }
 
+    /// The printer's last known state (the default without one).
+    pub fn printer_state(&self) -> crate::printer::PrinterState {
+        self.printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.state)
+            .unwrap_or_default()
+    }
+
     /// Queues the receipt of a bind or unbind; what the reply says of it
     /// (`None` without a printer). Never waits: a full queue or a printer
     /// that cannot print is reported, the link stands.
     pub fn queue_receipt(&self, job: PrintJob) -> Option<protocol::ReceiptQueued> {
         let queue = self.print_queue.get()?;
-        let state = self
-            .printer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|p| p.state)
-            .unwrap_or_default();
+        let state = self.printer_state();
         let audit_seq = job.audit.seq;
         let kind = job.kind;
         let queued = match queue.try_send(job) {

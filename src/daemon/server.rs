@@ -334,13 +334,7 @@ fn printer_ready(ctx: &Ctx) -> Result<(), Refusal> {
             "no receipt printer is configured".into(),
         ));
     }
-    let state = ctx
-        .printer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|p| p.state)
-        .unwrap_or_default();
+    let state = ctx.printer_state();
     if state.can_print() {
         Ok(())
     } else {
