@@ -11,7 +11,10 @@
 //! `gen-demo --csv` files; without it `CARDLINK_BENCH_PERSONS` (default
 //! 10,000,000) persons with `CARDLINK_BENCH_MONTHS` (12) months are
 //! generated into a temporary directory. `CARDLINK_BENCH_LOADED=1` skips
-//! the import (a registry loaded by an earlier run).
+//! the import (a registry loaded by an earlier run). `CARDLINK_BENCH_PREWARM=1`
+//! first reads what a resolution reads into the server's cache, as
+//! `cardlinkd` does at start (`Store::prewarm`), timed and reported;
+//! `benches/pg_cold_resolve.sh` runs it on a cold server with and without.
 //!
 //! Steps: `import` of persons, cards, accounts and links (one transaction,
 //! COPY), then of contributions (timed each); then `CARDLINK_BENCH_N`
@@ -123,6 +126,27 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let store = rt.block_on(async { Store::start(reg) });
+    if std::env::var("CARDLINK_BENCH_PREWARM").is_ok_and(|v| v == "1") {
+        let t = Instant::now();
+        let done = rt
+            .block_on(store.prewarm())
+            .ok_or_else(|| anyhow::anyhow!("not a PostgreSQL registry"))??
+            .unwrap_or_default();
+        println!(
+            "prewarm: {:.2} s, {}",
+            t.elapsed().as_secs_f64(),
+            done.iter()
+                .map(|p| format!(
+                    "{} {} pages ({}, {} ms)",
+                    p.relation,
+                    p.pages,
+                    p.method.as_str(),
+                    p.elapsed.as_millis()
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (client, by_ssn, by_card, by_card_join, by_ssn_derived) = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);

@@ -9,6 +9,7 @@
 //! log_level = "info"                    # RUST_LOG overrides
 //! busy_timeout_ms = 5000                # at most 60000
 //! cache_mib = 8                         # at most 1024
+//! prewarm = true                        # PostgreSQL: load what lookups read into the server's cache
 //! capture_dir = "/var/lib/cardlink/captures"   # a directory
 //! audit_hash = "sha256"                 # or "sm3" (GB/T 32905-2016), for a new chain
 //! seal_key_file = "/var/lib/cardlink/registry.db.seal"   # the box's sealing key
@@ -342,6 +343,13 @@ pub struct Config {
     /// SQLite page cache of the daemon, MiB (bounds its memory).
     #[serde(default = "default_cache")]
     pub cache_mib: u32,
+    /// A shared registry (PostgreSQL): read what a resolution reads into
+    /// the server's cache at start and after each outage, so that the
+    /// first lookups after a server restart or a failover are not read
+    /// from disk ([`crate::registry::pg::Postgres::prewarm`]). Ignored on
+    /// SQLite.
+    #[serde(default = "default_prewarm")]
+    pub prewarm: bool,
     /// Where reader captures are written (0600 files).
     #[serde(default = "default_capture_dir")]
     pub capture_dir: PathBuf,
@@ -477,6 +485,9 @@ fn default_busy() -> u64 {
 }
 fn default_cache() -> u32 {
     8
+}
+fn default_prewarm() -> bool {
+    true
 }
 fn default_capture_dir() -> PathBuf {
     PathBuf::from("/var/lib/cardlink/captures")

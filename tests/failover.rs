@@ -6,6 +6,10 @@
 //! ends as `registry_unavailable` within the per-call limit, never as
 //! `database_busy` (SQLite's lock).
 //!
+//! A server restarted under a running `cardlinkd` (a cold cache) gets
+//! what lookups read back into its cache (`prewarm`) without the daemon
+//! being restarted; without the `pg_prewarm` extension plain scans do it.
+//!
 //! Both clusters are made here from the machine's PostgreSQL binaries
 //! (`CARDLINK_PG_BINDIR`): `initdb`, `pg_basebackup -R`, `pg_ctl promote`.
 //! Under `CI=true` a missing binary fails the test; elsewhere it is skipped.
@@ -366,4 +370,167 @@ async fn a_write_that_hangs_on_the_server_ends_as_registry_unavailable_within_th
     assert!(r["ok"] == true || code(&r) == "already_linked", "{r}");
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
+}
+
+/// What a resolution reads, which the daemon prewarms.
+const PREWARMED: [&str; 4] = ["resolution_pkey", "resolution", "cards_pkey", "cards"];
+
+/// Pages of `relation` in the server's shared buffers (`pg_buffercache`),
+/// and its size in pages.
+fn resident(url: &str, relation: &str) -> (i64, i64) {
+    let rel = [relation.to_string()];
+    let cached = pg::run(
+        url,
+        "SELECT count(*) FROM pg_buffercache b \
+         WHERE b.relfilenode = pg_relation_filenode($1::text::regclass) \
+           AND b.reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &rel,
+        true,
+    );
+    let size = pg::run(
+        url,
+        "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
+        &rel,
+        true,
+    );
+    (cached, size)
+}
+
+/// Every page of every prewarmed relation in shared buffers.
+fn all_resident(url: &str) -> Option<()> {
+    PREWARMED
+        .iter()
+        .all(|r| {
+            let (cached, size) = resident(url, r);
+            size > 0 && cached == size
+        })
+        .then_some(())
+}
+
+/// Asserts that no page of the prewarmed relations is in shared buffers.
+fn none_resident(url: &str) {
+    for r in PREWARMED {
+        assert_eq!(resident(url, r).0, 0, "{r} in shared buffers");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_gets_what_lookups_read_back_into_its_cache_without_a_daemon_restart() {
+    let test = "prewarm_restart";
+    let Some(server) = tokio::task::block_in_place(|| pg::server(test, None, &[])) else {
+        return;
+    };
+    let url = server.url("cardlink");
+    let d = tokio::task::block_in_place(|| {
+        pg::admin(&server.url("postgres"), "CREATE DATABASE cardlink");
+        let dir = tempfile::tempdir().unwrap();
+        Registry::open_database(&Database::Postgres(url.clone()), &Default::default())
+            .unwrap()
+            .import(&fixture_csv(dir.path()), "test")
+            .unwrap();
+        pg::admin(
+            &url,
+            "CREATE EXTENSION pg_prewarm; CREATE EXTENSION pg_buffercache",
+        );
+        // A cold server: restarted, nothing of the registry in its buffers.
+        server.stop();
+        server.start();
+        none_resident(&url);
+        // The heartbeat is the only call the idle daemon makes.
+        let d = daemon(&url, "[fleet]\nheartbeat_s = 1\n");
+        eventually_sync(
+            "the registry prewarmed at start",
+            Duration::from_secs(30),
+            || all_resident(&url),
+        );
+        d
+    });
+    assert!(
+        d.log
+            .wait_for("registry prewarmed", Duration::from_secs(10)),
+        "{}",
+        d.log.text()
+    );
+    assert!(
+        d.log.text().contains("resolution=pg_prewarm buffer"),
+        "{}",
+        d.log.text()
+    );
+    // The server restarts under the running daemon, which makes no lookup.
+    tokio::task::block_in_place(|| {
+        server.stop();
+        server.start();
+        none_resident(&url);
+        let warmed = std::panic::catch_unwind(|| {
+            eventually_sync(
+                "the registry prewarmed after the server's restart",
+                Duration::from_secs(30),
+                || all_resident(&url),
+            )
+        });
+        assert!(warmed.is_ok(), "{}", d.log.text());
+    });
+    let log = d.log.text();
+    assert_eq!(log.matches("registry prewarmed").count(), 2, "{log}");
+    // And lookups are answered.
+    let mut c = d.client().await;
+    let r = c
+        .request(json!({"cmd": "lookup", "number": demo_ssn_full(HOLDER)}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_extension_plain_scans_read_what_lookups_read() {
+    let test = "prewarm_scan";
+    let Some(db) = pg::database(test) else {
+        return;
+    };
+    let url = db.url.clone();
+    let scans = |url: &str| -> (i64, i64, i64, i64) {
+        let n = |sql: &str, rel: &str| pg::run(url, sql, &[rel.to_string()], true);
+        let t = "SELECT coalesce(seq_scan, 0) FROM pg_stat_user_tables WHERE relname = $1";
+        let i = "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes WHERE indexrelname = $1";
+        (
+            n(i, "resolution_pkey"),
+            n(t, "resolution"),
+            n(i, "cards_pkey"),
+            n(t, "cards"),
+        )
+    };
+    let (before, d) = tokio::task::block_in_place(|| {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::open_database(&Database::Postgres(url.clone()), &Default::default())
+            .unwrap()
+            .import(&fixture_csv(dir.path()), "test")
+            .unwrap();
+        let no_ext = pg::run(
+            &url,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_prewarm'",
+            &[],
+            true,
+        );
+        assert_eq!(no_ext, 0);
+        let before = scans(&url);
+        (before, daemon(&url, ""))
+    });
+    assert!(
+        d.log
+            .wait_for("registry prewarmed", Duration::from_secs(30)),
+        "{}",
+        d.log.text()
+    );
+    let log = d.log.text();
+    for r in PREWARMED {
+        assert!(log.contains(&format!("{r}=scan")), "{r}: {log}");
+    }
+    // Each relation read once more: the server's statistics say so (they
+    // reach the view once the daemon's session has flushed them).
+    tokio::task::block_in_place(|| {
+        eventually_sync("the scans counted", Duration::from_secs(30), || {
+            let after = scans(&url);
+            (after.0 > before.0 && after.1 > before.1 && after.2 > before.2 && after.3 > before.3)
+                .then_some(after)
+        })
+    });
 }

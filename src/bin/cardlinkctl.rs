@@ -250,6 +250,7 @@ enum Cmd {
     },
 }
 
+#[cfg(feature = "sim")]
 fn parse_printer_state(s: &str) -> Result<cardlink::printer::PrinterState, String> {
     cardlink::printer::PrinterState::parse(s).ok_or_else(|| {
         format!("'{s}': one of ok, paper_near_end, paper_end, cover_open, offline, error")

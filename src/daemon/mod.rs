@@ -121,6 +121,53 @@ async fn reconnect(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     }
 }
 
+/// Keeps a shared registry's lookups off the server's disk: reads what a
+/// resolution reads into its cache at start, and again each time a new
+/// connection reaches a server that was not warmed since it started (a
+/// restarted server, or a standby just promoted, starts with a cold
+/// cache). Swipes are served meanwhile; a prewarm that fails is tried
+/// again at the next new connection.
+async fn prewarm(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        let start = std::time::Instant::now();
+        let ran = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = ctx.store.prewarm() => r,
+        };
+        match ran {
+            None => return,
+            Some(Ok(None)) => {
+                tracing::debug!("prewarm skipped: this server was warmed since it started")
+            }
+            Some(Ok(Some(done))) => {
+                for p in &done {
+                    tracing::debug!(
+                        relation = p.relation,
+                        pages = p.pages,
+                        method = p.method.as_str(),
+                        ms = p.elapsed.as_millis() as u64,
+                        "registry relation prewarmed"
+                    );
+                }
+                tracing::info!(
+                    relations = done.len(),
+                    pages = done.iter().map(|p| p.pages).sum::<i64>(),
+                    methods = %done.iter().map(|p| format!("{}={}", p.relation, p.method.as_str())).collect::<Vec<_>>().join(","),
+                    ms = start.elapsed().as_millis() as u64,
+                    "registry prewarmed"
+                );
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "registry prewarm failed; trying again at the next new connection")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ctx.store.recovered() => {}
+        }
+    }
+}
+
 /// Binds the metrics endpoint and says where (port 0 takes a free port):
 /// in the log and in systemd's status.
 async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {
@@ -186,6 +233,9 @@ pub async fn run(d: Daemon, shutdown: CancellationToken) -> Result<(), DaemonErr
     }
     if shared {
         tokio::spawn(reconnect(ctx.clone(), shutdown.clone()));
+        if cfg.prewarm {
+            tokio::spawn(prewarm(ctx.clone(), shutdown.clone()));
+        }
     }
     if let Some(listener) = metrics_listener {
         let scraped = ctx.clone();

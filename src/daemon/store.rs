@@ -321,6 +321,28 @@ impl Store {
         }
     }
 
+    /// Reads what a resolution reads into a shared registry's cache
+    /// ([`Postgres::prewarm`]; `Ok(None)`: the server was prewarmed since
+    /// it started); `None` on SQLite.
+    pub async fn prewarm(
+        &self,
+    ) -> Option<Result<Option<Vec<crate::registry::pg::Prewarmed>>, RegistryError>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.prewarm().await),
+        }
+    }
+
+    /// Waits until a shared registry may have a cold cache (a new
+    /// connection, perhaps to a restarted or another server:
+    /// [`Postgres::recovered`]); never on SQLite.
+    pub async fn recovered(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => std::future::pending().await,
+            Backend::Postgres(p) => p.recovered().await,
+        }
+    }
+
     /// Answers once the store takes requests (SQLite: the worker has run a
     /// no-op job; PostgreSQL: at once, there is no worker to wedge).
     pub async fn ping(&self) -> Result<(), JobFailed> {

@@ -103,6 +103,9 @@ macro_rules! call {
 mod fleet;
 mod import;
 mod ops;
+mod prewarm;
+
+pub use prewarm::{PrewarmMethod, Prewarmed};
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -494,6 +497,13 @@ pub struct Postgres {
     pub(crate) audit: crate::registry::seal::AuditSetup,
     /// The TLS of the connections, for cancel requests.
     tls: Tls,
+    /// Told each time the pool makes a connection (the server it reaches
+    /// may have restarted, or be a standby just promoted):
+    /// [`Postgres::recovered`].
+    recovered: std::sync::Arc<tokio::sync::Notify>,
+    /// The server (its start time and address) the last prewarm read
+    /// into ([`Postgres::prewarm`]).
+    warmed: Mutex<Option<String>>,
 }
 
 /// The TLS of a registry's connections (`None`: plain).
@@ -575,6 +585,8 @@ impl Postgres {
             Some(tls) => Manager::from_config(target.config.clone(), tls.clone(), mcfg),
         };
         let wait = opts.busy_timeout + CONNECT_TIMEOUT;
+        let recovered = std::sync::Arc::new(tokio::sync::Notify::new());
+        let connected = recovered.clone();
         let pool = {
             let _entered = rt.enter();
             Pool::builder(manager)
@@ -583,6 +595,10 @@ impl Postgres {
                 .wait_timeout(Some(wait))
                 .create_timeout(Some(CONNECT_TIMEOUT))
                 .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .post_create(deadpool_postgres::Hook::sync_fn(move |_, _| {
+                    connected.notify_one();
+                    Ok(())
+                }))
                 .build()
                 .map_err(|e| RegistryError::Config(format!("connection pool: {e}")))?
         };
@@ -605,6 +621,8 @@ impl Postgres {
                 },
             ),
             tls: Tls(tls),
+            recovered,
+            warmed: Mutex::new(None),
         };
         match pg.block(pg.prepare_schema()) {
             Err(RegistryError::Unavailable(why)) if opts.lazy => {
