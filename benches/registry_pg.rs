@@ -15,6 +15,15 @@
 //! first reads what a resolution reads into the server's cache, as
 //! `cardlinkd` does at start (`Store::prewarm`), timed and reported;
 //! `benches/pg_cold_resolve.sh` runs it on a cold server with and without.
+//! `CARDLINK_BENCH_PACE_US` (0) waits that long between one person's six
+//! calls and the next person's: back to back (0) the bench itself keeps
+//! both cores of a small box busy, and every call's latency includes
+//! waiting for a core; paced, calls come as a box's swipes do, apart.
+//! `CARDLINK_BENCH_PLAIN=0` makes only the resolutions (by SSN, then by
+//! card number), without the plain queries between them: on a cold server
+//! the plain `persons` query reads from disk (cardlink never reads that
+//! table to resolve, so nothing warms it), and its waits idle the cores
+//! the next resolution then has to wake.
 //!
 //! Steps: `import` of persons, cards, accounts and links (one transaction,
 //! COPY), then of contributions (timed each); then `CARDLINK_BENCH_N`
@@ -183,8 +192,24 @@ fn main() -> anyhow::Result<()> {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let pace = Duration::from_micros(
+        std::env::var("CARDLINK_BENCH_PACE_US")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    );
+    if !pace.is_zero() {
+        println!("paced: {} µs between persons", pace.as_micros());
+    }
+    let with_plain = std::env::var("CARDLINK_BENCH_PLAIN").map_or(true, |v| v != "0");
+    if !with_plain {
+        println!("resolutions only (no plain queries between them)");
+    }
     let mut ok = 0u64;
     for k in 0..n {
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
         let i = rng.random_range(0..persons);
         let ssn_text = demo_ssn(i);
         let ssn = Ssn::parse(&ssn_text)?;
@@ -204,7 +229,10 @@ fn main() -> anyhow::Result<()> {
             ok += u64::from(r.outcome == Outcome::Ok);
             Ok(d)
         };
-        if k % 2 == 0 {
+        if !with_plain {
+            r_ssn.push(resolve(Lookup::ssn(ssn))?);
+            r_card.push(resolve(Lookup::card_no(card.clone()))?);
+        } else if k % 2 == 0 {
             r_ssn.push(resolve(Lookup::ssn(ssn))?);
             p_ssn.push(plain(&by_ssn, &ssn_text)?);
             d_ssn.push(plain(&by_ssn_derived, &ssn_text)?);
@@ -231,11 +259,26 @@ fn main() -> anyhow::Result<()> {
             a99.as_secs_f64() / b99.as_secs_f64()
         )
     };
+    // The p99 of each tenth of the pass, in order: a machine's noise comes
+    // in bursts (one tenth far above the others), a cold cache at the
+    // start (the first tenths above the last).
+    let tenths: Vec<String> = r_ssn
+        .chunks(r_ssn.len().div_ceil(10).max(1))
+        .map(|c| format!("{:.0}", pct(&mut c.to_vec(), 0.99).as_secs_f64() * 1e6))
+        .collect();
+    println!(
+        "resolve by SSN, p99 of each tenth of the pass (µs): {}",
+        tenths.join(" ")
+    );
     let r_ssn = report("resolve by SSN", r_ssn);
-    ratio(r_ssn, report("plain point query by SSN", p_ssn));
-    ratio(r_ssn, report("plain derived row query by SSN", d_ssn));
+    if with_plain {
+        ratio(r_ssn, report("plain point query by SSN", p_ssn));
+        ratio(r_ssn, report("plain derived row query by SSN", d_ssn));
+    }
     let r_card = report("resolve by card number", r_card);
-    ratio(r_card, report("plain point query by card number", p_card));
-    ratio(r_card, report("plain card + derived row query", j_card));
+    if with_plain {
+        ratio(r_card, report("plain point query by card number", p_card));
+        ratio(r_card, report("plain card + derived row query", j_card));
+    }
     Ok(())
 }
