@@ -326,7 +326,7 @@ impl Store {
     /// it started); `None` on SQLite.
     pub async fn prewarm(
         &self,
-    ) -> Option<Result<Option<Vec<crate::registry::pg::Prewarmed>>, RegistryError>> {
+    ) -> Option<Result<Option<Vec<crate::registry::pg::prewarm::Prewarmed>>, RegistryError>> {
         match &self.backend {
             Backend::Sqlite(_) => None,
             Backend::Postgres(p) => Some(p.prewarm().await),

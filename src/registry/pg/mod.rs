@@ -103,9 +103,7 @@ macro_rules! call {
 mod fleet;
 mod import;
 mod ops;
-mod prewarm;
-
-pub use prewarm::{PrewarmMethod, Prewarmed};
+pub mod prewarm;
 
 use std::path::PathBuf;
 use std::str::FromStr;
