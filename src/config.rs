@@ -344,9 +344,9 @@ pub struct Config {
     #[serde(default = "default_cache")]
     pub cache_mib: u32,
     /// A shared registry (PostgreSQL): read what a resolution reads into
-    /// the server's cache at start and after each outage, so that the
-    /// first lookups after a server restart or a failover are not read
-    /// from disk ([`crate::registry::pg::Postgres::prewarm`]). Ignored on
+    /// the server's cache at start and whenever a new connection reaches
+    /// a server not warmed since it started, so that the first lookups
+    /// after a server restart or a failover are not read from disk ([`crate::registry::pg::Postgres::prewarm`]). Ignored on
     /// SQLite.
     #[serde(default = "default_prewarm")]
     pub prewarm: bool,

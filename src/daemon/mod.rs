@@ -163,7 +163,7 @@ async fn prewarm(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ctx.store.recovered() => {}
+            _ = ctx.store.connected() => {}
         }
     }
 }

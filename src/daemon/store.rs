@@ -335,11 +335,11 @@ impl Store {
 
     /// Waits until a shared registry may have a cold cache (a new
     /// connection, perhaps to a restarted or another server:
-    /// [`Postgres::recovered`]); never on SQLite.
-    pub async fn recovered(&self) {
+    /// [`Postgres::connected`]); never on SQLite.
+    pub async fn connected(&self) {
         match &self.backend {
             Backend::Sqlite(_) => std::future::pending().await,
-            Backend::Postgres(p) => p.recovered().await,
+            Backend::Postgres(p) => p.connected().await,
         }
     }
 

@@ -497,8 +497,8 @@ pub struct Postgres {
     tls: Tls,
     /// Told each time the pool makes a connection (the server it reaches
     /// may have restarted, or be a standby just promoted):
-    /// [`Postgres::recovered`].
-    recovered: std::sync::Arc<tokio::sync::Notify>,
+    /// [`Postgres::connected`].
+    connected: std::sync::Arc<tokio::sync::Notify>,
     /// The server (its start time and address) the last prewarm read
     /// into ([`Postgres::prewarm`]).
     warmed: Mutex<Option<String>>,
@@ -583,8 +583,8 @@ impl Postgres {
             Some(tls) => Manager::from_config(target.config.clone(), tls.clone(), mcfg),
         };
         let wait = opts.busy_timeout + CONNECT_TIMEOUT;
-        let recovered = std::sync::Arc::new(tokio::sync::Notify::new());
-        let connected = recovered.clone();
+        let connected = std::sync::Arc::new(tokio::sync::Notify::new());
+        let made = connected.clone();
         let pool = {
             let _entered = rt.enter();
             Pool::builder(manager)
@@ -594,7 +594,7 @@ impl Postgres {
                 .create_timeout(Some(CONNECT_TIMEOUT))
                 .recycle_timeout(Some(CONNECT_TIMEOUT))
                 .post_create(deadpool_postgres::Hook::sync_fn(move |_, _| {
-                    connected.notify_one();
+                    made.notify_one();
                     Ok(())
                 }))
                 .build()
@@ -619,7 +619,7 @@ impl Postgres {
                 },
             ),
             tls: Tls(tls),
-            recovered,
+            connected,
             warmed: Mutex::new(None),
         };
         match pg.block(pg.prepare_schema()) {

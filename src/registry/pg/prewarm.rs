@@ -8,8 +8,9 @@
 //! the first lookups after a restart is several milliseconds where a
 //! warm server answers in a quarter of one (`docs/benchmarks.md`). The
 //! daemon therefore reads those four relations whole, each in physical
-//! order, at start and each time the server is reachable again after an
-//! outage (`daemon::prewarm`); swipes are served meanwhile.
+//! order, at start and whenever a new connection reaches a server not
+//! warmed since it started (`daemon::prewarm`); swipes are served
+//! meanwhile.
 //!
 //! * With the `pg_prewarm` extension (PostgreSQL's contrib: in Debian's
 //!   `postgresql-15`; `CREATE EXTENSION pg_prewarm` once, as a superuser)
@@ -236,8 +237,8 @@ impl Postgres {
     /// with a cold cache ([`Postgres::prewarm`] then tells by the server's
     /// start time and address). One made while nobody waited is
     /// remembered.
-    pub async fn recovered(&self) {
-        self.recovered.notified().await
+    pub async fn connected(&self) {
+        self.connected.notified().await
     }
 }
 
