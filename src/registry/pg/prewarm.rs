@@ -95,19 +95,21 @@ pub struct Prewarmed {
     pub elapsed: Duration,
 }
 
-/// The relations' sizes in pages, shared buffers in pages, and the
-/// schema of `pg_prewarm` when it is installed.
-const SIZES_SQL: &str = "SELECT r.name, \
+/// The relations' sizes in pages, in the order given (0 for one that
+/// does not exist).
+const SIZES_SQL: &str = "SELECT \
      coalesce(pg_relation_size(to_regclass(r.name)), 0) / current_setting('block_size')::bigint \
      FROM unnest($1::text[]) WITH ORDINALITY AS r(name, i) ORDER BY r.i";
-const SHARED_BUFFERS_SQL: &str =
-    "SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'";
 /// Which server answers, since when: a prewarm is not repeated for the
 /// same one.
 const SERVER_SQL: &str = "SELECT pg_postmaster_start_time()::text || ' ' || \
      coalesce(host(inet_server_addr()), 'socket') || ':' || coalesce(inet_server_port(), 0)::text";
-const EXTENSION_SQL: &str = "SELECT n.nspname::text FROM pg_extension e \
-     JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_prewarm'";
+/// Shared buffers in pages, and the schema of `pg_prewarm` (NULL when it
+/// is not installed), in one round trip.
+const SETTINGS_SQL: &str = "SELECT \
+     (SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'), \
+     (SELECT n.nspname::text FROM pg_extension e \
+      JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_prewarm')";
 
 /// The `pg_prewarm` call, its schema quoted as an identifier.
 fn prewarm_sql(schema: &str) -> String {
@@ -184,18 +186,11 @@ impl Postgres {
             let names: Vec<&str> = RELATIONS.iter().map(|r| r.name).collect();
             let mut pages = Vec::with_capacity(RELATIONS.len());
             for row in c.query(SIZES_SQL, &[&names]).await.map_err(err)? {
-                pages.push(row.try_get::<_, i64>(1).map_err(err)?);
+                pages.push(row.try_get::<_, i64>(0).map_err(err)?);
             }
-            let shared_buffers: i64 = c
-                .query_one(SHARED_BUFFERS_SQL, &[])
-                .await
-                .map_err(err)?
-                .try_get(0)
-                .map_err(err)?;
-            let schema: Option<String> = match c.query_opt(EXTENSION_SQL, &[]).await.map_err(err)? {
-                Some(r) => Some(r.try_get(0).map_err(err)?),
-                None => None,
-            };
+            let settings = c.query_one(SETTINGS_SQL, &[]).await.map_err(err)?;
+            let shared_buffers: i64 = settings.try_get(0).map_err(err)?;
+            let schema: Option<String> = settings.try_get(1).map_err(err)?;
             let plan = methods(&pages, shared_buffers, schema.is_some());
             let mut done = Vec::with_capacity(RELATIONS.len());
             for ((rel, pages), method) in RELATIONS.iter().zip(pages).zip(plan) {
